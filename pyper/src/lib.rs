@@ -1,0 +1,113 @@
+//! Concurrent and parallel data pipelines, in the style of Python's
+//! [Pyper](https://pyper-dev.github.io/pyper/): `task(f).workers(n)`, `|` to chain, and
+//! branch, join, throttle, ordering and cancellation, all behind one small API.
+//!
+//! ```
+//! use pyper::{task, Upstream};
+//!
+//! fn get_data(limit: u64) -> impl Iterator<Item = u64> {
+//!     0..limit
+//! }
+//!
+//! fn long_computation(mut data: u64) -> u64 {
+//!     for i in 0..1_000 {
+//!         data = std::hint::black_box(data + i);
+//!     }
+//!     data
+//! }
+//!
+//! fn sum(data: Upstream<u64>) -> u64 {
+//!     data.sum()
+//! }
+//!
+//! let pipeline = task(get_data).branch()
+//!     | task(long_computation).workers(2)
+//!     | task(sum).join();
+//! let total = pipeline.run(40).next().unwrap().unwrap();
+//! assert_eq!(total, (0..40).map(|x| x + 499_500).sum::<u64>());
+//! ```
+//!
+//! # Concepts
+//!
+//! * A [`Task`] is a function plus its options: [`workers`](Task::workers),
+//!   [`throttle`](Task::throttle), [`branch`](Task::branch), [`join`](Task::join),
+//!   [`ordered`](Task::ordered), [`daemon`](Task::daemon), [`name`](Task::name). It runs
+//!   nothing by itself.
+//! * A [`Pipeline`] is tasks composed with `|`. Its type, `Pipeline<I, O>`, is checked at
+//!   every joint, so a mismatched stage does not compile.
+//! * A run starts from [`Pipeline::run`] (one input, as Pyper's `pipeline(args)`) or
+//!   [`Pipeline::feed`] (an iterator of inputs), and yields an [`Output`]: a lazy iterator
+//!   of `Result<O, Error>`. [`Pipeline::consume`] is Pyper's `>`.
+//!
+//! # How it runs
+//!
+//! Every worker is an OS thread of its own: `workers(n)` means exactly `n` threads, started
+//! with the run and joined when it ends, so there is no shared pool to exhaust (Pyper
+//! deadlocks when its pool runs out). Stages are connected by bounded queues, and items
+//! move between them in batches of whatever is ready, so the per-item cost stays in the
+//! nanoseconds.
+//!
+//! The first failure in time, an `Err` or a panic, in any stage or in the input iterator,
+//! stops every stage and reaches you as an [`Error`] naming the stage, after the workers
+//! have stopped. Dropping the [`Output`] stops the run the same way. See
+//! `run.rs` for the protocol that guarantees it.
+//!
+//! # Where this departs from Pyper
+//!
+//! * **`bind`** becomes closure capture. A shared resource is captured by reference
+//!   counting:
+//!
+//!   ```
+//!   use std::sync::Arc;
+//!   use pyper::task;
+//!
+//!   struct Client { base: String }
+//!   impl Client {
+//!       fn fetch(&self, id: u32) -> String { format!("{}/users/{id}", self.base) }
+//!   }
+//!
+//!   let client = Arc::new(Client { base: "http://localhost".into() });
+//!   let fetch = task({
+//!       let client = Arc::clone(&client);
+//!       move |id: u32| client.fetch(id)
+//!   })
+//!   .workers(10);
+//!   assert_eq!(fetch.run(7).next().unwrap().unwrap(), "http://localhost/users/7");
+//!   ```
+//!
+//!   and a reusable sub-pipeline is a function that returns a [`Pipeline`], the factory
+//!   pattern of Pyper's "Resource Management" guide.
+//! * **The first stage.** Pyper calls its first task with the run's arguments, so that task
+//!   must have one worker and cannot join. Here the input comes from a queue like every
+//!   other stage's: [`run`](Pipeline::run) puts one item on it, so the first task is called
+//!   once, as in Pyper; [`feed`](Pipeline::feed) streams many, and then a first stage with
+//!   several workers processes them in parallel and a first `join` task receives the whole
+//!   input. Neither is an error, because neither can go wrong.
+//! * **`throttle` defaults to [`DEFAULT_THROTTLE`]** rather than unbounded, so memory does
+//!   not depend on the data. `throttle(0)` is Pyper's unbounded queue.
+//! * **Errors** come back as values, never as panics: the first failure *in time* (Pyper
+//!   reports the first-submitted worker's).
+//! * **Ordering** can be kept through multi-worker stages with [`Task::ordered`].
+//! * **The GIL.** Pyper needs processes for CPU-bound work; Rust threads run in parallel,
+//!   so `workers(n)` on a CPU-bound task uses `n` cores.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+mod error;
+mod output;
+mod pipeline;
+mod queue;
+mod run;
+mod sequencer;
+mod source;
+mod sync;
+mod task;
+mod upstream;
+mod worker;
+
+pub use error::{BoxError, Error, ErrorKind};
+pub use output::{Canceller, Output};
+pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+pub use task::{task, try_task, Task, DEFAULT_THROTTLE};
+pub use upstream::Upstream;

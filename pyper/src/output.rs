@@ -1,0 +1,184 @@
+//! The output of a run: a blocking iterator, and the handle that cancels it.
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::queue::Receiver;
+use crate::run::{join_workers, Launcher, RunState, WorkerThread};
+use crate::sync::Arc;
+use crate::worker::MAX_BATCH;
+
+type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send>;
+
+/// The outputs of one run, as an iterator of `Result<O, Error>`. Made by
+/// [`Pipeline::run`](crate::Pipeline::run) and [`Pipeline::feed`](crate::Pipeline::feed).
+///
+/// * It is lazy: the run starts at the first call to `next`.
+/// * Outputs arrive as they are produced. With one worker per stage they keep the input
+///   order; otherwise they arrive in completion order, unless the stages are
+///   [`ordered`](crate::Task::ordered).
+/// * If any stage fails, the first failure in time is yielded as `Err`, after every
+///   worker has stopped (daemon stages aside), and then the iterator ends. An error never
+///   looks like the end of the stream.
+/// * Dropping it at any point cancels the run: every stage stops after the item it is
+///   processing, and the drop returns once the non-daemon workers have exited.
+///
+/// ```
+/// use pyper::task;
+///
+/// // An endless source, bounded queues everywhere: taking three outputs and dropping the
+/// // rest stops every thread.
+/// let pipeline = task(|x: u64| x + 1).throttle(1) | task(|x: u64| x * 2).throttle(1);
+/// let first: Vec<u64> = pipeline.feed(0..).take(3).map(Result::unwrap).collect();
+/// assert_eq!(first, [2, 4, 6]);
+/// ```
+#[must_use = "a run does nothing until its output is iterated"]
+pub struct Output<O> {
+    run: Arc<RunState>,
+    start: Option<Start<O>>,
+    receiver: Option<Receiver<O>>,
+    ready: std::vec::IntoIter<O>,
+    threads: Vec<WorkerThread>,
+    finished: bool,
+}
+
+impl<O: Send + 'static> Output<O> {
+    pub(crate) fn new(
+        start: impl FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send + 'static,
+    ) -> Self {
+        Output {
+            run: RunState::new(),
+            start: Some(Box::new(start)),
+            receiver: None,
+            ready: Vec::new().into_iter(),
+            threads: Vec::new(),
+            finished: false,
+        }
+    }
+}
+
+impl<O> Output<O> {
+    /// A handle that cancels this run from anywhere, another thread included.
+    ///
+    /// ```
+    /// use pyper::task;
+    ///
+    /// let mut outputs = task(|x: u64| x).feed(0..);
+    /// let canceller = outputs.canceller();
+    /// assert_eq!(outputs.next().unwrap().unwrap(), 0);
+    /// std::thread::spawn(move || canceller.cancel()).join().unwrap();
+    /// // What was already handed over may still arrive; then the output ends.
+    /// assert!(outputs.by_ref().all(|item| item.is_ok()));
+    /// ```
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            run: Arc::clone(&self.run),
+        }
+    }
+
+    /// Cancels the run and waits for its non-daemon workers to stop. The iterator then
+    /// ends; outputs not yet taken are dropped.
+    pub fn cancel(&mut self) {
+        self.run.cancel();
+        self.finish();
+    }
+
+    fn finish(&mut self) -> Option<Error> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        self.start = None;
+        self.receiver = None;
+        self.ready = Vec::new().into_iter();
+        // A run that ended cleanly waits for every worker, so that a failure in a stage
+        // still finishing up is reported rather than lost; a stopped run leaves daemon
+        // stages behind.
+        join_workers(std::mem::take(&mut self.threads), self.run.is_cancelled());
+        self.run.take_error()
+    }
+}
+
+impl<O> Iterator for Output<O> {
+    type Item = Result<O, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.ready.next() {
+                return Some(Ok(item));
+            }
+            if self.finished {
+                return None;
+            }
+            if let Some(start) = self.start.take() {
+                let mut launcher = Launcher::new(Arc::clone(&self.run));
+                let started = start(&mut launcher);
+                self.threads = launcher.threads;
+                match started {
+                    Ok(receiver) => self.receiver = Some(receiver),
+                    Err(error) => {
+                        self.run.fail(error);
+                        return self.finish().map(Err);
+                    }
+                }
+            }
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            match self
+                .receiver
+                .as_ref()
+                .map(|r| r.pop_batch(&mut batch, MAX_BATCH))
+            {
+                Some(Some(_)) => self.ready = batch.into_iter(),
+                _ => return self.finish().map(Err),
+            }
+        }
+    }
+}
+
+impl<O> Drop for Output<O> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.run.cancel();
+            self.finish();
+        }
+    }
+}
+
+impl<O> fmt::Debug for Output<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output")
+            .field("started", &self.start.is_none())
+            .field("finished", &self.finished)
+            .field("cancelled", &self.run.is_cancelled())
+            .finish()
+    }
+}
+
+/// Cancels a run from anywhere. Made by [`Output::canceller`].
+///
+/// Cancelling stops every stage after the item it is processing; the run's [`Output`]
+/// then ends without an error. Cancelling twice, or after the run ended, does nothing.
+#[derive(Clone)]
+pub struct Canceller {
+    run: Arc<RunState>,
+}
+
+impl Canceller {
+    /// Stops the run.
+    pub fn cancel(&self) {
+        self.run.cancel();
+    }
+
+    /// Whether the run was cancelled, by this handle or by a failure or a drop.
+    pub fn is_cancelled(&self) -> bool {
+        self.run.is_cancelled()
+    }
+}
+
+impl fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Canceller")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}

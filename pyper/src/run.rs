@@ -1,0 +1,138 @@
+//! One execution of a pipeline: its shared state, and the shutdown protocol every worker
+//! obeys.
+//!
+//! The protocol has three rules, and every hang or swallowed error in Pyper and its peers
+//! breaks one of them:
+//!
+//! 1. **The first failure in time wins.** [`RunState::fail`] records an error only if none
+//!    is recorded and the run was not cancelled; the mutex decides the race. A worker
+//!    records its failure *before* it drops its queue handles, so nobody can see the end
+//!    of a stream that an error caused without also seeing the error.
+//! 2. **Cancelling closes every queue.** A failure, an explicit cancel and the drop of the
+//!    output all call [`RunState::cancel`], which closes every queue of the run. A closed
+//!    queue wakes every worker blocked on it, whatever the bound, and refuses further
+//!    items, so each worker stops after the item it is processing.
+//! 3. **The end of a stream is a question for the run state.** When the output's queue
+//!    ends, [`crate::Output`] asks: an error recorded means the error is yielded; a cancel
+//!    means the output ends; only otherwise is it a clean end.
+
+use crate::error::Error;
+use crate::queue::Close;
+use crate::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
+
+/// The state every worker of one run shares.
+pub(crate) struct RunState {
+    cancelled: AtomicBool,
+    error: Mutex<Option<Error>>,
+    queues: Mutex<Vec<Box<dyn Close>>>,
+}
+
+impl RunState {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(RunState {
+            cancelled: AtomicBool::new(false),
+            error: Mutex::new(None),
+            queues: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Stops the run: every queue is closed, which wakes every blocked worker.
+    pub(crate) fn cancel(&self) {
+        if self.cancelled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let queues = std::mem::take(&mut *sync::lock(&self.queues));
+        for queue in &queues {
+            queue.close();
+        }
+    }
+
+    /// Records `error` if it is the first failure, then stops the run.
+    ///
+    /// A failure after a cancel is a consequence of the cancel (a join that saw its input
+    /// cut short, say), so it is not recorded.
+    pub(crate) fn fail(&self, error: Error) {
+        {
+            let mut slot = sync::lock(&self.error);
+            if slot.is_none() && !self.cancelled.load(Ordering::SeqCst) {
+                *slot = Some(error);
+            }
+        }
+        self.cancel();
+    }
+
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        sync::lock(&self.error).take()
+    }
+
+    /// Makes `queue` part of the run, so that a cancel closes it.
+    pub(crate) fn register(&self, queue: Box<dyn Close>) {
+        let mut queues = sync::lock(&self.queues);
+        if self.cancelled.load(Ordering::SeqCst) {
+            drop(queues);
+            queue.close();
+        } else {
+            queues.push(queue);
+        }
+    }
+}
+
+/// A worker thread of the run.
+pub(crate) struct WorkerThread {
+    handle: thread::JoinHandle<()>,
+    daemon: bool,
+}
+
+/// Collects what a pipeline's stages start while a run is being launched.
+pub(crate) struct Launcher {
+    pub(crate) state: Arc<RunState>,
+    pub(crate) threads: Vec<WorkerThread>,
+    next_position: usize,
+}
+
+impl Launcher {
+    pub(crate) fn new(state: Arc<RunState>) -> Self {
+        Launcher {
+            state,
+            threads: Vec::new(),
+            next_position: 1,
+        }
+    }
+
+    /// The 1-based position of the next stage, for default stage names.
+    pub(crate) fn next_position(&mut self) -> usize {
+        let position = self.next_position;
+        self.next_position += 1;
+        position
+    }
+
+    /// Starts one worker thread named after its stage.
+    pub(crate) fn spawn(
+        &mut self,
+        stage: &str,
+        daemon: bool,
+        work: impl FnOnce() + Send + 'static,
+    ) {
+        let builder = thread::Builder::new().name(format!("pyper:{stage}"));
+        match builder.spawn(work) {
+            Ok(handle) => self.threads.push(WorkerThread { handle, daemon }),
+            Err(error) => self.state.fail(Error::failed(stage, None, Box::new(error))),
+        }
+    }
+}
+
+/// Waits for every worker, or, when `detach_daemons`, only for the non-daemon ones.
+pub(crate) fn join_workers(threads: Vec<WorkerThread>, detach_daemons: bool) {
+    for worker in threads {
+        if worker.daemon && detach_daemons {
+            continue;
+        }
+        // A worker runs all user code under `catch_unwind`, so its thread cannot panic;
+        // the result carries nothing worth reporting.
+        let _ = worker.handle.join();
+    }
+}

@@ -1,0 +1,44 @@
+//! The input iterator of a fed run, driven by a worker like any other.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::Error;
+use crate::queue::{queue, Receiver};
+use crate::run::Launcher;
+use crate::sync::Arc;
+use crate::task::DEFAULT_THROTTLE;
+use crate::worker::{Emit, Outlet};
+
+/// The stage name that errors from the input iterator carry.
+pub(crate) const SOURCE_NAME: &str = "input";
+
+/// Starts a thread that pulls `inputs` into a new queue, and returns the queue.
+///
+/// The thread checks the run between items, so it stops with the run even when the
+/// iterator never ends. A panic in the iterator is the run's error like any other.
+pub(crate) fn launch<It>(inputs: It, launcher: &mut Launcher) -> Receiver<It::Item>
+where
+    It: Iterator + Send + 'static,
+    It::Item: Send + 'static,
+{
+    let (output, receiver) = queue(DEFAULT_THROTTLE);
+    launcher.state.register(Box::new(output.closer()));
+    let run = Arc::clone(&launcher.state);
+    launcher.spawn(SOURCE_NAME, false, move || {
+        let mut pulled = 0u64;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut outlet = Outlet::new(&output, &run);
+            for item in inputs {
+                pulled += 1;
+                if outlet.emit(item).is_err() {
+                    return;
+                }
+            }
+            let _ = outlet.flush();
+        }));
+        if let Err(payload) = result {
+            run.fail(Error::panicked(SOURCE_NAME, Some(pulled), payload));
+        }
+    });
+    receiver
+}

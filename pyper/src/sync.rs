@@ -1,0 +1,54 @@
+//! The synchronisation primitives the engine is built on.
+//!
+//! Every lock, condition variable, atomic and thread the engine uses comes from here, the
+//! way tokio routes its primitives through `src/loom/`. With the `shuttle` feature they are
+//! shuttle's, so `tests/model_check.rs` can explore the interleavings of the *real* queue
+//! and shutdown code rather than of a hand-written model of it.
+
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::thread;
+
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::thread;
+
+pub(crate) use std::sync::Arc;
+
+/// Locks `mutex`, ignoring poison.
+///
+/// Poison is irrelevant here: user code never runs while one of the engine's locks is held,
+/// and a panic inside the engine is caught and reported by the worker that owns it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits on `condvar`, ignoring poison (see [`lock`]).
+pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    condvar
+        .wait(guard)
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A short pause for a thread that found nothing to do, before it parks.
+///
+/// Parking and waking cost microseconds; a queue that refills within a few spins saves
+/// both. Yielding rather than spinning keeps the pause cheap on a machine with fewer cores
+/// than threads.
+pub(crate) fn backoff(round: u32) {
+    if round < 4 {
+        for _ in 0..(1 << round) {
+            std::hint::spin_loop();
+        }
+    } else {
+        thread::yield_now();
+    }
+}

@@ -1,0 +1,526 @@
+//! A task: the user's function plus its options. Pure configuration: it runs nothing
+//! until it is part of a running pipeline.
+
+use std::fmt;
+
+use crate::error::{BoxError, Error};
+use crate::pipeline::{IntoPipeline, Stages};
+use crate::queue::{queue, Receiver};
+use crate::run::Launcher;
+use crate::sequencer::Sequencer;
+use crate::sync::Arc;
+use crate::upstream::Upstream;
+use crate::worker::{self, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH};
+use crate::Output;
+
+/// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
+///
+/// Pyper's queues are unbounded by default. Ours are not: a fast stage in front of a slow
+/// one would otherwise buffer the whole stream, so memory would depend on the data rather
+/// than on the pipeline. 1024 items is far more than the handful that keeps every worker
+/// busy, and few enough that memory stays flat however long the stream.
+pub const DEFAULT_THROTTLE: usize = 1024;
+
+/// One stage of a pipeline: a function, how many workers run it, and how its input and
+/// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,
+/// and composed with `|` into a [`Pipeline`](crate::Pipeline).
+///
+/// A task is a one-stage pipeline in its own right: it has the same `run`, `feed` and
+/// `consume` methods.
+///
+/// ```
+/// use pyper::task;
+///
+/// let square = task(|x: u64| x * x).workers(4).name("square");
+/// let mut squares: Vec<u64> = square.feed(1..=5).map(Result::unwrap).collect();
+/// squares.sort();
+/// assert_eq!(squares, [1, 4, 9, 16, 25]);
+/// ```
+pub struct Task<I, O> {
+    body: Body<I, O>,
+    name: Option<Arc<str>>,
+    workers: usize,
+    throttle: usize,
+    ordered: bool,
+    daemon: bool,
+}
+
+enum Body<I, O> {
+    Each(EachFn<I, O>),
+    Join(JoinFn<I, O>),
+    Invalid(&'static str),
+}
+
+/// Builds a task from a function of one item, returning one output.
+///
+/// `f` may be a plain function, a closure or a method path; it must be `Send + Sync +
+/// 'static` because several worker threads call it. Extra arguments (Pyper's `bind`) are
+/// captured by the closure; see the crate docs for shared resources.
+///
+/// ```
+/// use pyper::task;
+///
+/// fn double(x: u32) -> u32 {
+///     x * 2
+/// }
+///
+/// let out: Vec<u32> = (task(double) | task(u32::count_ones))
+///     .run(7)
+///     .map(Result::unwrap)
+///     .collect();
+/// assert_eq!(out, [3]); // 14 = 0b1110
+/// ```
+pub fn task<I, O, F>(f: F) -> Task<I, O>
+where
+    F: Fn(I) -> O + Send + Sync + 'static,
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let name = readable_name::<F>();
+    let body: EachFn<I, O> =
+        Arc::new(move |item, out: &mut dyn Emit<O>| out.emit(f(item)).map_err(Fault::from));
+    Task::new(Body::Each(body), name)
+}
+
+/// Builds a task from a fallible function. An `Err` stops the whole run, and the caller
+/// receives it as the [`Error`]'s [`source`](std::error::Error::source).
+///
+/// `E` is anything that converts into a boxed error: any `std::error::Error + Send + Sync +
+/// 'static`, a `String`, or an `anyhow::Error`.
+///
+/// ```
+/// use pyper::try_task;
+///
+/// let parse = try_task(|s: String| s.parse::<i32>());
+/// let out: Result<Vec<i32>, _> = parse.feed(["1", "2", "x"].map(String::from)).collect();
+/// let err = out.unwrap_err();
+/// assert!(err.downcast_ref::<std::num::ParseIntError>().is_some());
+/// ```
+pub fn try_task<I, O, E, F>(f: F) -> Task<I, O>
+where
+    F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    E: Into<BoxError>,
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let name = readable_name::<F>();
+    let body: EachFn<I, O> = Arc::new(move |item, out: &mut dyn Emit<O>| match f(item) {
+        Ok(value) => out.emit(value).map_err(Fault::from),
+        Err(error) => Err(Fault::Failed(error.into())),
+    });
+    Task::new(Body::Each(body), name)
+}
+
+impl<I, O> Task<I, O> {
+    fn new(body: Body<I, O>, name: Option<Arc<str>>) -> Self {
+        Task {
+            body,
+            name,
+            workers: 1,
+            throttle: DEFAULT_THROTTLE,
+            ordered: false,
+            daemon: false,
+        }
+    }
+
+    /// Names the stage. The name appears in errors and thread names.
+    ///
+    /// The default is the function's name for a plain function (`parse` for
+    /// `task(parse)`), and `stage N`, its 1-based position in the pipeline, for a closure.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into().into());
+        self
+    }
+
+    /// Runs the stage on `n` worker threads (default 1): exactly `n` threads, started with
+    /// the run and gone when it ends. `0` is a configuration error.
+    ///
+    /// More workers help work that waits (IO) or that has cores to spare (CPU); see the
+    /// README's "which mode for which work". With more than one worker, outputs leave in
+    /// completion order unless the task is [`ordered`](Task::ordered).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Bounds the task's output queue to `n` items (default [`DEFAULT_THROTTLE`]); `0`
+    /// means unbounded, as in Pyper.
+    ///
+    /// When the queue is full the task's workers wait, so a fast stage cannot run ahead of
+    /// a slow one: that is backpressure, and it keeps memory flat. The bound counts items,
+    /// even though items travel in batches. Each worker may also hold up to one batch it is
+    /// handing over.
+    pub fn throttle(mut self, n: usize) -> Self {
+        self.throttle = n;
+        self
+    }
+
+    /// Keeps the outputs in the order of the inputs, even with several workers.
+    ///
+    /// Outputs that finish early wait in a bounded reorder buffer; a worker that runs too
+    /// far ahead of the oldest unfinished item waits too. With one worker a stage is always
+    /// in order, so this matters only with `workers(n > 1)`. A pipeline keeps its input
+    /// order end to end when every multi-worker stage in it is ordered.
+    ///
+    /// ```
+    /// use pyper::task;
+    ///
+    /// let slow_first = task(|x: u64| {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10 - x));
+    ///     x
+    /// });
+    /// let out: Vec<u64> = slow_first.workers(4).ordered().feed(0..10).map(Result::unwrap).collect();
+    /// assert_eq!(out, (0..10).collect::<Vec<_>>());
+    /// ```
+    pub fn ordered(mut self) -> Self {
+        self.ordered = true;
+        self
+    }
+
+    /// Does not wait for this stage's in-flight calls when the run stops early.
+    ///
+    /// On an error, a cancel or a drop of the output, the run normally waits until every
+    /// worker has finished the call it is in, so cleanup code runs. A daemon stage's
+    /// workers are left to finish on their own instead, so a stuck call cannot delay the
+    /// error. As the seeds put it: make pure functions daemon, never a task that writes to
+    /// a file, a database or the network. A run that completes normally waits for every
+    /// worker, daemon or not.
+    pub fn daemon(mut self) -> Self {
+        self.daemon = true;
+        self
+    }
+
+    /// Runs the task once with `input` and returns its outputs as they are produced.
+    /// See [`Pipeline::run`](crate::Pipeline::run).
+    pub fn run(&self, input: I) -> Output<O>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.clone().into_pipeline().run(input)
+    }
+
+    /// Runs the task on every item of `inputs`. See [`Pipeline::feed`](crate::Pipeline::feed).
+    pub fn feed<It>(&self, inputs: It) -> Output<O>
+    where
+        It: IntoIterator<Item = I>,
+        It::IntoIter: Send + 'static,
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.clone().into_pipeline().feed(inputs)
+    }
+
+    fn adapt_outputs<P>(self, adapter: Adapter<O, P>) -> Task<I, P>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        P: Send + 'static,
+    {
+        let body = match self.body {
+            Body::Each(each) => Body::Each(adapt(each, adapter)),
+            Body::Join(join) => Body::Join(adapt(join, adapter)),
+            Body::Invalid(why) => Body::Invalid(why),
+        };
+        Task {
+            body,
+            name: self.name,
+            workers: self.workers,
+            throttle: self.throttle,
+            ordered: self.ordered,
+            daemon: self.daemon,
+        }
+    }
+}
+
+impl<I, O> Task<I, O>
+where
+    I: Send + 'static,
+    O: IntoIterator + Send + 'static,
+    O::Item: Send + 'static,
+{
+    /// Hands on every element of each output instead of the output itself (Pyper's
+    /// `branch=True`).
+    ///
+    /// The output must be iterable: a `Vec`, an `Option` (which makes a filter), or a lazy
+    /// iterator. Elements flow on as they are produced, so an endless iterator works behind
+    /// a bounded queue, and stops when the run does. A non-iterable output is a compile
+    /// error.
+    ///
+    /// ```
+    /// use pyper::task;
+    ///
+    /// let words = task(|line: &'static str| line.split_whitespace()).branch();
+    /// let evens = task(|n: u32| (n % 2 == 0).then_some(n)).branch(); // a filter
+    ///
+    /// let out: Vec<&str> = words.run("to be or not").map(Result::unwrap).collect();
+    /// assert_eq!(out, ["to", "be", "or", "not"]);
+    /// let out: Vec<u32> = evens.feed(1..=6).map(Result::unwrap).collect();
+    /// assert_eq!(out, [2, 4, 6]);
+    /// ```
+    ///
+    /// ```compile_fail
+    /// // A u32 is not iterable.
+    /// let bad = pyper::task(|x: u32| x + 1).branch();
+    /// ```
+    pub fn branch(self) -> Task<I, O::Item> {
+        self.adapt_outputs(|output, out| {
+            for element in output {
+                out.emit(element)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl<I, O, T, E> Task<I, O>
+where
+    I: Send + 'static,
+    O: IntoIterator<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Into<BoxError>,
+{
+    /// Like [`branch`](Task::branch), for outputs whose elements are `Result`s: the first
+    /// `Err` element fails the run, as a fallible task would.
+    ///
+    /// ```
+    /// use std::io::BufRead;
+    /// use pyper::task;
+    ///
+    /// let lines = task(|text: &'static [u8]| text.lines()).try_branch();
+    /// let out: Vec<String> = lines.run(b"a\nb\n").map(Result::unwrap).collect();
+    /// assert_eq!(out, ["a", "b"]);
+    /// ```
+    pub fn try_branch(self) -> Task<I, T> {
+        self.adapt_outputs(|output, out| {
+            for element in output {
+                out.emit(element.map_err(|error| Fault::Failed(error.into()))?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl<I, O> Task<Upstream<I>, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    /// Makes the task receive the whole upstream stream at once, as an [`Upstream`]
+    /// iterator, instead of one item per call (Pyper's `join=True`).
+    ///
+    /// The function is called once per worker. With one worker (the default) it sees every
+    /// item; with `workers(n)`, each call gets an arbitrary share of the stream. Combine
+    /// with [`branch`](Task::branch) to emit several outputs, for instance windows.
+    ///
+    /// ```
+    /// use pyper::{task, Upstream};
+    ///
+    /// let count = task(|xs: Upstream<char>| xs.count()).join();
+    /// let chars = task(|s: &'static str| s.chars()).branch();
+    /// let out: Vec<usize> = (chars | count).run("héllo").map(Result::unwrap).collect();
+    /// assert_eq!(out, [5]);
+    /// ```
+    ///
+    /// A join task must take an `Upstream`; forgetting `.join()` does not compose:
+    ///
+    /// ```compile_fail
+    /// use pyper::{task, Upstream};
+    /// let not_joined = task(|xs: Upstream<u32>| xs.count());
+    /// let pipeline = task(|x: u32| x) | not_joined;
+    /// ```
+    pub fn join(self) -> Task<I, O> {
+        let body = match self.body {
+            Body::Each(each) => Body::Join(each),
+            Body::Join(_) => Body::Invalid("join() was applied twice"),
+            Body::Invalid(why) => Body::Invalid(why),
+        };
+        Task {
+            body,
+            name: self.name,
+            workers: self.workers,
+            throttle: self.throttle,
+            ordered: self.ordered,
+            daemon: self.daemon,
+        }
+    }
+}
+
+/// Turns each output of a body into zero or more outputs of another type.
+type Adapter<O, P> = fn(O, &mut dyn Emit<P>) -> Result<(), Fault>;
+
+fn adapt<In, O, P>(body: EachFn<In, O>, adapter: Adapter<O, P>) -> EachFn<In, P>
+where
+    In: 'static,
+    O: 'static,
+    P: 'static,
+{
+    Arc::new(move |input, out: &mut dyn Emit<P>| {
+        let mut adapted = Adapted {
+            out,
+            adapter,
+            failure: None,
+        };
+        let result = body(input, &mut adapted);
+        match adapted.failure {
+            Some(error) => Err(Fault::Failed(error)),
+            None => result,
+        }
+    })
+}
+
+struct Adapted<'a, O, P> {
+    out: &'a mut dyn Emit<P>,
+    adapter: Adapter<O, P>,
+    /// An adapter's own failure, carried past the body, whose `emit` can only say "stop".
+    failure: Option<BoxError>,
+}
+
+impl<O, P> Emit<O> for Adapted<'_, O, P> {
+    fn emit(&mut self, item: O) -> Result<(), Stop> {
+        match (self.adapter)(item, self.out) {
+            Ok(()) => Ok(()),
+            Err(Fault::Stop) => Err(Stop),
+            Err(Fault::Failed(error)) => {
+                self.failure = Some(error);
+                Err(Stop)
+            }
+        }
+    }
+}
+
+impl<I, O> Clone for Task<I, O> {
+    fn clone(&self) -> Self {
+        Task {
+            body: match &self.body {
+                Body::Each(each) => Body::Each(Arc::clone(each)),
+                Body::Join(join) => Body::Join(Arc::clone(join)),
+                Body::Invalid(why) => Body::Invalid(why),
+            },
+            name: self.name.clone(),
+            workers: self.workers,
+            throttle: self.throttle,
+            ordered: self.ordered,
+            daemon: self.daemon,
+        }
+    }
+}
+
+impl<I, O> fmt::Debug for Task<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("name", &self.name)
+            .field("workers", &self.workers)
+            .field("throttle", &self.throttle)
+            .field("ordered", &self.ordered)
+            .field("daemon", &self.daemon)
+            .field("join", &matches!(self.body, Body::Join(_)))
+            .finish()
+    }
+}
+
+impl<I, O> Stages<I, O> for Task<I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    fn check(&self, position: &mut usize) -> Result<(), Error> {
+        let name = self.stage_name(*position);
+        *position += 1;
+        if let Body::Invalid(why) = self.body {
+            return Err(Error::config(Some(&name), why));
+        }
+        if self.workers == 0 {
+            return Err(Error::config(Some(&name), "workers must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O> {
+        let name = self.stage_name(launcher.next_position());
+        let (output, next_input) = queue(self.throttle);
+        launcher.state.register(Box::new(output.closer()));
+        let body = match &self.body {
+            Body::Each(each) if self.ordered && self.workers > 1 => {
+                let window = (2 * self.workers * MAX_BATCH) as u64;
+                let sequencer = Arc::new(Sequencer::new(window));
+                launcher.state.register(Box::new(Arc::clone(&sequencer)));
+                StageBody::Ordered(Arc::clone(each), sequencer)
+            }
+            Body::Each(each) => StageBody::Each(Arc::clone(each)),
+            Body::Join(join) => StageBody::Join(Arc::clone(join)),
+            Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
+        };
+        let stage = Arc::new(Stage {
+            name: Arc::clone(&name),
+            run: Arc::clone(&launcher.state),
+            body,
+            workers: self.workers,
+        });
+        for _ in 0..self.workers {
+            let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+            launcher.spawn(&name, self.daemon, move || {
+                worker::work(stage, input, output)
+            });
+        }
+        next_input
+    }
+}
+
+impl<I, O> Task<I, O> {
+    fn stage_name(&self, position: usize) -> Arc<str> {
+        match &self.name {
+            Some(name) => Arc::clone(name),
+            None => format!("stage {position}").into(),
+        }
+    }
+}
+
+/// The function's own name for a plain function or method, `None` for a closure.
+fn readable_name<F>() -> Option<Arc<str>> {
+    let full = std::any::type_name::<F>();
+    if full.contains("{{closure}}") {
+        return None;
+    }
+    // `app::parse<u32>` → `app::parse`; `core::str::<impl str>::len` keeps its path.
+    let mut path = full;
+    if path.ends_with('>') {
+        let mut depth = 0;
+        for (at, c) in path.char_indices().rev() {
+            match c {
+                '>' => depth += 1,
+                '<' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                path = &path[..at];
+                break;
+            }
+        }
+    }
+    let last = path.rsplit("::").next().unwrap_or(path);
+    (!last.is_empty()).then(|| last.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: String) -> usize {
+        s.len()
+    }
+
+    fn generic<T>(value: T) -> T {
+        value
+    }
+
+    #[test]
+    fn plain_functions_are_named_after_themselves_and_closures_by_position() {
+        let named = task(parse);
+        assert_eq!(named.stage_name(3).as_ref(), "parse");
+        let closure = task(|s: String| s.len());
+        assert_eq!(closure.stage_name(3).as_ref(), "stage 3");
+        assert_eq!(task(str::len).stage_name(1).as_ref(), "len");
+        assert_eq!(task(generic::<u8>).stage_name(1).as_ref(), "generic");
+    }
+}
