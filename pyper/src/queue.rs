@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use crate::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 /// How many times a consumer looks again before it parks on an empty queue.
-const SPINS_BEFORE_PARK: u32 = 8;
+const SPINS_BEFORE_PARK: u32 = 0;
 
 struct State<T> {
     items: VecDeque<T>,

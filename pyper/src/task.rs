@@ -17,9 +17,9 @@ use crate::Output;
 ///
 /// Pyper's queues are unbounded by default. Ours are not: a fast stage in front of a slow
 /// one would otherwise buffer the whole stream, so memory would depend on the data rather
-/// than on the pipeline. 1024 items is far more than the handful that keeps every worker
+/// than on the pipeline. 4096 items is far more than the handful that keeps every worker
 /// busy, and few enough that memory stays flat however long the stream.
-pub const DEFAULT_THROTTLE: usize = 1024;
+pub const DEFAULT_THROTTLE: usize = 4096;
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,
@@ -455,7 +455,6 @@ where
             name: Arc::clone(&name),
             run: Arc::clone(&launcher.state),
             body,
-            workers: self.workers,
         });
         for _ in 0..self.workers {
             let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());

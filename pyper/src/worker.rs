@@ -19,7 +19,7 @@ use crate::sync::Arc;
 use crate::upstream::Upstream;
 
 /// The most items one hand-over carries.
-pub(crate) const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 1024;
 
 /// How long the items of one batch should take to process. Longer batches would delay
 /// the first output of the batch, and leave the other workers of a stage idle at the end.
@@ -59,7 +59,6 @@ pub(crate) struct Stage<I, O> {
     pub(crate) name: Arc<str>,
     pub(crate) run: Arc<crate::run::RunState>,
     pub(crate) body: StageBody<I, O>,
-    pub(crate) workers: usize,
 }
 
 pub(crate) enum StageBody<I, O> {
@@ -101,7 +100,7 @@ fn each<I, O>(
 ) -> Result<(), Fault> {
     let mut outlet = Outlet::new(output, &stage.run);
     let mut batch = Vec::new();
-    let mut limit = BatchLimit::new(stage.workers);
+    let mut limit = BatchLimit::new();
     while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
         let started = limit.start();
         let count = batch.len();
@@ -112,8 +111,8 @@ fn each<I, O>(
             *current_item = Some(index);
             body(item, &mut outlet)?;
         }
-        outlet.flush()?;
         limit.adapt(started, count);
+        outlet.flush()?;
     }
     Ok(())
 }
@@ -127,7 +126,7 @@ fn ordered<I, O>(
     current_item: &mut Option<u64>,
 ) -> Result<(), Fault> {
     let mut batch = Vec::new();
-    let mut limit = BatchLimit::new(stage.workers);
+    let mut limit = BatchLimit::new();
     while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
         let count = batch.len();
         sequencer.wait_turn(first)?;
@@ -151,33 +150,27 @@ fn ordered<I, O>(
 
 /// How many ready items a worker takes at once.
 ///
-/// A single worker takes everything ready, up to [`MAX_BATCH`]. Workers that share a
-/// stage start at one item and grow towards the count that [`BATCH_TIME`] allows, so slow
-/// items spread over every worker while trivial ones still move in bulk.
+/// It starts at one item and doubles towards the count that [`BATCH_TIME`] allows, so
+/// trivial items move in bulk while slow ones are taken one at a time: their outputs are
+/// not held back behind a long batch, and they spread over every worker of the stage.
 struct BatchLimit {
     limit: usize,
-    adaptive: bool,
 }
 
 impl BatchLimit {
-    fn new(workers: usize) -> Self {
-        let adaptive = workers > 1;
-        BatchLimit {
-            limit: if adaptive { 1 } else { MAX_BATCH },
-            adaptive,
-        }
+    fn new() -> Self {
+        BatchLimit { limit: 1 }
     }
 
     fn get(&self) -> usize {
         self.limit
     }
 
-    fn start(&self) -> Option<Instant> {
-        self.adaptive.then(Instant::now)
+    fn start(&self) -> Instant {
+        Instant::now()
     }
 
-    fn adapt(&mut self, started: Option<Instant>, count: usize) {
-        let Some(started) = started else { return };
+    fn adapt(&mut self, started: Instant, count: usize) {
         let per_item = started.elapsed() / count.max(1) as u32;
         let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
         // Grow gently, so that one fast item cannot make a worker hoard a slow stream.
@@ -200,7 +193,9 @@ impl<'a, O> Outlet<'a, O> {
             output,
             run,
             buffer: Vec::new(),
-            max: MAX_BATCH.min(output.capacity()),
+            // A quarter of the bound: the consumer can take one batch while the producer
+            // fills the next, instead of the two taking turns.
+            max: (output.capacity() / 4).clamp(1, MAX_BATCH),
         }
     }
 
