@@ -25,9 +25,6 @@ use std::collections::VecDeque;
 
 use crate::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
-/// How many times a consumer looks again before it parks on an empty queue.
-const SPINS_BEFORE_PARK: u32 = 0;
-
 struct State<T> {
     items: VecDeque<T>,
     senders: usize,
@@ -152,7 +149,6 @@ impl<T> Receiver<T> {
     pub(crate) fn pop_batch(&self, out: &mut Vec<T>, max: usize) -> Option<u64> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
-        let mut spins = 0;
         loop {
             if state.closed {
                 return None;
@@ -170,16 +166,6 @@ impl<T> Receiver<T> {
             }
             if state.senders == 0 {
                 return None;
-            }
-            if spins < SPINS_BEFORE_PARK {
-                drop(state);
-                while spins < SPINS_BEFORE_PARK && shared.len.load(Ordering::Relaxed) == 0 {
-                    sync::backoff(spins);
-                    spins += 1;
-                }
-                spins = SPINS_BEFORE_PARK;
-                state = sync::lock(&shared.state);
-                continue;
             }
             state.parked_receivers += 1;
             state = sync::wait(&shared.not_empty, state);

@@ -37,18 +37,3 @@ pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexG
         .wait(guard)
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-/// A short pause for a thread that found nothing to do, before it parks.
-///
-/// Parking and waking cost microseconds; a queue that refills within a few spins saves
-/// both. Yielding rather than spinning keeps the pause cheap on a machine with fewer cores
-/// than threads.
-pub(crate) fn backoff(round: u32) {
-    if round < 4 {
-        for _ in 0..(1 << round) {
-            std::hint::spin_loop();
-        }
-    } else {
-        thread::yield_now();
-    }
-}
