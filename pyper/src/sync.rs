@@ -21,6 +21,25 @@ pub(crate) use shuttle::thread;
 
 pub(crate) use std::sync::Arc;
 
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::time::Instant;
+
+/// Under shuttle a clock would make schedules unrepeatable, so every interval is zero.
+#[cfg(feature = "shuttle")]
+#[derive(Clone, Copy)]
+pub(crate) struct Instant;
+
+#[cfg(feature = "shuttle")]
+impl Instant {
+    pub(crate) fn now() -> Self {
+        Instant
+    }
+
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
 /// Locks `mutex`, ignoring poison.
 ///
 /// Poison is irrelevant here: user code never runs while one of the engine's locks is held,

@@ -9,13 +9,13 @@
 //!   waiting to fill one.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{BoxError, Error};
 use crate::queue::{Receiver, Sender};
 use crate::run::RunState;
 use crate::sequencer::Sequencer;
-use crate::sync::Arc;
+use crate::sync::{Arc, Instant};
 use crate::upstream::Upstream;
 
 /// The most items one hand-over carries.
