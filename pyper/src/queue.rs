@@ -97,11 +97,13 @@ impl<C: Close> Close for Arc<C> {
 
 impl<T> Sender<T> {
     /// The most items one batch may carry, so that a batch always fits the bound.
+    #[inline]
     pub(crate) fn capacity(&self) -> usize {
         self.shared.capacity
     }
 
     /// Whether the consumer has nothing queued, so an item handed over now is taken at once.
+    #[inline]
     pub(crate) fn looks_hungry(&self) -> bool {
         self.shared.len.load(Ordering::Relaxed) == 0
     }

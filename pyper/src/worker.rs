@@ -70,16 +70,25 @@ pub(crate) enum StageBody<I, O> {
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
 pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>) {
     let mut current_item = None;
-    let result = catch_unwind(AssertUnwindSafe(|| match &stage.body {
-        StageBody::Each(body) => each(&stage, body, &input, &output, &mut current_item),
-        StageBody::Ordered(body, sequencer) => {
-            ordered(&stage, body, sequencer, &input, &output, &mut current_item)
-        }
-        StageBody::Join(body) => {
-            let upstream = Upstream::new(input.clone(), Arc::clone(&stage.run));
-            let mut outlet = Outlet::new(&output, &stage.run);
-            body(upstream, &mut outlet)?;
-            outlet.flush().map_err(Fault::from)
+    let mut input = Some(input);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let Some(receiver) = input.as_ref() else {
+            return Ok(());
+        };
+        match &stage.body {
+            StageBody::Each(body) => each(&stage, body, receiver, &output, &mut current_item),
+            StageBody::Ordered(body, sequencer) => {
+                ordered(&stage, body, sequencer, receiver, &output, &mut current_item)
+            }
+            StageBody::Join(body) => {
+                // The join task owns its input: dropping its `Upstream` early tells the
+                // stages above that nobody needs more items.
+                let receiver = input.take().expect("checked above");
+                let upstream = Upstream::new(receiver, Arc::clone(&stage.run));
+                let mut outlet = Outlet::new(&output, &stage.run);
+                body(upstream, &mut outlet)?;
+                outlet.flush().map_err(Fault::from)
+            }
         }
     }));
     let error = match result {
@@ -87,7 +96,7 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
         Ok(Err(Fault::Failed(error))) => Error::failed(&stage.name, current_item, error),
         Err(payload) => Error::panicked(&stage.name, current_item, payload),
     };
-    // Recorded while `input` and `output` are still alive: see the module docs of `run`.
+    // Recorded while `output` is still alive: see the module docs of `run`.
     stage.run.fail(error);
 }
 
