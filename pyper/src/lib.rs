@@ -94,20 +94,34 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
+#[cfg(feature = "async")]
+mod async_task;
+#[cfg(feature = "async")]
+mod async_worker;
 mod error;
 mod output;
 mod pipeline;
 mod queue;
 mod run;
+#[cfg(feature = "async")]
+mod runtime;
 mod sequencer;
 mod source;
+#[cfg(feature = "async")]
+mod stream;
 mod sync;
 mod task;
 mod upstream;
 mod worker;
 
+#[cfg(feature = "async")]
+pub use async_task::{async_task, try_async_task};
 pub use error::{BoxError, Error, ErrorKind};
 pub use output::{Canceller, Output};
+#[cfg(feature = "async")]
+pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+#[cfg(feature = "async")]
+pub use stream::{OutputStream, UpstreamStream};
 pub use task::{task, try_task, Task, DEFAULT_THROTTLE};
 pub use upstream::Upstream;

@@ -1,10 +1,11 @@
-//! The output of a run: a blocking iterator, and the handle that cancels it.
+//! The output of a run: a blocking iterator (and, with the `async` feature, a `Stream`),
+//! and the handle that cancels it.
 
 use std::fmt;
 
 use crate::error::Error;
 use crate::queue::Receiver;
-use crate::run::{join_workers, Launcher, RunState, WorkerThread};
+use crate::run::{self, Launcher, RunState, WorkerThread};
 use crate::sync::Arc;
 use crate::worker::MAX_BATCH;
 
@@ -34,12 +35,15 @@ type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Se
 /// ```
 #[must_use = "a run does nothing until its output is iterated"]
 pub struct Output<O> {
-    run: Arc<RunState>,
+    pub(crate) run: Arc<RunState>,
     start: Option<Start<O>>,
-    receiver: Option<Receiver<O>>,
-    ready: std::vec::IntoIter<O>,
+    pub(crate) receiver: Option<Receiver<O>>,
+    pub(crate) ready: std::vec::IntoIter<O>,
     threads: Vec<WorkerThread>,
-    finished: bool,
+    pub(crate) finished: bool,
+    /// What a `Stream` consumer is waiting for.
+    #[cfg(feature = "async")]
+    pub(crate) waiting: Option<crate::stream::Waiting<O>>,
 }
 
 impl<O: Send + 'static> Output<O> {
@@ -53,6 +57,8 @@ impl<O: Send + 'static> Output<O> {
             ready: Vec::new().into_iter(),
             threads: Vec::new(),
             finished: false,
+            #[cfg(feature = "async")]
+            waiting: None,
         }
     }
 }
@@ -84,6 +90,13 @@ impl<O> Output<O> {
     }
 
     fn finish(&mut self) -> Option<Error> {
+        let threads = self.begin_finish()?;
+        run::finish(&self.run, threads)
+    }
+
+    /// Marks the output finished and hands back the threads to wait for, unless it was
+    /// finished already.
+    pub(crate) fn begin_finish(&mut self) -> Option<Vec<WorkerThread>> {
         if self.finished {
             return None;
         }
@@ -91,13 +104,33 @@ impl<O> Output<O> {
         self.start = None;
         self.receiver = None;
         self.ready = Vec::new().into_iter();
-        // A run that ended cleanly waits for every worker, so that a failure in a stage
-        // still finishing up is reported rather than lost; a stopped run leaves daemon
-        // stages behind.
-        join_workers(std::mem::take(&mut self.threads), self.run.is_cancelled());
-        self.run.take_error()
+        Some(std::mem::take(&mut self.threads))
+    }
+
+    /// Starts the run if it has not started: returns `false` if it could not.
+    pub(crate) fn ensure_started(&mut self) -> bool {
+        let Some(start) = self.start.take() else {
+            return true;
+        };
+        let mut launcher = Launcher::new(Arc::clone(&self.run));
+        let started = start(&mut launcher);
+        self.threads = launcher.threads;
+        match started {
+            Ok(receiver) => {
+                self.receiver = Some(receiver);
+                true
+            }
+            Err(error) => {
+                self.run.fail(error);
+                false
+            }
+        }
     }
 }
+
+// Never pinned in place: it only holds queues, handles and boxes, so it can be polled as
+// a `Stream` without pinning.
+impl<O> Unpin for Output<O> {}
 
 impl<O> Iterator for Output<O> {
     type Item = Result<O, Error>;
@@ -110,17 +143,8 @@ impl<O> Iterator for Output<O> {
             if self.finished {
                 return None;
             }
-            if let Some(start) = self.start.take() {
-                let mut launcher = Launcher::new(Arc::clone(&self.run));
-                let started = start(&mut launcher);
-                self.threads = launcher.threads;
-                match started {
-                    Ok(receiver) => self.receiver = Some(receiver),
-                    Err(error) => {
-                        self.run.fail(error);
-                        return self.finish().map(Err);
-                    }
-                }
+            if !self.ensure_started() {
+                return self.finish().map(Err);
             }
             let mut batch = Vec::with_capacity(MAX_BATCH);
             match self
@@ -137,10 +161,11 @@ impl<O> Iterator for Output<O> {
 
 impl<O> Drop for Output<O> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.run.cancel();
-            self.finish();
+        if self.finished {
+            return;
         }
+        self.run.cancel();
+        self.finish();
     }
 }
 

@@ -191,6 +191,79 @@ where
     }
 }
 
+/// A pipeline with an async consumer attached: running it awaits the consumer's result.
+/// Made by [`Pipeline::consume_async`]. (Requires the `async` feature.)
+#[cfg(feature = "async")]
+pub struct AsyncConsumer<I, O, F> {
+    pipeline: Pipeline<I, O>,
+    consumer: F,
+}
+
+#[cfg(feature = "async")]
+impl<I, O> Pipeline<I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    /// Hands the output of each run, as a [`Stream`](crate::OutputStream), to an async
+    /// `consumer`, and returns what it returns. (Requires the `async` feature.)
+    ///
+    /// ```
+    /// use futures_util::TryStreamExt;
+    /// use pyper::{async_task, OutputStream};
+    ///
+    /// async fn total(outputs: OutputStream<u64>) -> Result<u64, pyper::Error> {
+    ///     outputs.try_fold(0, |sum, x| async move { Ok(sum + x) }).await
+    /// }
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// let doubled = async_task(|x: u64| async move { x * 2 }).workers(4);
+    /// let run = pyper::Pipeline::from(doubled).consume_async(total);
+    /// assert_eq!(run.feed(1..=10).await.unwrap(), 110);
+    /// # }
+    /// ```
+    pub fn consume_async<R, F, Fut>(self, consumer: F) -> AsyncConsumer<I, O, F>
+    where
+        F: Fn(crate::OutputStream<O>) -> Fut,
+        Fut: std::future::Future<Output = R>,
+    {
+        AsyncConsumer {
+            pipeline: self,
+            consumer,
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<I, O, R, F, Fut> AsyncConsumer<I, O, F>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(crate::OutputStream<O>) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    /// Runs the pipeline with one input and awaits the consumer's result.
+    pub async fn run(&self, input: I) -> R {
+        (self.consumer)(self.pipeline.run(input).into_stream()).await
+    }
+
+    /// Runs the pipeline over `inputs` and awaits the consumer's result.
+    pub async fn feed<It>(&self, inputs: It) -> R
+    where
+        It: IntoIterator<Item = I>,
+        It::IntoIter: Send + 'static,
+    {
+        (self.consumer)(self.pipeline.feed(inputs).into_stream()).await
+    }
+}
+
+#[cfg(feature = "async")]
+impl<I, O, F> fmt::Debug for AsyncConsumer<I, O, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncConsumer").finish_non_exhaustive()
+    }
+}
+
 impl<I, O, F> fmt::Debug for Consumer<I, O, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer").finish_non_exhaustive()

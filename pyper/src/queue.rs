@@ -14,8 +14,13 @@
 //!
 //! The queue is a `VecDeque` behind one mutex with two condition variables. A consumer
 //! takes every ready item up to its batch limit in one lock; a producer appends a whole
-//! batch in one lock. Nobody is woken unless somebody is parked, and a consumer that finds
-//! the queue empty spins briefly before it parks, so a busy pipeline rarely sleeps.
+//! batch in one lock. Nobody is woken unless somebody is parked. (Spinning before parking
+//! was measured in the benchmark harness and did not pay on 2 cores: threads outnumber
+//! cores, so a spinning consumer only delays the producer it waits for.)
+//!
+//! With the `async` feature, async tasks wait on the same queue through two tokio
+//! `Notify`s, next to the condition variables, so one queue joins any mix of thread and
+//! async stages: whoever frees room or adds items wakes the waiters of both kinds.
 //!
 //! End of stream is the last [`Sender`] being dropped; a closed queue (cancellation) ends
 //! at once and drops what it holds. Neither says *why* the stream ended: that is the run
@@ -34,6 +39,10 @@ struct State<T> {
     popped: u64,
     parked_receivers: usize,
     parked_senders: usize,
+    #[cfg(feature = "async")]
+    async_receivers: usize,
+    #[cfg(feature = "async")]
+    async_senders: usize,
 }
 
 struct Shared<T> {
@@ -43,6 +52,10 @@ struct Shared<T> {
     capacity: usize,
     not_empty: Condvar,
     not_full: Condvar,
+    #[cfg(feature = "async")]
+    readable: tokio::sync::Notify,
+    #[cfg(feature = "async")]
+    writable: tokio::sync::Notify,
 }
 
 /// Creates a queue holding at most `capacity` items (`0` = unbounded).
@@ -56,11 +69,19 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             popped: 0,
             parked_receivers: 0,
             parked_senders: 0,
+            #[cfg(feature = "async")]
+            async_receivers: 0,
+            #[cfg(feature = "async")]
+            async_senders: 0,
         }),
         len: AtomicUsize::new(0),
         capacity: if capacity == 0 { usize::MAX } else { capacity },
         not_empty: Condvar::new(),
         not_full: Condvar::new(),
+        #[cfg(feature = "async")]
+        readable: tokio::sync::Notify::new(),
+        #[cfg(feature = "async")]
+        writable: tokio::sync::Notify::new(),
     });
     (
         Sender {
@@ -95,8 +116,94 @@ impl<C: Close> Close for Arc<C> {
     }
 }
 
+/// What a push achieved without waiting.
+enum Pushed {
+    All,
+    Full,
+    Disconnected,
+}
+
+/// What a pop achieved without waiting.
+enum Popped {
+    /// Items were taken; the stage-input index of the first.
+    Items(u64),
+    Empty,
+    /// The stream has ended or the queue was closed.
+    Over,
+}
+
+impl<T> Shared<T> {
+    /// Moves as much of `batch` as fits, and wakes as many consumers as items arrived.
+    fn try_push(&self, state: &mut State<T>, batch: &mut Vec<T>) -> Pushed {
+        if state.closed || state.receivers == 0 {
+            batch.clear();
+            return Pushed::Disconnected;
+        }
+        let room = self.capacity - state.items.len();
+        if room == 0 {
+            return Pushed::Full;
+        }
+        let n = room.min(batch.len());
+        state.items.extend(batch.drain(..n));
+        self.len.store(state.items.len(), Ordering::Relaxed);
+        match state.parked_receivers {
+            0 => {}
+            1 => self.not_empty.notify_one(),
+            _ if n == 1 => self.not_empty.notify_one(),
+            _ => self.not_empty.notify_all(),
+        }
+        #[cfg(feature = "async")]
+        for _ in 0..n.min(state.async_receivers) {
+            self.readable.notify_one();
+        }
+        if batch.is_empty() {
+            Pushed::All
+        } else {
+            Pushed::Full
+        }
+    }
+
+    /// Takes up to `max` items, and wakes the producers waiting for room.
+    fn try_pop(&self, state: &mut State<T>, out: &mut Vec<T>, max: usize) -> Popped {
+        if state.closed {
+            return Popped::Over;
+        }
+        if state.items.is_empty() {
+            return if state.senders == 0 {
+                Popped::Over
+            } else {
+                Popped::Empty
+            };
+        }
+        let n = max.max(1).min(state.items.len());
+        out.extend(state.items.drain(..n));
+        let first = state.popped;
+        state.popped += n as u64;
+        self.len.store(state.items.len(), Ordering::Relaxed);
+        if state.parked_senders > 0 {
+            self.not_full.notify_all();
+        }
+        #[cfg(feature = "async")]
+        if state.async_senders > 0 {
+            self.writable.notify_waiters();
+        }
+        Popped::Items(first)
+    }
+
+    /// Wakes every waiter of both kinds: the queue has ended, closed or lost its readers.
+    fn wake_everyone(&self) {
+        self.not_empty.notify_all();
+        self.not_full.notify_all();
+        #[cfg(feature = "async")]
+        {
+            self.readable.notify_waiters();
+            self.writable.notify_waiters();
+        }
+    }
+}
+
 impl<T> Sender<T> {
-    /// The most items one batch may carry, so that a batch always fits the bound.
+    /// The most items the queue holds.
     #[inline]
     pub(crate) fn capacity(&self) -> usize {
         self.shared.capacity
@@ -115,30 +222,42 @@ impl<T> Sender<T> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
         loop {
-            if state.closed || state.receivers == 0 {
-                drop(state);
-                batch.clear();
-                return Err(Disconnected);
-            }
-            let room = shared.capacity - state.items.len();
-            if room > 0 {
-                let n = room.min(batch.len());
-                state.items.extend(batch.drain(..n));
-                shared.len.store(state.items.len(), Ordering::Relaxed);
-                match state.parked_receivers {
-                    0 => {}
-                    1 => shared.not_empty.notify_one(),
-                    _ if n == 1 => shared.not_empty.notify_one(),
-                    _ => shared.not_empty.notify_all(),
+            match shared.try_push(&mut state, batch) {
+                Pushed::All => return Ok(()),
+                Pushed::Disconnected => return Err(Disconnected),
+                Pushed::Full => {
+                    state.parked_senders += 1;
+                    state = sync::wait(&shared.not_full, state);
+                    state.parked_senders -= 1;
                 }
-                if batch.is_empty() {
-                    return Ok(());
-                }
-            } else {
-                state.parked_senders += 1;
-                state = sync::wait(&shared.not_full, state);
-                state.parked_senders -= 1;
             }
+        }
+    }
+
+    /// [`push_all`](Sender::push_all) for async tasks: waits without blocking the thread.
+    #[cfg(feature = "async")]
+    pub(crate) async fn push_all_async(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
+        let shared = &*self.shared;
+        loop {
+            let writable = shared.writable.notified();
+            tokio::pin!(writable);
+            // Registered before the check, so a wake-up between the two is not lost.
+            writable.as_mut().enable();
+            let _waiting = {
+                let mut state = sync::lock(&shared.state);
+                match shared.try_push(&mut state, batch) {
+                    Pushed::All => return Ok(()),
+                    Pushed::Disconnected => return Err(Disconnected),
+                    Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
+                }
+            };
+            writable.await;
+        }
+    }
+
+    pub(crate) fn closer(&self) -> Closer<T> {
+        Closer {
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -152,26 +271,73 @@ impl<T> Receiver<T> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
         loop {
-            if state.closed {
-                return None;
-            }
-            if !state.items.is_empty() {
-                let n = max.max(1).min(state.items.len());
-                out.extend(state.items.drain(..n));
-                let first = state.popped;
-                state.popped += n as u64;
-                shared.len.store(state.items.len(), Ordering::Relaxed);
-                if state.parked_senders > 0 {
-                    shared.not_full.notify_all();
+            match shared.try_pop(&mut state, out, max) {
+                Popped::Items(first) => return Some(first),
+                Popped::Over => return None,
+                Popped::Empty => {
+                    state.parked_receivers += 1;
+                    state = sync::wait(&shared.not_empty, state);
+                    state.parked_receivers -= 1;
                 }
-                return Some(first);
             }
-            if state.senders == 0 {
-                return None;
-            }
-            state.parked_receivers += 1;
-            state = sync::wait(&shared.not_empty, state);
-            state.parked_receivers -= 1;
+        }
+    }
+
+    /// [`pop_batch`](Receiver::pop_batch) for async tasks: waits without blocking the
+    /// thread.
+    #[cfg(feature = "async")]
+    pub(crate) async fn pop_batch_async(&self, out: &mut Vec<T>, max: usize) -> Option<u64> {
+        let shared = &*self.shared;
+        loop {
+            let readable = shared.readable.notified();
+            tokio::pin!(readable);
+            // Registered before the check, so a wake-up between the two is not lost.
+            readable.as_mut().enable();
+            let _waiting = {
+                let mut state = sync::lock(&shared.state);
+                match shared.try_pop(&mut state, out, max) {
+                    Popped::Items(first) => return Some(first),
+                    Popped::Over => return None,
+                    Popped::Empty => AsyncWaiter::new(shared, &mut state, Side::Receive),
+                }
+            };
+            readable.await;
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+enum Side {
+    Send,
+    Receive,
+}
+
+/// Counts an async task as waiting for as long as it waits, even if its future is
+/// dropped mid-wait, so producers know whom to wake.
+#[cfg(feature = "async")]
+struct AsyncWaiter<'a, T> {
+    shared: &'a Shared<T>,
+    side: Side,
+}
+
+#[cfg(feature = "async")]
+impl<'a, T> AsyncWaiter<'a, T> {
+    fn new(shared: &'a Shared<T>, state: &mut State<T>, side: Side) -> Self {
+        match side {
+            Side::Send => state.async_senders += 1,
+            Side::Receive => state.async_receivers += 1,
+        }
+        AsyncWaiter { shared, side }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<T> Drop for AsyncWaiter<'_, T> {
+    fn drop(&mut self) {
+        let mut state = sync::lock(&self.shared.state);
+        match self.side {
+            Side::Send => state.async_senders -= 1,
+            Side::Receive => state.async_receivers -= 1,
         }
     }
 }
@@ -182,31 +348,18 @@ pub(crate) struct Closer<T> {
     shared: Arc<Shared<T>>,
 }
 
-impl<T> Sender<T> {
-    pub(crate) fn closer(&self) -> Closer<T> {
-        Closer {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
 impl<T: Send> Close for Closer<T> {
     fn close(&self) {
-        close(&self.shared);
+        let dropped = {
+            let mut state = sync::lock(&self.shared.state);
+            state.closed = true;
+            self.shared.len.store(0, Ordering::Relaxed);
+            self.shared.wake_everyone();
+            std::mem::take(&mut state.items)
+        };
+        // User values may run arbitrary code on drop: never under the lock.
+        drop(dropped);
     }
-}
-
-fn close<T>(shared: &Shared<T>) {
-    let dropped = {
-        let mut state = sync::lock(&shared.state);
-        state.closed = true;
-        shared.len.store(0, Ordering::Relaxed);
-        shared.not_empty.notify_all();
-        shared.not_full.notify_all();
-        std::mem::take(&mut state.items)
-    };
-    // User values may run arbitrary code on drop: never under the lock.
-    drop(dropped);
 }
 
 impl<T> Clone for Sender<T> {
@@ -232,7 +385,7 @@ impl<T> Drop for Sender<T> {
         let mut state = sync::lock(&self.shared.state);
         state.senders -= 1;
         if state.senders == 0 {
-            self.shared.not_empty.notify_all();
+            self.shared.wake_everyone();
         }
     }
 }
@@ -245,8 +398,8 @@ impl<T> Drop for Receiver<T> {
             if state.receivers > 0 {
                 return;
             }
-            self.shared.not_full.notify_all();
             self.shared.len.store(0, Ordering::Relaxed);
+            self.shared.wake_everyone();
             std::mem::take(&mut state.items)
         };
         drop(dropped);

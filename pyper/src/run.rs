@@ -8,7 +8,7 @@
 //!    is recorded and the run was not cancelled; the mutex decides the race. A worker
 //!    records its failure *before* it drops its queue handles, so nobody can see the end
 //!    of a stream that an error caused without also seeing the error.
-//! 2. **Cancelling closes every queue.** A failure, an explicit cancel and the drop of the
+//! 2. **Cancelling closes every queue** and aborts every async worker. A failure, an explicit cancel and the drop of the
 //!    output all call [`RunState::cancel`], which closes every queue of the run. A closed
 //!    queue wakes every worker blocked on it, whatever the bound, and refuses further
 //!    items, so each worker stops after the item it is processing.
@@ -25,6 +25,8 @@ pub(crate) struct RunState {
     cancelled: AtomicBool,
     error: Mutex<Option<Error>>,
     queues: Mutex<Vec<Box<dyn Close>>>,
+    #[cfg(feature = "async")]
+    tasks: Arc<TaskCount>,
 }
 
 impl RunState {
@@ -33,6 +35,8 @@ impl RunState {
             cancelled: AtomicBool::new(false),
             error: Mutex::new(None),
             queues: Mutex::new(Vec::new()),
+            #[cfg(feature = "async")]
+            tasks: Arc::default(),
         })
     }
 
@@ -124,10 +128,41 @@ impl Launcher {
             Err(error) => self.state.fail(Error::failed(stage, None, Box::new(error))),
         }
     }
+
+    /// Starts one async worker on pyper's runtime. Cancelling the run aborts it, which
+    /// drops the future it is awaiting.
+    #[cfg(feature = "async")]
+    pub(crate) fn spawn_task(
+        &mut self,
+        stage: &str,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let runtime = match crate::runtime::handle() {
+            Ok(runtime) => runtime,
+            Err(error) => return self.state.fail(Error::failed(stage, None, error)),
+        };
+        let alive = self.state.tasks.enter();
+        let task = runtime.spawn(async move {
+            let _alive = alive;
+            work.await;
+        });
+        self.state.register(Box::new(task.abort_handle()));
+    }
 }
 
-/// Waits for every worker, or, when `detach_daemons`, only for the non-daemon ones.
-pub(crate) fn join_workers(threads: Vec<WorkerThread>, detach_daemons: bool) {
+#[cfg(feature = "async")]
+impl Close for tokio::task::AbortHandle {
+    fn close(&self) {
+        self.abort();
+    }
+}
+
+/// Waits until the run's workers have stopped, and returns the run's error, if any.
+///
+/// A run that ended cleanly waits for every worker, so that a failure in a stage still
+/// finishing up is reported rather than lost. A stopped run leaves daemon stages behind.
+pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error> {
+    let detach_daemons = run.is_cancelled();
     for worker in threads {
         if worker.daemon && detach_daemons {
             continue;
@@ -135,5 +170,47 @@ pub(crate) fn join_workers(threads: Vec<WorkerThread>, detach_daemons: bool) {
         // A worker runs all user code under `catch_unwind`, so its thread cannot panic;
         // the result carries nothing worth reporting.
         let _ = worker.handle.join();
+    }
+    #[cfg(feature = "async")]
+    run.tasks.wait_until_none();
+    run.take_error()
+}
+
+/// Counts a run's async workers, so that a blocking caller can wait for them to end from
+/// any thread, a runtime's included.
+#[cfg(feature = "async")]
+#[derive(Default)]
+pub(crate) struct TaskCount {
+    alive: Mutex<usize>,
+    none_alive: crate::sync::Condvar,
+}
+
+#[cfg(feature = "async")]
+impl TaskCount {
+    fn enter(self: &Arc<Self>) -> TaskAlive {
+        *sync::lock(&self.alive) += 1;
+        TaskAlive(Arc::clone(self))
+    }
+
+    fn wait_until_none(&self) {
+        let mut alive = sync::lock(&self.alive);
+        while *alive > 0 {
+            alive = sync::wait(&self.none_alive, alive);
+        }
+    }
+}
+
+/// Held by an async worker's future: dropped when the task ends or is aborted.
+#[cfg(feature = "async")]
+struct TaskAlive(Arc<TaskCount>);
+
+#[cfg(feature = "async")]
+impl Drop for TaskAlive {
+    fn drop(&mut self) {
+        let mut alive = sync::lock(&self.0.alive);
+        *alive -= 1;
+        if *alive == 0 {
+            self.0.none_alive.notify_all();
+        }
     }
 }

@@ -3,23 +3,30 @@
 //!
 //! Every batch a worker takes is a contiguous range of the stage's input positions (the
 //! queue numbers them under its lock). A worker processes its range, then hands the
-//! range's outputs to the sequencer. The range that is next in line is pushed downstream
-//! at once, followed by every buffered range that now follows on; a range that finishes
-//! early waits in the buffer. A worker may only *start* a range that begins within
-//! `window` positions of the next one in line, which bounds the buffer. The worker that
-//! holds the next range never waits, so the stage always makes progress.
+//! range's outputs to the sequencer. Ranges wait in the buffer until every earlier range
+//! has been handed in. One worker at a time, the *pusher*, takes every range that is next
+//! in line and pushes it downstream, outside the lock, so that a full queue never blocks
+//! the others from handing in; ranges handed in meanwhile are picked up by the pusher
+//! before it lets go.
+//!
+//! A worker may only *start* a range that begins within `window` positions of the next one
+//! in line, which bounds the buffer. The worker that holds the next range never waits, so
+//! the stage always makes progress. Thread and async workers share the protocol; only the
+//! waiting differs.
 
 use std::collections::BTreeMap;
 
-use crate::queue::{Close, Sender};
+use crate::queue::Close;
 use crate::sync::{self, Condvar, Mutex};
 use crate::worker::Stop;
 
 struct Order<O> {
-    /// The first input position whose outputs have not left yet.
+    /// The first input position whose outputs have not been taken for pushing.
     next: u64,
-    /// Finished ranges waiting for their turn: first position → (length, outputs).
+    /// Ranges handed in and waiting: first position → (length, outputs).
     done: BTreeMap<u64, (u64, Vec<O>)>,
+    /// Whether a worker is pushing: outputs must then wait for it, to keep the order.
+    pushing: bool,
     /// Set on cancel, or when downstream refused an item: every worker must stop.
     stopped: bool,
 }
@@ -27,6 +34,8 @@ struct Order<O> {
 pub(crate) struct Sequencer<O> {
     order: Mutex<Order<O>>,
     advanced: Condvar,
+    #[cfg(feature = "async")]
+    advanced_async: tokio::sync::Notify,
     window: u64,
 }
 
@@ -36,75 +45,109 @@ impl<O> Sequencer<O> {
             order: Mutex::new(Order {
                 next: 0,
                 done: BTreeMap::new(),
+                pushing: false,
                 stopped: false,
             }),
             advanced: Condvar::new(),
+            #[cfg(feature = "async")]
+            advanced_async: tokio::sync::Notify::new(),
             window,
         }
+    }
+
+    /// Whether a range starting at `first` may be processed now.
+    fn may_start(&self, order: &Order<O>, first: u64) -> Result<bool, Stop> {
+        if order.stopped {
+            return Err(Stop);
+        }
+        Ok(first < order.next + self.window)
     }
 
     /// Waits until a range starting at `first` may be processed.
     pub(crate) fn wait_turn(&self, first: u64) -> Result<(), Stop> {
         let mut order = sync::lock(&self.order);
+        while !self.may_start(&order, first)? {
+            order = sync::wait(&self.advanced, order);
+        }
+        Ok(())
+    }
+
+    /// [`wait_turn`](Sequencer::wait_turn) for async workers.
+    #[cfg(feature = "async")]
+    pub(crate) async fn wait_turn_async(&self, first: u64) -> Result<(), Stop> {
         loop {
-            if order.stopped {
-                return Err(Stop);
-            }
-            if first < order.next + self.window {
+            let advanced = self.advanced_async.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.may_start(&sync::lock(&self.order), first)? {
                 return Ok(());
             }
-            order = sync::wait(&self.advanced, order);
+            advanced.await;
         }
     }
 
-    /// Hands over the outputs of the `count` inputs starting at `first`, and pushes
-    /// downstream everything that is now in order.
+    /// Hands in the outputs of the `count` inputs starting at `first`.
+    ///
+    /// Returns outputs the caller must push downstream now, if it has become the pusher;
+    /// it must then call [`pushed`](Sequencer::pushed) until that returns `None`.
     pub(crate) fn complete(
         &self,
         first: u64,
         count: u64,
         outputs: Vec<O>,
-        downstream: &Sender<O>,
-    ) -> Result<(), Stop> {
+    ) -> Result<Option<Vec<O>>, Stop> {
         let mut order = sync::lock(&self.order);
         if order.stopped {
             return Err(Stop);
         }
-        if first != order.next {
-            order.done.insert(first, (count, outputs));
-            return Ok(());
+        order.done.insert(first, (count, outputs));
+        if order.pushing {
+            return Ok(None);
         }
-        let (mut next, mut outputs) = (first + count, outputs);
-        loop {
-            // Pushed under the lock: that is what keeps the order. A full queue blocks the
-            // stage's other workers here too, which is the backpressure we want.
-            if downstream.push_all(&mut outputs).is_err() {
-                order.stopped = true;
-                self.advanced.notify_all();
-                return Err(Stop);
-            }
-            match order.done.remove(&next) {
-                Some((count, more)) => {
-                    next += count;
-                    outputs = more;
-                }
-                None => break,
-            }
+        Ok(self.take_next(&mut order))
+    }
+
+    /// Reports that the pusher pushed what it was given; returns what to push next.
+    pub(crate) fn pushed(&self) -> Result<Option<Vec<O>>, Stop> {
+        let mut order = sync::lock(&self.order);
+        order.pushing = false;
+        if order.stopped {
+            return Err(Stop);
         }
-        order.next = next;
+        Ok(self.take_next(&mut order))
+    }
+
+    /// Stops the stage: the run was cancelled, or downstream refused an item.
+    pub(crate) fn stop(&self) {
+        let dropped = {
+            let mut order = sync::lock(&self.order);
+            order.stopped = true;
+            self.advanced.notify_all();
+            #[cfg(feature = "async")]
+            self.advanced_async.notify_waiters();
+            std::mem::take(&mut order.done)
+        };
+        drop(dropped);
+    }
+
+    /// Takes every range that is next in line, making the caller the pusher.
+    fn take_next(&self, order: &mut Order<O>) -> Option<Vec<O>> {
+        let (count, mut outputs) = order.done.remove(&order.next)?;
+        order.next += count;
+        while let Some((count, more)) = order.done.remove(&order.next) {
+            order.next += count;
+            outputs.extend(more);
+        }
+        order.pushing = true;
         self.advanced.notify_all();
-        Ok(())
+        #[cfg(feature = "async")]
+        self.advanced_async.notify_waiters();
+        Some(outputs)
     }
 }
 
 impl<O: Send> Close for Sequencer<O> {
     fn close(&self) {
-        let dropped = {
-            let mut order = sync::lock(&self.order);
-            order.stopped = true;
-            self.advanced.notify_all();
-            std::mem::take(&mut order.done)
-        };
-        drop(dropped);
+        self.stop();
     }
 }

@@ -10,6 +10,8 @@ use crate::run::Launcher;
 use crate::sequencer::Sequencer;
 use crate::sync::Arc;
 use crate::upstream::Upstream;
+#[cfg(feature = "async")]
+use crate::async_task::{self, AsyncFn};
 use crate::worker::{self, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH};
 use crate::Output;
 
@@ -37,7 +39,13 @@ pub const DEFAULT_THROTTLE: usize = 4096;
 /// assert_eq!(squares, [1, 4, 9, 16, 25]);
 /// ```
 pub struct Task<I, O> {
-    body: Body<I, O>,
+    pub(crate) body: Body<I, O>,
+    pub(crate) options: Options,
+}
+
+/// Everything about a task but its function.
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
     name: Option<Arc<str>>,
     workers: usize,
     throttle: usize,
@@ -45,9 +53,13 @@ pub struct Task<I, O> {
     daemon: bool,
 }
 
-enum Body<I, O> {
+pub(crate) enum Body<I, O> {
     Each(EachFn<I, O>),
     Join(JoinFn<I, O>),
+    #[cfg(feature = "async")]
+    AsyncEach(AsyncFn<I, O>),
+    #[cfg(feature = "async")]
+    AsyncJoin(AsyncFn<Upstream<I>, O>),
     Invalid(&'static str),
 }
 
@@ -112,14 +124,40 @@ where
 }
 
 impl<I, O> Task<I, O> {
-    fn new(body: Body<I, O>, name: Option<Arc<str>>) -> Self {
+    /// Applies `adapter` to each output of an async body; a sync body gets `sync_error`.
+    #[cfg(feature = "async")]
+    pub(crate) fn adapt_async<P>(
+        self,
+        adapter: async_task::StreamAdapter<O, P>,
+        sync_error: &'static str,
+    ) -> Task<I, P>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        P: Send + 'static,
+    {
+        let body = match self.body {
+            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapter)),
+            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapter)),
+            Body::Each(_) | Body::Join(_) => Body::Invalid(sync_error),
+            Body::Invalid(why) => Body::Invalid(why),
+        };
         Task {
             body,
-            name,
-            workers: 1,
-            throttle: DEFAULT_THROTTLE,
-            ordered: false,
-            daemon: false,
+            options: self.options,
+        }
+    }
+
+    pub(crate) fn new(body: Body<I, O>, name: Option<Arc<str>>) -> Self {
+        Task {
+            body,
+            options: Options {
+                name,
+                workers: 1,
+                throttle: DEFAULT_THROTTLE,
+                ordered: false,
+                daemon: false,
+            },
         }
     }
 
@@ -128,7 +166,7 @@ impl<I, O> Task<I, O> {
     /// The default is the function's name for a plain function (`parse` for
     /// `task(parse)`), and `stage N`, its 1-based position in the pipeline, for a closure.
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into().into());
+        self.options.name = Some(name.into().into());
         self
     }
 
@@ -139,7 +177,7 @@ impl<I, O> Task<I, O> {
     /// README's "which mode for which work". With more than one worker, outputs leave in
     /// completion order unless the task is [`ordered`](Task::ordered).
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
+        self.options.workers = n;
         self
     }
 
@@ -151,7 +189,7 @@ impl<I, O> Task<I, O> {
     /// even though items travel in batches. Each worker may also hold up to one batch it is
     /// handing over.
     pub fn throttle(mut self, n: usize) -> Self {
-        self.throttle = n;
+        self.options.throttle = n;
         self
     }
 
@@ -173,7 +211,7 @@ impl<I, O> Task<I, O> {
     /// assert_eq!(out, (0..10).collect::<Vec<_>>());
     /// ```
     pub fn ordered(mut self) -> Self {
-        self.ordered = true;
+        self.options.ordered = true;
         self
     }
 
@@ -186,7 +224,7 @@ impl<I, O> Task<I, O> {
     /// a file, a database or the network. A run that completes normally waits for every
     /// worker, daemon or not.
     pub fn daemon(mut self) -> Self {
-        self.daemon = true;
+        self.options.daemon = true;
         self
     }
 
@@ -211,24 +249,24 @@ impl<I, O> Task<I, O> {
         self.clone().into_pipeline().feed(inputs)
     }
 
-    fn adapt_outputs<P>(self, adapter: Adapter<O, P>) -> Task<I, P>
+    fn adapt_outputs<P>(self, adapters: Adapters<O, P>) -> Task<I, P>
     where
         I: Send + 'static,
         O: Send + 'static,
         P: Send + 'static,
     {
         let body = match self.body {
-            Body::Each(each) => Body::Each(adapt(each, adapter)),
-            Body::Join(join) => Body::Join(adapt(join, adapter)),
+            Body::Each(each) => Body::Each(adapt(each, adapters.each)),
+            Body::Join(join) => Body::Join(adapt(join, adapters.each)),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapters.stream)),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
             body,
-            name: self.name,
-            workers: self.workers,
-            throttle: self.throttle,
-            ordered: self.ordered,
-            daemon: self.daemon,
+            options: self.options,
         }
     }
 }
@@ -237,6 +275,7 @@ impl<I, O> Task<I, O>
 where
     I: Send + 'static,
     O: IntoIterator + Send + 'static,
+    O::IntoIter: Send + 'static,
     O::Item: Send + 'static,
 {
     /// Hands on every element of each output instead of the output itself (Pyper's
@@ -264,11 +303,15 @@ where
     /// let bad = pyper::task(|x: u32| x + 1).branch();
     /// ```
     pub fn branch(self) -> Task<I, O::Item> {
-        self.adapt_outputs(|output, out| {
-            for element in output {
-                out.emit(element)?;
-            }
-            Ok(())
+        self.adapt_outputs(Adapters {
+            each: |output, out| {
+                for element in output {
+                    out.emit(element)?;
+                }
+                Ok(())
+            },
+            #[cfg(feature = "async")]
+            stream: async_task::branch_iter,
         })
     }
 }
@@ -277,8 +320,9 @@ impl<I, O, T, E> Task<I, O>
 where
     I: Send + 'static,
     O: IntoIterator<Item = Result<T, E>> + Send + 'static,
+    O::IntoIter: Send + 'static,
     T: Send + 'static,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
 {
     /// Like [`branch`](Task::branch), for outputs whose elements are `Result`s: the first
     /// `Err` element fails the run, as a fallible task would.
@@ -292,11 +336,15 @@ where
     /// assert_eq!(out, ["a", "b"]);
     /// ```
     pub fn try_branch(self) -> Task<I, T> {
-        self.adapt_outputs(|output, out| {
-            for element in output {
-                out.emit(element.map_err(|error| Fault::Failed(error.into()))?)?;
-            }
-            Ok(())
+        self.adapt_outputs(Adapters {
+            each: |output, out| {
+                for element in output {
+                    out.emit(element.map_err(|error| Fault::Failed(error.into()))?)?;
+                }
+                Ok(())
+            },
+            #[cfg(feature = "async")]
+            stream: async_task::try_branch_iter,
         })
     }
 }
@@ -332,22 +380,32 @@ where
     pub fn join(self) -> Task<I, O> {
         let body = match self.body {
             Body::Each(each) => Body::Join(each),
+            // Reading a blocking iterator would stall the runtime.
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => {
+                Body::Invalid("an async join task reads an `UpstreamStream`, not an `Upstream`")
+            }
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
             Body::Join(_) => Body::Invalid("join() was applied twice"),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
             body,
-            name: self.name,
-            workers: self.workers,
-            throttle: self.throttle,
-            ordered: self.ordered,
-            daemon: self.daemon,
+            options: self.options,
         }
     }
 }
 
 /// Turns each output of a body into zero or more outputs of another type.
 type Adapter<O, P> = fn(O, &mut dyn Emit<P>) -> Result<(), Fault>;
+
+/// The same output adapter, for each kind of body.
+struct Adapters<O, P> {
+    each: Adapter<O, P>,
+    #[cfg(feature = "async")]
+    stream: async_task::StreamAdapter<O, P>,
+}
 
 fn adapt<In, O, P>(body: EachFn<In, O>, adapter: Adapter<O, P>) -> EachFn<In, P>
 where
@@ -395,13 +453,13 @@ impl<I, O> Clone for Task<I, O> {
             body: match &self.body {
                 Body::Each(each) => Body::Each(Arc::clone(each)),
                 Body::Join(join) => Body::Join(Arc::clone(join)),
+                #[cfg(feature = "async")]
+                Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
+                #[cfg(feature = "async")]
+                Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
                 Body::Invalid(why) => Body::Invalid(why),
             },
-            name: self.name.clone(),
-            workers: self.workers,
-            throttle: self.throttle,
-            ordered: self.ordered,
-            daemon: self.daemon,
+            options: self.options.clone(),
         }
     }
 }
@@ -409,12 +467,8 @@ impl<I, O> Clone for Task<I, O> {
 impl<I, O> fmt::Debug for Task<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task")
-            .field("name", &self.name)
-            .field("workers", &self.workers)
-            .field("throttle", &self.throttle)
-            .field("ordered", &self.ordered)
-            .field("daemon", &self.daemon)
-            .field("join", &matches!(self.body, Body::Join(_)))
+            .field("options", &self.options)
+            .field("kind", &self.body.kind())
             .finish()
     }
 }
@@ -430,7 +484,7 @@ where
         if let Body::Invalid(why) = self.body {
             return Err(Error::config(Some(&name), why));
         }
-        if self.workers == 0 {
+        if self.options.workers == 0 {
             return Err(Error::config(Some(&name), "workers must be at least 1"));
         }
         Ok(())
@@ -438,17 +492,24 @@ where
 
     fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O> {
         let name = self.stage_name(launcher.next_position());
-        let (output, next_input) = queue(self.throttle);
+        let (output, next_input) = queue(self.options.throttle);
         launcher.state.register(Box::new(output.closer()));
+        let sequencer = (self.options.ordered && self.options.workers > 1).then(|| {
+            let window = (2 * self.options.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
+            let sequencer = Arc::new(Sequencer::new(window));
+            launcher.state.register(Box::new(Arc::clone(&sequencer)));
+            sequencer
+        });
         let body = match &self.body {
-            Body::Each(each) if self.ordered && self.workers > 1 => {
-                let window = (2 * self.workers * MAX_BATCH) as u64;
-                let sequencer = Arc::new(Sequencer::new(window));
-                launcher.state.register(Box::new(Arc::clone(&sequencer)));
-                StageBody::Ordered(Arc::clone(each), sequencer)
-            }
-            Body::Each(each) => StageBody::Each(Arc::clone(each)),
+            Body::Each(each) => match sequencer {
+                Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
+                None => StageBody::Each(Arc::clone(each)),
+            },
             Body::Join(join) => StageBody::Join(Arc::clone(join)),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), sequencer),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
         };
         let stage = Arc::new(Stage {
@@ -456,19 +517,40 @@ where
             run: Arc::clone(&launcher.state),
             body,
         });
-        for _ in 0..self.workers {
+        for _ in 0..self.options.workers {
             let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
-            launcher.spawn(&name, self.daemon, move || {
-                worker::work(stage, input, output)
-            });
+            #[cfg(feature = "async")]
+            if stage.body.is_async() {
+                launcher.spawn_task(&name, crate::async_worker::work(stage, input, output));
+                continue;
+            }
+            launcher.spawn(&name, self.options.daemon, move || worker::work(stage, input, output));
         }
         next_input
     }
 }
 
+/// Above this many workers, an ordered stage's reorder window stops growing: an async
+/// stage with thousands of workers would otherwise buffer millions of outputs.
+const MAX_ORDER_WORKERS: usize = 64;
+
+impl<I, O> Body<I, O> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Body::Each(_) => "each",
+            Body::Join(_) => "join",
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => "async each",
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => "async join",
+            Body::Invalid(_) => "invalid",
+        }
+    }
+}
+
 impl<I, O> Task<I, O> {
     fn stage_name(&self, position: usize) -> Arc<str> {
-        match &self.name {
+        match &self.options.name {
             Some(name) => Arc::clone(name),
             None => format!("stage {position}").into(),
         }
@@ -476,7 +558,7 @@ impl<I, O> Task<I, O> {
 }
 
 /// The function's own name for a plain function or method, `None` for a closure.
-fn readable_name<F>() -> Option<Arc<str>> {
+pub(crate) fn readable_name<F>() -> Option<Arc<str>> {
     let full = std::any::type_name::<F>();
     if full.contains("{{closure}}") {
         return None;

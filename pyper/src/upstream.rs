@@ -14,6 +14,9 @@ use crate::worker::MAX_BATCH;
 /// each of the `n` calls gets an arbitrary share of it, and together they see every item
 /// once.
 ///
+/// With the `async` feature it is also a `Stream`, which is how an async join task
+/// should read it: its blocking `next` would stall the runtime.
+///
 /// It ends early, without an error, if the run is cancelled; the run then reports why. A
 /// join task may stop reading whenever it likes: dropping the `Upstream` tells the stages
 /// above that nobody needs more items, and they stop.
@@ -26,9 +29,12 @@ use crate::worker::MAX_BATCH;
 /// assert_eq!(sums, [5050]);
 /// ```
 pub struct Upstream<I> {
-    input: Option<Receiver<I>>,
-    run: Arc<RunState>,
-    ready: std::vec::IntoIter<I>,
+    pub(crate) input: Option<Receiver<I>>,
+    pub(crate) run: Arc<RunState>,
+    pub(crate) ready: std::vec::IntoIter<I>,
+    /// The batch a `Stream` consumer is waiting for.
+    #[cfg(feature = "async")]
+    pub(crate) waiting: Option<futures_util::future::BoxFuture<'static, (Vec<I>, Option<u64>)>>,
 }
 
 impl<I> Upstream<I> {
@@ -37,16 +43,30 @@ impl<I> Upstream<I> {
             input: Some(input),
             run,
             ready: Vec::new().into_iter(),
+            #[cfg(feature = "async")]
+            waiting: None,
+        }
+    }
+
+    /// Lets go of the input, so the stages above stop.
+    pub(crate) fn end(&mut self) {
+        self.input = None;
+        #[cfg(feature = "async")]
+        {
+            self.waiting = None;
         }
     }
 }
+
+// Never pinned in place: it only holds a queue handle and boxes.
+impl<I> Unpin for Upstream<I> {}
 
 impl<I> Iterator for Upstream<I> {
     type Item = I;
 
     fn next(&mut self) -> Option<I> {
         if self.run.is_cancelled() {
-            self.input = None;
+            self.end();
             return None;
         }
         if let Some(item) = self.ready.next() {
@@ -55,7 +75,7 @@ impl<I> Iterator for Upstream<I> {
         let input = self.input.as_ref()?;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         if input.pop_batch(&mut batch, MAX_BATCH).is_none() {
-            self.input = None;
+            self.end();
             return None;
         }
         self.ready = batch.into_iter();

@@ -65,6 +65,17 @@ pub(crate) enum StageBody<I, O> {
     Each(EachFn<I, O>),
     Ordered(EachFn<I, O>, Arc<Sequencer<O>>),
     Join(JoinFn<I, O>),
+    #[cfg(feature = "async")]
+    AsyncEach(crate::async_task::AsyncFn<I, O>, Option<Arc<Sequencer<O>>>),
+    #[cfg(feature = "async")]
+    AsyncJoin(crate::async_task::AsyncFn<Upstream<I>, O>),
+}
+
+impl<I, O> StageBody<I, O> {
+    #[cfg(feature = "async")]
+    pub(crate) fn is_async(&self) -> bool {
+        matches!(self, StageBody::AsyncEach(..) | StageBody::AsyncJoin(_))
+    }
 }
 
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
@@ -89,14 +100,28 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
                 body(upstream, &mut outlet)?;
                 outlet.flush().map_err(Fault::from)
             }
+            #[cfg(feature = "async")]
+            StageBody::AsyncEach(..) | StageBody::AsyncJoin(_) => {
+                unreachable!("async stages run on tasks")
+            }
         }
     }));
+    // Reported while `output` is still alive: see the module docs of `run`.
+    report(&stage, result, current_item);
+    drop(output);
+}
+
+/// Makes a worker's failure, if it had one, the run's error.
+pub(crate) fn report<I, O>(
+    stage: &Stage<I, O>,
+    result: std::thread::Result<Result<(), Fault>>,
+    current_item: Option<u64>,
+) {
     let error = match result {
         Ok(Ok(())) | Ok(Err(Fault::Stop)) => return,
         Ok(Err(Fault::Failed(error))) => Error::failed(&stage.name, current_item, error),
         Err(payload) => Error::panicked(&stage.name, current_item, payload),
     };
-    // Recorded while `output` is still alive: see the module docs of `run`.
     stage.run.fail(error);
 }
 
@@ -151,8 +176,15 @@ fn ordered<I, O>(
             *current_item = Some(index);
             body(item, &mut outputs)?;
         }
-        sequencer.complete(first, count as u64, outputs.items, output)?;
         limit.adapt(started, count);
+        let mut ready = sequencer.complete(first, count as u64, outputs.items)?;
+        while let Some(mut batch) = ready {
+            if output.push_all(&mut batch).is_err() {
+                sequencer.stop();
+                return Err(Fault::Stop);
+            }
+            ready = sequencer.pushed()?;
+        }
     }
     Ok(())
 }
@@ -162,24 +194,24 @@ fn ordered<I, O>(
 /// It starts at one item and doubles towards the count that [`BATCH_TIME`] allows, so
 /// trivial items move in bulk while slow ones are taken one at a time: their outputs are
 /// not held back behind a long batch, and they spread over every worker of the stage.
-struct BatchLimit {
+pub(crate) struct BatchLimit {
     limit: usize,
 }
 
 impl BatchLimit {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         BatchLimit { limit: 1 }
     }
 
-    fn get(&self) -> usize {
+    pub(crate) fn get(&self) -> usize {
         self.limit
     }
 
-    fn start(&self) -> Instant {
+    pub(crate) fn start(&self) -> Instant {
         Instant::now()
     }
 
-    fn adapt(&mut self, started: Instant, count: usize) {
+    pub(crate) fn adapt(&mut self, started: Instant, count: usize) {
         let per_item = started.elapsed() / count.max(1) as u32;
         let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
         // Grow gently, so that one fast item cannot make a worker hoard a slow stream.
@@ -190,10 +222,10 @@ impl BatchLimit {
 /// A worker's output buffer: outputs leave in batches, and at once when downstream is
 /// idle, so a quiet pipeline keeps its latency while a busy one moves items in bulk.
 pub(crate) struct Outlet<'a, O> {
-    output: &'a Sender<O>,
-    run: &'a RunState,
-    buffer: Vec<O>,
-    max: usize,
+    pub(crate) output: &'a Sender<O>,
+    pub(crate) run: &'a RunState,
+    pub(crate) buffer: Vec<O>,
+    pub(crate) max: usize,
 }
 
 impl<'a, O> Outlet<'a, O> {
@@ -202,9 +234,7 @@ impl<'a, O> Outlet<'a, O> {
             output,
             run,
             buffer: Vec::new(),
-            // A quarter of the bound: the consumer can take one batch while the producer
-            // fills the next, instead of the two taking turns.
-            max: (output.capacity() / 4).clamp(1, MAX_BATCH),
+            max: hand_over_size(output),
         }
     }
 
@@ -222,7 +252,7 @@ impl<O> Emit<O> for Outlet<'_, O> {
             return Err(Stop);
         }
         self.buffer.push(item);
-        if self.buffer.len() >= self.max || self.output.looks_hungry() {
+        if should_hand_over(&self.buffer, self.max, self.output) {
             self.flush()
         } else {
             Ok(())
@@ -230,10 +260,24 @@ impl<O> Emit<O> for Outlet<'_, O> {
     }
 }
 
+/// How many outputs a worker gathers before it hands them over: a quarter of the bound,
+/// so the consumer can take one batch while the producer fills the next, instead of the
+/// two taking turns.
+pub(crate) fn hand_over_size<O>(output: &Sender<O>) -> usize {
+    (output.capacity() / 4).clamp(1, MAX_BATCH)
+}
+
+/// Whether a worker should hand its gathered outputs over now: the batch is full, or
+/// downstream has nothing to do.
+#[inline]
+pub(crate) fn should_hand_over<O>(buffer: &[O], max: usize, output: &Sender<O>) -> bool {
+    buffer.len() >= max || output.looks_hungry()
+}
+
 /// Collects the outputs of an ordered stage's batch, to be released in order.
-struct Collect<'a, O> {
-    items: Vec<O>,
-    run: &'a RunState,
+pub(crate) struct Collect<'a, O> {
+    pub(crate) items: Vec<O>,
+    pub(crate) run: &'a RunState,
 }
 
 impl<O> Emit<O> for Collect<'_, O> {

@@ -1,0 +1,198 @@
+//! The async side of a run: [`OutputStream`] and [`UpstreamStream`], the `Stream`s of an
+//! [`Output`] and of an [`Upstream`].
+//!
+//! They are separate types rather than `Stream` impls on the iterators, so that code with
+//! both `Iterator` and `StreamExt` in scope never meets two `map`s.
+//!
+//! Both wait on their queue through a boxed future that owns a clone of the queue's
+//! receiver, so the stream itself stays `Unpin` and can be polled from any runtime, the
+//! caller's included. Waiting for the run's workers at the end, which means joining
+//! threads, happens on a blocking task of pyper's runtime, never on the caller's.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use crate::error::Error;
+use crate::output::Output;
+use crate::queue::Receiver;
+use crate::run;
+use crate::upstream::Upstream;
+use crate::worker::MAX_BATCH;
+
+/// What an `Output` polled as a `Stream` is waiting for.
+pub(crate) enum Waiting<O> {
+    Items(BoxFuture<'static, (Vec<O>, Option<u64>)>),
+    Workers(BoxFuture<'static, Option<Error>>),
+}
+
+/// Waits for the next batch of `receiver` without blocking a thread.
+pub(crate) fn next_batch<T: Send + 'static>(
+    receiver: &Receiver<T>,
+) -> BoxFuture<'static, (Vec<T>, Option<u64>)> {
+    let receiver = receiver.clone();
+    async move {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let first = receiver.pop_batch_async(&mut batch, MAX_BATCH).await;
+        (batch, first)
+    }
+    .boxed()
+}
+
+/// Waits for the workers of a finished output on pyper's runtime's blocking pool.
+fn wait_for_workers<O>(output: &mut Output<O>) -> BoxFuture<'static, Option<Error>> {
+    let run = std::sync::Arc::clone(&output.run);
+    let threads = output.begin_finish().unwrap_or_default();
+    let runtime = match crate::runtime::handle() {
+        Ok(runtime) => runtime,
+        // Without a runtime there is no blocking pool: wait here, as the iterator would.
+        Err(_) => return std::future::ready(run::finish(&run, threads)).boxed(),
+    };
+    let waiting = runtime.spawn_blocking(move || run::finish(&run, threads));
+    async move { waiting.await.unwrap_or(None) }.boxed()
+}
+
+impl<O> Drop for OutputStream<O> {
+    fn drop(&mut self) {
+        if !self.0.finished {
+            // Async code must not block: the workers are told to stop, and a blocking task
+            // of pyper's runtime waits for them.
+            self.0.run.cancel();
+            drop(wait_for_workers(&mut self.0));
+        }
+    }
+}
+
+/// The outputs of a run as a `Stream`, for async code: made by [`Output::into_stream`].
+/// (Requires the `async` feature.)
+///
+/// It behaves as the [`Output`] iterator does (lazy start, the first error last, cancel
+/// on drop) but never blocks the task that polls it, whatever runtime that is. Dropping it
+/// cancels the run and returns at once; the workers wind down in the background: async
+/// workers are aborted, thread workers stop after their current item.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use pyper::{async_task, task};
+///
+/// #[tokio::main]
+/// async fn main() {
+///     let pipeline = async_task(|x: u64| async move { x * 2 }).workers(8) | task(|x: u64| x + 1);
+///     let mut total = 0;
+///     let mut outputs = pipeline.feed(0..100).into_stream();
+///     while let Some(item) = outputs.next().await {
+///         total += item.unwrap();
+///     }
+///     assert_eq!(total, (0..100).map(|x| x * 2 + 1).sum::<u64>());
+/// }
+/// ```
+#[must_use = "a run does nothing until its stream is polled"]
+pub struct OutputStream<O>(Output<O>);
+
+impl<O> Output<O> {
+    /// Turns the output into a `Stream`. (Requires the `async` feature.)
+    pub fn into_stream(self) -> OutputStream<O> {
+        OutputStream(self)
+    }
+}
+
+impl<O> OutputStream<O> {
+    /// A handle that cancels this run from anywhere.
+    pub fn canceller(&self) -> crate::Canceller {
+        self.0.canceller()
+    }
+}
+
+impl<O> fmt::Debug for OutputStream<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OutputStream").field(&self.0).finish()
+    }
+}
+
+impl<O: Send + 'static> Stream for OutputStream<O> {
+    type Item = Result<O, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut self.get_mut().0;
+        loop {
+            if let Some(item) = this.ready.next() {
+                return Poll::Ready(Some(Ok(item)));
+            }
+            match &mut this.waiting {
+                Some(Waiting::Items(items)) => {
+                    let (batch, first) = std::task::ready!(items.as_mut().poll(cx));
+                    this.waiting = None;
+                    match first {
+                        Some(_) => this.ready = batch.into_iter(),
+                        None => this.waiting = Some(Waiting::Workers(wait_for_workers(this))),
+                    }
+                }
+                Some(Waiting::Workers(workers)) => {
+                    let error = std::task::ready!(workers.as_mut().poll(cx));
+                    this.waiting = None;
+                    return Poll::Ready(error.map(Err));
+                }
+                None if this.finished => return Poll::Ready(None),
+                None => {
+                    let waiting = match (this.ensure_started(), &this.receiver) {
+                        (true, Some(receiver)) => Waiting::Items(next_batch(receiver)),
+                        _ => Waiting::Workers(wait_for_workers(this)),
+                    };
+                    this.waiting = Some(waiting);
+                }
+            }
+        }
+    }
+}
+
+/// The input of an async [`join`](crate::Task::join) task: a `Stream` over the items that
+/// reach this worker, in arrival order. (Requires the `async` feature.)
+///
+/// Everything said of [`Upstream`] holds; only the reading is async.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use pyper::{async_task, UpstreamStream};
+///
+/// let total = async_task(|xs: UpstreamStream<u64>| xs.fold(0, |sum, x| async move { sum + x }))
+///     .join();
+/// assert_eq!(total.feed(1..=100).next().unwrap().unwrap(), 5050);
+/// ```
+pub struct UpstreamStream<I>(pub(crate) Upstream<I>);
+
+impl<I> fmt::Debug for UpstreamStream<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("UpstreamStream").field(&self.0).finish()
+    }
+}
+
+impl<I: Send + 'static> Stream for UpstreamStream<I> {
+    type Item = I;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<I>> {
+        let this = &mut self.get_mut().0;
+        loop {
+            if this.run.is_cancelled() {
+                this.end();
+                return Poll::Ready(None);
+            }
+            if let Some(item) = this.ready.next() {
+                return Poll::Ready(Some(item));
+            }
+            let Some(input) = &this.input else {
+                return Poll::Ready(None);
+            };
+            let waiting = this.waiting.get_or_insert_with(|| next_batch(input));
+            let (batch, first) = std::task::ready!(waiting.as_mut().poll(cx));
+            this.waiting = None;
+            match first {
+                Some(_) => this.ready = batch.into_iter(),
+                None => this.end(),
+            }
+        }
+    }
+}
