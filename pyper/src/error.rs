@@ -25,8 +25,9 @@ pub enum ErrorKind {
 ///
 /// Following the Rust error-handling guidelines, `Display` names the stage and the item
 /// but leaves the cause to [`source()`](std::error::Error::source), so a reporter that walks
-/// the chain (`anyhow`'s `{:#}`, for one) prints each part once. A panic has no error value,
-/// so its message is part of `Display`.
+/// the chain (`anyhow`'s `{:#}`, for one) prints each part once. The alternate form, `{:#}`,
+/// appends the whole chain itself, for a one-line report. A panic has no error value, so
+/// its message is part of `Display`.
 ///
 /// ```
 /// use pyper::{try_task, ErrorKind};
@@ -38,6 +39,7 @@ pub enum ErrorKind {
 /// assert_eq!(err.stage(), Some("parse"));
 /// assert_eq!(err.item(), Some(0));
 /// assert_eq!(err.to_string(), "stage `parse` failed on item 0");
+/// assert_eq!(format!("{err:#}"), "stage `parse` failed on item 0: invalid digit found in string");
 /// assert!(err.downcast_ref::<std::num::ParseIntError>().is_some());
 /// ```
 #[derive(Debug)]
@@ -159,8 +161,17 @@ impl fmt::Display for Error {
         if let Some(item) = self.item {
             write!(f, " on item {item}")?;
         }
-        if let Cause::Panicked(message) = &self.cause {
-            write!(f, ": {message}")?;
+        match &self.cause {
+            Cause::Panicked(message) => write!(f, ": {message}")?,
+            // `{:#}` adds the causes, for a one-line report without walking `source()`.
+            Cause::Failed(error) if f.alternate() => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+                while let Some(error) = cause {
+                    write!(f, ": {error}")?;
+                    cause = error.source();
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

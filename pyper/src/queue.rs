@@ -37,12 +37,43 @@ struct State<T> {
     closed: bool,
     /// How many items were ever popped: the stage-input index of the next item.
     popped: u64,
-    parked_receivers: usize,
+    parked_receivers: Sleepers,
     parked_senders: usize,
     #[cfg(feature = "async")]
-    async_receivers: usize,
+    async_receivers: Sleepers,
     #[cfg(feature = "async")]
     async_senders: usize,
+}
+
+/// The consumers waiting for items, and how many of them were already woken.
+///
+/// Every notification wakes one waiter, and a woken waiter needs no second one: counting
+/// them keeps a burst of small pushes from paying one wake-up call each while the first
+/// woken consumer is still on its way.
+#[derive(Default)]
+struct Sleepers {
+    parked: usize,
+    woken: usize,
+}
+
+impl Sleepers {
+    /// How many parked consumers to wake for `items` new items.
+    fn to_wake(&mut self, items: usize) -> usize {
+        let wake = items.min(self.parked.saturating_sub(self.woken));
+        self.woken += wake;
+        wake
+    }
+
+    fn park(&mut self) {
+        self.parked += 1;
+    }
+
+    /// A waiter stopped waiting, woken or not. An unwoken one leaving makes the count of
+    /// woken ones too small, which at worst costs a spare notification, never a lost one.
+    fn unpark(&mut self) {
+        self.parked -= 1;
+        self.woken = self.woken.saturating_sub(1);
+    }
 }
 
 struct Shared<T> {
@@ -67,10 +98,10 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             receivers: 1,
             closed: false,
             popped: 0,
-            parked_receivers: 0,
+            parked_receivers: Sleepers::default(),
             parked_senders: 0,
             #[cfg(feature = "async")]
-            async_receivers: 0,
+            async_receivers: Sleepers::default(),
             #[cfg(feature = "async")]
             async_senders: 0,
         }),
@@ -146,14 +177,11 @@ impl<T> Shared<T> {
         let n = room.min(batch.len());
         state.items.extend(batch.drain(..n));
         self.len.store(state.items.len(), Ordering::Relaxed);
-        match state.parked_receivers {
-            0 => {}
-            1 => self.not_empty.notify_one(),
-            _ if n == 1 => self.not_empty.notify_one(),
-            _ => self.not_empty.notify_all(),
+        for _ in 0..state.parked_receivers.to_wake(n) {
+            self.not_empty.notify_one();
         }
         #[cfg(feature = "async")]
-        for _ in 0..n.min(state.async_receivers) {
+        for _ in 0..state.async_receivers.to_wake(n) {
             self.readable.notify_one();
         }
         if batch.is_empty() {
@@ -275,9 +303,9 @@ impl<T> Receiver<T> {
                 Popped::Items(first) => return Some(first),
                 Popped::Over => return None,
                 Popped::Empty => {
-                    state.parked_receivers += 1;
+                    state.parked_receivers.park();
                     state = sync::wait(&shared.not_empty, state);
-                    state.parked_receivers -= 1;
+                    state.parked_receivers.unpark();
                 }
             }
         }
@@ -325,7 +353,7 @@ impl<'a, T> AsyncWaiter<'a, T> {
     fn new(shared: &'a Shared<T>, state: &mut State<T>, side: Side) -> Self {
         match side {
             Side::Send => state.async_senders += 1,
-            Side::Receive => state.async_receivers += 1,
+            Side::Receive => state.async_receivers.park(),
         }
         AsyncWaiter { shared, side }
     }
@@ -337,7 +365,7 @@ impl<T> Drop for AsyncWaiter<'_, T> {
         let mut state = sync::lock(&self.shared.state);
         match self.side {
             Side::Send => state.async_senders -= 1,
-            Side::Receive => state.async_receivers -= 1,
+            Side::Receive => state.async_receivers.unpark(),
         }
     }
 }
