@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::async_task::AsyncFn;
@@ -41,7 +42,7 @@ where
                 let upstream = Upstream::new(receiver, Arc::clone(&stage.run));
                 let mut outlet = AsyncOutlet::new(&output, &stage.run);
                 let mut outputs = body(upstream);
-                while let Some(item) = outputs.next().await {
+                while let Some(item) = outlet.next_of(&mut outputs).await? {
                     outlet.emit(item.map_err(Fault::Failed)?).await?;
                 }
                 outlet.flush().await.map_err(Fault::from)
@@ -70,23 +71,33 @@ where
     let mut outlet = AsyncOutlet::new(output, &stage.run);
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
-    while let Some(first) = input.pop_batch_async(&mut batch, limit.get()).await {
+    loop {
+        // Whatever is gathered is handed over before the worker waits for input.
+        let first = match input.pop_batch_async(&mut batch, limit.get()).now_or_never() {
+            Some(first) => first,
+            None => {
+                outlet.flush().await?;
+                input.pop_batch_async(&mut batch, limit.get()).await
+            }
+        };
+        let Some(first) = first else { break };
         let count = batch.len();
         if let Some(sequencer) = sequencer {
             sequencer.wait_turn_async(first).await?;
         }
         let started = limit.start();
+        // An ordered stage gathers a batch's outputs apart, to release them in order.
+        let mut in_order = Vec::new();
         for (index, item) in (first..).zip(batch.drain(..)) {
             if stage.run.is_cancelled() {
                 return Err(Fault::Stop);
             }
             *current_item = Some(index);
             let mut outputs = body(item);
-            while let Some(item) = outputs.next().await {
+            while let Some(item) = outlet.next_of(&mut outputs).await? {
                 let item = item.map_err(Fault::Failed)?;
                 match sequencer {
-                    // An ordered stage releases a batch's outputs together, in order.
-                    Some(_) => outlet.buffer.push(item),
+                    Some(_) => in_order.push(item),
                     None => outlet.emit(item).await?,
                 }
             }
@@ -94,8 +105,7 @@ where
         limit.adapt(started, count);
         match sequencer {
             Some(sequencer) => {
-                let outputs = std::mem::take(&mut outlet.buffer);
-                let mut ready = sequencer.complete(first, count as u64, outputs)?;
+                let mut ready = sequencer.complete(first, count as u64, in_order)?;
                 while let Some(mut batch) = ready {
                     if output.push_all_async(&mut batch).await.is_err() {
                         sequencer.stop();
@@ -138,6 +148,19 @@ impl<'a, O> AsyncOutlet<'a, O> {
         } else {
             Ok(())
         }
+    }
+
+    /// The next output of `outputs`, handing over what is gathered first if it is not
+    /// ready, so no output waits behind a pending future.
+    async fn next_of<T>(
+        &mut self,
+        outputs: &mut BoxStream<'_, T>,
+    ) -> Result<Option<T>, Stop> {
+        if let Some(next) = outputs.next().now_or_never() {
+            return Ok(next);
+        }
+        self.flush().await?;
+        Ok(outputs.next().await)
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {

@@ -105,8 +105,9 @@ impl Error {
     /// The position of the failing item in the failing stage's input stream, counting
     /// from 0, where it is known.
     ///
-    /// It is known for items a task was called with. It is not for a `join` task, which
-    /// receives the whole stream at once, nor for the input iterator itself.
+    /// It is known for items a task was called with, and for a panic of the input
+    /// iterator, where it is the position of the input being produced. It is not known for
+    /// a `join` task, which receives the whole stream at once.
     pub fn item(&self) -> Option<u64> {
         self.item
     }

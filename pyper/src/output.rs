@@ -19,7 +19,8 @@ type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Se
 ///   order; otherwise they arrive in completion order, unless the stages are
 ///   [`ordered`](crate::Task::ordered).
 /// * If any stage fails, the first failure in time is yielded as `Err`, after every
-///   worker has stopped (daemon stages aside), and then the iterator ends. An error never
+///   worker has stopped (daemon stages aside), and then the iterator ends. Outputs the
+///   run had produced but you had not yet taken are dropped with the run. An error never
 ///   looks like the end of the stream.
 /// * Dropping it at any point cancels the run: every stage stops after the item it is
 ///   processing, and the drop returns once the non-daemon workers have exited.
@@ -112,6 +113,10 @@ impl<O> Output<O> {
         let Some(start) = self.start.take() else {
             return true;
         };
+        if self.run.is_cancelled() {
+            // Cancelled before it started: nothing to start, nothing to wait for.
+            return false;
+        }
         let mut launcher = Launcher::new(Arc::clone(&self.run));
         let started = start(&mut launcher);
         self.threads = launcher.threads;

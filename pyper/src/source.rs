@@ -7,7 +7,7 @@ use crate::queue::{queue, Receiver};
 use crate::run::Launcher;
 use crate::sync::Arc;
 use crate::task::DEFAULT_THROTTLE;
-use crate::worker::{Emit, Outlet};
+use crate::worker::{emit_each, Fault, Outlet};
 
 /// The stage name that errors from the input iterator carry.
 pub(crate) const SOURCE_NAME: &str = "input";
@@ -15,7 +15,8 @@ pub(crate) const SOURCE_NAME: &str = "input";
 /// Starts a thread that pulls `inputs` into a new queue, and returns the queue.
 ///
 /// The thread checks the run between items, so it stops with the run even when the
-/// iterator never ends. A panic in the iterator is the run's error like any other.
+/// iterator never ends. A panic in the iterator is the run's error like any other; its
+/// item is the position of the input the iterator was producing.
 pub(crate) fn launch<It>(inputs: It, launcher: &mut Launcher) -> Receiver<It::Item>
 where
     It: Iterator + Send + 'static,
@@ -28,13 +29,13 @@ where
         let mut pulled = 0u64;
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut outlet = Outlet::new(&output, &run);
-            for item in inputs {
+            let fed = emit_each(inputs, &mut outlet, |item, out| {
                 pulled += 1;
-                if outlet.emit(item).is_err() {
-                    return;
-                }
+                out.emit(item).map_err(Fault::from)
+            });
+            if fed.is_ok() {
+                let _ = outlet.flush();
             }
-            let _ = outlet.flush();
         }));
         if let Err(payload) = result {
             run.fail(Error::panicked(SOURCE_NAME, Some(pulled), payload));

@@ -12,7 +12,9 @@ use crate::sync::Arc;
 use crate::upstream::Upstream;
 #[cfg(feature = "async")]
 use crate::async_task::{self, AsyncFn};
-use crate::worker::{self, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH};
+use crate::worker::{
+    self, emit_each, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH,
+};
 use crate::Output;
 
 /// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
@@ -305,10 +307,7 @@ where
     pub fn branch(self) -> Task<I, O::Item> {
         self.adapt_outputs(Adapters {
             each: |output, out| {
-                for element in output {
-                    out.emit(element)?;
-                }
-                Ok(())
+                emit_each(output, out, |element, out| out.emit(element).map_err(Fault::from))
             },
             #[cfg(feature = "async")]
             stream: async_task::branch_iter,
@@ -338,10 +337,10 @@ where
     pub fn try_branch(self) -> Task<I, T> {
         self.adapt_outputs(Adapters {
             each: |output, out| {
-                for element in output {
-                    out.emit(element.map_err(|error| Fault::Failed(error.into()))?)?;
-                }
-                Ok(())
+                emit_each(output, out, |element, out| {
+                    let element = element.map_err(|error| Fault::Failed(error.into()))?;
+                    out.emit(element).map_err(Fault::from)
+                })
             },
             #[cfg(feature = "async")]
             stream: async_task::try_branch_iter,
@@ -435,6 +434,10 @@ struct Adapted<'a, O, P> {
 }
 
 impl<O, P> Emit<O> for Adapted<'_, O, P> {
+    fn hand_over(&mut self) -> Result<(), Stop> {
+        self.out.hand_over()
+    }
+
     fn emit(&mut self, item: O) -> Result<(), Stop> {
         match (self.adapter)(item, self.out) {
             Ok(()) => Ok(()),
@@ -486,6 +489,9 @@ where
         }
         if self.options.workers == 0 {
             return Err(Error::config(Some(&name), "workers must be at least 1"));
+        }
+        if name.contains('\0') {
+            return Err(Error::config(Some(&name), "a stage name cannot contain a NUL byte"));
         }
         Ok(())
     }

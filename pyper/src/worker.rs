@@ -45,6 +45,39 @@ impl From<Stop> for Fault {
 /// Where a task's body puts its outputs.
 pub(crate) trait Emit<O> {
     fn emit(&mut self, item: O) -> Result<(), Stop>;
+
+    /// Hands over what is gathered: the producer is about to call code that may block.
+    fn hand_over(&mut self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+/// Emits every element of a user's iterator (an input iterator, a `branch` output).
+///
+/// Before asking a lazy iterator for an element, which may block (a channel, a socket, a
+/// page fetch), it hands over what it gathered, so no output waits behind a blocked
+/// producer: a pipeline fed back from its own output cannot deadlock that way. An
+/// iterator whose `size_hint` promises another element (a range, a `Vec`) is asked
+/// without handing over, so in-memory data still moves in batches.
+pub(crate) fn emit_each<It, T>(
+    elements: It,
+    out: &mut dyn Emit<T>,
+    mut each: impl FnMut(It::Item, &mut dyn Emit<T>) -> Result<(), Fault>,
+) -> Result<(), Fault>
+where
+    It: IntoIterator,
+{
+    let mut elements = elements.into_iter();
+    loop {
+        let (promised, most) = elements.size_hint();
+        if promised == 0 && most != Some(0) {
+            out.hand_over()?;
+        }
+        match elements.next() {
+            Some(element) => each(element, out)?,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// A task body called once per input item.
@@ -247,6 +280,10 @@ impl<'a, O> Outlet<'a, O> {
 }
 
 impl<O> Emit<O> for Outlet<'_, O> {
+    fn hand_over(&mut self) -> Result<(), Stop> {
+        self.flush()
+    }
+
     fn emit(&mut self, item: O) -> Result<(), Stop> {
         if self.run.is_cancelled() {
             return Err(Stop);
