@@ -58,7 +58,7 @@ struct Sleepers {
 
 impl Sleepers {
     /// How many parked consumers to wake for `items` new items.
-    fn to_wake(&mut self, items: usize) -> usize {
+    fn wake_for(&mut self, items: usize) -> usize {
         let wake = items.min(self.parked.saturating_sub(self.woken));
         self.woken += wake;
         wake
@@ -177,11 +177,11 @@ impl<T> Shared<T> {
         let n = room.min(batch.len());
         state.items.extend(batch.drain(..n));
         self.len.store(state.items.len(), Ordering::Relaxed);
-        for _ in 0..state.parked_receivers.to_wake(n) {
+        for _ in 0..state.parked_receivers.wake_for(n) {
             self.not_empty.notify_one();
         }
         #[cfg(feature = "async")]
-        for _ in 0..state.async_receivers.to_wake(n) {
+        for _ in 0..state.async_receivers.wake_for(n) {
             self.readable.notify_one();
         }
         if batch.is_empty() {
