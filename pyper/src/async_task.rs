@@ -13,8 +13,8 @@ use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use futures_util::FutureExt;
 
 use crate::error::BoxError;
-use crate::sync::Arc;
 use crate::stream::UpstreamStream;
+use crate::sync::Arc;
 use crate::task::{readable_name, Body, Task};
 use crate::upstream::Upstream;
 
@@ -111,7 +111,10 @@ where
     /// assert_eq!(out, ["page 1", "page 2", "page 3"]);
     /// ```
     pub fn branch_stream(self) -> Task<I, O::Item> {
-        self.adapt_async(|output| output.map(Ok).boxed(), "branch_stream() needs an async task")
+        self.adapt_async(
+            |output| output.map(Ok).boxed(),
+            "branch_stream() needs an async task",
+        )
     }
 }
 
@@ -150,12 +153,7 @@ where
     O: Send + 'static,
     P: Send + 'static,
 {
-    Arc::new(move |input| {
-        body(input)
-            .map_ok(adapter)
-            .try_flatten()
-            .boxed()
-    })
+    Arc::new(move |input| body(input).map_ok(adapter).try_flatten().boxed())
 }
 
 /// `branch` for async bodies.

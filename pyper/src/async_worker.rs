@@ -1,123 +1,279 @@
-//! The loop of one async worker: the same contract as a thread worker
-//! ([`crate::worker`]), with every wait an `.await`.
+//! Async workers: the same contract as thread workers ([`crate::worker`]), with every wait
+//! an `.await`.
 //!
-//! A stage with `workers(n)` runs `n` of these tasks, so `n` futures are in flight. Each
-//! worker catches panics of the user's futures (`catch_unwind` around the whole loop, the
-//! queue handles outside it), so a panic becomes the run's error before the worker lets
-//! go of its queues, exactly as in a thread.
+//! An async stage with `workers(n)` keeps up to `n` futures in flight, spread over a few
+//! *driver* tasks: one per runtime thread, or a single one for an ordered stage. A driver
+//! polls its futures together, as `buffer_unordered` does, rather than one task per
+//! future: thousands of in-flight items then cost no cross-task wake-ups, and the driver
+//! takes its inputs and hands over its outputs in batches. (One task per future was
+//! measured first, in the harness's `io-async` scenario, and lost to `buffer_unordered`.)
+//!
+//! Panics in the user's futures are caught per item, so the error names the item; the
+//! driver's own queue handles live outside the panic boundary, as in a thread.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 
-use futures_util::stream::BoxStream;
+use futures_util::future::{select, Either};
+use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::async_task::AsyncFn;
+use crate::error::Error;
 use crate::queue::{Receiver, Sender};
 use crate::run::RunState;
-use crate::sequencer::Sequencer;
 use crate::sync::Arc;
 use crate::upstream::Upstream;
-use crate::worker::{
-    hand_over_size, report, should_hand_over, BatchLimit, Fault, Stage, StageBody, Stop,
-};
+use crate::worker::{hand_over_size, report, should_hand_over, Fault, Stage, StageBody, Stop};
 
-/// Runs one async worker of `stage` until its input ends, the run stops, or it fails.
-pub(crate) async fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>)
-where
+/// How many futures each driver of a stage with `workers` keeps in flight: one driver
+/// per runtime thread, or one driver for an ordered stage, sharing `workers` out.
+pub(crate) fn driver_slots(workers: usize, ordered: bool) -> Vec<usize> {
+    let threads = crate::runtime::threads();
+    let drivers = if ordered {
+        1
+    } else {
+        workers.min(threads).max(1)
+    };
+    (0..drivers)
+        .map(|driver| workers / drivers + usize::from(driver < workers % drivers))
+        .collect()
+}
+
+/// What one in-flight item yields: an output, a failure, or its end.
+enum Event<O> {
+    Output(u64, O),
+    Failed(u64, crate::error::BoxError),
+    Panicked(u64, Box<dyn std::any::Any + Send>),
+    Done(u64),
+}
+
+/// Runs one driver of `stage`, with up to `slots` futures in flight, until its input
+/// ends, the run stops, or it fails.
+pub(crate) async fn drive<I, O>(
+    stage: Arc<Stage<I, O>>,
+    input: Receiver<I>,
+    output: Sender<O>,
+    slots: usize,
+) where
     I: Send + 'static,
     O: Send + 'static,
 {
-    let mut current_item = None;
-    let mut input = Some(input);
-    let result = AssertUnwindSafe(async {
-        match &stage.body {
-            StageBody::AsyncEach(body, sequencer) => {
-                let receiver = input.as_ref().expect("a worker has its input");
-                each(&stage, body, sequencer.as_deref(), receiver, &output, &mut current_item)
-                    .await
-            }
-            StageBody::AsyncJoin(body) => {
-                // Owned by the join, as in a thread worker: dropping it releases upstream.
-                let receiver = input.take().expect("a worker has its input");
-                let upstream = Upstream::new(receiver, Arc::clone(&stage.run));
-                let mut outlet = AsyncOutlet::new(&output, &stage.run);
-                let mut outputs = body(upstream);
-                while let Some(item) = outlet.next_of(&mut outputs).await? {
-                    outlet.emit(item.map_err(Fault::Failed)?).await?;
-                }
-                outlet.flush().await.map_err(Fault::from)
-            }
-            _ => unreachable!("thread stages run on threads"),
+    let result = match &stage.body {
+        StageBody::AsyncEach(body, ordered) => {
+            let driver = Driver {
+                stage: &stage,
+                body,
+                outlet: AsyncOutlet::new(&output, &stage.run),
+                running: SelectAll::new(),
+                slots,
+                in_order: ordered.then(InOrder::new),
+            };
+            driver.run(&input).await
         }
-    })
-    .catch_unwind()
-    .await;
-    report(&stage, result, current_item);
+        _ => unreachable!("only async each-stages have drivers"),
+    };
+    if let Err(Halt::Failed(error)) = result {
+        stage.run.fail(error);
+    }
     drop(output);
 }
 
-async fn each<I, O>(
-    stage: &Stage<I, O>,
-    body: &AsyncFn<I, O>,
-    sequencer: Option<&Sequencer<O>>,
-    input: &Receiver<I>,
-    output: &Sender<O>,
-    current_item: &mut Option<u64>,
-) -> Result<(), Fault>
+/// Runs one worker of an async join stage: one call of the join function.
+pub(crate) async fn join<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>)
 where
     I: Send + 'static,
     O: Send + 'static,
 {
-    let mut outlet = AsyncOutlet::new(output, &stage.run);
-    let mut batch = Vec::new();
-    let mut limit = BatchLimit::new();
-    loop {
-        // Whatever is gathered is handed over before the worker waits for input.
-        let first = match input.pop_batch_async(&mut batch, limit.get()).now_or_never() {
-            Some(first) => first,
-            None => {
-                outlet.flush().await?;
-                input.pop_batch_async(&mut batch, limit.get()).await
-            }
-        };
-        let Some(first) = first else { break };
-        let count = batch.len();
-        if let Some(sequencer) = sequencer {
-            sequencer.wait_turn_async(first).await?;
+    let StageBody::AsyncJoin(body) = &stage.body else {
+        unreachable!("only async join stages have join workers")
+    };
+    let result = AssertUnwindSafe(async {
+        // Owned by the join, as in a thread worker: dropping it releases upstream.
+        let upstream = Upstream::new(input, Arc::clone(&stage.run));
+        let mut outlet = AsyncOutlet::new(&output, &stage.run);
+        let mut outputs = body(upstream);
+        while let Some(item) = outlet.next_of(&mut outputs).await? {
+            outlet.emit(item.map_err(Fault::Failed)?).await?;
         }
-        let started = limit.start();
-        // An ordered stage gathers a batch's outputs apart, to release them in order.
-        let mut in_order = Vec::new();
-        for (index, item) in (first..).zip(batch.drain(..)) {
-            if stage.run.is_cancelled() {
-                return Err(Fault::Stop);
+        outlet.flush().await.map_err(Fault::from)
+    })
+    .catch_unwind()
+    .await;
+    report(&stage, result, None);
+    drop(output);
+}
+
+struct Driver<'a, I, O> {
+    stage: &'a Stage<I, O>,
+    body: &'a AsyncFn<I, O>,
+    outlet: AsyncOutlet<'a, O>,
+    running: SelectAll<BoxStream<'static, Event<O>>>,
+    slots: usize,
+    /// For an ordered stage: the outputs of items started and not yet released.
+    in_order: Option<InOrder<O>>,
+}
+
+/// An ordered driver's reorder buffer: every item started and not yet released, with
+/// whether it has finished and its outputs so far. Items start in input order (an ordered
+/// stage has one driver), and each item's outputs leave once every earlier item's have.
+type InOrder<O> = BTreeMap<u64, (bool, Vec<O>)>;
+
+impl<I, O> Driver<'_, I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    async fn run(mut self, input: &Receiver<I>) -> Result<(), Halt> {
+        let mut batch = Vec::new();
+        let mut open = true;
+        loop {
+            if self.stage.run.is_cancelled() {
+                return Ok(());
             }
-            *current_item = Some(index);
-            let mut outputs = body(item);
-            while let Some(item) = outlet.next_of(&mut outputs).await? {
-                let item = item.map_err(Fault::Failed)?;
-                match sequencer {
-                    Some(_) => in_order.push(item),
-                    None => outlet.emit(item).await?,
+            // Start whatever input is ready, without waiting.
+            let free = self.free_slots();
+            if open && free > 0 {
+                match input.pop_batch_async(&mut batch, free).now_or_never() {
+                    Some(Some(first)) => self.start(first, &mut batch),
+                    Some(None) => open = false,
+                    None => {}
                 }
             }
-        }
-        limit.adapt(started, count);
-        match sequencer {
-            Some(sequencer) => {
-                let mut ready = sequencer.complete(first, count as u64, in_order)?;
-                while let Some(mut batch) = ready {
-                    if output.push_all_async(&mut batch).await.is_err() {
-                        sequencer.stop();
-                        return Err(Fault::Stop);
+            if self.running.is_empty() {
+                if !open {
+                    break;
+                }
+                self.hand_over().await?;
+                match input.pop_batch_async(&mut batch, self.free_slots()).await {
+                    Some(first) => self.start(first, &mut batch),
+                    None => open = false,
+                }
+                continue;
+            }
+            // Take what is ready; before waiting, hand over what is gathered.
+            let event = match self.running.next().now_or_never() {
+                Some(event) => Some(event),
+                None => {
+                    self.hand_over().await?;
+                    let free = self.free_slots();
+                    if open && free > 0 {
+                        let woke = {
+                            let next_input =
+                                std::pin::pin!(input.pop_batch_async(&mut batch, free));
+                            match select(self.running.next(), next_input).await {
+                                Either::Left((event, _)) => Ok(event),
+                                Either::Right((first, _)) => Err(first),
+                            }
+                        };
+                        match woke {
+                            Ok(event) => Some(event),
+                            Err(Some(first)) => {
+                                self.start(first, &mut batch);
+                                None
+                            }
+                            Err(None) => {
+                                open = false;
+                                None
+                            }
+                        }
+                    } else {
+                        Some(self.running.next().await)
                     }
-                    ready = sequencer.pushed()?;
                 }
+            };
+            if let Some(Some(event)) = event {
+                self.handle(event).await?;
             }
-            None => outlet.flush().await?,
+        }
+        self.hand_over().await
+    }
+
+    /// Slots free for new items; an ordered driver also counts what waits in its buffer.
+    fn free_slots(&self) -> usize {
+        let busy = match &self.in_order {
+            Some(in_order) => in_order.len().max(self.running.len()),
+            None => self.running.len(),
+        };
+        self.slots.saturating_sub(busy)
+    }
+
+    fn start(&mut self, first: u64, batch: &mut Vec<I>) {
+        for (index, item) in (first..).zip(batch.drain(..)) {
+            if let Some(in_order) = &mut self.in_order {
+                in_order.insert(index, (false, Vec::new()));
+            }
+            let outputs = AssertUnwindSafe((self.body)(item))
+                .catch_unwind()
+                .map(move |output| match output {
+                    Ok(Ok(value)) => Event::Output(index, value),
+                    Ok(Err(error)) => Event::Failed(index, error),
+                    Err(payload) => Event::Panicked(index, payload),
+                })
+                .chain(stream::once(async move { Event::Done(index) }));
+            self.running.push(outputs.boxed());
         }
     }
-    Ok(())
+
+    async fn handle(&mut self, event: Event<O>) -> Result<(), Halt> {
+        let name = &self.stage.name;
+        match event {
+            Event::Output(index, value) => match &mut self.in_order {
+                Some(in_order) => in_order.get_mut(&index).expect("started").1.push(value),
+                None => self.outlet.emit(value).await?,
+            },
+            Event::Done(index) => {
+                if let Some(in_order) = &mut self.in_order {
+                    in_order.get_mut(&index).expect("started").0 = true;
+                    self.release_in_order().await?;
+                }
+            }
+            Event::Failed(index, error) => {
+                return Err(Halt::Failed(Error::failed(name, Some(index), error)));
+            }
+            Event::Panicked(index, payload) => {
+                return Err(Halt::Failed(Error::panicked(name, Some(index), payload)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the outputs of the oldest items to the outlet, as long as they have finished.
+    async fn release_in_order(&mut self) -> Result<(), Halt> {
+        loop {
+            let Some(in_order) = &mut self.in_order else {
+                return Ok(());
+            };
+            // Items start in input order, so the first entry is the oldest still held.
+            let Some(oldest) = in_order.first_entry() else {
+                return Ok(());
+            };
+            if !oldest.get().0 {
+                return Ok(());
+            }
+            let (_, outputs) = oldest.remove();
+            for value in outputs {
+                self.outlet.emit(value).await?;
+            }
+        }
+    }
+
+    async fn hand_over(&mut self) -> Result<(), Halt> {
+        Ok(self.outlet.flush().await?)
+    }
+}
+
+/// Why a driver stops early.
+enum Halt {
+    /// The run was cancelled, or nobody reads any more: not an error.
+    Stopped,
+    Failed(Error),
+}
+
+impl From<Stop> for Halt {
+    fn from(_: Stop) -> Self {
+        Halt::Stopped
+    }
 }
 
 /// [`crate::worker::Outlet`] for async workers.
@@ -152,10 +308,7 @@ impl<'a, O> AsyncOutlet<'a, O> {
 
     /// The next output of `outputs`, handing over what is gathered first if it is not
     /// ready, so no output waits behind a pending future.
-    async fn next_of<T>(
-        &mut self,
-        outputs: &mut BoxStream<'_, T>,
-    ) -> Result<Option<T>, Stop> {
+    async fn next_of<T>(&mut self, outputs: &mut BoxStream<'_, T>) -> Result<Option<T>, Stop> {
         if let Some(next) = outputs.next().now_or_never() {
             return Ok(next);
         }

@@ -21,12 +21,16 @@ use crate::error::BoxError;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
+/// How many worker threads pyper's runtime has: one per core.
+pub(crate) fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// The handle of pyper's runtime, starting it on first use.
 pub(crate) fn handle() -> Result<Handle, BoxError> {
     let runtime = RUNTIME.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Builder::new_multi_thread()
-            .worker_threads(cores)
+            .worker_threads(threads())
             .thread_name("pyper-async")
             .enable_all()
             .build()

@@ -11,8 +11,8 @@
 //!
 //! A worker may only *start* a range that begins within `window` positions of the next one
 //! in line, which bounds the buffer. The worker that holds the next range never waits, so
-//! the stage always makes progress. Thread and async workers share the protocol; only the
-//! waiting differs.
+//! the stage always makes progress. (Ordered async stages need none of
+//! this: they have one driver, which keeps its own reorder buffer; see `async_worker`.)
 
 use std::collections::BTreeMap;
 
@@ -34,8 +34,6 @@ struct Order<O> {
 pub(crate) struct Sequencer<O> {
     order: Mutex<Order<O>>,
     advanced: Condvar,
-    #[cfg(feature = "async")]
-    advanced_async: tokio::sync::Notify,
     window: u64,
 }
 
@@ -49,8 +47,6 @@ impl<O> Sequencer<O> {
                 stopped: false,
             }),
             advanced: Condvar::new(),
-            #[cfg(feature = "async")]
-            advanced_async: tokio::sync::Notify::new(),
             window,
         }
     }
@@ -70,20 +66,6 @@ impl<O> Sequencer<O> {
             order = sync::wait(&self.advanced, order);
         }
         Ok(())
-    }
-
-    /// [`wait_turn`](Sequencer::wait_turn) for async workers.
-    #[cfg(feature = "async")]
-    pub(crate) async fn wait_turn_async(&self, first: u64) -> Result<(), Stop> {
-        loop {
-            let advanced = self.advanced_async.notified();
-            tokio::pin!(advanced);
-            advanced.as_mut().enable();
-            if self.may_start(&sync::lock(&self.order), first)? {
-                return Ok(());
-            }
-            advanced.await;
-        }
     }
 
     /// Hands in the outputs of the `count` inputs starting at `first`.
@@ -123,8 +105,6 @@ impl<O> Sequencer<O> {
             let mut order = sync::lock(&self.order);
             order.stopped = true;
             self.advanced.notify_all();
-            #[cfg(feature = "async")]
-            self.advanced_async.notify_waiters();
             std::mem::take(&mut order.done)
         };
         drop(dropped);
@@ -140,8 +120,6 @@ impl<O> Sequencer<O> {
         }
         order.pushing = true;
         self.advanced.notify_all();
-        #[cfg(feature = "async")]
-        self.advanced_async.notify_waiters();
         Some(outputs)
     }
 }

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "async")]
+use crate::async_task::{self, AsyncFn};
 use crate::error::{BoxError, Error};
 use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
@@ -10,8 +12,6 @@ use crate::run::Launcher;
 use crate::sequencer::Sequencer;
 use crate::sync::Arc;
 use crate::upstream::Upstream;
-#[cfg(feature = "async")]
-use crate::async_task::{self, AsyncFn};
 use crate::worker::{
     self, emit_each, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH,
 };
@@ -307,7 +307,9 @@ where
     pub fn branch(self) -> Task<I, O::Item> {
         self.adapt_outputs(Adapters {
             each: |output, out| {
-                emit_each(output, out, |element, out| out.emit(element).map_err(Fault::from))
+                emit_each(output, out, |element, out| {
+                    out.emit(element).map_err(Fault::from)
+                })
             },
             #[cfg(feature = "async")]
             stream: async_task::branch_iter,
@@ -491,7 +493,10 @@ where
             return Err(Error::config(Some(&name), "workers must be at least 1"));
         }
         if name.contains('\0') {
-            return Err(Error::config(Some(&name), "a stage name cannot contain a NUL byte"));
+            return Err(Error::config(
+                Some(&name),
+                "a stage name cannot contain a NUL byte",
+            ));
         }
         Ok(())
     }
@@ -500,7 +505,8 @@ where
         let name = self.stage_name(launcher.next_position());
         let (output, next_input) = queue(self.options.throttle);
         launcher.state.register(Box::new(output.closer()));
-        let sequencer = (self.options.ordered && self.options.workers > 1).then(|| {
+        let ordered = self.options.ordered && self.options.workers > 1;
+        let sequencer = (ordered && !self.body.is_async()).then(|| {
             let window = (2 * self.options.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
             let sequencer = Arc::new(Sequencer::new(window));
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
@@ -513,7 +519,7 @@ where
             },
             Body::Join(join) => StageBody::Join(Arc::clone(join)),
             #[cfg(feature = "async")]
-            Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), sequencer),
+            Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), ordered),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
@@ -523,24 +529,44 @@ where
             run: Arc::clone(&launcher.state),
             body,
         });
+        #[cfg(feature = "async")]
+        if let StageBody::AsyncEach(_, ordered) = stage.body {
+            for slots in crate::async_worker::driver_slots(self.options.workers, ordered) {
+                let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+                launcher.spawn_task(
+                    &name,
+                    crate::async_worker::drive(stage, input, output, slots),
+                );
+            }
+            return next_input;
+        }
         for _ in 0..self.options.workers {
             let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
             #[cfg(feature = "async")]
-            if stage.body.is_async() {
-                launcher.spawn_task(&name, crate::async_worker::work(stage, input, output));
+            if let StageBody::AsyncJoin(_) = stage.body {
+                launcher.spawn_task(&name, crate::async_worker::join(stage, input, output));
                 continue;
             }
-            launcher.spawn(&name, self.options.daemon, move || worker::work(stage, input, output));
+            launcher.spawn(&name, self.options.daemon, move || {
+                worker::work(stage, input, output)
+            });
         }
         next_input
     }
 }
 
-/// Above this many workers, an ordered stage's reorder window stops growing: an async
-/// stage with thousands of workers would otherwise buffer millions of outputs.
+/// Above this many workers, an ordered stage's reorder window stops growing.
 const MAX_ORDER_WORKERS: usize = 64;
 
 impl<I, O> Body<I, O> {
+    fn is_async(&self) -> bool {
+        match self {
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) | Body::AsyncJoin(_) => true,
+            _ => false,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Body::Each(_) => "each",

@@ -99,16 +99,10 @@ pub(crate) enum StageBody<I, O> {
     Ordered(EachFn<I, O>, Arc<Sequencer<O>>),
     Join(JoinFn<I, O>),
     #[cfg(feature = "async")]
-    AsyncEach(crate::async_task::AsyncFn<I, O>, Option<Arc<Sequencer<O>>>),
+    /// An async task's body, and whether the stage is ordered.
+    AsyncEach(crate::async_task::AsyncFn<I, O>, bool),
     #[cfg(feature = "async")]
     AsyncJoin(crate::async_task::AsyncFn<Upstream<I>, O>),
-}
-
-impl<I, O> StageBody<I, O> {
-    #[cfg(feature = "async")]
-    pub(crate) fn is_async(&self) -> bool {
-        matches!(self, StageBody::AsyncEach(..) | StageBody::AsyncJoin(_))
-    }
 }
 
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
@@ -121,9 +115,14 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
         };
         match &stage.body {
             StageBody::Each(body) => each(&stage, body, receiver, &output, &mut current_item),
-            StageBody::Ordered(body, sequencer) => {
-                ordered(&stage, body, sequencer, receiver, &output, &mut current_item)
-            }
+            StageBody::Ordered(body, sequencer) => ordered(
+                &stage,
+                body,
+                sequencer,
+                receiver,
+                &output,
+                &mut current_item,
+            ),
             StageBody::Join(body) => {
                 // The join task owns its input: dropping its `Upstream` early tells the
                 // stages above that nobody needs more items.
