@@ -12,7 +12,7 @@
 //! driver's own queue handles live outside the panic boundary, as in a thread.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, SelectAll};
@@ -203,15 +203,23 @@ where
             if let Some(in_order) = &mut self.in_order {
                 in_order.insert(index, (false, Vec::new()));
             }
-            let outputs = AssertUnwindSafe((self.body)(item))
-                .catch_unwind()
-                .map(move |output| match output {
-                    Ok(Ok(value)) => Event::Output(index, value),
-                    Ok(Err(error)) => Event::Failed(index, error),
-                    Err(payload) => Event::Panicked(index, payload),
-                })
-                .chain(stream::once(async move { Event::Done(index) }));
-            self.running.push(outputs.boxed());
+            // The body runs the user's function at once, before any future exists: a panic
+            // there is this item's too.
+            let outputs = match catch_unwind(AssertUnwindSafe(|| (self.body)(item))) {
+                Ok(outputs) => AssertUnwindSafe(outputs)
+                    .catch_unwind()
+                    .map(move |output| match output {
+                        Ok(Ok(value)) => Event::Output(index, value),
+                        Ok(Err(error)) => Event::Failed(index, error),
+                        Err(payload) => Event::Panicked(index, payload),
+                    })
+                    .chain(stream::once(async move { Event::Done(index) }))
+                    .boxed(),
+                Err(payload) => {
+                    stream::once(async move { Event::Panicked(index, payload) }).boxed()
+                }
+            };
+            self.running.push(outputs);
         }
     }
 

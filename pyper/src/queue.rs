@@ -203,7 +203,10 @@ impl<T> Shared<T> {
                 Popped::Empty
             };
         }
-        let n = max.max(1).min(state.items.len());
+        // No more than a fair share of what is queued, so that when slow items follow quick
+        // ones, one worker cannot take them all while the stage's others sit idle.
+        let fair_share = state.items.len().div_ceil(state.receivers.max(1));
+        let n = max.clamp(1, fair_share);
         out.extend(state.items.drain(..n));
         let first = state.popped;
         state.popped += n as u64;

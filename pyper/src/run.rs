@@ -16,6 +16,9 @@
 //!    ends, [`crate::Output`] asks: an error recorded means the error is yielded; a cancel
 //!    means the output ends; only otherwise is it a clean end.
 
+#[cfg(feature = "async")]
+use std::panic::AssertUnwindSafe;
+
 use crate::error::Error;
 use crate::queue::Close;
 use crate::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
@@ -142,9 +145,16 @@ impl Launcher {
             Err(error) => return self.state.fail(Error::failed(stage, None, error)),
         };
         let alive = self.state.tasks.enter();
+        let (run, stage) = (Arc::clone(&self.state), stage.to_owned());
         let task = runtime.spawn(async move {
-            let _alive = alive;
-            work.await;
+            // A backstop: workers catch the panics of user code themselves, so one that gets
+            // here is the engine's. Recorded before `alive` is dropped, so the output, which
+            // waits for every task, cannot mistake it for a clean end.
+            let outcome = futures_util::FutureExt::catch_unwind(AssertUnwindSafe(work)).await;
+            if let Err(payload) = outcome {
+                run.fail(Error::panicked(&stage, None, payload));
+            }
+            drop(alive);
         });
         self.state.register(Box::new(task.abort_handle()));
     }

@@ -54,11 +54,13 @@ pub(crate) trait Emit<O> {
 
 /// Emits every element of a user's iterator (an input iterator, a `branch` output).
 ///
-/// Before asking a lazy iterator for an element, which may block (a channel, a socket, a
-/// page fetch), it hands over what it gathered, so no output waits behind a blocked
-/// producer: a pipeline fed back from its own output cannot deadlock that way. An
-/// iterator whose `size_hint` promises another element (a range, a `Vec`) is asked
-/// without handing over, so in-memory data still moves in batches.
+/// Elements flow on as they are produced: before asking the iterator for an element that
+/// may take a while (a channel, a socket, a page fetch), it hands over what it gathered, so
+/// no element waits behind a blocked producer, and a pipeline fed back from its own output
+/// cannot deadlock that way. Two signs say "may take a while": a `size_hint` that promises
+/// nothing (a channel), or recent elements that took [`SLOW_ELEMENT`] or more each. While
+/// elements come quickly from an iterator that promises more (a range, a `Vec`, a cheap
+/// `map`), they move in batches.
 pub(crate) fn emit_each<It, T>(
     elements: It,
     out: &mut dyn Emit<T>,
@@ -68,14 +70,70 @@ where
     It: IntoIterator,
 {
     let mut elements = elements.into_iter();
+    let mut pace = Pace::new();
     loop {
         let (promised, most) = elements.size_hint();
-        if promised == 0 && most != Some(0) {
+        if pace.slow() || (promised == 0 && most != Some(0)) {
             out.hand_over()?;
         }
-        match elements.next() {
+        let asked = pace.before();
+        let element = elements.next();
+        pace.after(asked);
+        match element {
             Some(element) => each(element, out)?,
             None => return Ok(()),
+        }
+    }
+}
+
+/// An element that takes this long to produce is handed over before the next is asked
+/// for: the hand-over then costs a few percent at most.
+const SLOW_ELEMENT: Duration = Duration::from_micros(1);
+
+/// How many quick elements in a row make an iterator quick.
+const QUICK_STREAK: u32 = 64;
+
+/// Tells quick iterators from slow ones, reading the clock for every element only while
+/// they are slow, and once per [`QUICK_STREAK`] elements while they are quick.
+struct Pace {
+    quick_streak: u32,
+    since: Instant,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            quick_streak: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn slow(&self) -> bool {
+        self.quick_streak < QUICK_STREAK
+    }
+
+    fn before(&self) -> Option<Instant> {
+        self.slow().then(Instant::now)
+    }
+
+    fn after(&mut self, asked: Option<Instant>) {
+        match asked {
+            Some(asked) if asked.elapsed() < SLOW_ELEMENT => {
+                self.quick_streak += 1;
+                if !self.slow() {
+                    self.since = Instant::now();
+                }
+            }
+            Some(_) => self.quick_streak = 0,
+            None => {
+                // Quick: check the average once per streak.
+                self.quick_streak += 1;
+                if self.quick_streak == 2 * QUICK_STREAK {
+                    let quick = self.since.elapsed() < SLOW_ELEMENT * QUICK_STREAK;
+                    self.quick_streak = if quick { QUICK_STREAK } else { 0 };
+                    self.since = Instant::now();
+                }
+            }
         }
     }
 }
