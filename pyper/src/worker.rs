@@ -77,9 +77,14 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
         };
         match &stage.body {
             StageBody::Each(body) => each(&stage, body, receiver, &output, &mut current_item),
-            StageBody::Ordered(body, sequencer) => {
-                ordered(&stage, body, sequencer, receiver, &output, &mut current_item)
-            }
+            StageBody::Ordered(body, sequencer) => ordered(
+                &stage,
+                body,
+                sequencer,
+                receiver,
+                &output,
+                &mut current_item,
+            ),
             StageBody::Join(body) => {
                 // The join task owns its input: dropping its `Upstream` early tells the
                 // stages above that nobody needs more items.
