@@ -84,10 +84,21 @@ fn check(race: Race) {
     let mut seen = values.clone();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(seen.len(), values.len(), "{race:?}: a duplicate in {values:?}");
+    assert_eq!(
+        seen.len(),
+        values.len(),
+        "{race:?}: a duplicate in {values:?}"
+    );
     for value in &values {
-        assert!((1..=ITEMS).contains(value), "{race:?}: unknown value {value}");
-        assert_ne!(Some(*value - 1), race.fail_on, "{race:?}: the failed item came out");
+        assert!(
+            (1..=ITEMS).contains(value),
+            "{race:?}: unknown value {value}"
+        );
+        assert_ne!(
+            Some(*value - 1),
+            race.fail_on,
+            "{race:?}: the failed item came out"
+        );
     }
     if in_order {
         let prefix: Vec<u64> = (1..=ITEMS)
@@ -101,7 +112,11 @@ fn check(race: Race) {
         // Nothing stops the run: every item, and no error.
         (None, false) => {
             assert!(error.is_none(), "{race:?}");
-            assert_eq!(values.len() as u64, ITEMS, "{race:?}: lost items {values:?}");
+            assert_eq!(
+                values.len() as u64,
+                ITEMS,
+                "{race:?}: lost items {values:?}"
+            );
         }
         // The failure is always reached, and must never look like a clean end.
         (Some(_), false) => assert!(error.is_some(), "{race:?}: error swallowed"),
