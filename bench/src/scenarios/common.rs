@@ -1,0 +1,56 @@
+//! Pieces several scenarios share: draining a pyper output, and the handwritten baseline.
+
+use crossbeam_channel::bounded;
+use pyper::Output;
+
+/// The capacity of every handwritten channel: pyper's default throttle.
+pub const CAPACITY: usize = pyper::DEFAULT_THROTTLE;
+
+/// Sums a pyper run's outputs on the calling thread, as the handwritten baseline's main
+/// thread does; the first error ends the run.
+pub fn sum_output(output: Output<u64>) -> Result<u64, String> {
+    let mut total = 0u64;
+    for item in output {
+        total = total.wrapping_add(item.map_err(|error| error.to_string())?);
+    }
+    Ok(total)
+}
+
+/// The handwritten baseline of a linear pipeline: a source thread sends `0..items` into a
+/// `bounded(CAPACITY)` channel; each stage is `workers` threads sharing one receiver and
+/// calling `work` on every item, one item per send, into the next `bounded(CAPACITY)`
+/// channel; the main thread sums what comes out of the last one.
+///
+/// It is the same topology and the same capacities as pyper's `feed(0..items) | task(work)
+/// .workers(w) | ...`, written the way one would by hand.
+pub fn handwritten_chain<F>(items: u64, workers: &[usize], work: F) -> u64
+where
+    F: Fn(u64) -> u64 + Copy + Send,
+{
+    std::thread::scope(|scope| {
+        let (source, mut input) = bounded::<u64>(CAPACITY);
+        scope.spawn(move || {
+            for x in 0..items {
+                if source.send(x).is_err() {
+                    return;
+                }
+            }
+        });
+        for &count in workers {
+            let (output, next) = bounded::<u64>(CAPACITY);
+            for _ in 0..count {
+                let (input, output) = (input.clone(), output.clone());
+                scope.spawn(move || {
+                    for x in input {
+                        if output.send(work(x)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            // This thread keeps neither end, so each channel closes when its threads end.
+            input = next;
+        }
+        input.iter().fold(0, u64::wrapping_add)
+    })
+}

@@ -1,0 +1,47 @@
+//! `overhead`: the cost of moving items, with next to no work. A source of integers and
+//! three trivial stages, one worker each, default queues.
+
+use pyper::task;
+
+use super::common::{handwritten_chain, sum_output};
+use super::{no_notes, Case, Impl, Sizes};
+use crate::python;
+use crate::work::{step, stepped_sum};
+
+pub fn cases() -> Vec<Case> {
+    vec![Case {
+        name: "overhead",
+        about:
+            "a source of integers, then 3 trivial stages (`x + 1`), 1 worker each, default queues",
+        items: Sizes::new(2_000_000, 100_000),
+        expected: |n| stepped_sum(n, 3),
+        impls: vec![
+            Impl::rust(
+                "pyper",
+                "`feed(0..n) | task(step) | task(step) | task(step)`",
+                pyper,
+            ),
+            Impl::rust(
+                "handwritten",
+                "std threads + crossbeam-channel, same topology and capacities: a source thread \
+                 feeding a `bounded(4096)` channel, 3 stage threads with `bounded(4096)` between \
+                 them, the main thread consuming; one item per send",
+                |n| Ok(handwritten_chain(n, &[1, 1, 1], step)),
+            ),
+            Impl::python(
+                "python-pyper",
+                "python-pyper 0.4.4 (threads), the same pipeline: a generator source task and 3 \
+                 trivial tasks, default options",
+                &python::OVERHEAD,
+                &[],
+            )
+            .with_items(Sizes::new(200_000, 10_000)),
+        ],
+        notes: no_notes,
+    }]
+}
+
+fn pyper(n: u64) -> Result<u64, String> {
+    let pipeline = task(step) | task(step) | task(step);
+    sum_output(pipeline.feed(0..n))
+}
