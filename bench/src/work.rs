@@ -61,6 +61,14 @@ pub fn wait_io(x: u64) -> u64 {
     x
 }
 
+/// The `io-async` work: wait on a tokio timer as non-blocking IO would, then hand the
+/// item on. One function for both impls, so that only the framework differs.
+#[inline(never)]
+pub async fn wait_io_async(x: u64) -> u64 {
+    tokio::time::sleep(IO_WAIT).await;
+    x
+}
+
 /// How many elements each `fanout-join` item branches into.
 pub const FAN: u64 = 1_000;
 

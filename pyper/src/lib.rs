@@ -116,6 +116,12 @@ mod worker;
 
 #[cfg(feature = "async")]
 pub use async_task::{async_task, try_async_task};
+
+// The README's examples are compiled and run as doc tests (with the `async` feature, which
+// some of them use).
+#[cfg(all(doctest, feature = "async"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 pub use error::{BoxError, Error, ErrorKind};
 pub use output::{Canceller, Output};
 #[cfg(feature = "async")]

@@ -10,7 +10,7 @@ use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
 use crate::run::Launcher;
 use crate::sequencer::Sequencer;
-use crate::sync::Arc;
+use crate::sync::{Arc, Instant};
 use crate::upstream::Upstream;
 use crate::worker::{
     self, emit_each, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH,
@@ -178,6 +178,14 @@ impl<I, O> Task<I, O> {
     /// More workers help work that waits (IO) or that has cores to spare (CPU); see the
     /// README's "which mode for which work". With more than one worker, outputs leave in
     /// completion order unless the task is [`ordered`](Task::ordered).
+    ///
+    /// A worker takes the items that are ready in batches that grow while its calls are
+    /// quick (up to 1,024 items, or about 50 µs of work) and stay at one item while they are
+    /// slow, and hands the batch's outputs on together. So a task must not wait until its
+    /// own earlier outputs have been consumed downstream: a quick call that suddenly does
+    /// could wait on an output still in its batch. Iterators (the input of `feed`, the
+    /// output of a `branch` task) are different: their elements are handed on before any
+    /// call that may block.
     pub fn workers(mut self, n: usize) -> Self {
         self.options.workers = n;
         self
@@ -436,8 +444,12 @@ struct Adapted<'a, O, P> {
 }
 
 impl<O, P> Emit<O> for Adapted<'_, O, P> {
-    fn hand_over(&mut self) -> Result<(), Stop> {
-        self.out.hand_over()
+    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
+        self.out.before_next(may_block)
+    }
+
+    fn after_next(&mut self, asked: Option<Instant>) {
+        self.out.after_next(asked);
     }
 
     fn emit(&mut self, item: O) -> Result<(), Stop> {

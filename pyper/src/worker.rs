@@ -46,21 +46,26 @@ impl From<Stop> for Fault {
 pub(crate) trait Emit<O> {
     fn emit(&mut self, item: O) -> Result<(), Stop>;
 
-    /// Hands over what is gathered: the producer is about to call code that may block.
-    fn hand_over(&mut self) -> Result<(), Stop> {
-        Ok(())
+    /// The producer is about to ask a user's iterator for its next element, which may
+    /// block when `may_block` says so or when elements have been slow to come. Hands over
+    /// what is gathered in that case; returns the clock reading if the call is to be timed.
+    fn before_next(&mut self, _may_block: bool) -> Result<Option<Instant>, Stop> {
+        Ok(None)
     }
+
+    /// The element asked for in [`before_next`](Emit::before_next) has come.
+    fn after_next(&mut self, _asked: Option<Instant>) {}
 }
 
 /// Emits every element of a user's iterator (an input iterator, a `branch` output).
 ///
 /// Elements flow on as they are produced: before asking the iterator for an element that
-/// may take a while (a channel, a socket, a page fetch), it hands over what it gathered, so
-/// no element waits behind a blocked producer, and a pipeline fed back from its own output
-/// cannot deadlock that way. Two signs say "may take a while": a `size_hint` that promises
-/// nothing (a channel), or recent elements that took [`SLOW_ELEMENT`] or more each. While
-/// elements come quickly from an iterator that promises more (a range, a `Vec`, a cheap
-/// `map`), they move in batches.
+/// may take a while (a channel, a socket, a page fetch), the worker hands over what it
+/// gathered, so no element waits behind a blocked producer, and a pipeline fed back from
+/// its own output cannot deadlock that way. Two signs say "may take a while": a
+/// `size_hint` that promises nothing (a channel), or elements that took [`SLOW_ELEMENT`] or
+/// more to come. While elements come quickly from an iterator that promises more (a range,
+/// a `Vec`, a cheap `map`), they move in batches.
 pub(crate) fn emit_each<It, T>(
     elements: It,
     out: &mut dyn Emit<T>,
@@ -70,15 +75,11 @@ where
     It: IntoIterator,
 {
     let mut elements = elements.into_iter();
-    let mut pace = Pace::new();
     loop {
         let (promised, most) = elements.size_hint();
-        if pace.slow() || (promised == 0 && most != Some(0)) {
-            out.hand_over()?;
-        }
-        let asked = pace.before();
+        let asked = out.before_next(promised == 0 && most != Some(0))?;
         let element = elements.next();
-        pace.after(asked);
+        out.after_next(asked);
         match element {
             Some(element) => each(element, out)?,
             None => return Ok(()),
@@ -86,54 +87,44 @@ where
     }
 }
 
-/// An element that takes this long to produce is handed over before the next is asked
-/// for: the hand-over then costs a few percent at most.
+/// An element that takes this long to come is handed over before the next is asked for:
+/// the hand-over then costs a few percent of the wait at most.
 const SLOW_ELEMENT: Duration = Duration::from_micros(1);
 
-/// How many quick elements in a row make an iterator quick.
+/// How many quick elements in a row make an iterator quick, and how often a quick one is
+/// timed again.
 const QUICK_STREAK: u32 = 64;
 
-/// Tells quick iterators from slow ones, reading the clock for every element only while
-/// they are slow, and once per [`QUICK_STREAK`] elements while they are quick.
-struct Pace {
+/// Tells quick iterators from slow ones. Only the iterator's own `next` is timed, never
+/// the hand-overs, and a quick iterator only once per [`QUICK_STREAK`] elements.
+pub(crate) struct Pace {
     quick_streak: u32,
-    since: Instant,
+    asked: u32,
 }
 
 impl Pace {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Pace {
             quick_streak: 0,
-            since: Instant::now(),
+            asked: 0,
         }
     }
 
-    fn slow(&self) -> bool {
+    pub(crate) fn slow(&self) -> bool {
         self.quick_streak < QUICK_STREAK
     }
 
-    fn before(&self) -> Option<Instant> {
-        self.slow().then(Instant::now)
+    pub(crate) fn before(&mut self) -> Option<Instant> {
+        self.asked = self.asked.wrapping_add(1);
+        (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
     }
 
-    fn after(&mut self, asked: Option<Instant>) {
-        match asked {
-            Some(asked) if asked.elapsed() < SLOW_ELEMENT => {
-                self.quick_streak += 1;
-                if !self.slow() {
-                    self.since = Instant::now();
-                }
-            }
-            Some(_) => self.quick_streak = 0,
-            None => {
-                // Quick: check the average once per streak.
-                self.quick_streak += 1;
-                if self.quick_streak == 2 * QUICK_STREAK {
-                    let quick = self.since.elapsed() < SLOW_ELEMENT * QUICK_STREAK;
-                    self.quick_streak = if quick { QUICK_STREAK } else { 0 };
-                    self.since = Instant::now();
-                }
-            }
+    pub(crate) fn after(&mut self, asked: Option<Instant>) {
+        if let Some(asked) = asked {
+            self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
+                true => self.quick_streak.saturating_add(1),
+                false => 0,
+            };
         }
     }
 }
@@ -316,6 +307,8 @@ pub(crate) struct Outlet<'a, O> {
     pub(crate) run: &'a RunState,
     pub(crate) buffer: Vec<O>,
     pub(crate) max: usize,
+    /// How quickly the iterators this worker drives produce their elements.
+    pace: Pace,
 }
 
 impl<'a, O> Outlet<'a, O> {
@@ -325,6 +318,7 @@ impl<'a, O> Outlet<'a, O> {
             run,
             buffer: Vec::new(),
             max: hand_over_size(output),
+            pace: Pace::new(),
         }
     }
 
@@ -337,8 +331,15 @@ impl<'a, O> Outlet<'a, O> {
 }
 
 impl<O> Emit<O> for Outlet<'_, O> {
-    fn hand_over(&mut self) -> Result<(), Stop> {
-        self.flush()
+    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
+        if may_block || self.pace.slow() {
+            self.flush()?;
+        }
+        Ok(self.pace.before())
+    }
+
+    fn after_next(&mut self, asked: Option<Instant>) {
+        self.pace.after(asked);
     }
 
     fn emit(&mut self, item: O) -> Result<(), Stop> {

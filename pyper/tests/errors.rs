@@ -359,8 +359,6 @@ fn errors_reach_a_consumer() {
 }
 
 #[test]
-#[ignore = "engine bug: a stage name containing a NUL byte makes `next()` panic (std's thread \
-            Builder rejects the name) instead of yielding a configuration error"]
 fn a_stage_name_the_os_cannot_take_is_an_error_not_a_panic() {
     let p = task(|x: u64| x) | task(|x: u64| x).name("bad\0name");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -12,6 +12,7 @@ mod common;
 mod considerations;
 mod cpu;
 mod fanout_join;
+mod io_async;
 mod io_threads;
 mod memory;
 mod overhead;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<Case> {
         overhead_w4::cases(),
         cpu::cases(),
         io_threads::cases(),
+        io_async::cases(),
         memory::cases(),
         fanout_join::cases(),
         considerations::cases(),
