@@ -3,6 +3,9 @@
 use crossbeam_channel::bounded;
 use pyper::Output;
 
+use crate::report::Results;
+use crate::work::IO_WAIT;
+
 /// The capacity of every handwritten channel: pyper's default throttle.
 pub const CAPACITY: usize = pyper::DEFAULT_THROTTLE;
 
@@ -53,4 +56,26 @@ where
         }
         input.iter().fold(0, u64::wrapping_add)
     })
+}
+
+/// Notes comparing each impl's wall time with that of a perfect run of an IO scenario,
+/// where every group of `in_flight` items waits [`IO_WAIT`] at once.
+pub fn wall_over_ideal(
+    results: &Results,
+    scenario: &str,
+    impls: &[&str],
+    in_flight: usize,
+) -> Vec<String> {
+    impls
+        .iter()
+        .filter_map(|name| {
+            let row = results.get(scenario, name)?;
+            let ideal = row.items.div_ceil(in_flight as u64) as f64 * IO_WAIT.as_secs_f64();
+            Some(format!(
+                "{scenario}: {name} wall / ideal ({:.0} ms) = {:.2}x",
+                ideal * 1e3,
+                row.wall_s / ideal
+            ))
+        })
+        .collect()
 }

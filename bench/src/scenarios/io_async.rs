@@ -6,10 +6,10 @@ use std::sync::OnceLock;
 use futures_util::StreamExt;
 use pyper::async_task;
 
-use super::common::sum_output;
+use super::common::{sum_output, wall_over_ideal};
 use super::{Case, Impl, Sizes};
 use crate::report::Results;
-use crate::work::{triangle, wait_io_async, IO_WAIT};
+use crate::work::{triangle, wait_io_async};
 
 const IN_FLIGHT: usize = 1_000;
 
@@ -54,22 +54,11 @@ fn buffer_unordered(n: u64) -> Result<u64, String> {
     ))
 }
 
-/// The wall time of a perfect run: every group of 1,000 items waits at once.
-fn ideal_s(items: u64) -> f64 {
-    items.div_ceil(IN_FLIGHT as u64) as f64 * IO_WAIT.as_secs_f64()
-}
-
 fn notes(results: &Results) -> Vec<String> {
-    ["pyper", "buffer_unordered"]
-        .into_iter()
-        .filter_map(|name| {
-            let row = results.get("io-async", name)?;
-            let ideal = ideal_s(row.items);
-            Some(format!(
-                "io-async: {name} wall / ideal ({:.0} ms) = {:.2}x",
-                ideal * 1e3,
-                row.wall_s / ideal
-            ))
-        })
-        .collect()
+    wall_over_ideal(
+        results,
+        "io-async",
+        &["pyper", "buffer_unordered"],
+        IN_FLIGHT,
+    )
 }

@@ -3,10 +3,10 @@
 
 use pyper::task;
 
-use super::common::{handwritten_chain, sum_output};
+use super::common::{handwritten_chain, sum_output, wall_over_ideal};
 use super::{Case, Impl, Sizes};
 use crate::report::Results;
-use crate::work::{triangle, wait_io, IO_WAIT};
+use crate::work::{triangle, wait_io};
 
 const WORKERS: usize = 100;
 
@@ -33,22 +33,6 @@ fn pyper(n: u64) -> Result<u64, String> {
     sum_output(task(wait_io).workers(WORKERS).feed(0..n))
 }
 
-/// The wall time of a perfect run: every group of 100 items waits at once.
-fn ideal_s(items: u64) -> f64 {
-    items.div_ceil(WORKERS as u64) as f64 * IO_WAIT.as_secs_f64()
-}
-
 fn notes(results: &Results) -> Vec<String> {
-    ["pyper", "handwritten"]
-        .into_iter()
-        .filter_map(|name| {
-            let row = results.get("io-threads", name)?;
-            let ideal = ideal_s(row.items);
-            Some(format!(
-                "io-threads: {name} wall / ideal ({:.0} ms) = {:.2}x",
-                ideal * 1e3,
-                row.wall_s / ideal
-            ))
-        })
-        .collect()
+    wall_over_ideal(results, "io-threads", &["pyper", "handwritten"], WORKERS)
 }
