@@ -41,11 +41,15 @@
 //!
 //! # How it runs
 //!
-//! Every worker is an OS thread of its own: `workers(n)` means exactly `n` threads, started
-//! with the run and joined when it ends, so there is no shared pool to exhaust (Pyper
-//! deadlocks when its pool runs out). Stages are connected by bounded queues, and items
-//! move between them in batches of whatever is ready, so the per-item cost stays in the
-//! nanoseconds.
+//! Every worker of a sync task is an OS thread of its own: `workers(n)` means exactly `n`
+//! threads, started with the run and joined when it ends, so there is no shared pool to
+//! exhaust (Pyper deadlocks when its pool runs out). A fed run adds one thread that drives
+//! the input iterator. Stages are connected by bounded queues, and items move between them
+//! in batches of whatever is ready, so the per-item cost stays in the nanoseconds.
+//!
+//! With the `async` feature, `async_task` builds tasks from async functions: `workers(n)`
+//! is then `n` futures in flight, polled on pyper's own tokio runtime, and any mix of sync
+//! and async tasks is one pipeline. `Output::into_stream` reads a run from async code.
 //!
 //! The first failure in time, an `Err` or a panic, in any stage or in the input iterator,
 //! stops every stage and reaches you as an [`Error`] naming the stage, after the workers

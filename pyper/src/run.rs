@@ -27,7 +27,8 @@ use crate::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
 pub(crate) struct RunState {
     cancelled: AtomicBool,
     error: Mutex<Option<Error>>,
-    queues: Mutex<Vec<Box<dyn Close>>>,
+    /// What a cancel must close: every queue, ordered stages' sequencers, async workers.
+    on_cancel: Mutex<Vec<Box<dyn Close>>>,
     #[cfg(feature = "async")]
     tasks: Arc<TaskCount>,
 }
@@ -37,7 +38,7 @@ impl RunState {
         Arc::new(RunState {
             cancelled: AtomicBool::new(false),
             error: Mutex::new(None),
-            queues: Mutex::new(Vec::new()),
+            on_cancel: Mutex::new(Vec::new()),
             #[cfg(feature = "async")]
             tasks: Arc::default(),
         })
@@ -53,9 +54,9 @@ impl RunState {
         if self.cancelled.swap(true, Ordering::SeqCst) {
             return;
         }
-        let queues = std::mem::take(&mut *sync::lock(&self.queues));
-        for queue in &queues {
-            queue.close();
+        let to_close = std::mem::take(&mut *sync::lock(&self.on_cancel));
+        for closer in &to_close {
+            closer.close();
         }
     }
 
@@ -77,14 +78,15 @@ impl RunState {
         sync::lock(&self.error).take()
     }
 
-    /// Makes `queue` part of the run, so that a cancel closes it.
+    /// Makes `queue` (or a sequencer, or an async worker) part of the run, so that a cancel
+    /// closes it.
     pub(crate) fn register(&self, queue: Box<dyn Close>) {
-        let mut queues = sync::lock(&self.queues);
+        let mut on_cancel = sync::lock(&self.on_cancel);
         if self.cancelled.load(Ordering::SeqCst) {
-            drop(queues);
+            drop(on_cancel);
             queue.close();
         } else {
-            queues.push(queue);
+            on_cancel.push(queue);
         }
     }
 }
