@@ -78,8 +78,9 @@ impl Sleepers {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// A copy of `items.len()`, readable without the lock.
-    len: AtomicUsize,
+    /// A copy of `items.len()`, readable without the lock. On a cache line of its own, so
+    /// that producers reading it do not contend with every lock of the state.
+    len: CacheLine<AtomicUsize>,
     capacity: usize,
     not_empty: Condvar,
     not_full: Condvar,
@@ -87,6 +88,18 @@ struct Shared<T> {
     readable: tokio::sync::Notify,
     #[cfg(feature = "async")]
     writable: tokio::sync::Notify,
+}
+
+/// A value alone on its cache line (128 bytes covers the adjacent-line prefetcher too).
+#[repr(align(128))]
+struct CacheLine<T>(T);
+
+impl<T> std::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Creates a queue holding at most `capacity` items (`0` = unbounded).
@@ -105,7 +118,7 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             #[cfg(feature = "async")]
             async_senders: 0,
         }),
-        len: AtomicUsize::new(0),
+        len: CacheLine(AtomicUsize::new(0)),
         capacity: if capacity == 0 { usize::MAX } else { capacity },
         not_empty: Condvar::new(),
         not_full: Condvar::new(),

@@ -364,9 +364,14 @@ pub(crate) fn hand_over_size<O>(output: &Sender<O>) -> usize {
 
 /// Whether a worker should hand its gathered outputs over now: the batch is full, or
 /// downstream has nothing to do.
+///
+/// Downstream is asked when the batch has 1, 2, 4, 8... items: at once for the first
+/// output, so an idle consumer gets it without delay, and then ever more rarely, because
+/// the answer lives on a cache line the consumer writes and asking for every item was
+/// measured to cost a third of the hand-over's time.
 #[inline]
 pub(crate) fn should_hand_over<O>(buffer: &[O], max: usize, output: &Sender<O>) -> bool {
-    buffer.len() >= max || output.looks_hungry()
+    buffer.len() >= max || (buffer.len().is_power_of_two() && output.looks_hungry())
 }
 
 /// Collects the outputs of an ordered stage's batch, to be released in order.
