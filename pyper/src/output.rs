@@ -1,5 +1,5 @@
-//! The output of a run: a blocking iterator (and, with the `async` feature, a `Stream`),
-//! and the handle that cancels it.
+//! The output of a run: a blocking iterator (with the `async` feature, also readable as an
+//! `OutputStream`), and the handle that cancels it.
 
 use std::fmt;
 
@@ -22,8 +22,9 @@ type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Se
 ///   worker has stopped (daemon stages aside), and then the iterator ends. Outputs the
 ///   run had produced but you had not yet taken are dropped with the run. An error never
 ///   looks like the end of the stream.
-/// * Dropping it at any point cancels the run: every stage stops after the item it is
-///   processing, and the drop returns once the non-daemon workers have exited.
+/// * Dropping it at any point cancels the run: every thread stage stops after the item it
+///   is processing, async stages drop the futures they await, and the drop returns once
+///   the non-daemon workers have exited.
 ///
 /// ```
 /// use pyper::task;
@@ -186,7 +187,8 @@ impl<O> fmt::Debug for Output<O> {
 
 /// Cancels a run from anywhere. Made by [`Output::canceller`].
 ///
-/// Cancelling stops every stage after the item it is processing; the run's [`Output`]
+/// Cancelling stops every thread stage after the item it is processing and drops the
+/// futures async stages await; the run's [`Output`]
 /// then ends without an error. Cancelling twice, or after the run ended, does nothing.
 #[derive(Clone)]
 pub struct Canceller {

@@ -4,8 +4,8 @@
 //! They are separate types rather than `Stream` impls on the iterators, so that code with
 //! both `Iterator` and `StreamExt` in scope never meets two `map`s.
 //!
-//! Both wait on their queue through a boxed future that owns a clone of the queue's
-//! receiver, so the stream itself stays `Unpin` and can be polled from any runtime, the
+//! Both wait on their queue through a boxed future that owns the queue's receiver while
+//! it waits, so the stream itself stays `Unpin` and can be polled from any runtime, the
 //! caller's included. Waiting for the run's workers at the end, which means joining
 //! threads, happens on a blocking task of pyper's runtime, never on the caller's.
 
@@ -26,19 +26,23 @@ use crate::worker::MAX_BATCH;
 
 /// What an `Output` polled as a `Stream` is waiting for.
 pub(crate) enum Waiting<O> {
-    Items(BoxFuture<'static, (Vec<O>, Option<u64>)>),
+    Items(NextBatch<O>),
     Workers(BoxFuture<'static, Option<Error>>),
 }
 
+/// A wait for the next batch: the receiver, the batch, and the index of its first item
+/// (`None` once the stream is over).
+pub(crate) type NextBatch<T> = BoxFuture<'static, (Receiver<T>, Vec<T>, Option<u64>)>;
+
 /// Waits for the next batch of `receiver` without blocking a thread.
-pub(crate) fn next_batch<T: Send + 'static>(
-    receiver: &Receiver<T>,
-) -> BoxFuture<'static, (Vec<T>, Option<u64>)> {
-    let receiver = receiver.clone();
+///
+/// The future owns the receiver and hands it back, rather than owning a clone: the queue
+/// shares its items fairly among receivers, and a clone would count as a second consumer.
+pub(crate) fn next_batch<T: Send + 'static>(receiver: Receiver<T>) -> NextBatch<T> {
     async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let first = receiver.pop_batch_async(&mut batch, MAX_BATCH).await;
-        (batch, first)
+        (receiver, batch, first)
     }
     .boxed()
 }
@@ -124,10 +128,13 @@ impl<O: Send + 'static> Stream for OutputStream<O> {
             }
             match &mut this.waiting {
                 Some(Waiting::Items(items)) => {
-                    let (batch, first) = std::task::ready!(items.as_mut().poll(cx));
+                    let (receiver, batch, first) = std::task::ready!(items.as_mut().poll(cx));
                     this.waiting = None;
                     match first {
-                        Some(_) => this.ready = batch.into_iter(),
+                        Some(_) => {
+                            this.receiver = Some(receiver);
+                            this.ready = batch.into_iter();
+                        }
                         None => this.waiting = Some(Waiting::Workers(wait_for_workers(this))),
                     }
                 }
@@ -138,7 +145,7 @@ impl<O: Send + 'static> Stream for OutputStream<O> {
                 }
                 None if this.finished => return Poll::Ready(None),
                 None => {
-                    let waiting = match (this.ensure_started(), &this.receiver) {
+                    let waiting = match (this.ensure_started(), this.receiver.take()) {
                         (true, Some(receiver)) => Waiting::Items(next_batch(receiver)),
                         _ => Waiting::Workers(wait_for_workers(this)),
                     };
@@ -183,14 +190,20 @@ impl<I: Send + 'static> Stream for UpstreamStream<I> {
             if let Some(item) = this.ready.next() {
                 return Poll::Ready(Some(item));
             }
-            let Some(input) = &this.input else {
-                return Poll::Ready(None);
+            let waiting = match &mut this.waiting {
+                Some(waiting) => waiting,
+                None => match this.input.take() {
+                    Some(input) => this.waiting.insert(next_batch(input)),
+                    None => return Poll::Ready(None),
+                },
             };
-            let waiting = this.waiting.get_or_insert_with(|| next_batch(input));
-            let (batch, first) = std::task::ready!(waiting.as_mut().poll(cx));
+            let (input, batch, first) = std::task::ready!(waiting.as_mut().poll(cx));
             this.waiting = None;
             match first {
-                Some(_) => this.ready = batch.into_iter(),
+                Some(_) => {
+                    this.input = Some(input);
+                    this.ready = batch.into_iter();
+                }
                 None => this.end(),
             }
         }

@@ -14,8 +14,8 @@ use crate::worker::MAX_BATCH;
 /// each of the `n` calls gets an arbitrary share of it, and together they see every item
 /// once.
 ///
-/// With the `async` feature it is also a `Stream`, which is how an async join task
-/// should read it: its blocking `next` would stall the runtime.
+/// An async join task reads an `UpstreamStream` instead (the `async` feature): this
+/// iterator's blocking `next` would stall the runtime.
 ///
 /// It ends early, without an error, if the run is cancelled; the run then reports why. A
 /// join task may stop reading whenever it likes: dropping the `Upstream` tells the stages
@@ -32,9 +32,9 @@ pub struct Upstream<I> {
     pub(crate) input: Option<Receiver<I>>,
     pub(crate) run: Arc<RunState>,
     pub(crate) ready: std::vec::IntoIter<I>,
-    /// The batch a `Stream` consumer is waiting for.
+    /// The batch a `Stream` consumer is waiting for; it holds `input` meanwhile.
     #[cfg(feature = "async")]
-    pub(crate) waiting: Option<futures_util::future::BoxFuture<'static, (Vec<I>, Option<u64>)>>,
+    pub(crate) waiting: Option<crate::stream::NextBatch<I>>,
 }
 
 impl<I> Upstream<I> {
@@ -46,6 +46,15 @@ impl<I> Upstream<I> {
             #[cfg(feature = "async")]
             waiting: None,
         }
+    }
+
+    /// Whether the input is gone for good (a `Stream` reader holds it while it waits).
+    fn is_over(&self) -> bool {
+        #[cfg(feature = "async")]
+        if self.waiting.is_some() {
+            return false;
+        }
+        self.input.is_none()
     }
 
     /// Lets go of the input, so the stages above stop.
@@ -87,7 +96,7 @@ impl<I> fmt::Debug for Upstream<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
             .field("buffered", &self.ready.len())
-            .field("ended", &self.input.is_none())
+            .field("ended", &self.is_over())
             .finish()
     }
 }

@@ -97,29 +97,29 @@ const QUICK_STREAK: u32 = 64;
 
 /// Tells quick iterators from slow ones. Only the iterator's own `next` is timed, never
 /// the hand-overs, and a quick iterator only once per [`QUICK_STREAK`] elements.
-pub(crate) struct Pace {
+struct Pace {
     quick_streak: u32,
     asked: u32,
 }
 
 impl Pace {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Pace {
             quick_streak: 0,
             asked: 0,
         }
     }
 
-    pub(crate) fn slow(&self) -> bool {
+    fn slow(&self) -> bool {
         self.quick_streak < QUICK_STREAK
     }
 
-    pub(crate) fn before(&mut self) -> Option<Instant> {
+    fn before(&mut self) -> Option<Instant> {
         self.asked = self.asked.wrapping_add(1);
         (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
     }
 
-    pub(crate) fn after(&mut self, asked: Option<Instant>) {
+    fn after(&mut self, asked: Option<Instant>) {
         if let Some(asked) = asked {
             self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
                 true => self.quick_streak.saturating_add(1),

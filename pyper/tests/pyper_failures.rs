@@ -485,59 +485,72 @@ fn wait_seen(seen: &AtomicU64, item: u64) -> bool {
     true
 }
 
-#[test]
-fn items_pulled_from_a_blocking_input_iterator_are_not_withheld() {
-    let _serial = serial();
-    let entered_0 = Arc::new(Gate::new());
-    let release_0 = Arc::new(Gate::new());
-    let seen = Arc::new(AtomicU64::new(0)); // how many items the stage has processed
-    let withheld = Arc::new(AtomicBool::new(false));
-    // The stage takes item 0 and stays inside the call until released.
-    let stage = task({
-        let (entered_0, release_0, seen) = (
-            Arc::clone(&entered_0),
-            Arc::clone(&release_0),
-            Arc::clone(&seen),
-        );
-        move |x: u64| {
+/// The handshake of the two "not withheld" tests: a stage stays inside its call for item 0
+/// until released, and an iterator yields 0; then, once the stage is busy with 0, 1 (into
+/// the empty queue) and 2 (behind 1); then blocks, as a channel with no more data or a
+/// slow page fetch would, until the stage has processed item 2. If the producer withheld 2
+/// while blocked, that never happens and `withheld` is set.
+#[derive(Clone, Default)]
+struct BlockingProducer {
+    entered_0: Arc<Gate>,
+    release_0: Arc<Gate>,
+    /// How many items the stage has processed.
+    seen: Arc<AtomicU64>,
+    withheld: Arc<AtomicBool>,
+}
+
+impl BlockingProducer {
+    fn stage(&self) -> impl Fn(u64) -> u64 + Send + Sync + 'static {
+        let this = self.clone();
+        move |x| {
             if x == 0 {
-                entered_0.open();
-                release_0.wait();
+                this.entered_0.open();
+                this.release_0.wait();
             }
-            seen.fetch_add(1, Ordering::SeqCst);
+            this.seen.fetch_add(1, Ordering::SeqCst);
             x
         }
-    });
-    // The input: 0; then, once the stage is busy with 0, 1 (into the empty queue) and 2
-    // (behind 1); then it blocks, as a channel with no more data would, until item 2 has
-    // been processed.
-    let mut next = 0u64;
-    let inputs = std::iter::from_fn({
-        let withheld = Arc::clone(&withheld);
-        move || {
+    }
+
+    fn items(&self) -> impl Iterator<Item = u64> + Send + 'static {
+        let this = self.clone();
+        let mut next = 0u64;
+        std::iter::from_fn(move || {
             let item = next;
             next += 1;
             match item {
                 0 => Some(0),
                 1 => {
-                    entered_0.wait();
+                    this.entered_0.wait();
                     Some(1)
                 }
                 2 => Some(2),
                 _ => {
-                    release_0.open();
-                    if !wait_seen(&seen, 2) {
-                        withheld.store(true, Ordering::SeqCst);
+                    this.release_0.open();
+                    if !wait_seen(&this.seen, 2) {
+                        this.withheld.store(true, Ordering::SeqCst);
                     }
                     None
                 }
             }
-        }
-    });
+        })
+    }
+
+    fn withheld(&self) -> bool {
+        self.withheld.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn items_pulled_from_a_blocking_input_iterator_are_not_withheld() {
+    let _serial = serial();
+    let producer = BlockingProducer::default();
+    let stage = task(producer.stage());
+    let inputs = producer.items();
     let out: Vec<u64> = with_timeout(60, move || stage.feed(inputs).map(Result::unwrap).collect());
     assert_eq!(out, [0, 1, 2]);
     assert!(
-        !withheld.load(Ordering::SeqCst),
+        !producer.withheld(),
         "item 2 was pulled but not handed to the idle stage while the iterator blocked"
     );
     wait_for_pyper_threads(0);
@@ -546,65 +559,18 @@ fn items_pulled_from_a_blocking_input_iterator_are_not_withheld() {
 #[test]
 fn elements_of_a_blocking_branch_are_not_withheld() {
     let _serial = serial();
-    let entered_0 = Arc::new(Gate::new());
-    let release_0 = Arc::new(Gate::new());
-    let seen = Arc::new(AtomicU64::new(0));
-    let withheld = Arc::new(AtomicBool::new(false));
-    // Downstream stage: busy with element 0 until released.
-    let downstream = task({
-        let (entered_0, release_0, seen) = (
-            Arc::clone(&entered_0),
-            Arc::clone(&release_0),
-            Arc::clone(&seen),
-        );
-        move |x: u64| {
-            if x == 0 {
-                entered_0.open();
-                release_0.wait();
-            }
-            seen.fetch_add(1, Ordering::SeqCst);
-            x
-        }
-    });
-    // A lazy branch, like a paginated fetch: elements 0, 1, 2, then it blocks until
-    // element 2 was processed downstream.
+    let producer = BlockingProducer::default();
+    // A lazy branch, like a paginated fetch.
     let pages = task({
-        let withheld = Arc::clone(&withheld);
-        move |_: u64| {
-            let (entered_0, release_0, seen, withheld) = (
-                Arc::clone(&entered_0),
-                Arc::clone(&release_0),
-                Arc::clone(&seen),
-                Arc::clone(&withheld),
-            );
-            let mut next = 0u64;
-            std::iter::from_fn(move || {
-                let item = next;
-                next += 1;
-                match item {
-                    0 => Some(0),
-                    1 => {
-                        entered_0.wait();
-                        Some(1)
-                    }
-                    2 => Some(2),
-                    _ => {
-                        release_0.open();
-                        if !wait_seen(&seen, 2) {
-                            withheld.store(true, Ordering::SeqCst);
-                        }
-                        None
-                    }
-                }
-            })
-        }
+        let producer = producer.clone();
+        move |_: u64| producer.items()
     })
     .branch();
-    let p = pages | downstream;
+    let p = pages | task(producer.stage());
     let out: Vec<u64> = with_timeout(60, move || p.run(0).map(Result::unwrap).collect());
     assert_eq!(out, [0, 1, 2]);
     assert!(
-        !withheld.load(Ordering::SeqCst),
+        !producer.withheld(),
         "element 2 was produced but not handed to the idle stage while the branch blocked"
     );
     wait_for_pyper_threads(0);
