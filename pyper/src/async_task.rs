@@ -142,6 +142,7 @@ where
         Task {
             body,
             options: self.options,
+            clone_input: None,
         }
     }
 }

@@ -103,6 +103,7 @@ mod async_task;
 #[cfg(feature = "async")]
 mod async_worker;
 mod error;
+mod fault;
 mod output;
 mod pipeline;
 mod queue;
@@ -127,6 +128,7 @@ pub use async_task::{async_task, try_async_task};
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 pub use error::{BoxError, Error, ErrorKind};
+pub use fault::{Backoff, Panicked, RetriesExhausted, TimedOut};
 pub use output::{Canceller, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;

@@ -6,6 +6,7 @@ use std::fmt;
 #[cfg(feature = "async")]
 use crate::async_task::{self, AsyncFn};
 use crate::error::{BoxError, Error};
+use crate::fault::{Backoff, FaultPolicy};
 use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
 use crate::run::Launcher;
@@ -43,6 +44,8 @@ pub const DEFAULT_THROTTLE: usize = 4096;
 pub struct Task<I, O> {
     pub(crate) body: Body<I, O>,
     pub(crate) options: Options,
+    /// `I::clone`, set by [`Task::retries`]: a retry needs the item again.
+    pub(crate) clone_input: Option<fn(&I) -> I>,
 }
 
 /// Everything about a task but its function.
@@ -53,6 +56,7 @@ pub(crate) struct Options {
     throttle: usize,
     ordered: bool,
     daemon: bool,
+    pub(crate) faults: FaultPolicy,
 }
 
 pub(crate) enum Body<I, O> {
@@ -147,6 +151,7 @@ impl<I, O> Task<I, O> {
         Task {
             body,
             options: self.options,
+            clone_input: self.clone_input,
         }
     }
 
@@ -159,7 +164,9 @@ impl<I, O> Task<I, O> {
                 throttle: DEFAULT_THROTTLE,
                 ordered: false,
                 daemon: false,
+                faults: FaultPolicy::default(),
             },
+            clone_input: None,
         }
     }
 
@@ -238,6 +245,30 @@ impl<I, O> Task<I, O> {
         self
     }
 
+    /// Limits each attempt at an item to `limit`. An attempt that overruns fails with
+    /// [`TimedOut`](crate::TimedOut), which is retried like any failure when the task has
+    /// [`retries`](Task::retries).
+    ///
+    /// What happens to the overrunning call depends on the kind of stage:
+    ///
+    /// * a thread task (`task`, `try_task`) stops waiting for it and goes on; **the call
+    ///   itself keeps running** on a thread of its own until it returns, because a thread
+    ///   cannot be killed. Its result, when it comes, is dropped;
+    /// * an async task drops the future, which cancels it at its next `.await`;
+    /// * a process task kills the worker process and starts a new one.
+    ///
+    /// A zero `limit` is a configuration error.
+    pub fn timeout(mut self, limit: std::time::Duration) -> Self {
+        self.options.faults.timeout = Some(limit);
+        self
+    }
+
+    /// Waits between retries as `backoff` says (default: [`Backoff::default`]).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.options.faults.backoff = backoff;
+        self
+    }
+
     /// Runs the task once with `input` and returns its outputs as they are produced.
     /// See [`Pipeline::run`](crate::Pipeline::run).
     pub fn run(&self, input: I) -> Output<O>
@@ -277,7 +308,28 @@ impl<I, O> Task<I, O> {
         Task {
             body,
             options: self.options,
+            clone_input: self.clone_input,
         }
+    }
+}
+
+impl<I, O> Task<I, O>
+where
+    I: Clone,
+{
+    /// Re-runs an item whose attempt failed (an `Err`, a panic, a [`timeout`](Task::timeout),
+    /// a dead worker process) up to `n` more times, waiting as the
+    /// [`backoff`](Task::backoff) says between attempts. When every attempt fails, the
+    /// run's error names the item and its source is a [`RetriesExhausted`](crate::RetriesExhausted)
+    /// that holds each attempt's cause.
+    ///
+    /// A retry needs the item again, hence `I: Clone`. An attempt that already handed on
+    /// outputs (a `branch` task that failed mid-way) is not retried, because its outputs
+    /// would be duplicated; the error says so.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.options.faults.retries = n;
+        self.clone_input = Some(I::clone);
+        self
     }
 }
 
@@ -402,6 +454,7 @@ where
         Task {
             body,
             options: self.options,
+            clone_input: None,
         }
     }
 }
@@ -477,6 +530,7 @@ impl<I, O> Clone for Task<I, O> {
                 Body::Invalid(why) => Body::Invalid(why),
             },
             options: self.options.clone(),
+            clone_input: self.clone_input,
         }
     }
 }
@@ -500,6 +554,18 @@ where
         *position += 1;
         if let Body::Invalid(why) = self.body {
             return Err(Error::config(Some(&name), why));
+        }
+        if self.options.faults.timeout == Some(std::time::Duration::ZERO) {
+            return Err(Error::config(
+                Some(&name),
+                "timeout must be longer than zero",
+            ));
+        }
+        if self.options.faults.timeout.is_some() || self.options.faults.retries > 0 {
+            return Err(Error::config(
+                Some(&name),
+                "timeout and retries are not implemented yet",
+            ));
         }
         if self.options.workers == 0 {
             return Err(Error::config(Some(&name), "workers must be at least 1"));

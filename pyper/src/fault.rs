@@ -1,0 +1,205 @@
+//! Fault handling per item: a time limit, and retries with a backoff.
+//!
+//! The policy is stage-kind neutral: [`Task::timeout`](crate::Task::timeout) and
+//! [`Task::retries`](crate::Task::retries) store it, and each kind of stage applies it the
+//! way it can. A thread stage abandons a call that overran (a thread cannot be killed), an
+//! async stage drops the future, and a process stage kills its worker process.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::BoxError;
+
+/// How long to wait between the attempts of a retried item.
+///
+/// The wait before retry `k` (1-based) is `first * factor^(k-1)`, capped at `max`.
+///
+/// ```
+/// use std::time::Duration;
+/// use pyper::Backoff;
+///
+/// let backoff = Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1));
+/// assert_eq!(backoff.delay(1), Duration::from_millis(10));
+/// assert_eq!(backoff.delay(3), Duration::from_millis(40));
+/// assert_eq!(backoff.delay(20), Duration::from_secs(1));
+/// assert_eq!(Backoff::none().delay(5), Duration::ZERO);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    factor: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Retries at once.
+    pub const fn none() -> Self {
+        Backoff {
+            first: Duration::ZERO,
+            factor: 1,
+            max: Duration::ZERO,
+        }
+    }
+
+    /// Waits `delay` before every retry.
+    pub const fn fixed(delay: Duration) -> Self {
+        Backoff {
+            first: delay,
+            factor: 1,
+            max: delay,
+        }
+    }
+
+    /// Waits `first`, then twice as long before each further retry, never more than `max`.
+    pub const fn exponential(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            factor: 2,
+            max,
+        }
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(64);
+        let scale = self.factor.checked_pow(exponent).unwrap_or(u32::MAX);
+        self.first.saturating_mul(scale).min(self.max)
+    }
+}
+
+impl Default for Backoff {
+    /// 10 ms, doubling up to 1 s: enough for a transient fault to pass, short enough not
+    /// to stall a pipeline.
+    fn default() -> Self {
+        Backoff::exponential(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The fault-handling policy of a stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FaultPolicy {
+    /// Per-item time limit, for each attempt.
+    pub(crate) timeout: Option<Duration>,
+    /// How many times a failed item is re-run (0: never).
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+}
+
+/// An attempt at an item took longer than the stage's [`timeout`](crate::Task::timeout).
+///
+/// It is the [`source`](std::error::Error::source) of the run's error, or one of the causes
+/// in [`RetriesExhausted`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedOut {
+    limit: Duration,
+}
+
+impl TimedOut {
+    #[allow(dead_code)] // used by the retry wrappers
+    pub(crate) fn new(limit: Duration) -> Self {
+        TimedOut { limit }
+    }
+
+    /// The time limit the attempt overran.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "timed out after {:?}", self.limit)
+    }
+}
+
+impl StdError for TimedOut {}
+
+/// A panic in one attempt of a retried item, kept as a cause in [`RetriesExhausted`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Panicked {
+    message: String,
+}
+
+impl Panicked {
+    #[allow(dead_code)] // used by the retry wrappers
+    pub(crate) fn new(message: String) -> Self {
+        Panicked { message }
+    }
+
+    /// The panic's message (`Box<dyn Any>` when it carried no string).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "panicked: {}", self.message)
+    }
+}
+
+impl StdError for Panicked {}
+
+/// Every attempt at an item failed. Holds each attempt's cause, oldest first; its
+/// [`source`](std::error::Error::source) is the last one.
+#[derive(Debug)]
+pub struct RetriesExhausted {
+    attempts: Vec<BoxError>,
+}
+
+impl RetriesExhausted {
+    #[allow(dead_code)] // used by the retry wrappers
+    pub(crate) fn new(attempts: Vec<BoxError>) -> Self {
+        debug_assert!(!attempts.is_empty());
+        RetriesExhausted { attempts }
+    }
+
+    /// Each attempt's cause, in the order the attempts were made.
+    pub fn attempts(&self) -> &[BoxError] {
+        &self.attempts
+    }
+}
+
+impl fmt::Display for RetriesExhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "all {} attempts failed", self.attempts.len())?;
+        for (number, cause) in self.attempts.iter().enumerate() {
+            let separator = if number == 0 { ": " } else { "; " };
+            write!(f, "{separator}#{} {cause}", number + 1)?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for RetriesExhausted {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.attempts
+            .last()
+            .map(|cause| &**cause as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhausted_retries_list_every_cause_and_chain_to_the_last() {
+        let exhausted = RetriesExhausted::new(vec![
+            Box::new(TimedOut::new(Duration::from_millis(5))),
+            "bad input".into(),
+        ]);
+        assert_eq!(
+            exhausted.to_string(),
+            "all 2 attempts failed: #1 timed out after 5ms; #2 bad input"
+        );
+        assert_eq!(exhausted.source().unwrap().to_string(), "bad input");
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        let backoff = Backoff::exponential(Duration::from_secs(1), Duration::MAX);
+        assert!(backoff.delay(200) >= Duration::from_secs(1 << 31));
+    }
+}
