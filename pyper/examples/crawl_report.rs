@@ -77,10 +77,18 @@ fn run(broken_link: bool) -> Result<(), Box<dyn Error>> {
     let started = Instant::now();
     // The last stage is a single join, so the run has one output: the report, or the
     // error that stopped the run.
-    let report = crawl(Arc::clone(&site), cores)
+    // `progress()` draws a line per stage while it runs, on a terminal only.
+    let mut output = crawl(Arc::clone(&site), cores)
         .feed(urls.clone())
+        .progress();
+    let report = output
         .next()
         .ok_or("the pipeline ended without a report")??;
+    // The run ends when its output does: then its figures are final.
+    if let Some(extra) = output.next() {
+        extra?;
+        return Err("the pipeline produced more than one report".into());
+    }
     let pipelined = started.elapsed();
     print!("{report}");
 
@@ -99,6 +107,9 @@ fn run(broken_link: bool) -> Result<(), Box<dyn Error>> {
         "Speed-up:   {:>6.1}x",
         sequential.total().as_secs_f64() / pipelined.as_secs_f64()
     );
+    // Where the pipeline's time went, measured: which stage is CPU-bound, which waits,
+    // which is the bottleneck, and what to change.
+    println!("\n{}", output.report());
     Ok(())
 }
 

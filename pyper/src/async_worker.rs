@@ -20,9 +20,11 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::async_task::AsyncFn;
 use crate::error::Error;
+use crate::meter::{Activity, PollTimed, WorkerMeter};
 use crate::queue::{Receiver, Sender};
 use crate::run::RunState;
 use crate::sync::Arc;
+use crate::sync::Instant;
 use crate::upstream::Upstream;
 use crate::worker::{hand_over_size, report, should_hand_over, Fault, Stage, StageBody, Stop};
 
@@ -45,7 +47,7 @@ enum Event<O> {
     Output(u64, O),
     Failed(u64, crate::error::BoxError),
     Panicked(u64, Box<dyn std::any::Any + Send>),
-    Done(u64),
+    Done(u64, Instant),
 }
 
 /// Runs one driver of `stage`, with up to `slots` futures in flight, until its input
@@ -59,21 +61,28 @@ pub(crate) async fn drive<I, O>(
     I: Send + 'static,
     O: Send + 'static,
 {
+    let meter = stage.meter.worker();
     let result = match &stage.body {
         StageBody::AsyncEach(body, ordered) => {
             let driver = Driver {
                 stage: &stage,
                 body,
-                outlet: AsyncOutlet::new(&output, &stage.run),
+                outlet: AsyncOutlet::new(&output, &stage.run, meter.clone()),
                 running: SelectAll::new(),
                 slots,
                 in_order: ordered.then(InOrder::new),
+                meter: meter.clone(),
             };
-            driver.run(&input).await
+            PollTimed::new(driver.run(&input), meter.clone()).await
         }
         _ => unreachable!("only async each-stages have drivers"),
     };
+    if let Some(meter) = &meter {
+        meter.in_flight.set(0);
+        meter.finished();
+    }
     if let Err(Halt::Failed(error)) = result {
+        stage.meter.failed();
         stage.run.fail(error);
     }
     drop(output);
@@ -91,7 +100,7 @@ where
     let result = AssertUnwindSafe(async {
         // Owned by the join, as in a thread worker: dropping it releases upstream.
         let upstream = Upstream::new(input, Arc::clone(&stage.run));
-        let mut outlet = AsyncOutlet::new(&output, &stage.run);
+        let mut outlet = AsyncOutlet::new(&output, &stage.run, stage.meter.worker());
         let mut outputs = body(upstream);
         while let Some(item) = outlet.next_of(&mut outputs).await? {
             outlet.emit(item.map_err(Fault::Failed)?).await?;
@@ -112,6 +121,7 @@ struct Driver<'a, I, O> {
     slots: usize,
     /// For an ordered stage: the outputs of items started and not yet released.
     in_order: Option<InOrder<O>>,
+    meter: Option<Arc<WorkerMeter>>,
 }
 
 /// An ordered driver's reorder buffer: every item started and not yet released, with
@@ -145,7 +155,16 @@ where
                     break;
                 }
                 self.hand_over().await?;
-                match input.pop_batch_async(&mut batch, self.free_slots()).await {
+                let since = self
+                    .meter
+                    .as_ref()
+                    .map(|m| m.wait_begins(Activity::Starved));
+                let popped = input.pop_batch_async(&mut batch, self.free_slots()).await;
+                if let (Some(meter), Some(since)) = (&self.meter, since) {
+                    // Every slot of the driver waited.
+                    meter.wait_ends_for(Activity::Starved, since, self.slots);
+                }
+                match popped {
                     Some(first) => self.start(first, &mut batch),
                     None => open = false,
                 }
@@ -199,6 +218,10 @@ where
     }
 
     fn start(&mut self, first: u64, batch: &mut Vec<I>) {
+        let started = Instant::now();
+        if let Some(meter) = &self.meter {
+            meter.items_in.add(batch.len() as u64);
+        }
         for (index, item) in (first..).zip(batch.drain(..)) {
             if let Some(in_order) = &mut self.in_order {
                 in_order.insert(index, (false, Vec::new()));
@@ -213,13 +236,16 @@ where
                         Ok(Err(error)) => Event::Failed(index, error),
                         Err(payload) => Event::Panicked(index, payload),
                     })
-                    .chain(stream::once(async move { Event::Done(index) }))
+                    .chain(stream::once(async move { Event::Done(index, started) }))
                     .boxed(),
                 Err(payload) => {
                     stream::once(async move { Event::Panicked(index, payload) }).boxed()
                 }
             };
             self.running.push(outputs);
+        }
+        if let Some(meter) = &self.meter {
+            meter.in_flight.set(self.running.len() as u64);
         }
     }
 
@@ -230,7 +256,11 @@ where
                 Some(in_order) => in_order.get_mut(&index).expect("started").1.push(value),
                 None => self.outlet.emit(value).await?,
             },
-            Event::Done(index) => {
+            Event::Done(index, started) => {
+                if let Some(meter) = &self.meter {
+                    meter.busy.add(started.elapsed().as_nanos() as u64);
+                    meter.in_flight.set(self.running.len() as u64);
+                }
                 if let Some(in_order) = &mut self.in_order {
                     in_order.get_mut(&index).expect("started").0 = true;
                     self.release_in_order().await?;
@@ -267,6 +297,9 @@ where
     }
 
     async fn hand_over(&mut self) -> Result<(), Halt> {
+        if let Some(meter) = &self.meter {
+            meter.in_flight.set(self.running.len() as u64);
+        }
         Ok(self.outlet.flush().await?)
     }
 }
@@ -290,15 +323,17 @@ struct AsyncOutlet<'a, O> {
     run: &'a RunState,
     buffer: Vec<O>,
     max: usize,
+    meter: Option<Arc<WorkerMeter>>,
 }
 
 impl<'a, O> AsyncOutlet<'a, O> {
-    fn new(output: &'a Sender<O>, run: &'a RunState) -> Self {
+    fn new(output: &'a Sender<O>, run: &'a RunState, meter: Option<Arc<WorkerMeter>>) -> Self {
         AsyncOutlet {
             output,
             run,
             buffer: Vec::new(),
             max: hand_over_size(output),
+            meter,
         }
     }
 
@@ -328,9 +363,20 @@ impl<'a, O> AsyncOutlet<'a, O> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.output
-            .push_all_async(&mut self.buffer)
-            .await
-            .map_err(|_| Stop)
+        let Some(meter) = &self.meter else {
+            return self
+                .output
+                .push_all_async(&mut self.buffer)
+                .await
+                .map_err(|_| Stop);
+        };
+        let handed = self.buffer.len() as u64;
+        let since = Instant::now();
+        let pushed = self.output.push_all_async(&mut self.buffer).await;
+        meter.blocked.add(since.elapsed().as_nanos() as u64);
+        if pushed.is_ok() {
+            meter.items_out.add(handed);
+        }
+        pushed.map_err(|_| Stop)
     }
 }

@@ -104,9 +104,14 @@ mod async_task;
 mod async_worker;
 mod error;
 mod fault;
+mod meter;
+mod metrics;
+mod observe;
 mod output;
 mod pipeline;
+mod progress;
 mod queue;
+mod report;
 mod run;
 #[cfg(feature = "async")]
 mod runtime;
@@ -116,6 +121,7 @@ mod source;
 mod stream;
 mod sync;
 mod task;
+mod trace;
 mod upstream;
 mod worker;
 
@@ -129,11 +135,16 @@ pub use async_task::{async_task, try_async_task};
 struct ReadmeDoctests;
 pub use error::{BoxError, Error, ErrorKind};
 pub use fault::{Backoff, Panicked, RetriesExhausted, TimedOut};
+pub use metrics::{Metrics, StageKind, StageMetrics, METRICS_ENV};
+pub use observe::Monitor;
 pub use output::{Canceller, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+pub use progress::PROGRESS_ENV;
+pub use report::{Bound, Report, StageReport};
 #[cfg(feature = "async")]
 pub use stream::{OutputStream, UpstreamStream};
 pub use task::{task, try_task, Task, DEFAULT_THROTTLE};
+pub use trace::TRACE_ENV;
 pub use upstream::Upstream;

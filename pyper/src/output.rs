@@ -118,9 +118,19 @@ impl<O> Output<O> {
             // Cancelled before it started: nothing to start, nothing to wait for.
             return false;
         }
+        self.run.meter.start();
         let mut launcher = Launcher::new(Arc::clone(&self.run));
         let started = start(&mut launcher);
         self.threads = launcher.threads;
+        if self.run.meter.wants_progress() {
+            let bars = crate::progress::start(&self.run);
+            *self
+                .run
+                .meter
+                .bars
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = bars;
+        }
         match started {
             Ok(receiver) => {
                 self.receiver = Some(receiver);

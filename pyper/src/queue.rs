@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 
+use crate::meter::{Activity, WorkerMeter};
 use crate::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct State<T> {
@@ -130,8 +131,12 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (
         Sender {
             shared: Arc::clone(&shared),
+            meter: None,
         },
-        Receiver { shared },
+        Receiver {
+            shared,
+            meter: None,
+        },
     )
 }
 
@@ -142,11 +147,17 @@ pub(crate) struct Disconnected;
 /// The producing end. The stream ends when the last clone is dropped.
 pub(crate) struct Sender<T> {
     shared: Arc<Shared<T>>,
+    /// The meter of the worker that owns this handle: it is charged for the items this
+    /// handle pushes and the time it waits for room.
+    meter: Option<Arc<WorkerMeter>>,
 }
 
 /// The consuming end. Producers stop when the last clone is dropped.
 pub(crate) struct Receiver<T> {
     shared: Arc<Shared<T>>,
+    /// The meter of the worker that owns this handle: it is charged for the time the
+    /// handle waits for items.
+    meter: Option<Arc<WorkerMeter>>,
 }
 
 /// Anything the run must be able to close on cancellation, whatever its item type.
@@ -247,6 +258,12 @@ impl<T> Shared<T> {
 }
 
 impl<T> Sender<T> {
+    /// Charges this handle's waits for room to `meter`.
+    pub(crate) fn metered(mut self, meter: Option<&Arc<WorkerMeter>>) -> Self {
+        self.meter = meter.cloned();
+        self
+    }
+
     /// The most items the queue holds.
     #[inline]
     pub(crate) fn capacity(&self) -> usize {
@@ -265,13 +282,27 @@ impl<T> Sender<T> {
     pub(crate) fn push_all(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
+        let mut offered = batch.len();
         loop {
-            match shared.try_push(&mut state, batch) {
+            let pushed = shared.try_push(&mut state, batch);
+            if let (Some(meter), false) = (&self.meter, matches!(pushed, Pushed::Disconnected)) {
+                // Counted by what left the batch; a disconnected queue took nothing.
+                meter.items_out.add((offered - batch.len()) as u64);
+                offered = batch.len();
+            }
+            match pushed {
                 Pushed::All => return Ok(()),
                 Pushed::Disconnected => return Err(Disconnected),
                 Pushed::Full => {
                     state.parked_senders += 1;
+                    let since = self
+                        .meter
+                        .as_ref()
+                        .map(|m| m.wait_begins(Activity::Blocked));
                     state = sync::wait(&shared.not_full, state);
+                    if let (Some(meter), Some(since)) = (&self.meter, since) {
+                        meter.wait_ends(Activity::Blocked, since);
+                    }
                     state.parked_senders -= 1;
                 }
             }
@@ -307,6 +338,30 @@ impl<T> Sender<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Charges this handle's waits for items to `meter`.
+    pub(crate) fn metered(mut self, meter: Option<&Arc<WorkerMeter>>) -> Self {
+        self.meter = meter.cloned();
+        self
+    }
+
+    pub(crate) fn meter(&self) -> Option<&Arc<WorkerMeter>> {
+        self.meter.as_ref()
+    }
+
+    /// Reads how many items wait in the queue, without being a receiver (it neither
+    /// keeps the queue open nor takes a share of it).
+    pub(crate) fn depth_gauge(&self) -> Box<dyn Fn() -> usize + Send + Sync>
+    where
+        T: Send + 'static,
+    {
+        let shared = Arc::downgrade(&self.shared);
+        Box::new(move || {
+            shared
+                .upgrade()
+                .map_or(0, |shared| shared.len.load(Ordering::Relaxed))
+        })
+    }
+
     /// Moves up to `max` ready items into `out`, waiting only if none is ready.
     ///
     /// Returns the stage-input index of the first item taken, or `None` once the stream
@@ -320,7 +375,14 @@ impl<T> Receiver<T> {
                 Popped::Over => return None,
                 Popped::Empty => {
                     state.parked_receivers.park();
+                    let since = self
+                        .meter
+                        .as_ref()
+                        .map(|m| m.wait_begins(Activity::Starved));
                     state = sync::wait(&shared.not_empty, state);
+                    if let (Some(meter), Some(since)) = (&self.meter, since) {
+                        meter.wait_ends(Activity::Starved, since);
+                    }
                     state.parked_receivers.unpark();
                 }
             }
@@ -411,6 +473,7 @@ impl<T> Clone for Sender<T> {
         sync::lock(&self.shared.state).senders += 1;
         Sender {
             shared: Arc::clone(&self.shared),
+            meter: None,
         }
     }
 }
@@ -420,6 +483,7 @@ impl<T> Clone for Receiver<T> {
         sync::lock(&self.shared.state).receivers += 1;
         Receiver {
             shared: Arc::clone(&self.shared),
+            meter: None,
         }
     }
 }

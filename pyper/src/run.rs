@@ -20,6 +20,7 @@
 use std::panic::AssertUnwindSafe;
 
 use crate::error::Error;
+use crate::meter::RunMeter;
 use crate::queue::Close;
 use crate::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
 
@@ -31,6 +32,8 @@ pub(crate) struct RunState {
     on_cancel: Mutex<Vec<Box<dyn Close>>>,
     #[cfg(feature = "async")]
     tasks: Arc<TaskCount>,
+    /// What the run's workers record.
+    pub(crate) meter: RunMeter,
 }
 
 impl RunState {
@@ -41,6 +44,7 @@ impl RunState {
             on_cancel: Mutex::new(Vec::new()),
             #[cfg(feature = "async")]
             tasks: Arc::default(),
+            meter: RunMeter::new(),
         })
     }
 
@@ -185,6 +189,8 @@ pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error
     }
     #[cfg(feature = "async")]
     run.tasks.wait_until_none();
+    run.meter.end();
+    crate::observe::run_ended(run);
     run.take_error()
 }
 

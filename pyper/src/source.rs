@@ -3,9 +3,11 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::Error;
+use crate::meter::Recorder;
+use crate::metrics::StageKind;
 use crate::queue::{queue, Receiver};
 use crate::run::Launcher;
-use crate::sync::Arc;
+use crate::sync::{Arc, Instant};
 use crate::task::DEFAULT_THROTTLE;
 use crate::worker::{emit_each, Fault, Outlet};
 
@@ -25,8 +27,13 @@ where
     let (output, receiver) = queue(DEFAULT_THROTTLE);
     launcher.state.register(Box::new(output.closer()));
     let run = Arc::clone(&launcher.state);
+    let name: Arc<str> = SOURCE_NAME.into();
+    let meter = run.meter.stage(&name, StageKind::Input, 1, None);
     launcher.spawn(SOURCE_NAME, false, move || {
         let mut pulled = 0u64;
+        let mut recorder = meter.worker().map(Recorder::begin);
+        let output = output.metered(recorder.as_ref().map(|recorder| &recorder.meter));
+        let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut outlet = Outlet::new(&output, &run);
             let fed = emit_each(inputs, &mut outlet, |item, out| {
@@ -37,7 +44,11 @@ where
                 let _ = outlet.flush();
             }
         }));
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.whole_life_busy(started);
+        }
         if let Err(payload) = result {
+            meter.failed();
             run.fail(Error::panicked(SOURCE_NAME, Some(pulled), payload));
         }
     });

@@ -38,6 +38,10 @@ impl Instant {
     pub(crate) fn elapsed(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+
+    pub(crate) fn saturating_duration_since(&self, _earlier: Instant) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Locks `mutex`, ignoring poison.

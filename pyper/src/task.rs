@@ -7,6 +7,7 @@ use std::fmt;
 use crate::async_task::{self, AsyncFn};
 use crate::error::{BoxError, Error};
 use crate::fault::{Backoff, FaultPolicy};
+use crate::metrics::StageKind;
 use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
 use crate::run::Launcher;
@@ -602,10 +603,21 @@ where
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
         };
+        let kind = match self.body.is_async() {
+            true => StageKind::Async,
+            false => StageKind::Threads,
+        };
+        let meter = launcher.state.meter.stage(
+            &name,
+            kind,
+            self.options.workers,
+            Some(input.depth_gauge()),
+        );
         let stage = Arc::new(Stage {
             name: Arc::clone(&name),
             run: Arc::clone(&launcher.state),
             body,
+            meter,
         });
         #[cfg(feature = "async")]
         if let StageBody::AsyncEach(_, ordered) = stage.body {

@@ -87,6 +87,9 @@ impl<I> Iterator for Upstream<I> {
             self.end();
             return None;
         }
+        if let Some(meter) = input.meter() {
+            meter.items_in.add(batch.len() as u64);
+        }
         self.ready = batch.into_iter();
         self.ready.next()
     }

@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::error::{BoxError, Error};
+use crate::meter::{Activity, Recorder, StageMeter};
 use crate::queue::{Receiver, Sender};
 use crate::run::RunState;
 use crate::sequencer::Sequencer;
@@ -141,6 +142,7 @@ pub(crate) struct Stage<I, O> {
     pub(crate) name: Arc<str>,
     pub(crate) run: Arc<crate::run::RunState>,
     pub(crate) body: StageBody<I, O>,
+    pub(crate) meter: Arc<StageMeter>,
 }
 
 pub(crate) enum StageBody<I, O> {
@@ -157,19 +159,24 @@ pub(crate) enum StageBody<I, O> {
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
 pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>) {
     let mut current_item = None;
+    let mut recorder = stage.meter.worker().map(Recorder::begin);
+    let meter = recorder.as_ref().map(|recorder| &recorder.meter);
+    let (input, output) = (input.metered(meter), output.metered(meter));
     let mut input = Some(input);
     let result = catch_unwind(AssertUnwindSafe(|| {
         let Some(receiver) = input.as_ref() else {
             return Ok(());
         };
+        let recorder = recorder.as_mut();
         match &stage.body {
-            StageBody::Each(body) => each(&stage, body, receiver, &output, &mut current_item),
+            StageBody::Each(body) => {
+                each(&stage, body, receiver, &output, recorder, &mut current_item)
+            }
             StageBody::Ordered(body, sequencer) => ordered(
                 &stage,
                 body,
-                sequencer,
-                receiver,
-                &output,
+                (sequencer, receiver, &output),
+                recorder,
                 &mut current_item,
             ),
             StageBody::Join(body) => {
@@ -178,8 +185,12 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
                 let receiver = input.take().expect("checked above");
                 let upstream = Upstream::new(receiver, Arc::clone(&stage.run));
                 let mut outlet = Outlet::new(&output, &stage.run);
-                body(upstream, &mut outlet)?;
-                outlet.flush().map_err(Fault::from)
+                let started = Instant::now();
+                let result = body(upstream, &mut outlet).and_then(|()| Ok(outlet.flush()?));
+                if let Some(recorder) = recorder {
+                    recorder.whole_life_busy(started);
+                }
+                result
             }
             #[cfg(feature = "async")]
             StageBody::AsyncEach(..) | StageBody::AsyncJoin(_) => {
@@ -189,6 +200,7 @@ pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Se
     }));
     // Reported while `output` is still alive: see the module docs of `run`.
     report(&stage, result, current_item);
+    drop(recorder);
     drop(output);
 }
 
@@ -203,6 +215,7 @@ pub(crate) fn report<I, O>(
         Ok(Err(Fault::Failed(error))) => Error::failed(&stage.name, current_item, error),
         Err(payload) => Error::panicked(&stage.name, current_item, payload),
     };
+    stage.meter.failed();
     stage.run.fail(error);
 }
 
@@ -211,53 +224,93 @@ fn each<I, O>(
     body: &EachFn<I, O>,
     input: &Receiver<I>,
     output: &Sender<O>,
+    mut recorder: Option<&mut Recorder>,
     current_item: &mut Option<u64>,
 ) -> Result<(), Fault> {
     let mut outlet = Outlet::new(output, &stage.run);
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
     while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
-        let started = limit.start();
+        let started = begin_batch(recorder.as_deref_mut());
         let count = batch.len();
-        for (index, item) in (first..).zip(batch.drain(..)) {
-            if stage.run.is_cancelled() {
-                return Err(Fault::Stop);
-            }
-            *current_item = Some(index);
-            body(item, &mut outlet)?;
+        let (called, result) =
+            call_batch(stage, body, first, &mut batch, &mut outlet, current_item);
+        let now = Instant::now();
+        if let Some(recorder) = recorder.as_deref_mut() {
+            recorder.batch(started, now, called);
         }
-        limit.adapt(started, count);
+        result?;
+        limit.adapt(now.saturating_duration_since(started), count);
         outlet.flush()?;
     }
     Ok(())
 }
 
+fn begin_batch(recorder: Option<&mut Recorder>) -> Instant {
+    match recorder {
+        Some(recorder) => recorder.batch_begins(),
+        None => Instant::now(),
+    }
+}
+
+/// Calls the body on each item of a batch, numbered from `first`, until one fails or the
+/// run stops. Returns how many calls were made, so that metrics count them even then.
+fn call_batch<I, O>(
+    stage: &Stage<I, O>,
+    body: &EachFn<I, O>,
+    first: u64,
+    batch: &mut Vec<I>,
+    out: &mut dyn Emit<O>,
+    current_item: &mut Option<u64>,
+) -> (usize, Result<(), Fault>) {
+    let mut called = 0;
+    for (index, item) in (first..).zip(batch.drain(..)) {
+        if stage.run.is_cancelled() {
+            return (called, Err(Fault::Stop));
+        }
+        *current_item = Some(index);
+        called += 1;
+        if let Err(fault) = body(item, out) {
+            return (called, Err(fault));
+        }
+    }
+    (called, Ok(()))
+}
+
 fn ordered<I, O>(
     stage: &Stage<I, O>,
     body: &EachFn<I, O>,
-    sequencer: &Sequencer<O>,
-    input: &Receiver<I>,
-    output: &Sender<O>,
+    (sequencer, input, output): (&Sequencer<O>, &Receiver<I>, &Sender<O>),
+    mut recorder: Option<&mut Recorder>,
     current_item: &mut Option<u64>,
 ) -> Result<(), Fault> {
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
     while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
         let count = batch.len();
-        sequencer.wait_turn(first)?;
-        let started = limit.start();
+        match recorder.as_deref() {
+            // Waiting for its turn to start is waiting on downstream's pace: blocked.
+            Some(recorder) => {
+                let since = recorder.meter.wait_begins(Activity::Blocked);
+                let turn = sequencer.wait_turn(first);
+                recorder.meter.wait_ends(Activity::Blocked, since);
+                turn?;
+            }
+            None => sequencer.wait_turn(first)?,
+        }
+        let started = begin_batch(recorder.as_deref_mut());
         let mut outputs = Collect {
             items: Vec::with_capacity(count),
             run: &stage.run,
         };
-        for (index, item) in (first..).zip(batch.drain(..)) {
-            if stage.run.is_cancelled() {
-                return Err(Fault::Stop);
-            }
-            *current_item = Some(index);
-            body(item, &mut outputs)?;
+        let (called, result) =
+            call_batch(stage, body, first, &mut batch, &mut outputs, current_item);
+        let now = Instant::now();
+        if let Some(recorder) = recorder.as_deref_mut() {
+            recorder.batch(started, now, called);
         }
-        limit.adapt(started, count);
+        result?;
+        limit.adapt(now.saturating_duration_since(started), count);
         let mut ready = sequencer.complete(first, count as u64, outputs.items)?;
         while let Some(mut batch) = ready {
             if output.push_all(&mut batch).is_err() {
@@ -288,12 +341,8 @@ impl BatchLimit {
         self.limit
     }
 
-    pub(crate) fn start(&self) -> Instant {
-        Instant::now()
-    }
-
-    pub(crate) fn adapt(&mut self, started: Instant, count: usize) {
-        let per_item = started.elapsed() / count.max(1) as u32;
+    pub(crate) fn adapt(&mut self, took: Duration, count: usize) {
+        let per_item = took / count.max(1) as u32;
         let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
         // Grow gently, so that one fast item cannot make a worker hoard a slow stream.
         self.limit = fits.clamp(1, MAX_BATCH).min(self.limit * 2);

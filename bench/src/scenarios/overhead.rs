@@ -38,10 +38,31 @@ pub fn cases() -> Vec<Case> {
             .with_items(Sizes::new(200_000, 10_000)),
         ],
         notes: no_notes,
+    },
+    Case {
+        name: "overhead-nometrics",
+        about: "the `overhead` pipeline, with metrics on (the default) and off: what \
+                always-on metrics cost where items are cheapest",
+        items: Sizes::new(2_000_000, 100_000),
+        expected: |n| stepped_sum(n, 3),
+        impls: vec![
+            Impl::rust("pyper", "the `overhead` pipeline, metrics on (the default)", pyper),
+            Impl::rust(
+                "pyper-nometrics",
+                "the same run with `Output::without_metrics()`",
+                pyper_without_metrics,
+            ),
+        ],
+        notes: no_notes,
     }]
 }
 
 fn pyper(n: u64) -> Result<u64, String> {
     let pipeline = task(step) | task(step) | task(step);
     sum_output(pipeline.feed(0..n))
+}
+
+fn pyper_without_metrics(n: u64) -> Result<u64, String> {
+    let pipeline = task(step) | task(step) | task(step);
+    sum_output(pipeline.feed(0..n).without_metrics())
 }

@@ -1,0 +1,478 @@
+//! Recording what every worker does, cheaply enough to stay on.
+//!
+//! Each worker owns a [`WorkerMeter`] that only it writes, on a cache line of its own, so
+//! recording costs plain loads and stores, no locked instructions and no sharing with the
+//! other workers. Recording happens once per *batch* (a few clock reads and stores),
+//! never per item, and waiting is timed only on the queues' slow paths, when a worker
+//! really parks. A snapshot ([`crate::Metrics`]) sums the meters of each stage.
+//!
+//! CPU time is the worker thread's own CPU clock, read at most once a millisecond of work,
+//! so a stage's CPU share is measured, not guessed from how it looks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::metrics::StageKind;
+use crate::sync::Instant;
+
+/// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
+
+/// A worker's spans beyond this many are not recorded, so a trace of a long run of tiny
+/// batches cannot grow without bound.
+pub(crate) const MAX_SPANS_PER_WORKER: usize = 200_000;
+
+/// What a worker is doing, for the live "busy workers" count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Activity {
+    Busy = 0,
+    Starved = 1,
+    Blocked = 2,
+    Done = 3,
+}
+
+/// A stretch of a worker's time, for the trace: `start` is relative to the run's start.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    pub(crate) start: Duration,
+    pub(crate) length: Duration,
+    pub(crate) what: SpanKind,
+    pub(crate) items: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    Work,
+    Starved,
+    Blocked,
+}
+
+/// A run's recording switches and its stages' meters.
+pub(crate) struct RunMeter {
+    enabled: AtomicBool,
+    tracing_spans: AtomicBool,
+    wants_progress: AtomicBool,
+    pub(crate) bars: Mutex<Option<crate::progress::Bars>>,
+    started: Mutex<Option<Instant>>,
+    ended: Mutex<Option<Instant>>,
+    stages: Mutex<Vec<Arc<StageMeter>>>,
+}
+
+impl RunMeter {
+    pub(crate) fn new() -> Self {
+        RunMeter {
+            enabled: AtomicBool::new(crate::metrics::enabled_by_env()),
+            tracing_spans: AtomicBool::new(crate::trace::path_from_env().is_some()),
+            wants_progress: AtomicBool::new(crate::progress::wanted_by_env()),
+            bars: Mutex::new(None),
+            started: Mutex::new(None),
+            ended: Mutex::new(None),
+            stages: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Relaxed);
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    pub(crate) fn record_spans(&self) {
+        self.tracing_spans.store(true, Relaxed);
+        self.enabled.store(true, Relaxed);
+    }
+
+    pub(crate) fn show_progress(&self) {
+        self.wants_progress.store(true, Relaxed);
+    }
+
+    pub(crate) fn wants_progress(&self) -> bool {
+        self.wants_progress.load(Relaxed) && self.is_enabled()
+    }
+
+    pub(crate) fn records_spans(&self) -> bool {
+        self.tracing_spans.load(Relaxed)
+    }
+
+    pub(crate) fn start(&self) {
+        lock(&self.started).get_or_insert_with(Instant::now);
+    }
+
+    pub(crate) fn end(&self) {
+        lock(&self.ended).get_or_insert_with(Instant::now);
+    }
+
+    pub(crate) fn started(&self) -> Option<Instant> {
+        *lock(&self.started)
+    }
+
+    /// From the start to the end of the run, or to now while it runs.
+    pub(crate) fn elapsed(&self) -> Duration {
+        let Some(started) = self.started() else {
+            return Duration::ZERO;
+        };
+        match *lock(&self.ended) {
+            Some(ended) => ended.saturating_duration_since(started),
+            None => started.elapsed(),
+        }
+    }
+
+    /// Registers a stage; its workers get their meters from the result.
+    pub(crate) fn stage(
+        &self,
+        name: &Arc<str>,
+        kind: StageKind,
+        workers: usize,
+        queued: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+    ) -> Arc<StageMeter> {
+        let stage = Arc::new(StageMeter {
+            name: Arc::clone(name),
+            kind,
+            workers,
+            queued,
+            errors: AtomicU64::new(0),
+            meters: Mutex::new(Vec::new()),
+            recording: self.is_enabled(),
+            spans: self.records_spans(),
+            run_started: self.started().unwrap_or_else(Instant::now),
+        });
+        lock(&self.stages).push(Arc::clone(&stage));
+        stage
+    }
+
+    pub(crate) fn stages(&self) -> Vec<Arc<StageMeter>> {
+        lock(&self.stages).clone()
+    }
+}
+
+/// One stage's meters, and what the snapshot needs to know about the stage.
+pub(crate) struct StageMeter {
+    pub(crate) name: Arc<str>,
+    pub(crate) kind: StageKind,
+    pub(crate) workers: usize,
+    /// Reads the depth of the stage's input queue.
+    pub(crate) queued: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+    pub(crate) errors: AtomicU64,
+    pub(crate) meters: Mutex<Vec<Arc<WorkerMeter>>>,
+    recording: bool,
+    spans: bool,
+    run_started: Instant,
+}
+
+impl StageMeter {
+    /// A meter for one more worker, or `None` when metrics are off.
+    pub(crate) fn worker(&self) -> Option<Arc<WorkerMeter>> {
+        if !self.recording {
+            return None;
+        }
+        let mut meters = lock(&self.meters);
+        let meter = Arc::new(WorkerMeter::new(meters.len(), self.spans, self.run_started));
+        meters.push(Arc::clone(&meter));
+        Some(meter)
+    }
+
+    pub(crate) fn failed(&self) {
+        self.errors.fetch_add(1, Relaxed);
+    }
+}
+
+/// A counter only its worker writes: a load and a store, no locked instruction.
+#[derive(Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn set(&self, n: u64) {
+        self.0.store(n, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One worker's record. Written by its worker only; read by snapshots.
+#[repr(align(128))]
+pub(crate) struct WorkerMeter {
+    pub(crate) index: usize,
+    pub(crate) items_in: Counter,
+    pub(crate) items_out: Counter,
+    /// Nanoseconds spent working (for an async driver: summed over its items in flight).
+    pub(crate) busy: Counter,
+    /// Nanoseconds of CPU time, when the platform has a thread CPU clock.
+    pub(crate) cpu: Counter,
+    pub(crate) starved: Counter,
+    pub(crate) blocked: Counter,
+    /// For async drivers: items in flight right now.
+    pub(crate) in_flight: Counter,
+    has_cpu: AtomicBool,
+    activity: AtomicU8,
+    spans: Option<Mutex<Vec<Span>>>,
+    run_started: Instant,
+}
+
+impl WorkerMeter {
+    fn new(index: usize, spans: bool, run_started: Instant) -> Self {
+        WorkerMeter {
+            index,
+            items_in: Counter::default(),
+            items_out: Counter::default(),
+            busy: Counter::default(),
+            cpu: Counter::default(),
+            starved: Counter::default(),
+            blocked: Counter::default(),
+            in_flight: Counter::default(),
+            has_cpu: AtomicBool::new(false),
+            activity: AtomicU8::new(Activity::Busy as u8),
+            spans: spans.then(|| Mutex::new(Vec::new())),
+            run_started,
+        }
+    }
+
+    /// The worker is about to park on a queue.
+    #[inline]
+    pub(crate) fn wait_begins(&self, activity: Activity) -> Instant {
+        self.activity.store(activity as u8, Relaxed);
+        Instant::now()
+    }
+
+    /// The worker is back from parking since `since`.
+    #[inline]
+    pub(crate) fn wait_ends(&self, activity: Activity, since: Instant) {
+        let now = Instant::now();
+        let length = now.saturating_duration_since(since);
+        match activity {
+            Activity::Blocked => self.blocked.add(length.as_nanos() as u64),
+            _ => self.starved.add(length.as_nanos() as u64),
+        }
+        self.activity.store(Activity::Busy as u8, Relaxed);
+        if self.spans.is_some() {
+            let what = match activity {
+                Activity::Blocked => SpanKind::Blocked,
+                _ => SpanKind::Starved,
+            };
+            self.span(since, length, what, 0);
+        }
+    }
+
+    /// Like [`wait_ends`](Self::wait_ends), for a waiter that stands for `slots` workers
+    /// (an async driver and its futures).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn wait_ends_for(&self, activity: Activity, since: Instant, slots: usize) {
+        let length = since
+            .elapsed()
+            .saturating_mul(slots.min(u32::MAX as usize) as u32);
+        match activity {
+            Activity::Blocked => self.blocked.add(length.as_nanos() as u64),
+            _ => self.starved.add(length.as_nanos() as u64),
+        }
+        self.activity.store(Activity::Busy as u8, Relaxed);
+        if self.spans.is_some() {
+            let what = match activity {
+                Activity::Blocked => SpanKind::Blocked,
+                _ => SpanKind::Starved,
+            };
+            self.span(since, since.elapsed(), what, 0);
+        }
+    }
+
+    /// An async driver has ended.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn finished(&self) {
+        self.activity.store(Activity::Done as u8, Relaxed);
+    }
+
+    pub(crate) fn activity(&self) -> Activity {
+        match self.activity.load(Relaxed) {
+            0 => Activity::Busy,
+            1 => Activity::Starved,
+            2 => Activity::Blocked,
+            _ => Activity::Done,
+        }
+    }
+
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        self.has_cpu
+            .load(Relaxed)
+            .then(|| Duration::from_nanos(self.cpu.get()))
+    }
+
+    pub(crate) fn span(&self, started: Instant, length: Duration, what: SpanKind, items: usize) {
+        let Some(spans) = &self.spans else {
+            return;
+        };
+        let mut spans = lock(spans);
+        if spans.len() < MAX_SPANS_PER_WORKER {
+            spans.push(Span {
+                start: started.saturating_duration_since(self.run_started),
+                length,
+                what,
+                items: items.min(u32::MAX as usize) as u32,
+            });
+        }
+    }
+
+    pub(crate) fn spans(&self) -> Vec<Span> {
+        self.spans
+            .as_ref()
+            .map(|spans| lock(spans).clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A worker's handle on its meter, owned by the worker's thread: the meter, and the
+/// worker's CPU clock readings, which need no sharing.
+pub(crate) struct Recorder {
+    pub(crate) meter: Arc<WorkerMeter>,
+    cpu_at_start: Option<Duration>,
+    cpu_read_at: Instant,
+    /// The meter's blocked time when the current batch began.
+    blocked_seen: u64,
+}
+
+impl Recorder {
+    /// Starts recording; call it on the worker's own thread, which zeroes its CPU clock.
+    pub(crate) fn begin(meter: Arc<WorkerMeter>) -> Self {
+        let cpu_at_start = thread_cpu_time();
+        meter.has_cpu.store(cpu_at_start.is_some(), Relaxed);
+        meter.activity.store(Activity::Busy as u8, Relaxed);
+        Recorder {
+            meter,
+            cpu_at_start,
+            cpu_read_at: Instant::now(),
+            blocked_seen: 0,
+        }
+    }
+
+    /// A batch begins: the clock reading to pass to [`batch`](Self::batch).
+    #[inline]
+    pub(crate) fn batch_begins(&mut self) -> Instant {
+        self.blocked_seen = self.meter.blocked.get();
+        Instant::now()
+    }
+
+    /// Records a batch of `items` worked on from `started` (from
+    /// [`batch_begins`](Self::batch_begins)) to `now`.
+    #[inline]
+    pub(crate) fn batch(&mut self, started: Instant, now: Instant, items: usize) {
+        // Time spent blocked on a full queue mid-batch (a hand-over) is not work.
+        let blocked = self.meter.blocked.get();
+        let blocked_meanwhile = Duration::from_nanos(blocked.saturating_sub(self.blocked_seen));
+        let length = now
+            .saturating_duration_since(started)
+            .saturating_sub(blocked_meanwhile);
+        {
+            let meter = &*self.meter;
+            meter.items_in.add(items as u64);
+            meter.busy.add(length.as_nanos() as u64);
+            if meter.spans.is_some() {
+                meter.span(started, length, SpanKind::Work, items);
+            }
+        }
+        if now.saturating_duration_since(self.cpu_read_at) >= CPU_SAMPLE_EVERY {
+            self.read_cpu(now);
+        }
+    }
+
+    /// For a worker that is one long call (a join, the input iterator): everything since
+    /// `started` that was not waiting was work.
+    pub(crate) fn whole_life_busy(&mut self, started: Instant) {
+        let now = Instant::now();
+        let meter = &*self.meter;
+        let waited = Duration::from_nanos(meter.starved.get() + meter.blocked.get());
+        let busy = now
+            .saturating_duration_since(started)
+            .saturating_sub(waited);
+        meter.busy.set(busy.as_nanos() as u64);
+        if meter.spans.is_some() {
+            meter.span(started, busy, SpanKind::Work, 0);
+        }
+    }
+
+    fn read_cpu(&mut self, now: Instant) {
+        self.cpu_read_at = now;
+        if let (Some(start), Some(cpu)) = (self.cpu_at_start, thread_cpu_time()) {
+            self.meter
+                .cpu
+                .set(cpu.saturating_sub(start).as_nanos() as u64);
+        }
+    }
+}
+
+impl Drop for Recorder {
+    /// The worker has ended (or unwound): a last CPU reading, and it is no longer busy.
+    fn drop(&mut self) {
+        self.read_cpu(Instant::now());
+        self.meter.activity.store(Activity::Done as u8, Relaxed);
+    }
+}
+
+/// The calling thread's CPU time, where the platform has a per-thread CPU clock.
+#[cfg(unix)]
+fn thread_cpu_time() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(Duration::from(now))
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// Metrics are never part of the run's protocol, so a panic elsewhere must not stop them.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Charges the time a future spends being polled to a meter's CPU time: for an async
+/// driver, whose futures hop between runtime threads, poll time is the CPU time its items
+/// take (a future that waits costs next to nothing to poll).
+#[cfg(feature = "async")]
+pub(crate) struct PollTimed<F> {
+    future: std::pin::Pin<Box<F>>,
+    meter: Option<Arc<WorkerMeter>>,
+}
+
+#[cfg(feature = "async")]
+impl<F: std::future::Future> PollTimed<F> {
+    pub(crate) fn new(future: F, meter: Option<Arc<WorkerMeter>>) -> Self {
+        if let Some(meter) = &meter {
+            meter.has_cpu.store(true, Relaxed);
+        }
+        PollTimed {
+            future: Box::pin(future),
+            meter,
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<F: std::future::Future> std::future::Future for PollTimed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(meter) = self.meter.clone() else {
+            return self.future.as_mut().poll(cx);
+        };
+        let started = Instant::now();
+        let poll = self.future.as_mut().poll(cx);
+        meter.cpu.add(started.elapsed().as_nanos() as u64);
+        poll
+    }
+}
