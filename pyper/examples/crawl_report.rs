@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run --release --example crawl_report
 //! cargo run --release --example crawl_report -- --broken-link   # see how a failure looks
+//! cargo run --release --example crawl_report -- --pages 40       # a smaller site
+//! PYPER_PROGRESS=1 cargo run --release --example crawl_report     # live progress bars
+//! PYPER_TRACE=crawl.json cargo run --release --example crawl_report  # a Perfetto timeline
 //! ```
 //!
 //! The pipeline has one stage per kind of work:
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use pyper::{task, try_task, Pipeline, Upstream};
 
-/// How many pages the simulated site has.
+/// How many pages the simulated site has, unless `--pages N` says otherwise.
 const PAGES: usize = 400;
 /// How many words each page holds: about 130 KB of HTML.
 const WORDS_PER_PAGE: usize = 20_000;
@@ -48,8 +51,19 @@ const NEAR_DUPLICATE_BITS: u32 = 3;
 const TOP_WORDS: usize = 8;
 
 fn main() -> ExitCode {
-    let broken_link = std::env::args().any(|arg| arg == "--broken-link");
-    match run(broken_link) {
+    let args: Vec<String> = std::env::args().collect();
+    let broken_link = args.iter().any(|arg| arg == "--broken-link");
+    let pages = match args.iter().position(|arg| arg == "--pages") {
+        Some(at) => match args.get(at + 1).and_then(|n| n.parse().ok()) {
+            Some(pages) if pages > 1 => pages,
+            _ => {
+                eprintln!("error: --pages takes a number of pages, at least 2");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => PAGES,
+    };
+    match run(pages, broken_link) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             print_error(&*error);
@@ -60,12 +74,12 @@ fn main() -> ExitCode {
 
 /// Crawls the simulated site with the pipeline, prints the report, then does the same work
 /// sequentially and compares. With `broken_link`, one URL has no page, and the run fails.
-fn run(broken_link: bool) -> Result<(), Box<dyn Error>> {
+fn run(pages: usize, broken_link: bool) -> Result<(), Box<dyn Error>> {
     let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let site = Arc::new(Site::generate(PAGES, WORDS_PER_PAGE));
+    let site = Arc::new(Site::generate(pages, WORDS_PER_PAGE));
     let mut urls = site.urls();
     if broken_link {
-        urls.insert(PAGES / 2, "/pages/missing".to_owned());
+        urls.insert(pages / 2, "/pages/missing".to_owned());
     }
     println!("Crawling {} URLs of a simulated site.", urls.len());
     println!("No network is used: each fetch sleeps 2-8 ms in place of a network round trip.");

@@ -215,6 +215,9 @@ pub(crate) struct WorkerMeter {
     pub(crate) blocked: Counter,
     /// For async drivers: items in flight right now.
     pub(crate) in_flight: Counter,
+    /// Nanoseconds the worker's thread was ready to run but waited for a core, read when
+    /// the worker ends (Linux only).
+    pub(crate) runnable: Counter,
     has_cpu: AtomicBool,
     activity: AtomicU8,
     spans: Option<Mutex<Vec<Span>>>,
@@ -232,6 +235,7 @@ impl WorkerMeter {
             starved: Counter::default(),
             blocked: Counter::default(),
             in_flight: Counter::default(),
+            runnable: Counter::default(),
             has_cpu: AtomicBool::new(false),
             activity: AtomicU8::new(Activity::Busy as u8),
             spans: spans.then(|| Mutex::new(Vec::new())),
@@ -334,6 +338,7 @@ impl WorkerMeter {
 /// worker's CPU clock readings, which need no sharing.
 pub(crate) struct Recorder {
     pub(crate) meter: Arc<WorkerMeter>,
+    runnable_at_start: Option<u64>,
     cpu_at_start: Option<Duration>,
     cpu_read_at: Instant,
     /// The meter's blocked time when the current batch began.
@@ -348,6 +353,7 @@ impl Recorder {
         meter.activity.store(Activity::Busy as u8, Relaxed);
         Recorder {
             meter,
+            runnable_at_start: thread_runnable_wait(),
             cpu_at_start,
             cpu_read_at: Instant::now(),
             blocked_seen: 0,
@@ -413,8 +419,23 @@ impl Drop for Recorder {
     /// The worker has ended (or unwound): a last CPU reading, and it is no longer busy.
     fn drop(&mut self) {
         self.read_cpu(Instant::now());
+        if let (Some(start), Some(end)) = (self.runnable_at_start, thread_runnable_wait()) {
+            self.meter.runnable.set(end.saturating_sub(start));
+        }
         self.meter.activity.store(Activity::Done as u8, Relaxed);
     }
+}
+
+/// How long the calling thread has waited, ready to run, for a core: the second field of
+/// Linux's `/proc/thread-self/schedstat`. Read twice per worker, not per batch: it is a
+/// file read. It tells a CPU-bound stage on a crowded machine (ready, but no core free)
+/// from a stage that waits on IO.
+fn thread_runnable_wait() -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The calling thread's CPU time, where the platform has a per-thread CPU clock.

@@ -87,6 +87,9 @@ pub struct StageMetrics {
     pub busy: Duration,
     /// CPU time its workers used, where the platform has a per-thread CPU clock.
     pub cpu: Option<Duration>,
+    /// Time its worker threads were ready to run but waited for a free core (Linux, and
+    /// only once the workers ended): CPU-bound work on a crowded machine.
+    pub runnable: Duration,
     /// Time its workers waited for input.
     pub starved: Duration,
     /// Time its workers waited for room in a full output queue, or their turn to hand
@@ -109,6 +112,14 @@ impl StageMetrics {
     /// for work that waits (IO, sleeps, locks).
     pub fn cpu_ratio(&self) -> Option<f64> {
         let cpu = self.cpu?;
+        (!self.busy.is_zero()).then(|| (cpu.as_secs_f64() / self.busy.as_secs_f64()).min(1.0))
+    }
+
+    /// The share of its working time it wanted the CPU: on it, or ready and waiting for a
+    /// core. This is what tells CPU-bound work from waiting even when other programs
+    /// crowd the machine.
+    pub fn cpu_demand(&self) -> Option<f64> {
+        let cpu = self.cpu? + self.runnable;
         (!self.busy.is_zero()).then(|| (cpu.as_secs_f64() / self.busy.as_secs_f64()).min(1.0))
     }
 
@@ -166,6 +177,7 @@ impl Metrics {
                     busy_workers: 0,
                     busy: Duration::ZERO,
                     cpu: None,
+                    runnable: Duration::ZERO,
                     starved: Duration::ZERO,
                     blocked: Duration::ZERO,
                 };
@@ -174,6 +186,7 @@ impl Metrics {
                     metrics.items_out += meter.items_out.get();
                     metrics.busy += Duration::from_nanos(meter.busy.get());
                     metrics.starved += Duration::from_nanos(meter.starved.get());
+                    metrics.runnable += Duration::from_nanos(meter.runnable.get());
                     metrics.blocked += Duration::from_nanos(meter.blocked.get());
                     if let Some(cpu) = meter.cpu_time() {
                         metrics.cpu = Some(metrics.cpu.unwrap_or_default() + cpu);

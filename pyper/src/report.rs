@@ -37,7 +37,8 @@ impl Bound {
     }
 }
 
-/// A stage busy on the CPU for at least this share of its working time is CPU-bound.
+/// A stage that wants the CPU (is on it, or ready and waiting for a core) for at least this
+/// share of its working time is CPU-bound.
 const CPU_BOUND: f64 = 0.5;
 
 /// One stage's line of the report.
@@ -179,37 +180,47 @@ impl Report {
     fn bottleneck_advice(&self, stage: &StageReport) -> String {
         let m = &stage.metrics;
         let name = &m.name;
-        let cpu = stage.cpu_ratio.map_or("?".to_owned(), percent);
+        let on_cpu = stage.cpu_ratio.unwrap_or(0.0);
+        let waiting_for_core = m.cpu_demand().unwrap_or(0.0) - on_cpu;
+        let cpu = match (stage.cpu_ratio, stage.bound) {
+            (None, _) => "CPU time not measured here".to_owned(),
+            (Some(_), Bound::Cpu) if waiting_for_core >= 0.05 => format!(
+                "{} CPU per item, and {} more ready but waiting for a free core",
+                percent(on_cpu),
+                percent(waiting_for_core)
+            ),
+            (Some(ratio), _) => format!("{} CPU per item", percent(ratio)),
+        };
         let cores = self.cores;
         let workers = m.workers;
         let busy = percent(stage.utilization);
         match (stage.bound, m.kind) {
             (Bound::Cpu, StageKind::Input) => format!(
-                "the input iterator is the bottleneck and CPU-bound ({cpu} CPU): make it \
+                "the input iterator is the bottleneck and CPU-bound ({cpu}): make it \
                  cheaper, or move its work into a task with workers"
             ),
             (Bound::Waiting, StageKind::Input) => format!(
-                "the input iterator is the bottleneck and waits ({cpu} CPU): fetch ahead, \
+                "the input iterator is the bottleneck and waits ({cpu}): fetch ahead, \
                  or feed a cheap iterator and do the waiting in a task with workers"
             ),
             (Bound::Cpu, StageKind::Async) => format!(
-                "`{name}` is CPU-bound ({cpu} CPU per item) inside an async task, which \
+                "`{name}` is CPU-bound ({cpu}) inside an async task, which \
                  stalls the runtime: make it a sync task with {cores} workers"
             ),
             (Bound::Cpu, _) if workers >= cores => format!(
-                "`{name}` is CPU-bound ({cpu} CPU per item) and already has {workers} \
+                "`{name}` is CPU-bound ({cpu}) and already has {workers} \
                  workers on {cores} cores: more workers won't help; make each item cheaper"
             ),
             (Bound::Cpu, _) => format!(
-                "`{name}` is CPU-bound ({cpu} CPU per item) with {workers} of {cores} \
+                "`{name}` is CPU-bound ({cpu}) with {workers} of {cores} \
                  cores: raise workers to {cores}"
             ),
             (Bound::Waiting, StageKind::Async) => format!(
-                "`{name}` is IO-bound ({cpu} CPU per item) with its {workers} futures in \
+                "`{name}` is IO-bound ({cpu}) with its {workers} futures in \
                  flight {busy} of the time: raise workers"
             ),
             (Bound::Waiting, _) => format!(
-                "`{name}` is IO-bound ({cpu} CPU per item), with {workers} of {workers} \
+                "`{name}` is IO-bound ({cpu}), with {workers} of {workers} \
                  workers busy {busy} of the time: raise workers (to {}, say) or make it async",
                 (workers * 4).max(8)
             ),
@@ -234,13 +245,14 @@ impl StageReport {
         let starved = metrics.starved_share(elapsed);
         let blocked = metrics.blocked_share(elapsed);
         let cpu_ratio = metrics.cpu_ratio();
+        let cpu_demand = metrics.cpu_demand();
         let bound = if items == 0 || utilization.max(starved).max(blocked) < 0.01 {
             Bound::Idle
         } else if blocked >= utilization && blocked >= starved {
             Bound::Blocked
         } else if starved >= utilization {
             Bound::Starved
-        } else if cpu_ratio.unwrap_or(0.0) >= CPU_BOUND {
+        } else if cpu_demand.unwrap_or(0.0) >= CPU_BOUND {
             Bound::Cpu
         } else {
             Bound::Waiting

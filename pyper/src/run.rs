@@ -132,6 +132,9 @@ impl Launcher {
         work: impl FnOnce() + Send + 'static,
     ) {
         let builder = thread::Builder::new().name(format!("pyper:{stage}"));
+        // Events the user's code emits inside a task carry the stage's name.
+        let span = tracing::debug_span!(target: "pyper", "pyper_worker", stage = %stage);
+        let work = move || span.in_scope(work);
         match builder.spawn(work) {
             Ok(handle) => self.threads.push(WorkerThread { handle, daemon }),
             Err(error) => self.state.fail(Error::failed(stage, None, Box::new(error))),
@@ -152,6 +155,8 @@ impl Launcher {
         };
         let alive = self.state.tasks.enter();
         let (run, stage) = (Arc::clone(&self.state), stage.to_owned());
+        let span = tracing::debug_span!(target: "pyper", "pyper_worker", stage = %stage);
+        let work = tracing::Instrument::instrument(work, span);
         let task = runtime.spawn(async move {
             // A backstop: workers catch the panics of user code themselves, so one that gets
             // here is the engine's. Recorded before `alive` is dropped, so the output, which
