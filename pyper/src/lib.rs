@@ -99,6 +99,8 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 #[cfg(feature = "async")]
+mod async_retry;
+#[cfg(feature = "async")]
 mod async_task;
 #[cfg(feature = "async")]
 mod async_worker;
@@ -107,6 +109,7 @@ mod fault;
 mod output;
 mod pipeline;
 mod queue;
+mod retry;
 mod run;
 #[cfg(feature = "async")]
 mod runtime;

@@ -9,6 +9,7 @@ use crate::error::{BoxError, Error};
 use crate::fault::{Backoff, FaultPolicy};
 use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
+use crate::retry;
 use crate::run::Launcher;
 use crate::sequencer::Sequencer;
 use crate::sync::{Arc, Instant};
@@ -561,11 +562,10 @@ where
                 "timeout must be longer than zero",
             ));
         }
-        if self.options.faults.timeout.is_some() || self.options.faults.retries > 0 {
-            return Err(Error::config(
-                Some(&name),
-                "timeout and retries are not implemented yet",
-            ));
+        if self.options.faults.is_active() {
+            if let Err(why) = self.body.fault_support() {
+                return Err(Error::config(Some(&name), why));
+            }
         }
         if self.options.workers == 0 {
             return Err(Error::config(Some(&name), "workers must be at least 1"));
@@ -590,6 +590,18 @@ where
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
             sequencer
         });
+        let faults = self.options.faults;
+        // A thread stage applies its fault policy through a guard, with a body per worker.
+        let guard = match &self.body {
+            Body::Each(each) if faults.is_active() => Some(retry::Guard::new(
+                each,
+                faults,
+                self.clone_input,
+                &name,
+                &launcher.state,
+            )),
+            _ => None,
+        };
         let body = match &self.body {
             Body::Each(each) => match sequencer {
                 Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
@@ -597,7 +609,10 @@ where
             },
             Body::Join(join) => StageBody::Join(Arc::clone(join)),
             #[cfg(feature = "async")]
-            Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), ordered),
+            Body::AsyncEach(each) => StageBody::AsyncEach(
+                crate::async_retry::guard(each, faults, self.clone_input),
+                ordered,
+            ),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
@@ -619,7 +634,11 @@ where
             return next_input;
         }
         for _ in 0..self.options.workers {
-            let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+            let stage = match &guard {
+                Some(guard) => Arc::new(guard.worker_stage(&stage)),
+                None => Arc::clone(&stage),
+            };
+            let (input, output) = (input.clone(), output.clone());
             #[cfg(feature = "async")]
             if let StageBody::AsyncJoin(_) = stage.body {
                 launcher.spawn_task(&name, crate::async_worker::join(stage, input, output));
@@ -633,6 +652,10 @@ where
     }
 }
 
+/// Why a join task cannot have a timeout or retries.
+const JOIN_FAULTS: &str =
+    "timeout and retries apply per item; a join task receives the whole stream";
+
 /// Above this many workers, an ordered stage's reorder window stops growing.
 const MAX_ORDER_WORKERS: usize = 64;
 
@@ -642,6 +665,20 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "async")]
             Body::AsyncEach(_) | Body::AsyncJoin(_) => true,
             _ => false,
+        }
+    }
+
+    /// Whether a [`FaultPolicy`] can apply to this kind of body. Each kind that can
+    /// applies it its own way, in `launch`.
+    fn fault_support(&self) -> Result<(), &'static str> {
+        match self {
+            Body::Each(_) => Ok(()),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => Ok(()),
+            Body::Join(_) => Err(JOIN_FAULTS),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => Err(JOIN_FAULTS),
+            Body::Invalid(why) => Err(why),
         }
     }
 
