@@ -275,6 +275,56 @@ mod tests {
         assert_eq!(exhausted.source().unwrap().to_string(), "bad input");
     }
 
+    fn policy(retries: u32) -> FaultPolicy {
+        FaultPolicy {
+            timeout: None,
+            retries,
+            backoff: Backoff::fixed(Duration::from_millis(3)),
+        }
+    }
+
+    #[test]
+    fn attempts_retry_until_the_last_then_list_every_cause() {
+        let mut attempts = Attempts::new(policy(2));
+        assert!(!attempts.is_last());
+        let verdict = attempts.failed(AttemptFailure::Failed("first".into()), false);
+        assert!(matches!(verdict, Verdict::Retry(delay) if delay == Duration::from_millis(3)));
+        let verdict = attempts.failed(AttemptFailure::Panicked(Box::new("second")), false);
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        assert!(attempts.is_last());
+        let limit = Duration::from_secs(1);
+        let Verdict::Fail(error) = attempts.failed(AttemptFailure::TimedOut(limit), false) else {
+            panic!("the last attempt gives up");
+        };
+        assert_eq!(
+            error.to_string(),
+            "all 3 attempts failed: #1 first; #2 panicked: second; #3 timed out after 1s"
+        );
+    }
+
+    #[test]
+    fn an_attempt_that_handed_on_outputs_or_had_no_retries_fails_with_its_own_cause() {
+        let mut attempts = Attempts::new(policy(5));
+        let verdict = attempts.failed(AttemptFailure::Failed("early".into()), false);
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        let Verdict::Fail(error) = attempts.failed(AttemptFailure::Failed("late".into()), true)
+        else {
+            panic!("not retried after outputs");
+        };
+        assert_eq!(error.to_string(), "late");
+
+        let mut attempts = Attempts::new(policy(0));
+        assert!(attempts.is_last());
+        let verdict = attempts.failed(AttemptFailure::Panicked(Box::new("boom")), false);
+        assert!(matches!(verdict, Verdict::Panic(_)));
+        let verdict = Attempts::new(policy(0))
+            .failed(AttemptFailure::TimedOut(Duration::from_millis(5)), false);
+        let Verdict::Fail(error) = verdict else {
+            panic!("no retries");
+        };
+        assert!(error.is::<TimedOut>());
+    }
+
     #[test]
     fn backoff_saturates_instead_of_overflowing() {
         let backoff = Backoff::exponential(Duration::from_secs(1), Duration::MAX);
