@@ -8,6 +8,9 @@
 //!   not retried; ordered stages keep their order; a cancel ends a backoff and drops the
 //!   copies of the items it held.
 //! * A join task with a policy is a configuration error.
+//! * A property test over random pipelines of sync and async stages with random failures
+//!   per attempt: every item's outputs come out exactly once, or the run fails on an item
+//!   whose every attempt failed.
 //!
 //! Every wait is bounded only to turn a hang into a failure; nothing asserts on speed.
 //! The overrunning futures are pending forever, never merely slow.
@@ -468,4 +471,208 @@ fn an_async_join_with_a_policy_is_a_configuration_error() {
             .contains("timeout and retries apply per item; a join task receives the whole stream"),
         "{error}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The property: random pipelines of sync and async stages, random failures per attempt.
+
+#[derive(Clone, Debug)]
+struct StageSpec {
+    asynchronous: bool,
+    workers: usize,
+    ordered: bool,
+    retries: u32,
+    timeout: bool,
+    /// Each item becomes two (`2v`, `2v + 1`), through a branch.
+    branch: bool,
+    /// An attempt fails with probability 1 / `fail_one_in`.
+    fail_one_in: u64,
+    salt: u64,
+}
+
+impl StageSpec {
+    /// Whether attempt `attempt` at value `v` fails, and whether by a panic.
+    fn fails(&self, v: u64, attempt: u32) -> Option<bool> {
+        let h = scramble(v ^ self.salt ^ (u64::from(attempt) << 40), u64::MAX);
+        (h % self.fail_one_in == 0).then_some(h & (1 << 20) != 0)
+    }
+
+    fn apply(&self, v: u64) -> Vec<u64> {
+        match self.branch {
+            true => vec![2 * v, 2 * v + 1],
+            false => vec![v + 1_000_000_000],
+        }
+    }
+
+    /// How many attempts the value needs, or `None` if every attempt fails.
+    fn attempts_needed(&self, v: u64) -> Option<u32> {
+        (0..=self.retries).find(|&attempt| self.fails(v, attempt).is_none())
+    }
+
+    fn task(&self, attempts: Attempts) -> pyper::Pipeline<u64, u64> {
+        let spec = self.clone();
+        let outcome = move |v: u64| -> Result<Vec<u64>, TestError> {
+            match spec.fails(v, attempts.next(v)) {
+                Some(true) => panic!("injected panic at {v}"),
+                Some(false) => Err(TestError(v)),
+                None => Ok(spec.apply(v)),
+            }
+        };
+        let stage = match self.asynchronous {
+            false => pyper::try_task(outcome),
+            true => try_async_task(move |v: u64| {
+                let outcome = outcome.clone();
+                async move {
+                    tokio::task::yield_now().await;
+                    outcome(v)
+                }
+            }),
+        };
+        let stage = stage
+            .branch()
+            .workers(self.workers)
+            .retries(self.retries)
+            .backoff(Backoff::none());
+        let stage = if self.ordered { stage.ordered() } else { stage };
+        let stage = if self.timeout {
+            stage.timeout(GENEROUS)
+        } else {
+            stage
+        };
+        stage.into()
+    }
+}
+
+fn stage_spec() -> impl proptest::strategy::Strategy<Value = StageSpec> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        1usize..=8,
+        any::<bool>(),
+        prop_oneof![1 => Just(0u32), 4 => 1u32..=3],
+        prop::bool::weighted(0.3),
+        any::<bool>(),
+        prop::sample::select(vec![3u64, 6, 12, 50]),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(asynchronous, workers, ordered, retries, timeout, branch, fail_one_in, salt)| {
+                StageSpec {
+                    asynchronous,
+                    workers,
+                    ordered,
+                    retries,
+                    timeout,
+                    branch,
+                    fail_one_in,
+                    salt,
+                }
+            },
+        )
+}
+
+/// The value an error failed on, from its last cause: a `TestError` or an injected panic.
+fn failed_value(error: &Error, retries: u32) -> u64 {
+    let from_panic = |message: &str| -> u64 {
+        message
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("an injected panic")
+    };
+    if retries == 0 {
+        if let Some(message) = error.panic_message() {
+            return from_panic(message);
+        }
+        return error.downcast_ref::<TestError>().expect("a TestError").0;
+    }
+    let exhausted = error.downcast_ref::<RetriesExhausted>().expect("exhausted");
+    assert_eq!(exhausted.attempts().len() as u32, retries + 1);
+    let last = exhausted.attempts().last().unwrap();
+    match last.downcast_ref::<TestError>() {
+        Some(TestError(v)) => *v,
+        None => from_panic(last.downcast_ref::<Panicked>().expect("a panic").message()),
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    #[test]
+    fn every_item_comes_out_once_or_is_named_in_the_error(
+        stages in proptest::collection::vec(stage_spec(), 1..=3),
+        inputs in 1u64..60,
+    ) {
+        use proptest::prelude::*;
+        let _serial = serial();
+        quiet_panics();
+        let counters: Vec<Attempts> = stages.iter().map(|_| Attempts::default()).collect();
+        let (outputs, error) = within("a random pipeline", {
+            let (specs, counters) = (stages.clone(), counters.clone());
+            move || {
+                let mut pipeline = specs[0].task(counters[0].clone());
+                for (spec, counter) in specs.iter().zip(&counters).skip(1) {
+                    pipeline = pipeline | spec.task(counter.clone());
+                }
+                let mut outputs = Vec::new();
+                let mut error = None;
+                for item in pipeline.feed(0..inputs) {
+                    assert!(error.is_none(), "an output after the error");
+                    match item {
+                        Ok(value) => outputs.push(value),
+                        Err(failure) => error = Some(failure),
+                    }
+                }
+                (outputs, error)
+            }
+        });
+
+        // The sequential reference.
+        let mut received: Vec<Vec<u64>> = Vec::new();
+        let mut doomed: Vec<Vec<u64>> = Vec::new();
+        let mut values: Vec<u64> = (0..inputs).collect();
+        for spec in &stages {
+            received.push(values.clone());
+            let (through, failed): (Vec<u64>, Vec<u64>) =
+                values.iter().partition(|&&v| spec.attempts_needed(v).is_some());
+            doomed.push(failed);
+            values = through.iter().flat_map(|&v| spec.apply(v)).collect();
+        }
+
+        let mut sorted = outputs.clone();
+        sorted.sort_unstable();
+        let mut unique = sorted.clone();
+        unique.dedup();
+        prop_assert_eq!(unique.len(), sorted.len(), "an output came twice");
+        let mut expected = values.clone();
+        expected.sort_unstable();
+        for value in &sorted {
+            prop_assert!(expected.binary_search(value).is_ok(), "{} is no output", value);
+        }
+        match error {
+            None => {
+                prop_assert!(doomed.iter().all(Vec::is_empty), "a doomed item got through");
+                prop_assert_eq!(&sorted, &expected);
+                if stages.iter().all(|spec| spec.workers == 1 || spec.ordered) {
+                    prop_assert_eq!(&outputs, &values, "in order");
+                }
+                for ((spec, counter), seen) in stages.iter().zip(&counters).zip(&received) {
+                    for &v in seen {
+                        prop_assert_eq!(Some(counter.of(v)), spec.attempts_needed(v).map(|a| a + 1));
+                    }
+                }
+            }
+            Some(error) => {
+                let stage: usize = error
+                    .stage()
+                    .and_then(|name| name.strip_prefix("stage "))
+                    .and_then(|n| n.parse().ok())
+                    .expect("a stage name");
+                let spec = &stages[stage - 1];
+                let value = failed_value(&error, spec.retries);
+                prop_assert!(doomed[stage - 1].contains(&value), "{:#} names {}", error, value);
+                prop_assert_eq!(counters[stage - 1].of(value), spec.retries + 1);
+            }
+        }
+    }
 }
