@@ -288,8 +288,7 @@ impl<I, O> Task<I, O> {
     /// .timeout(Duration::from_secs(1));
     ///
     /// let mut outputs = sleepy.feed([0, 3600, 0]);
-    /// assert_eq!(outputs.next().unwrap().unwrap(), 0);
-    /// let error = outputs.next().unwrap().unwrap_err();
+    /// let error = outputs.find_map(Result::err).unwrap();
     /// assert_eq!((error.stage(), error.item()), (Some("sleepy"), Some(1)));
     /// assert_eq!(error.downcast_ref::<TimedOut>().unwrap().limit(), Duration::from_secs(1));
     /// assert!(outputs.next().is_none()); // the run stopped; the hour-long call goes on

@@ -128,7 +128,8 @@ fn a_timeout_names_the_stage_and_item_and_abandons_the_call() {
         .timeout(Duration::from_secs(1));
         let mut outputs = slow.feed(0..10);
         let (values, error) = outputs_and_error(outputs.by_ref());
-        assert_eq!(values, [0, 1, 2]);
+        // Outputs not yet taken when the run failed are dropped with it.
+        assert!([0, 1, 2].starts_with(&values), "{values:?}");
         assert!(outputs.next().is_none(), "the run stopped");
         assert_eq!(error.kind(), ErrorKind::Failed);
         assert_eq!(error.stage(), Some("slow"));
