@@ -66,17 +66,10 @@ impl Error {
     }
 
     pub(crate) fn panicked(stage: &str, item: Option<u64>, payload: Box<dyn Any + Send>) -> Self {
-        let message = match payload.downcast::<String>() {
-            Ok(message) => *message,
-            Err(payload) => match payload.downcast::<&'static str>() {
-                Ok(message) => (*message).to_owned(),
-                Err(_) => "Box<dyn Any>".to_owned(),
-            },
-        };
         Error {
             stage: Some(stage.to_owned()),
             item,
-            cause: Cause::Panicked(message),
+            cause: Cause::Panicked(panic_message(payload.as_ref())),
         }
     }
 
@@ -142,6 +135,17 @@ impl Error {
             Cause::Failed(error) => Some(error),
             _ => None,
         }
+    }
+}
+
+/// The message a panic carried: its `&str` or `String`, else `Box<dyn Any>`.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else {
+        "Box<dyn Any>".to_owned()
     }
 }
 

@@ -5,11 +5,12 @@
 //! way it can. A thread stage abandons a call that overran (a thread cannot be killed), an
 //! async stage drops the future, and a process stage kills its worker process.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::BoxError;
+use crate::error::{panic_message, BoxError};
 
 /// How long to wait between the attempts of a retried item.
 ///
@@ -86,6 +87,86 @@ pub(crate) struct FaultPolicy {
     pub(crate) backoff: Backoff,
 }
 
+impl FaultPolicy {
+    /// Whether the policy changes anything: without it, a stage runs its body bare.
+    pub(crate) fn is_active(&self) -> bool {
+        self.timeout.is_some() || self.retries > 0
+    }
+}
+
+/// Why one attempt at an item failed.
+pub(crate) enum AttemptFailure {
+    Failed(BoxError),
+    Panicked(Box<dyn Any + Send>),
+    TimedOut(Duration),
+}
+
+/// What to do after a failed attempt.
+pub(crate) enum Verdict {
+    /// Wait this long, then make the next attempt.
+    Retry(Duration),
+    /// Give up: the item fails with this error.
+    Fail(BoxError),
+    /// Give up: the item fails with the attempt's own panic, to be resumed so that the
+    /// run reports a panic, as it would without a policy.
+    Panic(Box<dyn Any + Send>),
+}
+
+/// The attempts made at one item, and the rules every kind of stage applies to them.
+///
+/// * A failed attempt is retried while retries remain, unless it already handed on
+///   outputs: they cannot be taken back, so a retry would duplicate them.
+/// * An item that is not retried fails with its attempt's own cause, exactly as without a
+///   policy (an `Err` as itself, a panic as a panic, an overrun as [`TimedOut`]), when
+///   the stage has no retries or the attempt handed on outputs.
+/// * An item whose every attempt failed fails with [`RetriesExhausted`], listing each
+///   attempt's cause.
+pub(crate) struct Attempts {
+    policy: FaultPolicy,
+    /// Failed attempts so far, which is also the number of the retry to come.
+    failed: u32,
+    causes: Vec<BoxError>,
+}
+
+impl Attempts {
+    pub(crate) fn new(policy: FaultPolicy) -> Self {
+        Attempts {
+            policy,
+            failed: 0,
+            causes: Vec::new(),
+        }
+    }
+
+    /// Whether the attempt about to be made is the last one allowed.
+    pub(crate) fn is_last(&self) -> bool {
+        self.failed >= self.policy.retries
+    }
+
+    /// Records a failed attempt, which had handed on outputs or not, and says what next.
+    pub(crate) fn failed(&mut self, failure: AttemptFailure, handed_on: bool) -> Verdict {
+        if handed_on || self.policy.retries == 0 {
+            return match failure {
+                AttemptFailure::Failed(error) => Verdict::Fail(error),
+                AttemptFailure::Panicked(payload) => Verdict::Panic(payload),
+                AttemptFailure::TimedOut(limit) => Verdict::Fail(Box::new(TimedOut::new(limit))),
+            };
+        }
+        self.causes.push(match failure {
+            AttemptFailure::Failed(error) => error,
+            AttemptFailure::Panicked(payload) => {
+                Box::new(Panicked::new(panic_message(payload.as_ref())))
+            }
+            AttemptFailure::TimedOut(limit) => Box::new(TimedOut::new(limit)),
+        });
+        if self.is_last() {
+            let causes = std::mem::take(&mut self.causes);
+            return Verdict::Fail(Box::new(RetriesExhausted::new(causes)));
+        }
+        self.failed += 1;
+        Verdict::Retry(self.policy.backoff.delay(self.failed))
+    }
+}
+
 /// An attempt at an item took longer than the stage's [`timeout`](crate::Task::timeout).
 ///
 /// It is the [`source`](std::error::Error::source) of the run's error, or one of the causes
@@ -96,7 +177,6 @@ pub struct TimedOut {
 }
 
 impl TimedOut {
-    #[allow(dead_code)] // used by the retry wrappers
     pub(crate) fn new(limit: Duration) -> Self {
         TimedOut { limit }
     }
@@ -122,7 +202,6 @@ pub struct Panicked {
 }
 
 impl Panicked {
-    #[allow(dead_code)] // used by the retry wrappers
     pub(crate) fn new(message: String) -> Self {
         Panicked { message }
     }
@@ -149,7 +228,6 @@ pub struct RetriesExhausted {
 }
 
 impl RetriesExhausted {
-    #[allow(dead_code)] // used by the retry wrappers
     pub(crate) fn new(attempts: Vec<BoxError>) -> Self {
         debug_assert!(!attempts.is_empty());
         RetriesExhausted { attempts }
@@ -195,6 +273,56 @@ mod tests {
             "all 2 attempts failed: #1 timed out after 5ms; #2 bad input"
         );
         assert_eq!(exhausted.source().unwrap().to_string(), "bad input");
+    }
+
+    fn policy(retries: u32) -> FaultPolicy {
+        FaultPolicy {
+            timeout: None,
+            retries,
+            backoff: Backoff::fixed(Duration::from_millis(3)),
+        }
+    }
+
+    #[test]
+    fn attempts_retry_until_the_last_then_list_every_cause() {
+        let mut attempts = Attempts::new(policy(2));
+        assert!(!attempts.is_last());
+        let verdict = attempts.failed(AttemptFailure::Failed("first".into()), false);
+        assert!(matches!(verdict, Verdict::Retry(delay) if delay == Duration::from_millis(3)));
+        let verdict = attempts.failed(AttemptFailure::Panicked(Box::new("second")), false);
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        assert!(attempts.is_last());
+        let limit = Duration::from_secs(1);
+        let Verdict::Fail(error) = attempts.failed(AttemptFailure::TimedOut(limit), false) else {
+            panic!("the last attempt gives up");
+        };
+        assert_eq!(
+            error.to_string(),
+            "all 3 attempts failed: #1 first; #2 panicked: second; #3 timed out after 1s"
+        );
+    }
+
+    #[test]
+    fn an_attempt_that_handed_on_outputs_or_had_no_retries_fails_with_its_own_cause() {
+        let mut attempts = Attempts::new(policy(5));
+        let verdict = attempts.failed(AttemptFailure::Failed("early".into()), false);
+        assert!(matches!(verdict, Verdict::Retry(_)));
+        let Verdict::Fail(error) = attempts.failed(AttemptFailure::Failed("late".into()), true)
+        else {
+            panic!("not retried after outputs");
+        };
+        assert_eq!(error.to_string(), "late");
+
+        let mut attempts = Attempts::new(policy(0));
+        assert!(attempts.is_last());
+        let verdict = attempts.failed(AttemptFailure::Panicked(Box::new("boom")), false);
+        assert!(matches!(verdict, Verdict::Panic(_)));
+        let verdict = Attempts::new(policy(0))
+            .failed(AttemptFailure::TimedOut(Duration::from_millis(5)), false);
+        let Verdict::Fail(error) = verdict else {
+            panic!("no retries");
+        };
+        assert!(error.is::<TimedOut>());
     }
 
     #[test]

@@ -31,8 +31,9 @@
 //!
 //! * A [`Task`] is a function plus its options: [`workers`](Task::workers),
 //!   [`throttle`](Task::throttle), [`branch`](Task::branch), [`join`](Task::join),
-//!   [`ordered`](Task::ordered), [`daemon`](Task::daemon), [`name`](Task::name). It runs
-//!   nothing by itself.
+//!   [`ordered`](Task::ordered), [`daemon`](Task::daemon), [`name`](Task::name), and per
+//!   item a [`timeout`](Task::timeout) and [`retries`](Task::retries). It runs nothing by
+//!   itself.
 //! * A [`Pipeline`] is tasks composed with `|`. Its type, `Pipeline<I, O>`, is checked at
 //!   every joint, so a mismatched stage does not compile.
 //! * A run starts from [`Pipeline::run`] (one input, as Pyper's `pipeline(args)`) or
@@ -99,6 +100,8 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 #[cfg(feature = "async")]
+mod async_retry;
+#[cfg(feature = "async")]
 mod async_task;
 #[cfg(feature = "async")]
 mod async_worker;
@@ -112,6 +115,7 @@ mod pipeline;
 mod progress;
 mod queue;
 mod report;
+mod retry;
 mod run;
 #[cfg(feature = "async")]
 mod runtime;

@@ -77,7 +77,8 @@ pub struct StageMetrics {
     pub items_in: u64,
     /// Outputs it handed on downstream.
     pub items_out: u64,
-    /// Failures it reported (at most one stops the run; retried attempts count too).
+    /// Failures it reported as the run's error: 0, or 1 for the stage whose failure
+    /// stopped the run. (Attempts that a retry made good are not failures.)
     pub errors: u64,
     /// Items waiting in its input queue right now.
     pub queued: usize,

@@ -10,6 +10,7 @@ use crate::fault::{Backoff, FaultPolicy};
 use crate::metrics::StageKind;
 use crate::pipeline::{IntoPipeline, Stages};
 use crate::queue::{queue, Receiver};
+use crate::retry;
 use crate::run::Launcher;
 use crate::sequencer::Sequencer;
 use crate::sync::{Arc, Instant};
@@ -247,24 +248,74 @@ impl<I, O> Task<I, O> {
     }
 
     /// Limits each attempt at an item to `limit`. An attempt that overruns fails with
-    /// [`TimedOut`](crate::TimedOut), which is retried like any failure when the task has
-    /// [`retries`](Task::retries).
+    /// [`TimedOut`](crate::TimedOut): the run's error names the stage and the item, and
+    /// its [`source`](std::error::Error::source) is the `TimedOut`; with
+    /// [`retries`](Task::retries), the overrun is retried like any failure.
     ///
     /// What happens to the overrunning call depends on the kind of stage:
     ///
-    /// * a thread task (`task`, `try_task`) stops waiting for it and goes on; **the call
-    ///   itself keeps running** on a thread of its own until it returns, because a thread
-    ///   cannot be killed. Its result, when it comes, is dropped;
-    /// * an async task drops the future, which cancels it at its next `.await`;
-    /// * a process task kills the worker process and starts a new one.
+    /// * A thread task (`task`, `try_task`) makes each call on a helper thread of the
+    ///   worker's, and waits for it `limit` at most. On an overrun the worker stops waiting
+    ///   and goes on; **the call itself keeps running** until it returns, because a thread
+    ///   cannot be stopped from outside, and its result is then dropped. The next item gets
+    ///   a fresh helper. A helper is reused while calls finish in time, and ends with its
+    ///   worker. The outputs of a timed call are handed on once the call has returned, so a
+    ///   [`branch`](Task::branch) iterator is consumed whole within the limit (an endless
+    ///   one times out, and is refused its next element once abandoned). Each timed call
+    ///   costs a hand-over between two threads, some microseconds: negligible unless the
+    ///   calls themselves are that cheap.
+    /// * An async task drops the attempt's future (or its
+    ///   [`branch_stream`](Task::branch_stream) stream) when the limit passes, which cancels
+    ///   it at the `.await` it is parked on. Outputs are handed on as they come, and the
+    ///   limit covers the whole attempt, from its first poll to its last output, time spent
+    ///   waiting for downstream to take outputs included.
+    /// * A process task kills the worker process and starts a new one.
     ///
-    /// A zero `limit` is a configuration error.
+    /// When the run stops early (an error elsewhere, a cancel, a drop of the output), a
+    /// worker waits for its timed call as for any call: `limit` at most.
+    ///
+    /// A zero `limit` is a configuration error, and so is a timeout on a
+    /// [`join`](Task::join) task, which receives the whole stream rather than one item.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pyper::{task, TimedOut};
+    ///
+    /// let sleepy = task(|secs: u64| {
+    ///     std::thread::sleep(Duration::from_secs(secs));
+    ///     secs
+    /// })
+    /// .name("sleepy")
+    /// .timeout(Duration::from_secs(1));
+    ///
+    /// let mut outputs = sleepy.feed([0, 3600, 0]);
+    /// let error = outputs.find_map(Result::err).unwrap();
+    /// assert_eq!((error.stage(), error.item()), (Some("sleepy"), Some(1)));
+    /// assert_eq!(error.downcast_ref::<TimedOut>().unwrap().limit(), Duration::from_secs(1));
+    /// assert!(outputs.next().is_none()); // the run stopped; the hour-long call goes on
+    /// ```
     pub fn timeout(mut self, limit: std::time::Duration) -> Self {
         self.options.faults.timeout = Some(limit);
         self
     }
 
-    /// Waits between retries as `backoff` says (default: [`Backoff::default`]).
+    /// Waits between the attempts at an item as `backoff` says (default:
+    /// [`Backoff::default`], 10 ms doubling up to 1 s). Only matters with
+    /// [`retries`](Task::retries).
+    ///
+    /// The wait holds the worker (a thread stage) or one of its `workers(n)` slots (an
+    /// async stage), and ends at once when the run stops.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pyper::{try_task, Backoff};
+    ///
+    /// let flaky = try_task(|x: u32| if x > 0 { Ok(x) } else { Err("zero") })
+    ///     .retries(3)
+    ///     .backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(4)));
+    /// let error = flaky.run(0).next().unwrap().unwrap_err(); // after 1 + 2 + 4 ms of waits
+    /// assert_eq!(error.to_string(), "stage `stage 1` failed on item 0");
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.options.faults.backoff = backoff;
         self
@@ -318,15 +369,55 @@ impl<I, O> Task<I, O>
 where
     I: Clone,
 {
-    /// Re-runs an item whose attempt failed (an `Err`, a panic, a [`timeout`](Task::timeout),
-    /// a dead worker process) up to `n` more times, waiting as the
-    /// [`backoff`](Task::backoff) says between attempts. When every attempt fails, the
-    /// run's error names the item and its source is a [`RetriesExhausted`](crate::RetriesExhausted)
-    /// that holds each attempt's cause.
+    /// Re-runs an item whose attempt failed (an `Err`, a panic, a [`timeout`](Task::timeout)
+    /// overrun, a dead worker process) up to `n` more times, waiting as the
+    /// [`backoff`](Task::backoff) says between attempts. Each attempt but the last gets a
+    /// clone of the item, hence `I: Clone`.
     ///
-    /// A retry needs the item again, hence `I: Clone`. An attempt that already handed on
-    /// outputs (a `branch` task that failed mid-way) is not retried, because its outputs
-    /// would be duplicated; the error says so.
+    /// * When every attempt fails, the run's error names the stage and the item, and its
+    ///   [`source`](std::error::Error::source) is a [`RetriesExhausted`](crate::RetriesExhausted)
+    ///   holding each attempt's cause, in order: your error, a
+    ///   [`Panicked`](crate::Panicked) for a panic, a [`TimedOut`](crate::TimedOut) for an
+    ///   overrun.
+    /// * An attempt that already handed on outputs (a `branch` task that failed mid-way) is
+    ///   not retried, because its outputs would be duplicated. The run fails with that
+    ///   attempt's own cause, exactly as without retries: your error, the panic, or
+    ///   `TimedOut` (the causes of any earlier attempts at the item are dropped). A thread
+    ///   task with a `timeout` hands on a call's outputs only once it has returned, so any
+    ///   failed attempt of it can be retried; an async task hands them on as they come.
+    /// * Once the run stops (an error elsewhere, a cancel, a drop of the output), nothing
+    ///   is retried, and a backoff wait ends at once.
+    ///
+    /// So every item's outputs are handed on exactly once, from the attempt that
+    /// succeeded, unless the item is the one the error names. An
+    /// [`ordered`](Task::ordered) stage stays in order: later items wait for a retried one.
+    /// Retries of a [`join`](Task::join) task, which receives the whole stream rather than
+    /// one item, are a configuration error.
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use std::sync::Mutex;
+    /// use pyper::{try_task, Backoff, RetriesExhausted};
+    ///
+    /// // Every id fails its first attempt.
+    /// let seen = Mutex::new(HashSet::new());
+    /// let flaky = try_task(move |id: u32| match seen.lock().unwrap().insert(id) {
+    ///     true => Err(format!("{id}: connection reset")),
+    ///     false => Ok(id * 10),
+    /// })
+    /// .workers(4)
+    /// .retries(2)
+    /// .backoff(Backoff::none());
+    /// let mut out: Vec<u32> = flaky.feed(0..5).map(Result::unwrap).collect();
+    /// out.sort();
+    /// assert_eq!(out, [0, 10, 20, 30, 40]);
+    ///
+    /// let gone = try_task(|id: u32| Err::<u32, _>(format!("{id} is gone"))).retries(2);
+    /// let error = gone.run(7).next().unwrap().unwrap_err();
+    /// let exhausted = error.downcast_ref::<RetriesExhausted>().unwrap();
+    /// assert_eq!(exhausted.attempts().len(), 3);
+    /// assert_eq!(exhausted.to_string(), "all 3 attempts failed: #1 7 is gone; #2 7 is gone; #3 7 is gone");
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.options.faults.retries = n;
         self.clone_input = Some(I::clone);
@@ -562,11 +653,10 @@ where
                 "timeout must be longer than zero",
             ));
         }
-        if self.options.faults.timeout.is_some() || self.options.faults.retries > 0 {
-            return Err(Error::config(
-                Some(&name),
-                "timeout and retries are not implemented yet",
-            ));
+        if self.options.faults.is_active() {
+            if let Err(why) = self.body.fault_support() {
+                return Err(Error::config(Some(&name), why));
+            }
         }
         if self.options.workers == 0 {
             return Err(Error::config(Some(&name), "workers must be at least 1"));
@@ -591,6 +681,18 @@ where
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
             sequencer
         });
+        let faults = self.options.faults;
+        // A thread stage applies its fault policy through a guard, with a body per worker.
+        let guard = match &self.body {
+            Body::Each(each) if faults.is_active() => Some(retry::Guard::new(
+                each,
+                faults,
+                self.clone_input,
+                &name,
+                &launcher.state,
+            )),
+            _ => None,
+        };
         let body = match &self.body {
             Body::Each(each) => match sequencer {
                 Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
@@ -598,7 +700,10 @@ where
             },
             Body::Join(join) => StageBody::Join(Arc::clone(join)),
             #[cfg(feature = "async")]
-            Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), ordered),
+            Body::AsyncEach(each) => StageBody::AsyncEach(
+                crate::async_retry::guard(each, faults, self.clone_input),
+                ordered,
+            ),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
@@ -631,7 +736,11 @@ where
             return next_input;
         }
         for _ in 0..self.options.workers {
-            let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+            let stage = match &guard {
+                Some(guard) => Arc::new(guard.worker_stage(&stage)),
+                None => Arc::clone(&stage),
+            };
+            let (input, output) = (input.clone(), output.clone());
             #[cfg(feature = "async")]
             if let StageBody::AsyncJoin(_) = stage.body {
                 launcher.spawn_task(&name, crate::async_worker::join(stage, input, output));
@@ -645,6 +754,10 @@ where
     }
 }
 
+/// Why a join task cannot have a timeout or retries.
+const JOIN_FAULTS: &str =
+    "timeout and retries apply per item; a join task receives the whole stream";
+
 /// Above this many workers, an ordered stage's reorder window stops growing.
 const MAX_ORDER_WORKERS: usize = 64;
 
@@ -654,6 +767,20 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "async")]
             Body::AsyncEach(_) | Body::AsyncJoin(_) => true,
             _ => false,
+        }
+    }
+
+    /// Whether a [`FaultPolicy`] can apply to this kind of body. Each kind that can
+    /// applies it its own way, in `launch`.
+    fn fault_support(&self) -> Result<(), &'static str> {
+        match self {
+            Body::Each(_) => Ok(()),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => Ok(()),
+            Body::Join(_) => Err(JOIN_FAULTS),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => Err(JOIN_FAULTS),
+            Body::Invalid(why) => Err(why),
         }
     }
 
