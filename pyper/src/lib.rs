@@ -39,6 +39,11 @@
 //! * A run starts from [`Pipeline::run`] (one input, as Pyper's `pipeline(args)`) or
 //!   [`Pipeline::feed`] (an iterator of inputs), and yields an [`Output`]: a lazy iterator
 //!   of `Result<O, Error>`. [`Pipeline::consume`] is Pyper's `>`.
+//! * Every run measures itself: [`Output::metrics`] (live, per stage: items, queue depth,
+//!   busy workers, wall and CPU time, time starved and blocked), [`Output::report`] (each
+//!   stage classified as CPU-bound, waiting, starved or blocked, the bottleneck, and
+//!   advice), [`Output::progress`] (progress bars) and [`Output::record_trace`] (a Chrome
+//!   trace timeline). See the README's "Finding the bottleneck".
 //!
 //! # How it runs
 //!
