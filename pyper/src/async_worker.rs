@@ -97,18 +97,27 @@ where
     let StageBody::AsyncJoin(body) = &stage.body else {
         unreachable!("only async join stages have join workers")
     };
-    let result = AssertUnwindSafe(async {
+    let meter = stage.meter.worker();
+    let started = Instant::now();
+    let joined = AssertUnwindSafe(async {
         // Owned by the join, as in a thread worker: dropping it releases upstream.
-        let upstream = Upstream::new(input, Arc::clone(&stage.run));
-        let mut outlet = AsyncOutlet::new(&output, &stage.run, stage.meter.worker());
+        let upstream = Upstream::new(input.metered(meter.as_ref()), Arc::clone(&stage.run));
+        let mut outlet = AsyncOutlet::new(&output, &stage.run, meter.clone());
         let mut outputs = body(upstream);
         while let Some(item) = outlet.next_of(&mut outputs).await? {
             outlet.emit(item.map_err(Fault::Failed)?).await?;
         }
         outlet.flush().await.map_err(Fault::from)
     })
-    .catch_unwind()
-    .await;
+    .catch_unwind();
+    let result = PollTimed::new(joined, meter.clone()).await;
+    if let Some(meter) = &meter {
+        // One long call: all of its life that was not spent handing on was work.
+        let blocked = std::time::Duration::from_nanos(meter.blocked.get());
+        let busy = started.elapsed().saturating_sub(blocked);
+        meter.busy.set(busy.as_nanos() as u64);
+        meter.finished();
+    }
     report(&stage, result, None);
     drop(output);
 }

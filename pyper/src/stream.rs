@@ -42,6 +42,9 @@ pub(crate) fn next_batch<T: Send + 'static>(receiver: Receiver<T>) -> NextBatch<
     async move {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let first = receiver.pop_batch_async(&mut batch, MAX_BATCH).await;
+        if let Some(meter) = receiver.meter() {
+            meter.items_in.add(batch.len() as u64);
+        }
         (receiver, batch, first)
     }
     .boxed()

@@ -203,6 +203,26 @@ fn counts_equal_the_real_item_counts_on_a_complete_run() {
 }
 
 #[test]
+fn a_join_stage_counts_what_it_takes_and_what_it_hands_on() {
+    let sums = task(|upstream: pyper::Upstream<u64>| {
+        let items: Vec<u64> = upstream.collect();
+        items
+            .chunks(10)
+            .map(|c| c.iter().sum())
+            .collect::<Vec<u64>>()
+    })
+    .name("sums")
+    .join()
+    .branch();
+    let mut output = (task(|x: u64| x).name("pass") | sums).feed(0..1000);
+    assert_eq!(output.by_ref().count(), 100);
+    let metrics = output.metrics();
+    let sums = metrics.stage("sums").unwrap();
+    assert_eq!((sums.items_in, sums.items_out), (1000, 100));
+    assert!(!sums.busy.is_zero());
+}
+
+#[test]
 fn counts_equal_the_real_item_counts_when_a_stage_fails() {
     let calls = Calls::default();
     let (c1, c2) = (calls.clone(), calls.clone());
@@ -565,5 +585,21 @@ mod async_stages {
                 "{report}"
             );
         });
+    }
+
+    #[test]
+    fn an_async_join_counts_what_it_takes_and_what_it_hands_on() {
+        use futures_util::StreamExt;
+        let total = async_task(|upstream: pyper::UpstreamStream<u64>| async move {
+            upstream.fold(0, |sum, x| async move { sum + x }).await
+        })
+        .name("total")
+        .join();
+        let mut output = (task(|x: u64| x) | total).feed(0..1000);
+        assert_eq!(output.next().unwrap().unwrap(), 499_500);
+        assert!(output.next().is_none());
+        let metrics = output.metrics();
+        let total = metrics.stage("total").unwrap();
+        assert_eq!((total.items_in, total.items_out), (1000, 1));
     }
 }
