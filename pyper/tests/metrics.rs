@@ -442,6 +442,51 @@ fn progress_bars_stay_off_when_output_is_piped() {
     assert!(!trace["traceEvents"].as_array().unwrap().is_empty());
 }
 
+/// Runs the main example under a pseudo-terminal (util-linux's `script`), with progress
+/// bars asked for: they draw, and are cleared when the run ends, whether it completes or
+/// fails, before the program prints anything more.
+#[test]
+fn progress_bars_draw_on_a_terminal_and_are_cleared_when_the_run_ends() {
+    let _serial = serial();
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: util-linux's `script` is not installed");
+        return;
+    }
+    let example = example_path("crawl_report");
+    for (args, succeeds, printed_after) in [
+        ("--pages 3", true, "Most frequent words"),
+        ("--pages 3 --broken-link", false, "error:"),
+    ] {
+        let command = format!("{} {args}", example.display());
+        let output = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("PYPER_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.success(), succeeds, "{output:?}");
+        let screen = String::from_utf8_lossy(&output.stdout);
+        let last_bar = screen
+            .rfind(" out · ")
+            .expect("the bars drew on the terminal");
+        let after = &screen[last_bar..];
+        let printed = after
+            .find(printed_after)
+            .expect("the program printed after the run");
+        assert!(
+            after[..printed].contains("\u{1b}[2K"),
+            "the bars were erased before the program printed again"
+        );
+        assert!(
+            !after[printed..].contains(" out · "),
+            "no bar drew after the run ended"
+        );
+    }
+}
+
 /// Examples are built next to the test binaries: `target/<profile>/examples/<name>`.
 fn example_path(name: &str) -> std::path::PathBuf {
     let test_binary = std::env::current_exe().unwrap();
