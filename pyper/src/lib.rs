@@ -94,9 +94,13 @@
 //! * **Ordering** can be kept through multi-worker stages with [`Task::ordered`].
 //! * **The GIL.** Pyper needs processes for CPU-bound work; Rust threads run in parallel,
 //!   so `workers(n)` on a CPU-bound task uses `n` cores.
-#![forbid(unsafe_code)]
+// The one exception, `process/entry.rs`, allows it for one function, and argues it there.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
+
+#[cfg(all(feature = "process", not(unix)))]
+compile_error!("the `process` feature needs a Unix system (it uses Unix domain sockets)");
 
 #[cfg(feature = "async")]
 mod async_task;
@@ -106,6 +110,8 @@ mod error;
 mod fault;
 mod output;
 mod pipeline;
+#[cfg(feature = "process")]
+mod process;
 mod queue;
 mod run;
 #[cfg(feature = "async")]
@@ -133,6 +139,8 @@ pub use output::{Canceller, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+#[cfg(feature = "process")]
+pub use process::{init, process_task, try_process_task, RemoteError, WorkerDied};
 #[cfg(feature = "async")]
 pub use stream::{OutputStream, UpstreamStream};
 pub use task::{task, try_task, Task, DEFAULT_THROTTLE};

@@ -66,6 +66,8 @@ pub(crate) enum Body<I, O> {
     AsyncEach(AsyncFn<I, O>),
     #[cfg(feature = "async")]
     AsyncJoin(AsyncFn<Upstream<I>, O>),
+    #[cfg(feature = "process")]
+    Process(crate::process::ProcessFn<I, O>),
     Invalid(&'static str),
 }
 
@@ -146,6 +148,8 @@ impl<I, O> Task<I, O> {
             Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapter)),
             Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapter)),
             Body::Each(_) | Body::Join(_) => Body::Invalid(sync_error),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid(sync_error),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -303,6 +307,11 @@ impl<I, O> Task<I, O> {
             Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapters.stream)),
+            #[cfg(feature = "process")]
+            Body::Process(process) => {
+                let decode = adapt(std::sync::Arc::clone(&process.decode), adapters.each);
+                Body::Process(process.with_decode(decode))
+            }
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -449,6 +458,8 @@ where
             #[cfg(feature = "async")]
             Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
             Body::Join(_) => Body::Invalid("join() was applied twice"),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid("a process task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -527,6 +538,8 @@ impl<I, O> Clone for Task<I, O> {
                 Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
                 #[cfg(feature = "async")]
                 Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
+                #[cfg(feature = "process")]
+                Body::Process(process) => Body::Process(process.clone()),
                 Body::Invalid(why) => Body::Invalid(why),
             },
             options: self.options.clone(),
@@ -561,10 +574,18 @@ where
                 "timeout must be longer than zero",
             ));
         }
-        if self.options.faults.timeout.is_some() || self.options.faults.retries > 0 {
+        #[cfg(feature = "process")]
+        if let Body::Process(_) = self.body {
+            crate::process::may_spawn().map_err(|why| Error::config(Some(&name), why))?;
+        }
+        let applies_faults = self.body.is_process();
+        if !applies_faults
+            && (self.options.faults.timeout.is_some() || self.options.faults.retries > 0)
+        {
             return Err(Error::config(
                 Some(&name),
-                "timeout and retries are not implemented yet",
+                "timeout and retries are not implemented yet for this kind of task (only for \
+                 process tasks)",
             ));
         }
         if self.options.workers == 0 {
@@ -590,6 +611,26 @@ where
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
             sequencer
         });
+        #[cfg(feature = "process")]
+        if let Body::Process(body) = &self.body {
+            let children = Arc::new(crate::process::Children::default());
+            launcher.state.register(Box::new(Arc::clone(&children)));
+            let stage = Arc::new(crate::process::ProcessStage {
+                name: Arc::clone(&name),
+                run: Arc::clone(&launcher.state),
+                body: body.clone(),
+                faults: self.options.faults,
+                children,
+                sequencer,
+            });
+            for _ in 0..self.options.workers {
+                let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+                launcher.spawn(&name, self.options.daemon, move || {
+                    crate::process::work(stage, input, output)
+                });
+            }
+            return next_input;
+        }
         let body = match &self.body {
             Body::Each(each) => match sequencer {
                 Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
@@ -600,6 +641,8 @@ where
             Body::AsyncEach(each) => StageBody::AsyncEach(Arc::clone(each), ordered),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
+            #[cfg(feature = "process")]
+            Body::Process(_) => unreachable!("process tasks were launched above"),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
         };
         let stage = Arc::new(Stage {
@@ -645,8 +688,18 @@ impl<I, O> Body<I, O> {
         }
     }
 
+    fn is_process(&self) -> bool {
+        match self {
+            #[cfg(feature = "process")]
+            Body::Process(_) => true,
+            _ => false,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "process")]
+            Body::Process(_) => "process",
             Body::Each(_) => "each",
             Body::Join(_) => "join",
             #[cfg(feature = "async")]
