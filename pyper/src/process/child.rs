@@ -44,7 +44,12 @@ pub fn init() {
         return;
     };
     SERVING.store(true, Ordering::SeqCst);
-    let code = match serve_parent(&address) {
+    let token = std::env::var_os(protocol::TOKEN_ENV).unwrap_or_default();
+    // Programs that the task's function starts must not take themselves for workers.
+    // `init` runs first thing in `main`, before the program has threads of its own.
+    std::env::remove_var(protocol::ADDRESS_ENV);
+    std::env::remove_var(protocol::TOKEN_ENV);
+    let code = match serve_parent(&address, &token) {
         Ok(()) => 0,
         Err(why) => {
             eprintln!("pyper process worker {}: {why}", std::process::id());
@@ -58,7 +63,7 @@ pub fn init() {
 /// Whether this process may start process stages: not if it is a worker whose `main` went
 /// past the missing `init` line, which would otherwise start workers of its own, forever.
 pub(crate) fn may_spawn() -> Result<(), &'static str> {
-    if std::env::var_os(protocol::ADDRESS_ENV).is_some() && !SERVING.load(Ordering::SeqCst) {
+    if !SERVING.load(Ordering::SeqCst) && std::env::var_os(protocol::ADDRESS_ENV).is_some() {
         return Err(
             "this process was started as a process-task worker, but `pyper::init()` \
                     did not run: make it the first line of `main` (in integration tests, put \
@@ -84,8 +89,8 @@ pub(crate) enum Reply {
     Panicked(String),
 }
 
-fn serve_parent(address: &std::ffi::OsStr) -> Result<(), String> {
-    let token = std::env::var(protocol::TOKEN_ENV).map_err(|_| "no token in the environment")?;
+fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<(), String> {
+    let token = token.to_str().ok_or("no token in the environment")?;
     let stream = super::connect(address).map_err(|error| format!("cannot connect: {error}"))?;
     let output = stream.try_clone().map_err(|error| error.to_string())?;
     let mut serve = Serve {

@@ -192,8 +192,8 @@ fn encode<I: Serialize>(item: &I) -> Result<Vec<u8>, BoxError> {
 /// defines, `__pyper_process_worker`, which calls [`init`]. In a normal test run that test
 /// does nothing and passes.
 ///
-/// ```ignore
-/// // tests/my_processes.rs
+/// ```no_run
+/// // tests/my_processes.rs (`no_run`: a doctest is no test crate)
 /// pyper::process_test_support!();
 ///
 /// #[test]

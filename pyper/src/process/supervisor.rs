@@ -495,7 +495,15 @@ impl Worker {
             Err(Gone::Broken(error)) => return Err(io_error(error)),
         };
         worker.output = stream.try_clone().map_err(io_error)?;
+        // From here on, a cancel wakes this thread if it waits for the worker.
+        let registered = stream
+            .try_clone()
+            .map(|stream| stage.children.add(id, stream))
+            .map_err(io_error)?;
         worker.input = BufReader::new(stream);
+        if !registered {
+            return Err(Halt::Stop);
+        }
         // The handshake: the token, then the setup, then the worker's answer.
         let handshake = (|| -> io::Result<Result<(), String>> {
             worker.set_read_timeout(Some(HANDSHAKE))?;
@@ -529,14 +537,6 @@ impl Worker {
                 return Err(Halt::Stop);
             }
             Err(error) => return Err(setup_error(format!("worker handshake failed: {error}"))),
-        }
-        let registered = worker
-            .output
-            .try_clone()
-            .map(|stream| stage.children.add(id, stream))
-            .map_err(io_error)?;
-        if !registered {
-            return Err(Halt::Stop);
         }
         Ok(worker)
     }
