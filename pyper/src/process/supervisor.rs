@@ -21,7 +21,7 @@ use crate::queue::{Close, Receiver, Sender};
 use crate::run::RunState;
 use crate::sequencer::Sequencer;
 use crate::sync::{self, Arc};
-use crate::worker::{BatchLimit, Collect, Emit, Fault, Outlet};
+use crate::worker::{Collect, Emit, Fault, Outlet, MAX_BATCH};
 
 /// How long a new worker process may take to connect and say it is ready. Generous: a
 /// worker is a fresh start of the whole program, on a machine that may be busy.
@@ -33,6 +33,30 @@ const GRACE: Duration = Duration::from_secs(2);
 /// How many times in a row a worker may die between items before the stage gives up:
 /// such deaths have no item to blame, so they are not retried as an item's would be.
 const IDLE_DEATHS: u32 = 3;
+
+/// How long the items of one batch should take in the worker process. Twenty times a
+/// thread worker's 50 µs: a batch costs a round trip between processes (tens of µs), so
+/// quick items travel in batches of up to [`MAX_BATCH`], while items slower than this
+/// still go one at a time, so they spread over the stage's workers.
+const BATCH_TIME: Duration = Duration::from_millis(1);
+
+/// How many ready items a process worker takes at once: a thread worker's `BatchLimit`
+/// with [`BATCH_TIME`] as its target.
+struct BatchLimit {
+    limit: usize,
+}
+
+impl BatchLimit {
+    fn new() -> Self {
+        BatchLimit { limit: 1 }
+    }
+
+    fn adapt(&mut self, started: Instant, count: usize) {
+        let per_item = started.elapsed() / count.max(1) as u32;
+        let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
+        self.limit = fits.clamp(1, MAX_BATCH).min(self.limit * 2);
+    }
+}
 
 /// What one process stage's worker threads share.
 pub(crate) struct ProcessStage<I, O> {
@@ -167,8 +191,8 @@ impl<I, O> Supervisor<'_, I, O> {
         let mut outlet = Outlet::new(output, &stage.run);
         let mut batch = Vec::new();
         let mut limit = BatchLimit::new();
-        while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
-            let started = limit.start();
+        while let Some(first) = input.pop_batch(&mut batch, limit.limit) {
+            let started = Instant::now();
             let count = batch.len();
             let now = Instant::now();
             let mut todo = VecDeque::with_capacity(count);
