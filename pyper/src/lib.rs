@@ -94,6 +94,12 @@
 //! * **Ordering** can be kept through multi-worker stages with [`Task::ordered`].
 //! * **The GIL.** Pyper needs processes for CPU-bound work; Rust threads run in parallel,
 //!   so `workers(n)` on a CPU-bound task uses `n` cores.
+//! * **Processes** are for isolation, not speed. With the `process` feature,
+//!   `process_task(f)` runs `f` in worker processes of the same executable, so a crash, an
+//!   abort or a hang (with a `timeout`) costs one worker process, not the program. `f` is a
+//!   function pointer rather than Pyper's `multiprocess=True` on any task, because a
+//!   boxed closure cannot be found again in another process; the program calls
+//!   `pyper::init()` first thing in `main`.
 // The one exception, `process/entry.rs`, allows it for one function, and argues it there.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]

@@ -29,6 +29,21 @@
 //!   That is why a process task takes a `fn` pointer, never a capturing closure, and why
 //!   pyper must be linked into the executable (the default; not as a Rust `dylib`).
 //!
+//! # Lifetimes
+//!
+//! A worker process lives as long as its worker thread: it is started on the thread's
+//! first batch, replaced when it dies or is killed, told to exit (by the end of its
+//! connection) when the stage's input ends, and killed when the run is cancelled, fails or
+//! is dropped; either way it is reaped before the thread ends, so no zombie is left. A
+//! cancel shuts the stage's connections down (`Children`), which wakes a thread blocked on
+//! a reply. A worker whose parent dies sees its connection end and exits when it next
+//! waits for an item; an item it is running then runs to its end (ending it at once would
+//! take `prctl(PR_SET_PDEATHSIG)`, that is `unsafe` FFI for little gain).
+//!
+//! In a test binary, a worker is libtest running the one test that
+//! [`process_test_support!`](crate::process_test_support) defines, so libtest's "running 1
+//! test" line appears on stdout once per worker.
+//!
 //! # Why not `procspawn`
 //!
 //! [procspawn](https://docs.rs/procspawn) re-executes the binary the same way, and its
