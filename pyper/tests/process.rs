@@ -318,6 +318,35 @@ fn process_stages_compose_with_thread_stages() {
     serial.done();
 }
 
+/// Run by `scripts/test.sh` with `--features async,process`.
+#[cfg(feature = "async")]
+#[test]
+fn process_stages_compose_with_async_stages() {
+    let serial = serial();
+    let mut out = with_timeout(60, || {
+        let pipeline = pyper::async_task(|x: u64| async move { x + 1 }).workers(8)
+            | process_task(square).workers(2)
+            | pyper::async_task(|x: u64| async move { x * 2 }).workers(8);
+        pipeline
+            .feed(0..500)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    out.sort_unstable();
+    let mut expected: Vec<u64> = (0..500).map(|x| square(x + 1) * 2).collect();
+    expected.sort_unstable();
+    assert_eq!(out, expected);
+    let err = with_timeout(60, || {
+        let pipeline = pyper::async_task(|x: u32| async move { x }).workers(4)
+            | try_process_task(read_table).name("read table")
+            | pyper::async_task(|x: u32| async move { x });
+        pipeline.feed(0..10).find_map(Result::err).unwrap()
+    });
+    assert_eq!(err.stage(), Some("read table"));
+    assert_eq!(err.item(), Some(5));
+    serial.done();
+}
+
 #[test]
 fn a_process_task_can_branch() {
     let serial = serial();
