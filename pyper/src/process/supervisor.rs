@@ -194,7 +194,6 @@ impl<I, O> Supervisor<'_, I, O> {
         while let Some(first) = input.pop_batch(&mut batch, limit.limit) {
             let started = Instant::now();
             let count = batch.len();
-            let now = Instant::now();
             let mut todo = VecDeque::with_capacity(count);
             for (index, item) in (first..).zip(batch.drain(..)) {
                 let bytes = (stage.body.encode)(&item)
@@ -203,7 +202,7 @@ impl<I, O> Supervisor<'_, I, O> {
                     index,
                     bytes,
                     causes: Vec::new(),
-                    not_before: now,
+                    not_before: started,
                 });
             }
             match &stage.sequencer {
