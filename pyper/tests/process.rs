@@ -596,6 +596,89 @@ fn a_failure_elsewhere_stops_busy_worker_processes() {
     serial.done();
 }
 
+/// Panics on the first attempt at each item, then returns the worker's pid.
+fn pid_after_a_panic(job: Job) -> u32 {
+    let marker = Path::new(&job.dir).join(job.value.to_string());
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok()
+    {
+        panic!("first attempt at {}", job.value);
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_worker_survives_the_panics_it_catches() {
+    let serial = serial();
+    let markers = Markers::new();
+    let jobs: Vec<Job> = (0..5)
+        .map(|value| markers.job(value, Failure::Panic, 1))
+        .collect();
+    let pids = with_timeout(60, move || {
+        let stage = process_task(pid_after_a_panic).retries(1);
+        stage.feed(jobs).map(Result::unwrap).collect::<Vec<_>>()
+    });
+    assert_eq!(pids.len(), 5);
+    assert!(pids.iter().all(|&pid| pid == pids[0]), "{pids:?}");
+    serial.done();
+}
+
+/// Runs in a child test process of [`workers_exit_when_their_parent_is_killed`] only:
+/// starts one worker, says its pid, and waits to be killed.
+#[test]
+fn inner_orphan_a_worker() {
+    if std::env::var_os("PYPER_TEST_INNER").is_none() {
+        return;
+    }
+    // One item, then an input that never ends: the worker stays, idle.
+    let inputs = std::iter::once(3).chain(std::iter::from_fn(|| {
+        std::thread::sleep(Duration::from_secs(3600));
+        None
+    }));
+    let mut output = process_task(square).feed(inputs);
+    assert_eq!(output.next().unwrap().unwrap(), 9);
+    println!("worker pids: {:?}", children());
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn workers_exit_when_their_parent_is_killed() {
+    use std::io::BufRead;
+    let serial = serial();
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["inner_orphan_a_worker", "--exact", "--nocapture", "-q"])
+        .env("PYPER_TEST_INNER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(parent.stdout.take().unwrap());
+    let line = with_timeout(60, move || {
+        stdout
+            .lines()
+            .map(Result::unwrap)
+            .find(|line| line.starts_with("worker pids: "))
+            .expect("the inner test says its worker's pid")
+    });
+    let pids: Vec<u32> = line["worker pids: [".len()..line.len() - 1]
+        .split(", ")
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "{line}");
+    parent.kill().unwrap(); // SIGKILL: no cleanup code runs in the parent
+    parent.wait().unwrap();
+    // The orphan sees its connection end and exits (a zombie until someone reaps it).
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+            .unwrap_or(true)
+    };
+    wait_until("the orphaned worker exits", || gone(pids[0]));
+    serial.done();
+}
+
 // ---------------------------------------------------------------------------------------
 // Output of the workers
 
