@@ -679,6 +679,29 @@ fn workers_exit_when_their_parent_is_killed() {
     serial.done();
 }
 
+#[test]
+fn a_cancel_cuts_a_backoff_short() {
+    let serial = serial();
+    let markers = Markers::new();
+    let job = markers.job(0, Failure::Error, 1);
+    let first_attempt = markers.0.join("0-0");
+    with_timeout(60, move || {
+        let stage = try_process_task(run_job)
+            .retries(1)
+            .backoff(pyper::Backoff::fixed(Duration::from_secs(3600)));
+        let mut output = stage.feed([job]);
+        let canceller = output.canceller();
+        let cancel = std::thread::spawn(move || {
+            wait_until("the first attempt is made", || first_attempt.exists());
+            canceller.cancel();
+        });
+        // Ends without the retry, an hour away: the cancel ends the wait.
+        assert!(output.next().is_none());
+        cancel.join().unwrap();
+    });
+    serial.done();
+}
+
 // ---------------------------------------------------------------------------------------
 // Output of the workers
 

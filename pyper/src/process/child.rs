@@ -196,30 +196,32 @@ where
     O: Serialize,
     E: Into<BoxError>,
 {
-    let input: I = match postcard::from_bytes(item) {
-        Ok(input) => input,
-        Err(error) => return Reply::Failed(vec![format!("cannot decode the item: {error}")]),
-    };
-    let result = catch_unwind(AssertUnwindSafe(|| f(input)));
+    // The item's `Deserialize` and the output's `Serialize` are user code too.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let input: I = match postcard::from_bytes(item) {
+            Ok(input) => input,
+            Err(error) => return Reply::Failed(vec![format!("cannot decode the item: {error}")]),
+        };
+        match f(input) {
+            Ok(output) => match postcard::to_stdvec(&output) {
+                Ok(bytes) => Reply::Done(bytes),
+                Err(error) => Reply::Failed(vec![format!("cannot encode the output: {error}")]),
+            },
+            Err(error) => {
+                let error: BoxError = error.into();
+                let mut chain = Vec::new();
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+                while let Some(error) = cause {
+                    chain.push(error.to_string());
+                    cause = error.source();
+                }
+                Reply::Failed(chain)
+            }
+        }
+    }));
     // Anything printed so far reaches the terminal before the reply does.
     let _ = std::io::stdout().flush();
-    match result {
-        Ok(Ok(output)) => match postcard::to_stdvec(&output) {
-            Ok(bytes) => Reply::Done(bytes),
-            Err(error) => Reply::Failed(vec![format!("cannot encode the output: {error}")]),
-        },
-        Ok(Err(error)) => {
-            let error: BoxError = error.into();
-            let mut chain = Vec::new();
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-            while let Some(error) = cause {
-                chain.push(error.to_string());
-                cause = error.source();
-            }
-            Reply::Failed(chain)
-        }
-        Err(payload) => Reply::Panicked(panic_message(payload)),
-    }
+    result.unwrap_or_else(|payload| Reply::Panicked(panic_message(payload)))
 }
 
 pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {

@@ -196,6 +196,7 @@ impl<I, O> Supervisor<'_, I, O> {
             let count = batch.len();
             let mut todo = VecDeque::with_capacity(count);
             for (index, item) in (first..).zip(batch.drain(..)) {
+                self.current_item = Some(index);
                 let bytes = (stage.body.encode)(&item)
                     .map_err(|error| Halt::Fail(Error::failed(&stage.name, Some(index), error)))?;
                 todo.push_back(Attempt {
