@@ -469,7 +469,12 @@ impl Worker {
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let token = random_token(id);
         let (listener, address) = super::listen(&format!("{id}-{token:016x}")).map_err(io_error)?;
-        let spawned = Command::new(executable())
+        let mut command = Command::new(executable());
+        if let Some(name) = std::env::args_os().next() {
+            // Shown by `ps` (whose short name for the worker is `exe`, from the path).
+            std::os::unix::process::CommandExt::arg0(&mut command, name);
+        }
+        let spawned = command
             .args(WORKER_ARGS)
             .env(ADDRESS_ENV, &address)
             .env(TOKEN_ENV, token.to_string())
