@@ -621,6 +621,7 @@ where
                 body: body.clone(),
                 faults: self.options.faults,
                 children,
+                in_order: self.options.workers == 1 && self.options.faults.retries > 0,
                 sequencer,
             });
             for _ in 0..self.options.workers {

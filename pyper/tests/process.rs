@@ -757,7 +757,9 @@ proptest! {
 
     /// Random items with random failures and retries: every item is in the output exactly
     /// once, or the run fails and names an item that failed more often than retried; never
-    /// a lost or duplicated item.
+    /// a lost or duplicated item, and the input order kept where it is promised. (The seed
+    /// in `process.proptest-regressions` found a retried item overtaken by the next ones
+    /// in a one-worker stage.)
     #[test]
     fn every_item_is_output_once_or_named_in_the_error(
         plan in proptest::collection::vec((failure(), 0u32..3), 1..8),
@@ -799,7 +801,8 @@ proptest! {
         sorted.sort_unstable();
         sorted.dedup();
         prop_assert_eq!(sorted.len(), outputs.len(), "duplicated outputs: {:?}", outputs);
-        if ordered {
+        // One worker is in order too, retried items included.
+        if ordered || workers == 1 {
             prop_assert!(outputs.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", outputs);
         }
         for value in &outputs {

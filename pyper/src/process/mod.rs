@@ -23,7 +23,9 @@
 //!   round trip; replying per item means that when a worker dies or overruns its
 //!   [`timeout`](crate::Task::timeout), the parent knows exactly which item it was on:
 //!   that item fails (or is retried), the worker is killed, reaped and replaced, and the
-//!   rest of the batch is sent to the replacement.
+//!   rest of the batch is sent to the replacement. A retried item is re-sent after the
+//!   rest of its batch; when order is promised (an `ordered` stage, or one worker), the
+//!   batch's outputs wait until every item of the batch is done, and leave in order.
 //! * The worker finds the function by its offset from a known function of the same
 //!   executable (`entry.rs`, the crate's only `unsafe` code, argues why that is sound).
 //!   That is why a process task takes a `fn` pointer, never a capturing closure, and why

@@ -66,6 +66,10 @@ pub(crate) struct ProcessStage<I, O> {
     pub(crate) faults: FaultPolicy,
     pub(crate) children: Arc<Children>,
     pub(crate) sequencer: Option<Arc<Sequencer<O>>>,
+    /// Whether a batch's outputs must leave in input order although there is no sequencer:
+    /// a stage with one worker is in order, and a retried item must not fall behind the
+    /// items after it.
+    pub(crate) in_order: bool,
 }
 
 /// The connections to a stage's live worker processes. Cancelling the run shuts them
@@ -206,15 +210,23 @@ impl<I, O> Supervisor<'_, I, O> {
                     not_before: started,
                 });
             }
+            let mut slots = Slots {
+                first,
+                outputs: Vec::new(),
+                run: &stage.run,
+            };
             match &stage.sequencer {
-                None => self.run_batch(todo, &mut outlet)?,
+                None if !stage.in_order => self.run_batch(todo, &mut outlet)?,
+                None => {
+                    slots.outputs = (0..count).map(|_| Vec::new()).collect();
+                    self.run_batch(todo, &mut slots)?;
+                    for item in slots.outputs.into_iter().flatten() {
+                        outlet.emit(item)?;
+                    }
+                }
                 Some(sequencer) => {
                     sequencer.wait_turn(first)?;
-                    let mut slots = Slots {
-                        first,
-                        outputs: (0..count).map(|_| Vec::new()).collect(),
-                        run: &stage.run,
-                    };
+                    slots.outputs = (0..count).map(|_| Vec::new()).collect();
                     self.run_batch(todo, &mut slots)?;
                     let items = slots.outputs.into_iter().flatten().collect();
                     let mut ready = sequencer.complete(first, count as u64, items)?;
