@@ -56,6 +56,9 @@ struct Options {
 }
 
 fn main() -> ExitCode {
+    // The `process` scenario's worker processes are this binary again: they serve here
+    // and never return.
+    pyper::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         return child::main(&args[1..]);

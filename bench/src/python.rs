@@ -119,7 +119,36 @@ if __name__ == "__main__":
 "#,
 };
 
-const SCRIPTS: [&Script; 2] = [&OVERHEAD, &CONSIDERATIONS];
+/// `process`: a generator source task and one trivial task on 2 worker processes.
+pub static PROCESS: Script = Script {
+    file: "process.py",
+    body: r#"
+from pyper import task
+
+
+def source(limit):
+    for i in range(limit):
+        yield i
+
+
+def step(x):
+    return x + 1
+
+
+def run(items):
+    pipeline = task(source, branch=True) | task(step, workers=2, multiprocess=True)
+    total = 0
+    for x in pipeline(items):
+        total += x
+    return total
+
+
+if __name__ == "__main__":
+    measure(run)
+"#,
+};
+
+const SCRIPTS: [&Script; 3] = [&OVERHEAD, &CONSIDERATIONS, &PROCESS];
 
 /// A ready venv with python-pyper and the scripts written out.
 pub struct Python {

@@ -137,6 +137,8 @@ where
                 Body::Invalid("a sync join task reads an `Upstream`, not an `UpstreamStream`")
             }
             Body::Join(_) | Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid("a process task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {

@@ -100,9 +100,19 @@
 //! * **Ordering** can be kept through multi-worker stages with [`Task::ordered`].
 //! * **The GIL.** Pyper needs processes for CPU-bound work; Rust threads run in parallel,
 //!   so `workers(n)` on a CPU-bound task uses `n` cores.
-#![forbid(unsafe_code)]
+//! * **Processes** are for isolation, not speed. With the `process` feature,
+//!   `process_task(f)` runs `f` in worker processes of the same executable, so a crash, an
+//!   abort or a hang (with a `timeout`) costs one worker process, not the program. `f` is a
+//!   function pointer rather than Pyper's `multiprocess=True` on any task, because a
+//!   boxed closure cannot be found again in another process; the program calls
+//!   `pyper::init()` first thing in `main`.
+// The one exception, `process/entry.rs`, allows it for one function, and argues it there.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
+
+#[cfg(all(feature = "process", not(unix)))]
+compile_error!("the `process` feature needs a Unix system (it uses Unix domain sockets)");
 
 #[cfg(feature = "async")]
 mod async_retry;
@@ -117,6 +127,8 @@ mod metrics;
 mod observe;
 mod output;
 mod pipeline;
+#[cfg(feature = "process")]
+mod process;
 mod progress;
 mod queue;
 mod report;
@@ -150,6 +162,8 @@ pub use output::{Canceller, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+#[cfg(feature = "process")]
+pub use process::{init, process_task, try_process_task, RemoteError, WorkerDied};
 pub use progress::PROGRESS_ENV;
 pub use report::{Bound, Report, StageReport};
 #[cfg(feature = "async")]

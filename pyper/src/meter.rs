@@ -290,6 +290,14 @@ impl WorkerMeter {
         }
     }
 
+    /// The CPU time and the wait for a core of the processes this worker ran its items in.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn set_process_times(&self, times: ProcessTimes) {
+        self.cpu.set(times.cpu);
+        self.runnable.set(times.runnable);
+        self.has_cpu.store(true, Relaxed);
+    }
+
     /// An async driver has ended.
     #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn finished(&self) {
@@ -360,6 +368,21 @@ impl Recorder {
         }
     }
 
+    /// Starts recording for a worker whose work runs in another process: the thread's own
+    /// CPU clock says nothing about it, so the caller reports the process's times with
+    /// [`WorkerMeter::set_process_times`].
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn begin_elsewhere(meter: Arc<WorkerMeter>) -> Self {
+        meter.activity.store(Activity::Busy as u8, Relaxed);
+        Recorder {
+            meter,
+            runnable_at_start: None,
+            cpu_at_start: None,
+            cpu_read_at: Instant::now(),
+            blocked_seen: 0,
+        }
+    }
+
     /// A batch begins: the clock reading to pass to [`batch`](Self::batch).
     #[inline]
     pub(crate) fn batch_begins(&mut self) -> Instant {
@@ -423,6 +446,41 @@ impl Drop for Recorder {
             self.meter.runnable.set(end.saturating_sub(start));
         }
         self.meter.activity.store(Activity::Done as u8, Relaxed);
+    }
+}
+
+/// A process's CPU time and its time ready to run but waiting for a core, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ProcessTimes {
+    pub(crate) cpu: u64,
+    pub(crate) runnable: u64,
+}
+
+impl ProcessTimes {
+    /// Sums them over the threads of process `pid`, from `/proc/<pid>/task/*/schedstat`
+    /// (Linux), while the process lives. (The process's own `schedstat` covers only its
+    /// main thread, and the work may run on another: libtest's, in a test binary.)
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn of(pid: u32) -> Option<Self> {
+        let mut total = ProcessTimes::default();
+        for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Ok(stat) = std::fs::read_to_string(thread.ok()?.path().join("schedstat")) else {
+                continue; // the thread has just ended
+            };
+            let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+            if let (Some(Ok(cpu)), Some(Ok(runnable))) = (fields.next(), fields.next()) {
+                total = total.plus(ProcessTimes { cpu, runnable });
+            }
+        }
+        Some(total)
+    }
+
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn plus(self, other: Self) -> Self {
+        ProcessTimes {
+            cpu: self.cpu + other.cpu,
+            runnable: self.runnable + other.runnable,
+        }
     }
 }
 

@@ -68,6 +68,8 @@ pub(crate) enum Body<I, O> {
     AsyncEach(AsyncFn<I, O>),
     #[cfg(feature = "async")]
     AsyncJoin(AsyncFn<Upstream<I>, O>),
+    #[cfg(feature = "process")]
+    Process(crate::process::ProcessFn<I, O>),
     Invalid(&'static str),
 }
 
@@ -148,6 +150,8 @@ impl<I, O> Task<I, O> {
             Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapter)),
             Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapter)),
             Body::Each(_) | Body::Join(_) => Body::Invalid(sync_error),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid(sync_error),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -355,6 +359,11 @@ impl<I, O> Task<I, O> {
             Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapters.stream)),
+            #[cfg(feature = "process")]
+            Body::Process(process) => {
+                let decode = adapt(std::sync::Arc::clone(&process.decode), adapters.each);
+                Body::Process(process.with_decode(decode))
+            }
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -541,6 +550,8 @@ where
             #[cfg(feature = "async")]
             Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
             Body::Join(_) => Body::Invalid("join() was applied twice"),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid("a process task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         };
         Task {
@@ -619,6 +630,8 @@ impl<I, O> Clone for Task<I, O> {
                 Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
                 #[cfg(feature = "async")]
                 Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
+                #[cfg(feature = "process")]
+                Body::Process(process) => Body::Process(process.clone()),
                 Body::Invalid(why) => Body::Invalid(why),
             },
             options: self.options.clone(),
@@ -653,6 +666,10 @@ where
                 "timeout must be longer than zero",
             ));
         }
+        #[cfg(feature = "process")]
+        if let Body::Process(_) = self.body {
+            crate::process::may_spawn().map_err(|why| Error::config(Some(&name), why))?;
+        }
         if self.options.faults.is_active() {
             if let Err(why) = self.body.fault_support() {
                 return Err(Error::config(Some(&name), why));
@@ -681,6 +698,33 @@ where
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
             sequencer
         });
+        #[cfg(feature = "process")]
+        if let Body::Process(body) = &self.body {
+            let children = Arc::new(crate::process::Children::default());
+            launcher.state.register(Box::new(Arc::clone(&children)));
+            let stage = Arc::new(crate::process::ProcessStage {
+                name: Arc::clone(&name),
+                run: Arc::clone(&launcher.state),
+                body: body.clone(),
+                faults: self.options.faults,
+                children,
+                in_order: self.options.workers == 1 && self.options.faults.retries > 0,
+                sequencer,
+                meter: launcher.state.meter.stage(
+                    &name,
+                    StageKind::Process,
+                    self.options.workers,
+                    Some(input.depth_gauge()),
+                ),
+            });
+            for _ in 0..self.options.workers {
+                let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
+                launcher.spawn(&name, self.options.daemon, move || {
+                    crate::process::work(stage, input, output)
+                });
+            }
+            return next_input;
+        }
         let faults = self.options.faults;
         // A thread stage applies its fault policy through a guard, with a body per worker.
         let guard = match &self.body {
@@ -706,6 +750,8 @@ where
             ),
             #[cfg(feature = "async")]
             Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
+            #[cfg(feature = "process")]
+            Body::Process(_) => unreachable!("process tasks were launched above"),
             Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
         };
         let kind = match self.body.is_async() {
@@ -780,12 +826,16 @@ impl<I, O> Body<I, O> {
             Body::Join(_) => Err(JOIN_FAULTS),
             #[cfg(feature = "async")]
             Body::AsyncJoin(_) => Err(JOIN_FAULTS),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Ok(()),
             Body::Invalid(why) => Err(why),
         }
     }
 
     fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "process")]
+            Body::Process(_) => "process",
             Body::Each(_) => "each",
             Body::Join(_) => "join",
             #[cfg(feature = "async")]

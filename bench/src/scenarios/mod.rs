@@ -17,6 +17,7 @@ mod io_threads;
 mod memory;
 mod overhead;
 mod overhead_w4;
+mod process;
 
 /// Every scenario, in the order the harness runs and reports them.
 pub fn all() -> Vec<Case> {
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Case> {
         memory::cases(),
         fanout_join::cases(),
         considerations::cases(),
+        process::cases(),
     ]
     .into_iter()
     .flatten()

@@ -1,0 +1,235 @@
+//! The worker side: `init`, and the loop that serves one parent.
+
+use std::any::Any;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::entry::{self, Code};
+use super::protocol::{self, Setup};
+use crate::error::BoxError;
+
+/// Set once `init` has taken over this process as a worker.
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process serve as a process-task worker if it was started as one; returns at
+/// once otherwise. Call it as the first line of `main` in any program that runs
+/// [`process_task`](crate::process_task)s.
+///
+/// A process stage starts its workers by running the program's own executable again, with
+/// a marker in the environment. In such a worker, `init` connects to the parent, runs the
+/// task's function on the items it is sent, and ends the process when the parent is done
+/// with it (or gone): it never returns. Whatever `main` does before `init` is done by every
+/// worker too, so nothing should come before it.
+///
+/// Integration tests have no `main` of their own: put
+/// [`process_test_support!()`](crate::process_test_support) at the root of the test crate
+/// instead. Without either, a process stage fails with an [`Error`](crate::Error) that
+/// names the missing line; it never hangs and never starts workers of workers.
+///
+/// ```
+/// fn main() {
+///     pyper::init();
+///     // The program itself starts here.
+/// }
+/// ```
+// The example is about `main` itself.
+#[allow(clippy::needless_doctest_main)]
+pub fn init() {
+    let Some(address) = std::env::var_os(protocol::ADDRESS_ENV) else {
+        return;
+    };
+    SERVING.store(true, Ordering::SeqCst);
+    let token = std::env::var_os(protocol::TOKEN_ENV).unwrap_or_default();
+    // Programs that the task's function starts must not take themselves for workers.
+    // `init` runs first thing in `main`, before the program has threads of its own.
+    std::env::remove_var(protocol::ADDRESS_ENV);
+    std::env::remove_var(protocol::TOKEN_ENV);
+    let code = match serve_parent(&address, &token) {
+        Ok(()) => 0,
+        Err(why) => {
+            eprintln!("pyper process worker {}: {why}", std::process::id());
+            101
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+/// Whether this process may start process stages: not if it is a worker whose `main` went
+/// past the missing `init` line, which would otherwise start workers of its own, forever.
+pub(crate) fn may_spawn() -> Result<(), &'static str> {
+    if !SERVING.load(Ordering::SeqCst) && std::env::var_os(protocol::ADDRESS_ENV).is_some() {
+        return Err(
+            "this process was started as a process-task worker, but `pyper::init()` \
+                    did not run: make it the first line of `main` (in integration tests, put \
+                    `pyper::process_test_support!();` at the root of the test crate)",
+        );
+    }
+    Ok(())
+}
+
+/// A worker's connection, once it knows which function to serve.
+pub(crate) struct Serve {
+    input: BufReader<UnixStream>,
+    output: UnixStream,
+    scratch: Vec<u8>,
+    fingerprint: i64,
+    user: Code,
+}
+
+/// What one call gave.
+pub(crate) enum Reply {
+    Done(Vec<u8>),
+    Failed(Vec<String>),
+    Panicked(String),
+}
+
+fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<(), String> {
+    let token = token.to_str().ok_or("no token in the environment")?;
+    let stream = super::connect(address).map_err(|error| format!("cannot connect: {error}"))?;
+    let output = stream.try_clone().map_err(|error| error.to_string())?;
+    let mut serve = Serve {
+        input: BufReader::new(stream),
+        output,
+        scratch: Vec::new(),
+        fingerprint: 0,
+        user: Code::of(serve_each::<(), ()>),
+    };
+    let pid = std::process::id().to_le_bytes();
+    serve.send(protocol::HELLO, &[token.as_bytes(), &pid])?;
+    let mut buffer = Vec::new();
+    let setup: Setup = match protocol::read_frame(&mut serve.input, &mut buffer) {
+        Ok(Some(protocol::SETUP)) => {
+            postcard::from_bytes(&buffer).map_err(|error| format!("bad setup: {error}"))?
+        }
+        Ok(None) => return Ok(()),
+        Ok(Some(tag)) => return Err(format!("unexpected message {tag} before setup")),
+        Err(error) => return Err(format!("cannot read the setup: {error}")),
+    };
+    serve.fingerprint = setup.fingerprint;
+    serve.user = setup.user;
+    let entry = match entry::resolve::<Serve, Result<(), String>>(setup.entry, setup.fingerprint) {
+        Ok(entry) => entry,
+        Err(why) => {
+            serve.send(protocol::REFUSED, &[why.as_bytes()])?;
+            return Err(why);
+        }
+    };
+    entry(serve)
+}
+
+impl Serve {
+    fn send(&mut self, tag: u8, parts: &[&[u8]]) -> Result<(), String> {
+        protocol::write_frame(&mut self.output, &mut self.scratch, tag, parts)
+            .map_err(|error| format!("cannot write to the parent: {error}"))
+    }
+
+    /// Resolves the user's function, says whether it could, and then serves it.
+    fn run<A, R>(mut self, mut call: impl FnMut(fn(A) -> R, &[u8]) -> Reply) -> Result<(), String> {
+        let f = match entry::resolve::<A, R>(self.user, self.fingerprint) {
+            Ok(f) => f,
+            Err(why) => {
+                self.send(protocol::REFUSED, &[why.as_bytes()])?;
+                return Err(why);
+            }
+        };
+        self.send(protocol::READY, &[])?;
+        let mut batch = Vec::new();
+        let mut encoded = Vec::new();
+        loop {
+            match protocol::read_frame(&mut self.input, &mut batch) {
+                // The parent is done with us, or gone.
+                Ok(None) => return Ok(()),
+                Ok(Some(protocol::BATCH)) => {}
+                Ok(Some(tag)) => return Err(format!("unexpected message {tag}")),
+                Err(error) => return Err(format!("cannot read from the parent: {error}")),
+            }
+            for item in protocol::items(&batch) {
+                let reply = match item {
+                    Ok(item) => call(f, item),
+                    Err(error) => return Err(error.to_string()),
+                };
+                match reply {
+                    Reply::Done(output) => self.send(protocol::DONE, &[&output])?,
+                    Reply::Failed(chain) => {
+                        encoded = postcard::to_extend(&chain, std::mem::take(&mut encoded))
+                            .map_err(|error| error.to_string())?;
+                        self.send(protocol::FAILED, &[&encoded])?;
+                        encoded.clear();
+                    }
+                    Reply::Panicked(message) => {
+                        self.send(protocol::PANICKED, &[message.as_bytes()])?
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The serving loop of [`process_task`](crate::process_task), one per item and output type.
+pub(crate) fn serve_each<I, O>(serve: Serve) -> Result<(), String>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+{
+    serve.run(|f: fn(I) -> O, item| call(item, |input| Ok::<O, BoxError>(f(input))))
+}
+
+/// The serving loop of [`try_process_task`](crate::try_process_task).
+pub(crate) fn serve_try<I, O, E>(serve: Serve) -> Result<(), String>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+    E: Into<BoxError>,
+{
+    serve.run(|f: fn(I) -> Result<O, E>, item| call(item, f))
+}
+
+fn call<I, O, E>(item: &[u8], f: impl FnOnce(I) -> Result<O, E>) -> Reply
+where
+    I: DeserializeOwned,
+    O: Serialize,
+    E: Into<BoxError>,
+{
+    // The item's `Deserialize` and the output's `Serialize` are user code too.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let input: I = match postcard::from_bytes(item) {
+            Ok(input) => input,
+            Err(error) => return Reply::Failed(vec![format!("cannot decode the item: {error}")]),
+        };
+        match f(input) {
+            Ok(output) => match postcard::to_stdvec(&output) {
+                Ok(bytes) => Reply::Done(bytes),
+                Err(error) => Reply::Failed(vec![format!("cannot encode the output: {error}")]),
+            },
+            Err(error) => {
+                let error: BoxError = error.into();
+                let mut chain = Vec::new();
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+                while let Some(error) = cause {
+                    chain.push(error.to_string());
+                    cause = error.source();
+                }
+                Reply::Failed(chain)
+            }
+        }
+    }));
+    // Anything printed so far reaches the terminal before the reply does.
+    let _ = std::io::stdout().flush();
+    result.unwrap_or_else(|payload| Reply::Panicked(panic_message(payload)))
+}
+
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "Box<dyn Any>".to_owned(),
+        },
+    }
+}
