@@ -167,7 +167,7 @@ where
                 let since = self
                     .meter
                     .as_ref()
-                    .map(|m| m.wait_begins(Activity::Starved));
+                    .and_then(|m| m.wait_begins(Activity::Starved));
                 let popped = input.pop_batch_async(&mut batch, self.free_slots()).await;
                 if let (Some(meter), Some(since)) = (&self.meter, since) {
                     // Every slot of the driver waited.

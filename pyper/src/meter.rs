@@ -220,6 +220,13 @@ pub(crate) struct WorkerMeter {
     pub(crate) runnable: Counter,
     has_cpu: AtomicBool,
     activity: AtomicU8,
+    /// Whether waits for input go untimed, their total being whatever time the worker did
+    /// not spend working or blocked: see [`WorkerMeter::starved`].
+    starved_is_the_rest: AtomicBool,
+    /// When the worker began and, once it ended, how long it lived (0 until then), in
+    /// nanoseconds since the run's start.
+    began: Counter,
+    lifetime: Counter,
     spans: Option<Mutex<Vec<Span>>>,
     run_started: Instant,
 }
@@ -238,16 +245,47 @@ impl WorkerMeter {
             runnable: Counter::default(),
             has_cpu: AtomicBool::new(false),
             activity: AtomicU8::new(Activity::Busy as u8),
+            starved_is_the_rest: AtomicBool::new(false),
+            began: Counter::default(),
+            lifetime: Counter::default(),
             spans: spans.then(|| Mutex::new(Vec::new())),
             run_started,
         }
     }
 
-    /// The worker is about to park on a queue.
+    /// The worker is about to park on a queue. Returns the clock reading to pass to
+    /// [`wait_ends`](Self::wait_ends), or `None` when this wait needs no timing: a wait for
+    /// input of a worker whose starved time is the rest of its time (the clock reads
+    /// would cost a few percent where parking is frequent and items trivial).
     #[inline]
-    pub(crate) fn wait_begins(&self, activity: Activity) -> Instant {
+    pub(crate) fn wait_begins(&self, activity: Activity) -> Option<Instant> {
         self.activity.store(activity as u8, Relaxed);
-        Instant::now()
+        let untimed = activity == Activity::Starved && self.starved_is_the_rest.load(Relaxed);
+        (!untimed).then(Instant::now)
+    }
+
+    /// The end of a wait that [`wait_begins`](Self::wait_begins) did not time.
+    #[inline]
+    pub(crate) fn wait_ends_untimed(&self) {
+        self.activity.store(Activity::Busy as u8, Relaxed);
+    }
+
+    /// Time spent waiting for input: measured, or for a worker whose waits are untimed,
+    /// the part of its life that it spent neither working nor blocked.
+    pub(crate) fn starved(&self) -> Duration {
+        let measured = Duration::from_nanos(self.starved.get());
+        if !self.starved_is_the_rest.load(Relaxed) {
+            return measured;
+        }
+        let lifetime = match self.lifetime.get() {
+            0 => self
+                .run_started
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(self.began.get())),
+            ended => Duration::from_nanos(ended),
+        };
+        let accounted = Duration::from_nanos(self.busy.get() + self.blocked.get());
+        lifetime.saturating_sub(accounted)
     }
 
     /// The worker is back from parking since `since`.
@@ -348,7 +386,8 @@ pub(crate) struct Recorder {
     pub(crate) meter: Arc<WorkerMeter>,
     runnable_at_start: Option<u64>,
     cpu_at_start: Option<Duration>,
-    cpu_read_at: Instant,
+    /// When the CPU clock is due to be read again.
+    next_cpu_read: Instant,
     /// The meter's blocked time when the current batch began.
     blocked_seen: u64,
 }
@@ -358,14 +397,34 @@ impl Recorder {
     pub(crate) fn begin(meter: Arc<WorkerMeter>) -> Self {
         let cpu_at_start = thread_cpu_time();
         meter.has_cpu.store(cpu_at_start.is_some(), Relaxed);
+        Self::start(meter, cpu_at_start, thread_runnable_wait())
+    }
+
+    fn start(
+        meter: Arc<WorkerMeter>,
+        cpu_at_start: Option<Duration>,
+        runnable_at_start: Option<u64>,
+    ) -> Self {
+        let now = Instant::now();
         meter.activity.store(Activity::Busy as u8, Relaxed);
+        let began = now.saturating_duration_since(meter.run_started);
+        meter.began.set(began.as_nanos() as u64);
         Recorder {
             meter,
-            runnable_at_start: thread_runnable_wait(),
+            runnable_at_start,
             cpu_at_start,
-            cpu_read_at: Instant::now(),
+            next_cpu_read: now + CPU_SAMPLE_EVERY,
             blocked_seen: 0,
         }
+    }
+
+    /// For a worker that records every batch of work: its waits for input go untimed, and
+    /// count as whatever time it did not spend working or blocked. (A trace still times
+    /// them, to draw them.)
+    pub(crate) fn starved_is_the_rest(self) -> Self {
+        let untimed = self.meter.spans.is_none();
+        self.meter.starved_is_the_rest.store(untimed, Relaxed);
+        self
     }
 
     /// Starts recording for a worker whose work runs in another process: the thread's own
@@ -373,14 +432,7 @@ impl Recorder {
     /// [`WorkerMeter::set_process_times`].
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn begin_elsewhere(meter: Arc<WorkerMeter>) -> Self {
-        meter.activity.store(Activity::Busy as u8, Relaxed);
-        Recorder {
-            meter,
-            runnable_at_start: None,
-            cpu_at_start: None,
-            cpu_read_at: Instant::now(),
-            blocked_seen: 0,
-        }
+        Self::start(meter, None, None)
     }
 
     /// A batch begins: the clock reading to pass to [`batch`](Self::batch).
@@ -391,15 +443,13 @@ impl Recorder {
     }
 
     /// Records a batch of `items` worked on from `started` (from
-    /// [`batch_begins`](Self::batch_begins)) to `now`.
+    /// [`batch_begins`](Self::batch_begins)) to `now`, which is `took` later.
     #[inline]
-    pub(crate) fn batch(&mut self, started: Instant, now: Instant, items: usize) {
+    pub(crate) fn batch(&mut self, started: Instant, now: Instant, took: Duration, items: usize) {
         // Time spent blocked on a full queue mid-batch (a hand-over) is not work.
         let blocked = self.meter.blocked.get();
         let blocked_meanwhile = Duration::from_nanos(blocked.saturating_sub(self.blocked_seen));
-        let length = now
-            .saturating_duration_since(started)
-            .saturating_sub(blocked_meanwhile);
+        let length = took.saturating_sub(blocked_meanwhile);
         {
             let meter = &*self.meter;
             meter.items_in.add(items as u64);
@@ -408,7 +458,7 @@ impl Recorder {
                 meter.span(started, length, SpanKind::Work, items);
             }
         }
-        if now.saturating_duration_since(self.cpu_read_at) >= CPU_SAMPLE_EVERY {
+        if now >= self.next_cpu_read {
             self.read_cpu(now);
         }
     }
@@ -429,7 +479,7 @@ impl Recorder {
     }
 
     fn read_cpu(&mut self, now: Instant) {
-        self.cpu_read_at = now;
+        self.next_cpu_read = now + CPU_SAMPLE_EVERY;
         if let (Some(start), Some(cpu)) = (self.cpu_at_start, thread_cpu_time()) {
             self.meter
                 .cpu
@@ -441,7 +491,11 @@ impl Recorder {
 impl Drop for Recorder {
     /// The worker has ended (or unwound): a last CPU reading, and it is no longer busy.
     fn drop(&mut self) {
-        self.read_cpu(Instant::now());
+        let now = Instant::now();
+        self.read_cpu(now);
+        let lifetime = now.saturating_duration_since(self.meter.run_started);
+        let lifetime = lifetime.saturating_sub(Duration::from_nanos(self.meter.began.get()));
+        self.meter.lifetime.set((lifetime.as_nanos() as u64).max(1));
         if let (Some(start), Some(end)) = (self.runnable_at_start, thread_runnable_wait()) {
             self.meter.runnable.set(end.saturating_sub(start));
         }

@@ -186,7 +186,7 @@ impl Metrics {
                     metrics.items_in += meter.items_in.get();
                     metrics.items_out += meter.items_out.get();
                     metrics.busy += Duration::from_nanos(meter.busy.get());
-                    metrics.starved += Duration::from_nanos(meter.starved.get());
+                    metrics.starved += meter.starved();
                     metrics.runnable += Duration::from_nanos(meter.runnable.get());
                     metrics.blocked += Duration::from_nanos(meter.blocked.get());
                     if let Some(cpu) = meter.cpu_time() {

@@ -284,21 +284,25 @@ impl<T> Sender<T> {
         let mut state = sync::lock(&shared.state);
         let mut offered = batch.len();
         loop {
-            let pushed = shared.try_push(&mut state, batch);
-            if let (Some(meter), false) = (&self.meter, matches!(pushed, Pushed::Disconnected)) {
-                // Counted by what left the batch; a disconnected queue took nothing.
-                meter.items_out.add((offered - batch.len()) as u64);
-                offered = batch.len();
-            }
-            match pushed {
-                Pushed::All => return Ok(()),
+            match shared.try_push(&mut state, batch) {
+                Pushed::All => {
+                    if let Some(meter) = &self.meter {
+                        meter.items_out.add(offered as u64);
+                    }
+                    return Ok(());
+                }
                 Pushed::Disconnected => return Err(Disconnected),
                 Pushed::Full => {
+                    // Part of the batch may have gone in before the queue filled.
+                    if let Some(meter) = &self.meter {
+                        meter.items_out.add((offered - batch.len()) as u64);
+                    }
+                    offered = batch.len();
                     state.parked_senders += 1;
                     let since = self
                         .meter
                         .as_ref()
-                        .map(|m| m.wait_begins(Activity::Blocked));
+                        .and_then(|m| m.wait_begins(Activity::Blocked));
                     state = sync::wait(&shared.not_full, state);
                     if let (Some(meter), Some(since)) = (&self.meter, since) {
                         meter.wait_ends(Activity::Blocked, since);
@@ -380,8 +384,12 @@ impl<T> Receiver<T> {
                         .as_ref()
                         .map(|m| m.wait_begins(Activity::Starved));
                     state = sync::wait(&shared.not_empty, state);
-                    if let (Some(meter), Some(since)) = (&self.meter, since) {
-                        meter.wait_ends(Activity::Starved, since);
+                    match (&self.meter, since) {
+                        (Some(meter), Some(Some(since))) => {
+                            meter.wait_ends(Activity::Starved, since)
+                        }
+                        (Some(meter), _) => meter.wait_ends_untimed(),
+                        (None, _) => {}
                     }
                     state.parked_receivers.unpark();
                 }

@@ -159,7 +159,11 @@ pub(crate) enum StageBody<I, O> {
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
 pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>) {
     let mut current_item = None;
-    let mut recorder = stage.meter.worker().map(Recorder::begin);
+    let mut recorder = stage.meter.worker().map(|meter| match stage.body {
+        // A join is one long call: its waits for input are timed, to tell them from work.
+        StageBody::Join(_) => Recorder::begin(meter),
+        _ => Recorder::begin(meter).starved_is_the_rest(),
+    });
     let meter = recorder.as_ref().map(|recorder| &recorder.meter);
     let (input, output) = (input.metered(meter), output.metered(meter));
     let mut input = Some(input);
@@ -236,11 +240,12 @@ fn each<I, O>(
         let (called, result) =
             call_batch(stage, body, first, &mut batch, &mut outlet, current_item);
         let now = Instant::now();
+        let took = now.saturating_duration_since(started);
         if let Some(recorder) = recorder.as_deref_mut() {
-            recorder.batch(started, now, called);
+            recorder.batch(started, now, took, called);
         }
         result?;
-        limit.adapt(now.saturating_duration_since(started), count);
+        limit.adapt(took, count);
         outlet.flush()?;
     }
     Ok(())
@@ -293,7 +298,9 @@ fn ordered<I, O>(
             Some(recorder) => {
                 let since = recorder.meter.wait_begins(Activity::Blocked);
                 let turn = sequencer.wait_turn(first);
-                recorder.meter.wait_ends(Activity::Blocked, since);
+                if let Some(since) = since {
+                    recorder.meter.wait_ends(Activity::Blocked, since);
+                }
                 turn?;
             }
             None => sequencer.wait_turn(first)?,
@@ -306,11 +313,12 @@ fn ordered<I, O>(
         let (called, result) =
             call_batch(stage, body, first, &mut batch, &mut outputs, current_item);
         let now = Instant::now();
+        let took = now.saturating_duration_since(started);
         if let Some(recorder) = recorder.as_deref_mut() {
-            recorder.batch(started, now, called);
+            recorder.batch(started, now, took, called);
         }
         result?;
-        limit.adapt(now.saturating_duration_since(started), count);
+        limit.adapt(took, count);
         let mut ready = sequencer.complete(first, count as u64, outputs.items)?;
         while let Some(mut batch) = ready {
             if output.push_all(&mut batch).is_err() {

@@ -258,7 +258,8 @@ impl<I, O> Supervisor<'_, I, O> {
             }
             limit.adapt(started, count);
             if let (Some(recorder), Some(began)) = (self.recorder.as_mut(), batch_began) {
-                recorder.batch(began, crate::sync::Instant::now(), count);
+                let now = Instant::now();
+                recorder.batch(began, now, now.saturating_duration_since(began), count);
             }
             if times_read.elapsed() >= READ_PROCESS_TIMES_EVERY {
                 times_read = Instant::now();
