@@ -291,49 +291,23 @@ impl WorkerMeter {
     /// The worker is back from parking since `since`.
     #[inline]
     pub(crate) fn wait_ends(&self, activity: Activity, since: Instant) {
-        let now = Instant::now();
-        let length = now.saturating_duration_since(since);
-        match activity {
-            Activity::Blocked => self.blocked.add(length.as_nanos() as u64),
-            _ => self.starved.add(length.as_nanos() as u64),
-        }
-        self.activity.store(Activity::Busy as u8, Relaxed);
-        if self.spans.is_some() {
-            let what = match activity {
-                Activity::Blocked => SpanKind::Blocked,
-                _ => SpanKind::Starved,
-            };
-            self.span(since, length, what, 0);
-        }
+        self.wait_ends_for(activity, since, 1);
     }
 
     /// Like [`wait_ends`](Self::wait_ends), for a waiter that stands for `slots` workers
-    /// (an async driver and its futures).
-    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    /// (an async driver and its futures): the wait counts for each of them.
     pub(crate) fn wait_ends_for(&self, activity: Activity, since: Instant, slots: usize) {
-        let length = since
-            .elapsed()
-            .saturating_mul(slots.min(u32::MAX as usize) as u32);
-        match activity {
-            Activity::Blocked => self.blocked.add(length.as_nanos() as u64),
-            _ => self.starved.add(length.as_nanos() as u64),
-        }
+        let length = since.elapsed();
+        let total = length.saturating_mul(slots.min(u32::MAX as usize) as u32);
+        let (counter, what) = match activity {
+            Activity::Blocked => (&self.blocked, SpanKind::Blocked),
+            _ => (&self.starved, SpanKind::Starved),
+        };
+        counter.add(total.as_nanos() as u64);
         self.activity.store(Activity::Busy as u8, Relaxed);
         if self.spans.is_some() {
-            let what = match activity {
-                Activity::Blocked => SpanKind::Blocked,
-                _ => SpanKind::Starved,
-            };
-            self.span(since, since.elapsed(), what, 0);
+            self.span(since, length, what, 0);
         }
-    }
-
-    /// The CPU time and the wait for a core of the processes this worker ran its items in.
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn set_process_times(&self, times: ProcessTimes) {
-        self.cpu.set(times.cpu);
-        self.runnable.set(times.runnable);
-        self.has_cpu.store(true, Relaxed);
     }
 
     /// An async driver has ended.

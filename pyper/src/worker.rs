@@ -239,16 +239,28 @@ fn each<I, O>(
         let count = batch.len();
         let (called, result) =
             call_batch(stage, body, first, &mut batch, &mut outlet, current_item);
-        let now = Instant::now();
-        let took = now.saturating_duration_since(started);
-        if let Some(recorder) = recorder.as_deref_mut() {
-            recorder.batch(started, now, took, called);
-        }
+        end_batch(recorder.as_deref_mut(), &mut limit, started, count, called);
         result?;
-        limit.adapt(took, count);
         outlet.flush()?;
     }
     Ok(())
+}
+
+/// Records a batch that began at `started` (the items it took, the calls it made), and
+/// sizes the next one from how long it took.
+fn end_batch(
+    recorder: Option<&mut Recorder>,
+    limit: &mut BatchLimit,
+    started: Instant,
+    count: usize,
+    called: usize,
+) {
+    let now = Instant::now();
+    let took = now.saturating_duration_since(started);
+    if let Some(recorder) = recorder {
+        recorder.batch(started, now, took, called);
+    }
+    limit.adapt(took, count);
 }
 
 fn begin_batch(recorder: Option<&mut Recorder>) -> Instant {
@@ -312,13 +324,8 @@ fn ordered<I, O>(
         };
         let (called, result) =
             call_batch(stage, body, first, &mut batch, &mut outputs, current_item);
-        let now = Instant::now();
-        let took = now.saturating_duration_since(started);
-        if let Some(recorder) = recorder.as_deref_mut() {
-            recorder.batch(started, now, took, called);
-        }
+        end_batch(recorder.as_deref_mut(), &mut limit, started, count, called);
         result?;
-        limit.adapt(took, count);
         let mut ready = sequencer.complete(first, count as u64, outputs.items)?;
         while let Some(mut batch) = ready {
             if output.push_all(&mut batch).is_err() {
