@@ -310,6 +310,14 @@ impl WorkerMeter {
         }
     }
 
+    /// The CPU time and the wait for a core of the processes this worker ran its items in.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn set_process_times(&self, times: ProcessTimes) {
+        self.cpu.set(times.cpu);
+        self.runnable.set(times.runnable);
+        self.has_cpu.store(true, Relaxed);
+    }
+
     /// An async driver has ended.
     #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) fn finished(&self) {

@@ -17,74 +17,22 @@
 
 #[path = "async_common/mod.rs"]
 mod common;
+mod fault_common;
 
-use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use fault_common::{
+    assert_panicked, check_random_run, outputs_and_error, quiet_panics, run_random, stage_spec,
+    timed, values, Attempts, StageSpec, TestError, GENEROUS, SHORT,
+};
 use futures_util::stream::{self, StreamExt};
 use pyper::{
-    async_task, task, try_async_task, Backoff, Error, ErrorKind, Panicked, RetriesExhausted,
-    TimedOut, UpstreamStream,
+    async_task, task, try_async_task, Backoff, ErrorKind, Panicked, RetriesExhausted, TimedOut,
+    UpstreamStream,
 };
-
-/// Long enough that a future which is not pending on purpose never overruns it.
-const GENEROUS: Duration = Duration::from_secs(30);
-
-/// The limit for futures that are pending on purpose.
-const SHORT: Duration = Duration::from_millis(50);
-
-/// The error the test tasks fail with.
-#[derive(Debug, PartialEq, Eq)]
-struct TestError(u64);
-
-impl fmt::Display for TestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "test error {}", self.0)
-    }
-}
-
-impl std::error::Error for TestError {}
-
-/// Keeps the deliberate panics of these tests out of the test output.
-fn quiet_panics() {
-    static QUIET: Once = Once::new();
-    QUIET.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with("injected") {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Counts the calls per item.
-#[derive(Clone, Default)]
-struct Attempts(Arc<Mutex<HashMap<u64, u32>>>);
-
-impl Attempts {
-    /// Records a call for `item`; returns its 0-based attempt number.
-    fn next(&self, item: u64) -> u32 {
-        let mut counts = self.0.lock().unwrap();
-        let count = counts.entry(item).or_insert(0);
-        *count += 1;
-        *count - 1
-    }
-
-    fn of(&self, item: u64) -> u32 {
-        self.0.lock().unwrap().get(&item).copied().unwrap_or(0)
-    }
-}
 
 /// Sets its flag when dropped: put in a future, it says the future was dropped.
 struct DropFlag(Arc<AtomicBool>);
@@ -93,26 +41,6 @@ impl Drop for DropFlag {
     fn drop(&mut self) {
         self.0.store(true, SeqCst);
     }
-}
-
-fn values<O>(output: impl Iterator<Item = Result<O, Error>>) -> Vec<O> {
-    output
-        .map(|item| item.unwrap_or_else(|error| panic!("unexpected error: {error:#}")))
-        .collect()
-}
-
-/// The outputs before the run's error, and the error, which must be the last item.
-fn outputs_and_error<O>(output: impl Iterator<Item = Result<O, Error>>) -> (Vec<O>, Error) {
-    let mut values = Vec::new();
-    let mut error = None;
-    for item in output {
-        assert!(error.is_none(), "an output came after the error");
-        match item {
-            Ok(value) => values.push(value),
-            Err(failure) => error = Some(failure),
-        }
-    }
-    (values, error.expect("the run fails"))
 }
 
 #[test]
@@ -174,9 +102,7 @@ fn without_retries_a_timed_future_fails_as_it_would_untimed() {
         .name("panicking")
         .timeout(GENEROUS);
         let (_, error) = outputs_and_error(panicking.feed(0..5));
-        assert_eq!(error.kind(), ErrorKind::Panicked);
-        assert_eq!((error.stage(), error.item()), (Some("panicking"), Some(1)));
-        assert_eq!(error.panic_message(), Some("injected 1"));
+        assert_panicked(&error, "panicking", 1, "injected 1");
     });
 }
 
@@ -216,10 +142,7 @@ fn transient_failures_succeed_with_retries_and_every_output_comes_once() {
             .workers(16)
             .retries(3)
             .backoff(Backoff::fixed(Duration::from_micros(50)));
-            let flaky = match timeout {
-                Some(limit) => flaky.timeout(limit),
-                None => flaky,
-            };
+            let flaky = timed(flaky, timeout);
             let mut out = values(flaky.feed(0..300));
             out.sort_unstable();
             assert_eq!(out, (0..300).map(|x| x * 10).collect::<Vec<_>>());
@@ -474,125 +397,45 @@ fn an_async_join_with_a_policy_is_a_configuration_error() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The property: random pipelines of sync and async stages, random failures per attempt.
+// The property: random pipelines of sync and async stages, random failures per attempt (see
+// `fault_common`).
 
+/// A stage of the random pipelines: a thread stage or an async one.
 #[derive(Clone, Debug)]
-struct StageSpec {
+struct MixedStage {
     asynchronous: bool,
-    workers: usize,
-    ordered: bool,
-    retries: u32,
-    timeout: bool,
-    /// Each item becomes two (`2v`, `2v + 1`), through a branch.
-    branch: bool,
-    /// An attempt fails with probability 1 / `fail_one_in`.
-    fail_one_in: u64,
-    salt: u64,
+    spec: StageSpec,
 }
 
-impl StageSpec {
-    /// Whether attempt `attempt` at value `v` fails, and whether by a panic.
-    fn fails(&self, v: u64, attempt: u32) -> Option<bool> {
-        let h = scramble(v ^ self.salt ^ (u64::from(attempt) << 40), u64::MAX);
-        (h % self.fail_one_in == 0).then_some(h & (1 << 20) != 0)
-    }
-
-    fn apply(&self, v: u64) -> Vec<u64> {
-        match self.branch {
-            true => vec![2 * v, 2 * v + 1],
-            false => vec![v + 1_000_000_000],
-        }
-    }
-
-    /// How many attempts the value needs, or `None` if every attempt fails.
-    fn attempts_needed(&self, v: u64) -> Option<u32> {
-        (0..=self.retries).find(|&attempt| self.fails(v, attempt).is_none())
-    }
-
+impl MixedStage {
+    /// The stage, counting its calls in `attempts`.
     fn task(&self, attempts: Attempts) -> pyper::Pipeline<u64, u64> {
-        let spec = self.clone();
-        let outcome = move |v: u64| -> Result<Vec<u64>, TestError> {
-            match spec.fails(v, attempts.next(v)) {
-                Some(true) => panic!("injected panic at {v}"),
-                Some(false) => Err(TestError(v)),
-                None => Ok(spec.apply(v)),
-            }
-        };
-        let stage = match self.asynchronous {
-            false => pyper::try_task(outcome),
+        let body = self.spec.body(attempts);
+        let task = match self.asynchronous {
+            false => pyper::try_task(body),
             true => try_async_task(move |v: u64| {
-                let outcome = outcome.clone();
+                let body = body.clone();
                 async move {
                     tokio::task::yield_now().await;
-                    outcome(v)
+                    body(v)
                 }
             }),
         };
-        let stage = stage
-            .branch()
-            .workers(self.workers)
-            .retries(self.retries)
-            .backoff(Backoff::none());
-        let stage = if self.ordered { stage.ordered() } else { stage };
-        let stage = if self.timeout {
-            stage.timeout(GENEROUS)
-        } else {
-            stage
-        };
-        stage.into()
+        self.spec.stage(task)
     }
 }
 
-fn stage_spec() -> impl proptest::strategy::Strategy<Value = StageSpec> {
+impl std::borrow::Borrow<StageSpec> for MixedStage {
+    fn borrow(&self) -> &StageSpec {
+        &self.spec
+    }
+}
+
+/// Random stages of the property, a thread or an async stage each.
+fn mixed_stage() -> impl proptest::strategy::Strategy<Value = MixedStage> {
     use proptest::prelude::*;
-    (
-        any::<bool>(),
-        1usize..=8,
-        any::<bool>(),
-        prop_oneof![1 => Just(0u32), 4 => 1u32..=3],
-        prop::bool::weighted(0.3),
-        any::<bool>(),
-        prop::sample::select(vec![3u64, 6, 12, 50]),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(asynchronous, workers, ordered, retries, timeout, branch, fail_one_in, salt)| {
-                StageSpec {
-                    asynchronous,
-                    workers,
-                    ordered,
-                    retries,
-                    timeout,
-                    branch,
-                    fail_one_in,
-                    salt,
-                }
-            },
-        )
-}
-
-/// The value an error failed on, from its last cause: a `TestError` or an injected panic.
-fn failed_value(error: &Error, retries: u32) -> u64 {
-    let from_panic = |message: &str| -> u64 {
-        message
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("an injected panic")
-    };
-    if retries == 0 {
-        if let Some(message) = error.panic_message() {
-            return from_panic(message);
-        }
-        return error.downcast_ref::<TestError>().expect("a TestError").0;
-    }
-    let exhausted = error.downcast_ref::<RetriesExhausted>().expect("exhausted");
-    assert_eq!(exhausted.attempts().len() as u32, retries + 1);
-    let last = exhausted.attempts().last().unwrap();
-    match last.downcast_ref::<TestError>() {
-        Some(TestError(v)) => *v,
-        None => from_panic(last.downcast_ref::<Panicked>().expect("a panic").message()),
-    }
+    (any::<bool>(), stage_spec(8, |x| scramble(x, u64::MAX)))
+        .prop_map(|(asynchronous, spec)| MixedStage { asynchronous, spec })
 }
 
 proptest::proptest! {
@@ -600,79 +443,16 @@ proptest::proptest! {
 
     #[test]
     fn every_item_comes_out_once_or_is_named_in_the_error(
-        stages in proptest::collection::vec(stage_spec(), 1..=3),
+        stages in proptest::collection::vec(mixed_stage(), 1..=3),
         inputs in 1u64..60,
     ) {
-        use proptest::prelude::*;
         let _serial = serial();
         quiet_panics();
         let counters: Vec<Attempts> = stages.iter().map(|_| Attempts::default()).collect();
         let (outputs, error) = within("a random pipeline", {
-            let (specs, counters) = (stages.clone(), counters.clone());
-            move || {
-                let mut pipeline = specs[0].task(counters[0].clone());
-                for (spec, counter) in specs.iter().zip(&counters).skip(1) {
-                    pipeline = pipeline | spec.task(counter.clone());
-                }
-                let mut outputs = Vec::new();
-                let mut error = None;
-                for item in pipeline.feed(0..inputs) {
-                    assert!(error.is_none(), "an output after the error");
-                    match item {
-                        Ok(value) => outputs.push(value),
-                        Err(failure) => error = Some(failure),
-                    }
-                }
-                (outputs, error)
-            }
+            let (stages, counters) = (stages.clone(), counters.clone());
+            move || run_random(&stages, &counters, inputs, MixedStage::task)
         });
-
-        // The sequential reference.
-        let mut received: Vec<Vec<u64>> = Vec::new();
-        let mut doomed: Vec<Vec<u64>> = Vec::new();
-        let mut values: Vec<u64> = (0..inputs).collect();
-        for spec in &stages {
-            received.push(values.clone());
-            let (through, failed): (Vec<u64>, Vec<u64>) =
-                values.iter().partition(|&&v| spec.attempts_needed(v).is_some());
-            doomed.push(failed);
-            values = through.iter().flat_map(|&v| spec.apply(v)).collect();
-        }
-
-        let mut sorted = outputs.clone();
-        sorted.sort_unstable();
-        let mut unique = sorted.clone();
-        unique.dedup();
-        prop_assert_eq!(unique.len(), sorted.len(), "an output came twice");
-        let mut expected = values.clone();
-        expected.sort_unstable();
-        for value in &sorted {
-            prop_assert!(expected.binary_search(value).is_ok(), "{} is no output", value);
-        }
-        match error {
-            None => {
-                prop_assert!(doomed.iter().all(Vec::is_empty), "a doomed item got through");
-                prop_assert_eq!(&sorted, &expected);
-                if stages.iter().all(|spec| spec.workers == 1 || spec.ordered) {
-                    prop_assert_eq!(&outputs, &values, "in order");
-                }
-                for ((spec, counter), seen) in stages.iter().zip(&counters).zip(&received) {
-                    for &v in seen {
-                        prop_assert_eq!(Some(counter.of(v)), spec.attempts_needed(v).map(|a| a + 1));
-                    }
-                }
-            }
-            Some(error) => {
-                let stage: usize = error
-                    .stage()
-                    .and_then(|name| name.strip_prefix("stage "))
-                    .and_then(|n| n.parse().ok())
-                    .expect("a stage name");
-                let spec = &stages[stage - 1];
-                let value = failed_value(&error, spec.retries);
-                prop_assert!(doomed[stage - 1].contains(&value), "{:#} names {}", error, value);
-                prop_assert_eq!(counters[stage - 1].of(value), spec.retries + 1);
-            }
-        }
+        check_random_run(&stages, &counters, inputs, &outputs, error)?;
     }
 }

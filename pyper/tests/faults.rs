@@ -17,96 +17,22 @@
 //! run one at a time.
 
 mod common;
+mod fault_common;
 
-use std::collections::HashMap;
 use std::error::Error as _;
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{mix, serial, wait_for_pyper_threads, wait_until, with_timeout, Gate};
+use fault_common::{
+    assert_panicked, check_random_run, outputs_and_error, quiet_panics, run_random, stage_spec,
+    timed, values, Attempts, StageSpec, TestError, GENEROUS, SHORT,
+};
 use proptest::prelude::*;
 use pyper::{
-    task, try_task, Backoff, Error, ErrorKind, Panicked, Pipeline, RetriesExhausted, TimedOut,
-    Upstream,
+    task, try_task, Backoff, ErrorKind, Panicked, Pipeline, RetriesExhausted, TimedOut, Upstream,
 };
-
-/// Long enough that a call which does not block on purpose never overruns it, even on a
-/// loaded machine.
-const GENEROUS: Duration = Duration::from_secs(30);
-
-/// The limit for calls that block on purpose: they overrun it whatever the machine.
-const SHORT: Duration = Duration::from_millis(50);
-
-/// The error the test tasks fail with.
-#[derive(Debug, PartialEq, Eq)]
-struct TestError(u64);
-
-impl fmt::Display for TestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "test error {}", self.0)
-    }
-}
-
-impl std::error::Error for TestError {}
-
-/// Keeps the deliberate panics of these tests out of the test output.
-fn quiet_panics() {
-    static QUIET: Once = Once::new();
-    QUIET.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with("injected") {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Counts the calls per item.
-#[derive(Clone, Default)]
-struct Attempts(Arc<Mutex<HashMap<u64, u32>>>);
-
-impl Attempts {
-    /// Records a call for `item`; returns its 0-based attempt number.
-    fn next(&self, item: u64) -> u32 {
-        let mut counts = self.0.lock().unwrap();
-        let count = counts.entry(item).or_insert(0);
-        *count += 1;
-        *count - 1
-    }
-
-    fn of(&self, item: u64) -> u32 {
-        self.0.lock().unwrap().get(&item).copied().unwrap_or(0)
-    }
-}
-
-fn values<O>(output: impl Iterator<Item = Result<O, Error>>) -> Vec<O> {
-    output
-        .map(|item| item.unwrap_or_else(|error| panic!("unexpected error: {error:#}")))
-        .collect()
-}
-
-/// The outputs before the run's error, and the error, which must be the last item.
-fn outputs_and_error<O>(output: impl Iterator<Item = Result<O, Error>>) -> (Vec<O>, Error) {
-    let mut values = Vec::new();
-    let mut error = None;
-    for item in output {
-        assert!(error.is_none(), "an output came after the error");
-        match item {
-            Ok(value) => values.push(value),
-            Err(failure) => error = Some(failure),
-        }
-    }
-    (values, error.expect("the run fails"))
-}
 
 #[test]
 fn a_timeout_names_the_stage_and_item_and_abandons_the_call() {
@@ -202,9 +128,7 @@ fn without_retries_a_timed_call_fails_as_it_would_untimed() {
             .name("panicking")
             .timeout(GENEROUS);
         let (_, error) = outputs_and_error(panicking.feed(0..5));
-        assert_eq!(error.kind(), ErrorKind::Panicked);
-        assert_eq!((error.stage(), error.item()), (Some("panicking"), Some(1)));
-        assert_eq!(error.panic_message(), Some("injected 1"));
+        assert_panicked(&error, "panicking", 1, "injected 1");
         wait_for_pyper_threads(0);
     });
 }
@@ -247,10 +171,7 @@ fn transient_failures_succeed_with_retries_and_every_output_comes_once() {
                 .workers(workers)
                 .retries(2)
                 .backoff(Backoff::none());
-                let flaky = match timeout {
-                    Some(limit) => flaky.timeout(limit),
-                    None => flaky,
-                };
+                let flaky = timed(flaky, timeout);
                 let mut out = values(flaky.feed(0..300));
                 out.sort_unstable();
                 assert_eq!(out, (0..300).map(|x| x * 10).collect::<Vec<_>>());
@@ -367,10 +288,7 @@ fn a_cancel_cuts_a_backoff_short() {
         for timeout in [None, Some(GENEROUS)] {
             let attempts = Attempts::default();
             let stage = make(&attempts);
-            let stage = match timeout {
-                Some(limit) => stage.timeout(limit),
-                None => stage,
-            };
+            let stage = timed(stage, timeout);
             let mut outputs = stage.feed(0..10);
             assert_eq!(outputs.next().unwrap().unwrap(), 0);
             wait_until("the first attempt at item 1", || attempts.of(1) == 1);
@@ -487,10 +405,7 @@ fn ordered_stages_keep_their_order_through_retries() {
             .ordered()
             .retries(2)
             .backoff(Backoff::fixed(Duration::from_micros(100)));
-            let flaky = match timeout {
-                Some(limit) => flaky.timeout(limit),
-                None => flaky,
-            };
+            let flaky = timed(flaky, timeout);
             let pipeline = flaky | task(|x: u64| x + 1);
             assert_eq!(values(pipeline.feed(0..400)), (1..=400).collect::<Vec<_>>());
         }
@@ -539,87 +454,11 @@ fn a_join_task_or_a_zero_timeout_is_a_configuration_error() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The property: random pipelines, random failures per attempt.
+// The property: random pipelines, random failures per attempt (see `fault_common`).
 
-#[derive(Clone, Debug)]
-struct StageSpec {
-    workers: usize,
-    ordered: bool,
-    retries: u32,
-    timeout: bool,
-    /// Each item becomes two (`2v`, `2v + 1`), through a branch.
-    branch: bool,
-    /// An attempt fails with probability 1 / `fail_one_in`.
-    fail_one_in: u64,
-    salt: u64,
-}
-
-impl StageSpec {
-    /// Whether attempt `attempt` at value `v` fails, and whether by a panic.
-    fn fails(&self, v: u64, attempt: u32) -> Option<bool> {
-        let h = mix(v ^ self.salt ^ (u64::from(attempt) << 40));
-        (h % self.fail_one_in == 0).then_some(h & (1 << 20) != 0)
-    }
-
-    /// The values one value becomes.
-    fn apply(&self, v: u64) -> Vec<u64> {
-        match self.branch {
-            true => vec![2 * v, 2 * v + 1],
-            false => vec![v + 1_000_000_000],
-        }
-    }
-
-    /// How many attempts the value needs, or `None` if every attempt fails.
-    fn attempts_needed(&self, v: u64) -> Option<u32> {
-        (0..=self.retries).find(|&attempt| self.fails(v, attempt).is_none())
-    }
-
-    fn task(&self, attempts: Attempts) -> Pipeline<u64, u64> {
-        let spec = self.clone();
-        let body = move |v: u64| -> Result<Vec<u64>, TestError> {
-            let attempt = attempts.next(v);
-            match spec.fails(v, attempt) {
-                Some(true) => panic!("injected panic at {v}"),
-                Some(false) => Err(TestError(v)),
-                None => Ok(spec.apply(v)),
-            }
-        };
-        let stage = try_task(body)
-            .branch()
-            .workers(self.workers)
-            .retries(self.retries)
-            .backoff(Backoff::none());
-        let stage = if self.ordered { stage.ordered() } else { stage };
-        let stage = if self.timeout {
-            stage.timeout(GENEROUS)
-        } else {
-            stage
-        };
-        stage.into()
-    }
-}
-
-fn stage_spec() -> impl Strategy<Value = StageSpec> {
-    (
-        1usize..=4,
-        any::<bool>(),
-        prop_oneof![1 => Just(0u32), 4 => 1u32..=3],
-        prop::bool::weighted(0.3),
-        any::<bool>(),
-        prop::sample::select(vec![3u64, 6, 12, 50]),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(workers, ordered, retries, timeout, branch, fail_one_in, salt)| StageSpec {
-                workers,
-                ordered,
-                retries,
-                timeout,
-                branch,
-                fail_one_in,
-                salt,
-            },
-        )
+/// A thread stage of the random pipelines.
+fn thread_stage(spec: &StageSpec, attempts: Attempts) -> Pipeline<u64, u64> {
+    spec.stage(try_task(spec.body(attempts)))
 }
 
 proptest! {
@@ -627,107 +466,16 @@ proptest! {
 
     #[test]
     fn every_item_comes_out_once_or_is_named_in_the_error(
-        stages in prop::collection::vec(stage_spec(), 1..=3),
+        stages in prop::collection::vec(stage_spec(4, mix), 1..=3),
         inputs in 1u64..60,
     ) {
         let _serial = serial();
         quiet_panics();
-        let specs = stages.clone();
-        let counters: Vec<Attempts> = specs.iter().map(|_| Attempts::default()).collect();
+        let counters: Vec<Attempts> = stages.iter().map(|_| Attempts::default()).collect();
         let (outputs, error) = with_timeout(60, {
-            let (specs, counters) = (specs.clone(), counters.clone());
-            move || {
-                let mut pipeline = specs[0].task(counters[0].clone());
-                for (spec, counter) in specs.iter().zip(&counters).skip(1) {
-                    pipeline = pipeline | spec.task(counter.clone());
-                }
-                let mut outputs = Vec::new();
-                let mut error = None;
-                for item in pipeline.feed(0..inputs) {
-                    prop_assert!(error.is_none(), "an output after the error");
-                    match item {
-                        Ok(value) => outputs.push(value),
-                        Err(failure) => error = Some(failure),
-                    }
-                }
-                Ok((outputs, error))
-            }
-        })?;
-
-        // The sequential reference: what each stage receives, and which values no
-        // attempt gets through.
-        let mut received: Vec<Vec<u64>> = Vec::new();
-        let mut doomed: Vec<Vec<u64>> = Vec::new();
-        let mut values: Vec<u64> = (0..inputs).collect();
-        for spec in &specs {
-            received.push(values.clone());
-            let (through, failed): (Vec<u64>, Vec<u64>) =
-                values.iter().partition(|&&v| spec.attempts_needed(v).is_some());
-            doomed.push(failed);
-            values = through.iter().flat_map(|&v| spec.apply(v)).collect();
-        }
-
-        let mut sorted = outputs.clone();
-        sorted.sort_unstable();
-        let mut unique = sorted.clone();
-        unique.dedup();
-        prop_assert_eq!(unique.len(), sorted.len(), "an output came twice");
-        let mut expected = values.clone();
-        expected.sort_unstable();
-        for value in &sorted {
-            prop_assert!(expected.binary_search(value).is_ok(), "{} is no output", value);
-        }
-
-        match error {
-            None => {
-                prop_assert!(doomed.iter().all(Vec::is_empty), "a doomed item got through");
-                prop_assert_eq!(&sorted, &expected);
-                if specs.iter().all(|spec| spec.workers == 1 || spec.ordered) {
-                    prop_assert_eq!(&outputs, &values, "in order");
-                }
-                // Every value took exactly the attempts the reference says.
-                for ((spec, counter), seen) in specs.iter().zip(&counters).zip(&received) {
-                    for &v in seen {
-                        prop_assert_eq!(Some(counter.of(v)), spec.attempts_needed(v).map(|a| a + 1));
-                    }
-                }
-            }
-            Some(error) => {
-                // The error names a stage and a value that every attempt failed on.
-                let stage: usize = error
-                    .stage()
-                    .and_then(|name| name.strip_prefix("stage "))
-                    .and_then(|n| n.parse().ok())
-                    .expect("a stage name");
-                let spec = &specs[stage - 1];
-                let value = failed_value(&error, spec.retries);
-                prop_assert!(doomed[stage - 1].contains(&value), "{:#} names {}", error, value);
-                prop_assert_eq!(counters[stage - 1].of(value), spec.retries + 1);
-            }
-        }
-    }
-}
-
-/// The value an error failed on, from its last cause: a `TestError` or an injected panic.
-fn failed_value(error: &Error, retries: u32) -> u64 {
-    let from_panic = |message: &str| -> u64 {
-        message
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("an injected panic")
-    };
-    if retries == 0 {
-        if let Some(message) = error.panic_message() {
-            return from_panic(message);
-        }
-        return error.downcast_ref::<TestError>().expect("a TestError").0;
-    }
-    let exhausted = error.downcast_ref::<RetriesExhausted>().expect("exhausted");
-    assert_eq!(exhausted.attempts().len() as u32, retries + 1);
-    let last = exhausted.attempts().last().unwrap();
-    match last.downcast_ref::<TestError>() {
-        Some(TestError(v)) => *v,
-        None => from_panic(last.downcast_ref::<Panicked>().expect("a panic").message()),
+            let (stages, counters) = (stages.clone(), counters.clone());
+            move || run_random(&stages, &counters, inputs, thread_stage)
+        });
+        check_random_run(&stages, &counters, inputs, &outputs, error)?;
     }
 }
