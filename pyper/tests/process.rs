@@ -372,7 +372,9 @@ fn process_stages_compose_with_async_stages() {
     assert_eq!(out, expected);
     let err = with_timeout(60, || {
         // Ordered, so that the value that fails is also the process stage's item 5.
-        let pipeline = pyper::async_task(|x: u32| async move { x }).workers(4).ordered()
+        let pipeline = pyper::async_task(|x: u32| async move { x })
+            .workers(4)
+            .ordered()
             | try_process_task(read_table).name("read table")
             | pyper::async_task(|x: u32| async move { x });
         pipeline.feed(0..10).find_map(Result::err).unwrap()
