@@ -258,7 +258,7 @@ impl<T> Shared<T> {
 }
 
 impl<T> Sender<T> {
-    /// Charges this handle's waits for room to `meter`.
+    /// Charges the items this handle pushes, and its waits for room, to `meter`.
     pub(crate) fn metered(mut self, meter: Option<&Arc<WorkerMeter>>) -> Self {
         self.meter = meter.cloned();
         self

@@ -26,8 +26,17 @@ pub(crate) use std::time::Instant;
 
 /// Under shuttle a clock would make schedules unrepeatable, so every interval is zero.
 #[cfg(feature = "shuttle")]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Instant;
+
+#[cfg(feature = "shuttle")]
+impl std::ops::Add<std::time::Duration> for Instant {
+    type Output = Instant;
+
+    fn add(self, _: std::time::Duration) -> Instant {
+        Instant
+    }
+}
 
 #[cfg(feature = "shuttle")]
 impl Instant {
