@@ -211,9 +211,16 @@ impl Report {
                 "`{name}` is CPU-bound ({cpu}) and already has {workers} \
                  workers on {cores} cores: more workers won't help; make each item cheaper"
             ),
+            (Bound::Cpu, _) if self.cpu_bound_workers() >= cores => format!(
+                "`{name}` is CPU-bound ({cpu}) with {workers} workers, but the CPU-bound \
+                 stages already have {} workers on {cores} cores: give it workers from \
+                 the others rather than more in all",
+                self.cpu_bound_workers()
+            ),
             (Bound::Cpu, _) => format!(
-                "`{name}` is CPU-bound ({cpu}) with {workers} of {cores} \
-                 cores: raise workers to {cores}"
+                "`{name}` is CPU-bound ({cpu}) with {workers} workers on {cores} cores: \
+                 raise workers to {}",
+                workers + cores - self.cpu_bound_workers()
             ),
             (Bound::Waiting, StageKind::Async) => format!(
                 "`{name}` is IO-bound ({cpu}) with its {workers} futures in \
@@ -226,6 +233,19 @@ impl Report {
             ),
             _ => format!("`{name}` is {}", stage.bound.label()),
         }
+    }
+}
+
+impl Report {
+    /// The workers of the thread and process stages that are CPU-bound: the cores they
+    /// compete for are the machine's, whichever stage is the bottleneck.
+    fn cpu_bound_workers(&self) -> usize {
+        self.stages
+            .iter()
+            .filter(|stage| stage.bound == Bound::Cpu)
+            .filter(|stage| matches!(stage.metrics.kind, StageKind::Threads | StageKind::Process))
+            .map(|stage| stage.metrics.workers)
+            .sum()
     }
 }
 
@@ -323,4 +343,81 @@ fn truncate(name: &str, width: usize) -> String {
     let mut short: String = name.chars().take(width - 1).collect();
     short.push('…');
     short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread stage that spent `busy` of 1 s per worker working, `cpu` of it on a core.
+    fn stage(name: &str, workers: usize, busy: f64, cpu: f64) -> StageMetrics {
+        let per_worker = Duration::from_secs_f64(busy);
+        let total = per_worker * workers as u32;
+        StageMetrics {
+            name: name.to_owned(),
+            kind: StageKind::Threads,
+            workers,
+            items_in: 100,
+            items_out: 100,
+            errors: 0,
+            queued: 0,
+            busy_workers: 0,
+            busy: total,
+            cpu: Some(total.mul_f64(cpu)),
+            runnable: Duration::ZERO,
+            starved: Duration::from_secs(workers as u64).saturating_sub(total),
+            blocked: Duration::ZERO,
+        }
+    }
+
+    fn report(cores: usize, stages: Vec<StageMetrics>) -> Report {
+        Report::new(Metrics {
+            elapsed: Duration::from_secs(1),
+            cores,
+            stages,
+        })
+    }
+
+    #[test]
+    fn a_cpu_bound_bottleneck_is_told_how_many_cores_are_free() {
+        let alone = report(4, vec![stage("parse", 1, 0.95, 0.97)]);
+        assert_eq!(alone.bottleneck().unwrap().bound, Bound::Cpu);
+        assert!(alone.advice()[0].ends_with("raise workers to 4"), "{alone}");
+
+        let shared = report(
+            4,
+            vec![stage("parse", 1, 0.95, 0.97), stage("hash", 2, 0.6, 0.97)],
+        );
+        assert!(
+            shared.advice()[0].ends_with("raise workers to 2"),
+            "{shared}"
+        );
+
+        let full = report(
+            2,
+            vec![stage("parse", 1, 0.95, 0.97), stage("hash", 1, 0.6, 0.97)],
+        );
+        assert!(
+            full.advice()[0].contains("give it workers from the others"),
+            "{full}"
+        );
+
+        let enough = report(2, vec![stage("parse", 2, 0.95, 0.97)]);
+        assert!(
+            enough.advice()[0].contains("more workers won't help"),
+            "{enough}"
+        );
+    }
+
+    #[test]
+    fn a_busy_stage_off_the_cpu_is_waiting_and_told_to_raise_workers() {
+        let report = report(
+            2,
+            vec![stage("fetch", 4, 0.99, 0.02), stage("parse", 1, 0.1, 1.0)],
+        );
+        let fetch = report.stage("fetch").unwrap();
+        assert_eq!(fetch.bound, Bound::Waiting);
+        assert_eq!(report.stage("parse").unwrap().bound, Bound::Starved);
+        assert!(report.advice()[0].contains("raise workers (to 16, say) or make it async"));
+    }
 }
