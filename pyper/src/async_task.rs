@@ -141,11 +141,7 @@ where
             Body::Process(_) => Body::Invalid("a process task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         };
-        Task {
-            body,
-            options: self.options,
-            clone_input: None,
-        }
+        Task::from_parts(body, self.options, None)
     }
 }
 

@@ -10,11 +10,11 @@
 //! so a stage's CPU share is measured, not guessed from how it looks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics::StageKind;
-use crate::sync::Instant;
+use crate::sync::{lock_std as lock, Instant};
 
 /// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
@@ -173,6 +173,11 @@ impl StageMeter {
         let meter = Arc::new(WorkerMeter::new(meters.len(), self.spans, self.run_started));
         meters.push(Arc::clone(&meter));
         Some(meter)
+    }
+
+    /// The meters of the stage's workers so far.
+    pub(crate) fn meters(&self) -> Vec<Arc<WorkerMeter>> {
+        lock(&self.meters).clone()
     }
 
     pub(crate) fn failed(&self) {
@@ -545,13 +550,6 @@ fn thread_cpu_time() -> Option<Duration> {
     None
 }
 
-/// Metrics are never part of the run's protocol, so a panic elsewhere must not stop them.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Charges the time a future spends being polled to a meter's CPU time: for an async
 /// driver, whose futures hop between runtime threads, poll time is the CPU time its items
 /// take (a future that waits costs next to nothing to poll).
@@ -582,11 +580,12 @@ impl<F: std::future::Future> std::future::Future for PollTimed<F> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        let Some(meter) = self.meter.clone() else {
-            return self.future.as_mut().poll(cx);
+        let this = &mut *self;
+        let Some(meter) = &this.meter else {
+            return this.future.as_mut().poll(cx);
         };
         let started = Instant::now();
-        let poll = self.future.as_mut().poll(cx);
+        let poll = this.future.as_mut().poll(cx);
         meter.cpu.add(started.elapsed().as_nanos() as u64);
         poll
     }

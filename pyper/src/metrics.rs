@@ -139,7 +139,8 @@ impl StageMetrics {
         share(self.blocked, self.workers, elapsed)
     }
 
-    fn items(&self) -> u64 {
+    /// The items it worked on: taken in, or for the input iterator, pulled.
+    pub(crate) fn items(&self) -> u64 {
         match self.kind {
             StageKind::Input => self.items_out,
             _ => self.items_in,
@@ -166,7 +167,7 @@ impl Metrics {
             .stages()
             .iter()
             .map(|stage| {
-                let meters = stage.meters.lock().map(|m| m.clone()).unwrap_or_default();
+                let meters = stage.meters();
                 let mut metrics = StageMetrics {
                     name: stage.name.to_string(),
                     kind: stage.kind,

@@ -59,8 +59,9 @@ impl<O> Output<O> {
     ///
     /// The bars draw on stderr, and only when both stdout and stderr are terminals, so
     /// piped or redirected output never gets escape codes. They are cleared when the run
-    /// ends, however it ends. Lines your program prints to the terminal while they draw
-    /// may be overdrawn; print after the run, or to a file.
+    /// ends, however it ends. They read the run's metrics, so a run
+    /// [`without_metrics`](Output::without_metrics) draws none. Lines your program prints
+    /// to the terminal while they draw may be overdrawn; print after the run, or to a file.
     pub fn progress(self) -> Self {
         self.run.meter.show_progress();
         self

@@ -382,14 +382,13 @@ impl<T> Receiver<T> {
                     let since = self
                         .meter
                         .as_ref()
-                        .map(|m| m.wait_begins(Activity::Starved));
+                        .and_then(|m| m.wait_begins(Activity::Starved));
                     state = sync::wait(&shared.not_empty, state);
-                    match (&self.meter, since) {
-                        (Some(meter), Some(Some(since))) => {
-                            meter.wait_ends(Activity::Starved, since)
+                    if let Some(meter) = &self.meter {
+                        match since {
+                            Some(since) => meter.wait_ends(Activity::Starved, since),
+                            None => meter.wait_ends_untimed(),
                         }
-                        (Some(meter), _) => meter.wait_ends_untimed(),
-                        (None, _) => {}
                     }
                     state.parked_receivers.unpark();
                 }

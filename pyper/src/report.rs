@@ -251,10 +251,7 @@ impl Report {
 
 impl StageReport {
     fn new(metrics: StageMetrics, elapsed: Duration) -> Self {
-        let items = match metrics.kind {
-            StageKind::Input => metrics.items_out,
-            _ => metrics.items_in,
-        };
+        let items = metrics.items();
         let seconds = elapsed.as_secs_f64();
         let throughput = if seconds > 0.0 {
             items as f64 / seconds
@@ -305,10 +302,6 @@ impl fmt::Display for Report {
         )?;
         for stage in &self.stages {
             let m = &stage.metrics;
-            let items = match m.kind {
-                StageKind::Input => m.items_out,
-                _ => m.items_in,
-            };
             let marker = match self.bottleneck() {
                 Some(b) if b.metrics.name == m.name => "  ← bottleneck",
                 _ => "",
@@ -319,7 +312,7 @@ impl fmt::Display for Report {
                 truncate(&m.name, 16),
                 m.kind.label(),
                 m.workers,
-                items,
+                m.items(),
                 stage.throughput,
                 percent(stage.utilization),
                 stage.cpu_ratio.map_or("-".to_owned(), percent),

@@ -23,14 +23,14 @@
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::fault::{AttemptFailure, Attempts, FaultPolicy, Verdict};
 use crate::queue::Close;
 use crate::run::RunState;
-use crate::sync::{Arc, Instant};
+use crate::sync::{lock_std as lock, Arc, Instant};
 use crate::worker::{EachFn, Emit, Fault, Stage, StageBody, Stop};
 
 /// What the workers of a thread stage with a fault policy share.
@@ -355,10 +355,4 @@ impl Close for Pause {
         *lock(&self.cancelled) = true;
         self.wake.notify_all();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

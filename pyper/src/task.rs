@@ -154,10 +154,20 @@ impl<I, O> Task<I, O> {
             Body::Process(_) => Body::Invalid(sync_error),
             Body::Invalid(why) => Body::Invalid(why),
         };
+        Task::from_parts(body, self.options, self.clone_input)
+    }
+
+    /// A task of `body` with `options`; `clone_input` is kept only where the input type
+    /// stays the same (a join takes a new one, and is never retried).
+    pub(crate) fn from_parts(
+        body: Body<I, O>,
+        options: Options,
+        clone_input: Option<fn(&I) -> I>,
+    ) -> Self {
         Task {
             body,
-            options: self.options,
-            clone_input: self.clone_input,
+            options,
+            clone_input,
         }
     }
 
@@ -366,11 +376,7 @@ impl<I, O> Task<I, O> {
             }
             Body::Invalid(why) => Body::Invalid(why),
         };
-        Task {
-            body,
-            options: self.options,
-            clone_input: self.clone_input,
-        }
+        Task::from_parts(body, self.options, self.clone_input)
     }
 }
 
@@ -554,11 +560,7 @@ where
             Body::Process(_) => Body::Invalid("a process task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         };
-        Task {
-            body,
-            options: self.options,
-            clone_input: None,
-        }
+        Task::from_parts(body, self.options, None)
     }
 }
 

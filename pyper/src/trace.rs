@@ -29,7 +29,7 @@ pub(crate) fn write(run: &RunMeter, out: &mut dyn Write) -> io::Result<()> {
         r#"{"name":"process_name","ph":"M","pid":1,"tid":0,"args":{"name":"pyper run"}}"#,
     );
     for (position, stage) in run.stages().iter().enumerate() {
-        let meters = stage.meters.lock().map(|m| m.clone()).unwrap_or_default();
+        let meters = stage.meters();
         for meter in meters {
             let tid = position * 1000 + meter.index + 1;
             let track = format!("{} #{}", stage.name, meter.index + 1);

@@ -85,6 +85,19 @@ fn mixed() -> Pipeline<u64, u64> {
 }
 
 /// What [`mixed`] makes of `inputs`, sorted.
+/// Takes ten outputs of `mixed()` fed an endless input, then drops the stream: the run
+/// must stop (the caller's serial lock and the suite's thread checks catch it if not).
+async fn take_some_of_an_endless_run_then_drop_it() {
+    let mut endless = mixed().feed(0..).into_stream();
+    for _ in 0..10 {
+        within_async("an output", endless.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    drop(endless);
+}
+
 fn mixed_expected(inputs: std::ops::Range<u64>) -> Vec<u64> {
     sorted(
         inputs
@@ -925,14 +938,7 @@ async fn runs_from_a_current_thread_runtime() {
         .unwrap();
     assert_eq!(sum, mixed_expected(0..500).iter().sum::<u64>());
 
-    let mut endless = mixed().feed(0..).into_stream();
-    for _ in 0..10 {
-        within_async("an output", endless.next())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    drop(endless);
+    take_some_of_an_endless_run_then_drop_it().await;
 }
 
 /// From a multi-thread runtime, with the stream moved into a task of the caller's.
@@ -946,14 +952,7 @@ async fn runs_from_a_multi_thread_runtime() {
         .unwrap();
     assert_eq!(sorted(values(results.into_iter())), mixed_expected(0..500));
 
-    let mut endless = mixed().feed(0..).into_stream();
-    for _ in 0..10 {
-        within_async("an output", endless.next())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    drop(endless);
+    take_some_of_an_endless_run_then_drop_it().await;
 }
 
 /// The blocking iterator of a sync + async pipeline, from `spawn_blocking` inside a
