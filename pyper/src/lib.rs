@@ -114,60 +114,39 @@
 #[cfg(all(feature = "process", not(unix)))]
 compile_error!("the `process` feature needs a Unix system (it uses Unix domain sockets)");
 
-#[cfg(feature = "async")]
-mod async_retry;
-#[cfg(feature = "async")]
-mod async_task;
-#[cfg(feature = "async")]
-mod async_worker;
+mod engine;
 mod error;
-mod fault;
-mod meter;
-mod metrics;
 mod observe;
 mod output;
 mod pipeline;
-#[cfg(feature = "process")]
-mod process;
-mod progress;
-mod queue;
-mod report;
-mod retry;
-mod run;
-#[cfg(feature = "async")]
-mod runtime;
-mod sequencer;
-mod source;
+mod stage;
 #[cfg(feature = "async")]
 mod stream;
-mod sync;
 mod task;
-mod trace;
-mod upstream;
-mod worker;
 
 #[cfg(feature = "async")]
-pub use async_task::{async_task, try_async_task};
+pub use stage::async_task::{async_task, try_async_task};
 
 // The README's examples are compiled and run as doc tests (with the `async` feature, which
 // some of them use).
 #[cfg(all(doctest, feature = "async"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+pub use engine::queue::DEFAULT_THROTTLE;
+pub use engine::upstream::Upstream;
 pub use error::{BoxError, Error, ErrorKind};
-pub use fault::{Backoff, Panicked, RetriesExhausted, TimedOut};
-pub use metrics::{Metrics, StageKind, StageMetrics, METRICS_ENV};
+pub use observe::metrics::{Metrics, StageKind, StageMetrics, METRICS_ENV};
+pub use observe::progress::PROGRESS_ENV;
+pub use observe::report::{Bound, Report, StageReport};
+pub use observe::trace::TRACE_ENV;
 pub use observe::Monitor;
 pub use output::{Canceller, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
-pub use process::{init, process_task, try_process_task, RemoteError, WorkerDied};
-pub use progress::PROGRESS_ENV;
-pub use report::{Bound, Report, StageReport};
+pub use stage::process::{init, process_task, try_process_task, RemoteError, WorkerDied};
 #[cfg(feature = "async")]
 pub use stream::{OutputStream, UpstreamStream};
-pub use task::{task, try_task, Task, DEFAULT_THROTTLE};
-pub use trace::TRACE_ENV;
-pub use upstream::Upstream;
+pub use task::{task, try_task, Task};

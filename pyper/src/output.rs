@@ -3,11 +3,11 @@
 
 use std::fmt;
 
+use crate::engine::batch::MAX_BATCH;
+use crate::engine::queue::Receiver;
+use crate::engine::run::{self, Launcher, RunState, WorkerThread};
+use crate::engine::sync::Arc;
 use crate::error::Error;
-use crate::queue::Receiver;
-use crate::run::{self, Launcher, RunState, WorkerThread};
-use crate::sync::Arc;
-use crate::worker::MAX_BATCH;
 
 type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send>;
 
@@ -123,7 +123,7 @@ impl<O> Output<O> {
         let started = start(&mut launcher);
         self.threads = launcher.threads;
         if self.run.meter.wants_progress() {
-            let bars = crate::progress::start(&self.run);
+            let bars = crate::observe::progress::start(&self.run);
             *self
                 .run
                 .meter

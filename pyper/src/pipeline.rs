@@ -3,12 +3,12 @@
 use std::fmt;
 use std::ops::BitOr;
 
+use crate::engine::queue::{queue, Receiver};
+use crate::engine::run::Launcher;
+use crate::engine::source;
+use crate::engine::sync::Arc;
 use crate::error::Error;
 use crate::output::Output;
-use crate::queue::{queue, Receiver};
-use crate::run::Launcher;
-use crate::source;
-use crate::sync::Arc;
 use crate::task::Task;
 
 /// A chain of stages that turns inputs of type `I` into outputs of type `O`.

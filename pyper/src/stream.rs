@@ -17,12 +17,12 @@ use futures_core::Stream;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use crate::engine::batch::MAX_BATCH;
+use crate::engine::queue::Receiver;
+use crate::engine::run;
+use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::output::Output;
-use crate::queue::Receiver;
-use crate::run;
-use crate::upstream::Upstream;
-use crate::worker::MAX_BATCH;
 
 /// What an `Output` polled as a `Stream` is waiting for.
 pub(crate) enum Waiting<O> {
@@ -54,7 +54,7 @@ pub(crate) fn next_batch<T: Send + 'static>(receiver: Receiver<T>) -> NextBatch<
 fn wait_for_workers<O>(output: &mut Output<O>) -> BoxFuture<'static, Option<Error>> {
     let run = std::sync::Arc::clone(&output.run);
     let threads = output.begin_finish().unwrap_or_default();
-    let runtime = match crate::runtime::handle() {
+    let runtime = match crate::engine::runtime::handle() {
         Ok(runtime) => runtime,
         // Without a runtime there is no blocking pool: wait here, as the iterator would.
         Err(_) => return std::future::ready(run::finish(&run, threads)).boxed(),

@@ -3,30 +3,21 @@
 
 use std::fmt;
 
-#[cfg(feature = "async")]
-use crate::async_task::{self, AsyncFn};
+use crate::engine::batch::{emit_each, Emit, Fault, Stop, MAX_BATCH};
+use crate::engine::meter::StageKind;
+use crate::engine::queue::{queue, Receiver, DEFAULT_THROTTLE};
+use crate::engine::run::Launcher;
+use crate::engine::sequencer::Sequencer;
+use crate::engine::sync::{Arc, Instant};
+use crate::engine::upstream::Upstream;
 use crate::error::{BoxError, Error};
-use crate::fault::{Backoff, FaultPolicy};
-use crate::metrics::StageKind;
 use crate::pipeline::{IntoPipeline, Stages};
-use crate::queue::{queue, Receiver};
-use crate::retry;
-use crate::run::Launcher;
-use crate::sequencer::Sequencer;
-use crate::sync::{Arc, Instant};
-use crate::upstream::Upstream;
-use crate::worker::{
-    self, emit_each, EachFn, Emit, Fault, JoinFn, Stage, StageBody, Stop, MAX_BATCH,
-};
+#[cfg(feature = "async")]
+use crate::stage::async_task::{self, AsyncFn};
+use crate::stage::policy::{Backoff, FaultPolicy};
+use crate::stage::thread::retry;
+use crate::stage::thread::{self, EachFn, JoinFn, Stage, StageBody};
 use crate::Output;
-
-/// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
-///
-/// Pyper's queues are unbounded by default. Ours are not: a fast stage in front of a slow
-/// one would otherwise buffer the whole stream, so memory would depend on the data rather
-/// than on the pipeline. 4096 items is far more than the handful that keeps every worker
-/// busy, and few enough that memory stays flat however long the stream.
-pub const DEFAULT_THROTTLE: usize = 4096;
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,
@@ -69,7 +60,7 @@ pub(crate) enum Body<I, O> {
     #[cfg(feature = "async")]
     AsyncJoin(AsyncFn<Upstream<I>, O>),
     #[cfg(feature = "process")]
-    Process(crate::process::ProcessFn<I, O>),
+    Process(crate::stage::process::ProcessFn<I, O>),
     Invalid(&'static str),
 }
 
@@ -670,7 +661,7 @@ where
         }
         #[cfg(feature = "process")]
         if let Body::Process(_) = self.body {
-            crate::process::may_spawn().map_err(|why| Error::config(Some(&name), why))?;
+            crate::stage::process::may_spawn().map_err(|why| Error::config(Some(&name), why))?;
         }
         if self.options.faults.is_active() {
             if let Err(why) = self.body.fault_support() {
@@ -702,9 +693,9 @@ where
         });
         #[cfg(feature = "process")]
         if let Body::Process(body) = &self.body {
-            let children = Arc::new(crate::process::Children::default());
+            let children = Arc::new(crate::stage::process::Children::default());
             launcher.state.register(Box::new(Arc::clone(&children)));
-            let stage = Arc::new(crate::process::ProcessStage {
+            let stage = Arc::new(crate::stage::process::ProcessStage {
                 name: Arc::clone(&name),
                 run: Arc::clone(&launcher.state),
                 body: body.clone(),
@@ -722,7 +713,7 @@ where
             for _ in 0..self.options.workers {
                 let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
                 launcher.spawn(&name, self.options.daemon, move || {
-                    crate::process::work(stage, input, output)
+                    crate::stage::process::work(stage, input, output)
                 });
             }
             return next_input;
@@ -747,7 +738,7 @@ where
             Body::Join(join) => StageBody::Join(Arc::clone(join)),
             #[cfg(feature = "async")]
             Body::AsyncEach(each) => StageBody::AsyncEach(
-                crate::async_retry::guard(each, faults, self.clone_input),
+                crate::stage::async_task::retry::guard(each, faults, self.clone_input),
                 ordered,
             ),
             #[cfg(feature = "async")]
@@ -774,11 +765,13 @@ where
         });
         #[cfg(feature = "async")]
         if let StageBody::AsyncEach(_, ordered) = stage.body {
-            for slots in crate::async_worker::driver_slots(self.options.workers, ordered) {
+            for slots in
+                crate::stage::async_task::driver::driver_slots(self.options.workers, ordered)
+            {
                 let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
                 launcher.spawn_task(
                     &name,
-                    crate::async_worker::drive(stage, input, output, slots),
+                    crate::stage::async_task::driver::drive(stage, input, output, slots),
                 );
             }
             return next_input;
@@ -791,11 +784,14 @@ where
             let (input, output) = (input.clone(), output.clone());
             #[cfg(feature = "async")]
             if let StageBody::AsyncJoin(_) = stage.body {
-                launcher.spawn_task(&name, crate::async_worker::join(stage, input, output));
+                launcher.spawn_task(
+                    &name,
+                    crate::stage::async_task::driver::join(stage, input, output),
+                );
                 continue;
             }
             launcher.spawn(&name, self.options.daemon, move || {
-                worker::work(stage, input, output)
+                thread::work(stage, input, output)
             });
         }
         next_input

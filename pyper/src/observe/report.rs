@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::metrics::{Metrics, StageKind, StageMetrics};
+use crate::observe::metrics::{Metrics, StageKind, StageMetrics};
 
 /// What a stage's workers mostly did.
 #[non_exhaustive]

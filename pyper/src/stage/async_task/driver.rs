@@ -1,4 +1,4 @@
-//! Async workers: the same contract as thread workers ([`crate::worker`]), with every wait
+//! Async workers: the same contract as thread workers ([`crate::stage::thread`]), with every wait
 //! an `.await`.
 //!
 //! An async stage with `workers(n)` keeps up to `n` futures in flight, spread over a few
@@ -18,20 +18,21 @@ use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
-use crate::async_task::AsyncFn;
+use crate::engine::batch::{hand_over_size, should_hand_over, Fault, Stop};
+use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
+use crate::engine::queue::{Receiver, Sender};
+use crate::engine::run::RunState;
+use crate::engine::sync::Arc;
+use crate::engine::sync::Instant;
+use crate::engine::upstream::Upstream;
 use crate::error::Error;
-use crate::meter::{Activity, PollTimed, WorkerMeter};
-use crate::queue::{Receiver, Sender};
-use crate::run::RunState;
-use crate::sync::Arc;
-use crate::sync::Instant;
-use crate::upstream::Upstream;
-use crate::worker::{hand_over_size, report, should_hand_over, Fault, Stage, StageBody, Stop};
+use crate::stage::async_task::AsyncFn;
+use crate::stage::thread::{report, Stage, StageBody};
 
 /// How many futures each driver of a stage with `workers` keeps in flight: one driver
 /// per runtime thread, or one driver for an ordered stage, sharing `workers` out.
 pub(crate) fn driver_slots(workers: usize, ordered: bool) -> Vec<usize> {
-    let threads = crate::runtime::threads();
+    let threads = crate::engine::runtime::threads();
     let drivers = if ordered {
         1
     } else {
@@ -326,7 +327,7 @@ impl From<Stop> for Halt {
     }
 }
 
-/// [`crate::worker::Outlet`] for async workers.
+/// [`crate::engine::batch::Outlet`] for async workers.
 struct AsyncOutlet<'a, O> {
     output: &'a Sender<O>,
     run: &'a RunState,

@@ -3,14 +3,14 @@
 //!
 //! Each track shows the worker's batches of work (`work`, with the batch's item count) and
 //! the times it waited for input (`starved`) or for room downstream (`blocked`). A worker
-//! keeps at most [`MAX_SPANS_PER_WORKER`](crate::meter::MAX_SPANS_PER_WORKER) spans, so a
+//! keeps at most [`MAX_SPANS_PER_WORKER`](crate::engine::meter::MAX_SPANS_PER_WORKER) spans, so a
 //! trace of a long run of tiny items stays a manageable size.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use crate::meter::{RunMeter, SpanKind};
+use crate::engine::meter::{RunMeter, SpanKind};
 
 /// The environment variable that makes every run write its trace to the file it names,
 /// when the run ends: `PYPER_TRACE=trace.json`.

@@ -4,38 +4,12 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::meter::{Activity, RunMeter};
+pub use crate::engine::meter::StageKind;
+use crate::engine::meter::{Activity, RunMeter};
 
 /// The environment variable that turns metrics off for every run: `PYPER_METRICS=off`
 /// (or `0`, `false`). They are on by default; see [`Output::without_metrics`](crate::Output::without_metrics).
 pub const METRICS_ENV: &str = "PYPER_METRICS";
-
-/// What runs a stage's work.
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StageKind {
-    /// The input iterator of [`feed`](crate::Pipeline::feed), pulled by a thread of its own.
-    Input,
-    /// A sync task: worker threads.
-    Threads,
-    /// An async task: futures on pyper's tokio runtime. Its `workers` are the futures it
-    /// may have in flight, and its CPU time is the time spent polling them.
-    Async,
-    /// A process task: worker processes, fed by a thread each.
-    Process,
-}
-
-impl StageKind {
-    /// A short lowercase label: `input`, `threads`, `async`, `process`.
-    pub fn label(self) -> &'static str {
-        match self {
-            StageKind::Input => "input",
-            StageKind::Threads => "threads",
-            StageKind::Async => "async",
-            StageKind::Process => "process",
-        }
-    }
-}
 
 /// A snapshot of a run's stages, in pipeline order (the input iterator, if any, first).
 ///

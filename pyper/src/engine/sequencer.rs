@@ -16,9 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::queue::Close;
-use crate::sync::{self, Condvar, Mutex};
-use crate::worker::Stop;
+use crate::engine::batch::Stop;
+use crate::engine::queue::Close;
+use crate::engine::sync::{self, Condvar, Mutex};
 
 struct Order<O> {
     /// The first input position whose outputs have not been taken for pushing.

@@ -16,10 +16,10 @@ use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use futures_util::FutureExt;
 
-use crate::async_task::AsyncFn;
+use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::fault::{AttemptFailure, Attempts, FaultPolicy, Verdict};
-use crate::sync::Arc;
+use crate::stage::async_task::AsyncFn;
+use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
 
 /// `body` under `policy`; `body` itself when the policy changes nothing.
 pub(crate) fn guard<I, O>(

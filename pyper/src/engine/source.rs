@@ -2,14 +2,13 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::engine::batch::{emit_each, Fault, Outlet};
+use crate::engine::meter::Recorder;
+use crate::engine::meter::StageKind;
+use crate::engine::queue::{queue, Receiver, DEFAULT_THROTTLE};
+use crate::engine::run::Launcher;
+use crate::engine::sync::{Arc, Instant};
 use crate::error::Error;
-use crate::meter::Recorder;
-use crate::metrics::StageKind;
-use crate::queue::{queue, Receiver};
-use crate::run::Launcher;
-use crate::sync::{Arc, Instant};
-use crate::task::DEFAULT_THROTTLE;
-use crate::worker::{emit_each, Fault, Outlet};
 
 /// The stage name that errors from the input iterator carry.
 pub(crate) const SOURCE_NAME: &str = "input";

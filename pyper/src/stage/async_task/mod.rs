@@ -1,10 +1,10 @@
 //! Async tasks: a function returning a future, run as `workers(n)` futures in flight on
-//! pyper's runtime ([`crate::runtime`]).
+//! pyper's runtime ([`crate::engine::runtime`]).
 //!
 //! An async task's body turns one input into a stream of outputs: one for a plain task,
 //! any number after `branch`. That one shape lets `branch` over an iterator, `branch` over
 //! a `Stream` (Python's async generator) and `join` over a `Stream` share one worker loop
-//! ([`crate::async_worker`]).
+//! ([`crate::stage::async_task::driver`]).
 
 use std::future::Future;
 
@@ -12,11 +12,11 @@ use futures_core::Stream;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use futures_util::FutureExt;
 
+use crate::engine::sync::Arc;
+use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
 use crate::stream::UpstreamStream;
-use crate::sync::Arc;
 use crate::task::{readable_name, Body, Task};
-use crate::upstream::Upstream;
 
 /// An async task's body: the outputs of one input, as a stream.
 pub(crate) type AsyncFn<I, O> =
@@ -175,3 +175,6 @@ where
 {
     stream::iter(output.into_iter().map(|item| item.map_err(Into::into))).boxed()
 }
+
+pub(crate) mod driver;
+pub(crate) mod retry;

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::StageKind;
-use crate::sync::{lock_std as lock, Instant};
+use crate::engine::sync::{lock_std as lock, Instant};
 
 /// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
@@ -49,12 +48,39 @@ pub(crate) enum SpanKind {
     Blocked,
 }
 
+/// What runs a stage's work.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// The input iterator of [`feed`](crate::Pipeline::feed), pulled by a thread of its own.
+    Input,
+    /// A sync task: worker threads.
+    Threads,
+    /// An async task: futures on pyper's tokio runtime. Its `workers` are the futures it
+    /// may have in flight, and its CPU time is the time spent polling them.
+    Async,
+    /// A process task: worker processes, fed by a thread each.
+    Process,
+}
+
+impl StageKind {
+    /// A short lowercase label: `input`, `threads`, `async`, `process`.
+    pub fn label(self) -> &'static str {
+        match self {
+            StageKind::Input => "input",
+            StageKind::Threads => "threads",
+            StageKind::Async => "async",
+            StageKind::Process => "process",
+        }
+    }
+}
+
 /// A run's recording switches and its stages' meters.
 pub(crate) struct RunMeter {
     enabled: AtomicBool,
     tracing_spans: AtomicBool,
     wants_progress: AtomicBool,
-    pub(crate) bars: Mutex<Option<crate::progress::Bars>>,
+    pub(crate) bars: Mutex<Option<crate::observe::progress::Bars>>,
     started: Mutex<Option<Instant>>,
     ended: Mutex<Option<Instant>>,
     stages: Mutex<Vec<Arc<StageMeter>>>,
@@ -63,9 +89,9 @@ pub(crate) struct RunMeter {
 impl RunMeter {
     pub(crate) fn new() -> Self {
         RunMeter {
-            enabled: AtomicBool::new(crate::metrics::enabled_by_env()),
-            tracing_spans: AtomicBool::new(crate::trace::path_from_env().is_some()),
-            wants_progress: AtomicBool::new(crate::progress::wanted_by_env()),
+            enabled: AtomicBool::new(crate::observe::metrics::enabled_by_env()),
+            tracing_spans: AtomicBool::new(crate::observe::trace::path_from_env().is_some()),
+            wants_progress: AtomicBool::new(crate::observe::progress::wanted_by_env()),
             bars: Mutex::new(None),
             started: Mutex::new(None),
             ended: Mutex::new(None),

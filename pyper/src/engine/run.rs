@@ -19,10 +19,10 @@
 #[cfg(feature = "async")]
 use std::panic::AssertUnwindSafe;
 
+use crate::engine::meter::RunMeter;
+use crate::engine::queue::Close;
+use crate::engine::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
 use crate::error::Error;
-use crate::meter::RunMeter;
-use crate::queue::Close;
-use crate::sync::{self, thread, Arc, AtomicBool, Mutex, Ordering};
 
 /// The state every worker of one run shares.
 pub(crate) struct RunState {
@@ -149,7 +149,7 @@ impl Launcher {
         stage: &str,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let runtime = match crate::runtime::handle() {
+        let runtime = match crate::engine::runtime::handle() {
             Ok(runtime) => runtime,
             Err(error) => return self.state.fail(Error::failed(stage, None, error)),
         };
@@ -205,7 +205,7 @@ pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error
 #[derive(Default)]
 pub(crate) struct TaskCount {
     alive: Mutex<usize>,
-    none_alive: crate::sync::Condvar,
+    none_alive: crate::engine::sync::Condvar,
 }
 
 #[cfg(feature = "async")]

@@ -9,7 +9,7 @@
 //! * **`close()` that wakes everyone.** Cancelling a run must release every worker blocked
 //!   on a full or an empty queue, whatever the bound. crossbeam-channel can only signal
 //!   that by dropping every handle, which a worker stuck in user code cannot do.
-//! * **Model checking.** Built on the primitives of [`crate::sync`], the queue runs under
+//! * **Model checking.** Built on the primitives of [`crate::engine::sync`], the queue runs under
 //!   shuttle in `tests/model_check.rs`, so its protocol is checked, not only tested.
 //!
 //! The queue is a `VecDeque` behind one mutex with two condition variables. A consumer
@@ -24,12 +24,12 @@
 //!
 //! End of stream is the last [`Sender`] being dropped; a closed queue (cancellation) ends
 //! at once and drops what it holds. Neither says *why* the stream ended: that is the run
-//! state's business ([`crate::run`]), so an error can never pass for a clean end.
+//! state's business ([`crate::engine::run`]), so an error can never pass for a clean end.
 
 use std::collections::VecDeque;
 
-use crate::meter::{Activity, WorkerMeter};
-use crate::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::engine::meter::{Activity, WorkerMeter};
+use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct State<T> {
     items: VecDeque<T>,
@@ -45,6 +45,14 @@ struct State<T> {
     #[cfg(feature = "async")]
     async_senders: usize,
 }
+
+/// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
+///
+/// Pyper's queues are unbounded by default. Ours are not: a fast stage in front of a slow
+/// one would otherwise buffer the whole stream, so memory would depend on the data rather
+/// than on the pipeline. 4096 items is far more than the handful that keeps every worker
+/// busy, and few enough that memory stays flat however long the stream.
+pub const DEFAULT_THROTTLE: usize = 4096;
 
 /// The consumers waiting for items, and how many of them were already woken.
 ///

@@ -81,10 +81,11 @@ pub use child::init;
 pub(crate) use child::may_spawn;
 pub(crate) use supervisor::{work, Children, ProcessStage};
 
+use crate::engine::batch::{Emit, Fault};
+use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::sync::Arc;
+use crate::stage::thread::EachFn;
 use crate::task::{Body, Task};
-use crate::worker::{EachFn, Emit, Fault};
 use protocol::Setup;
 
 /// Builds a task whose workers are child processes: see the crate's "Process tasks"

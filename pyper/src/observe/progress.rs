@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::metrics::{Metrics, StageKind};
-use crate::run::RunState;
+use crate::engine::run::RunState;
+use crate::observe::metrics::{Metrics, StageKind};
 
 /// The environment variable that turns progress bars on for every run:
 /// `PYPER_PROGRESS=1`.

@@ -4,10 +4,10 @@
 
 use std::fmt;
 
-use crate::metrics::Metrics;
-use crate::report::Report;
-use crate::run::RunState;
-use crate::sync::Arc;
+use crate::engine::run::RunState;
+use crate::engine::sync::Arc;
+use crate::observe::metrics::Metrics;
+use crate::observe::report::Report;
 use crate::Output;
 
 impl<O> Output<O> {
@@ -94,7 +94,7 @@ impl<O> Output<O> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn write_trace(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
-        crate::trace::write(&self.run.meter, &mut out)
+        crate::observe::trace::write(&self.run.meter, &mut out)
     }
 }
 
@@ -137,7 +137,7 @@ pub(crate) fn run_ended(run: &RunState) {
     if !run.meter.is_enabled() {
         return;
     }
-    crate::trace::write_to_env_path(&run.meter);
+    crate::observe::trace::write_to_env_path(&run.meter);
     if tracing::enabled!(target: "pyper", tracing::Level::INFO) {
         emit_events(Report::new(Metrics::collect(&run.meter)));
     }
@@ -171,3 +171,8 @@ fn emit_events(report: Report) {
         "pipeline finished"
     );
 }
+
+pub(crate) mod metrics;
+pub(crate) mod progress;
+pub(crate) mod report;
+pub(crate) mod trace;

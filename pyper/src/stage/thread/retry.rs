@@ -27,11 +27,12 @@ use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::fault::{AttemptFailure, Attempts, FaultPolicy, Verdict};
-use crate::queue::Close;
-use crate::run::RunState;
-use crate::sync::{lock_std as lock, Arc, Instant};
-use crate::worker::{EachFn, Emit, Fault, Stage, StageBody, Stop};
+use crate::engine::batch::{Emit, Fault, Stop};
+use crate::engine::queue::Close;
+use crate::engine::run::RunState;
+use crate::engine::sync::{lock_std as lock, Arc, Instant};
+use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
+use crate::stage::thread::{EachFn, Stage, StageBody};
 
 /// What the workers of a thread stage with a fault policy share.
 pub(crate) struct Guard<I, O> {

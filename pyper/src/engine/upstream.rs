@@ -2,10 +2,10 @@
 
 use std::fmt;
 
-use crate::queue::Receiver;
-use crate::run::RunState;
-use crate::sync::Arc;
-use crate::worker::MAX_BATCH;
+use crate::engine::batch::MAX_BATCH;
+use crate::engine::queue::Receiver;
+use crate::engine::run::RunState;
+use crate::engine::sync::Arc;
 
 /// The input of a [`join`](crate::Task::join) task: an iterator over the items that reach
 /// this worker, in arrival order, until the upstream stages have finished.

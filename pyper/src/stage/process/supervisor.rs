@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use super::protocol::{self, ADDRESS_ENV, TOKEN_ENV};
 use super::{ProcessFn, RemoteError, WorkerDied, WORKER_ARGS};
+use crate::engine::batch::{Collect, Emit, Fault, Outlet, MAX_BATCH};
+use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
+use crate::engine::queue::{Close, Receiver, Sender};
+use crate::engine::run::RunState;
+use crate::engine::sequencer::Sequencer;
+use crate::engine::sync::{self, Arc};
 use crate::error::{BoxError, Error};
-use crate::fault::{FaultPolicy, Panicked, RetriesExhausted, TimedOut};
-use crate::meter::{ProcessTimes, Recorder, StageMeter};
-use crate::queue::{Close, Receiver, Sender};
-use crate::run::RunState;
-use crate::sequencer::Sequencer;
-use crate::sync::{self, Arc};
-use crate::worker::{Collect, Emit, Fault, Outlet, MAX_BATCH};
+use crate::stage::policy::{FaultPolicy, Panicked, RetriesExhausted, TimedOut};
 
 /// How long a new worker process may take to connect and say it is ready. Generous: a
 /// worker is a fresh start of the whole program, on a machine that may be busy.
@@ -123,8 +123,8 @@ enum Halt {
     Fail(Error),
 }
 
-impl From<crate::worker::Stop> for Halt {
-    fn from(_: crate::worker::Stop) -> Self {
+impl From<crate::engine::batch::Stop> for Halt {
+    fn from(_: crate::engine::batch::Stop) -> Self {
         Halt::Stop
     }
 }
@@ -452,7 +452,7 @@ trait Place<O> {
 }
 
 fn decode_into<O>(
-    decode: &crate::worker::EachFn<Vec<u8>, O>,
+    decode: &crate::stage::thread::EachFn<Vec<u8>, O>,
     bytes: Vec<u8>,
     out: &mut dyn Emit<O>,
     stage: &str,

@@ -1,0 +1,238 @@
+//! The shared pieces every kind of stage uses to move items: what a task's body emits
+//! into ([`Emit`], [`Outlet`]), how many ready items a worker takes at once
+//! ([`BatchLimit`]), when gathered outputs are handed over, and how a user's iterator is
+//! drained without holding elements behind a blocking `next()` ([`emit_each`]).
+
+use std::time::Duration;
+
+use crate::engine::queue::Sender;
+use crate::engine::run::RunState;
+use crate::engine::sync::Instant;
+use crate::error::BoxError;
+
+/// The most items one hand-over carries.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// How long the items of one batch should take to process. Longer batches would delay
+/// the first output of the batch, and leave the other workers of a stage idle at the end.
+const BATCH_TIME: Duration = Duration::from_micros(50);
+
+/// The downstream side refused an item: the run was cancelled, or nobody reads any more.
+/// Not an error: the worker just stops.
+#[derive(Debug)]
+pub(crate) struct Stop;
+
+/// Why a task's body did not complete.
+pub(crate) enum Fault {
+    Stop,
+    Failed(BoxError),
+}
+
+impl From<Stop> for Fault {
+    fn from(_: Stop) -> Self {
+        Fault::Stop
+    }
+}
+
+/// Where a task's body puts its outputs.
+pub(crate) trait Emit<O> {
+    fn emit(&mut self, item: O) -> Result<(), Stop>;
+
+    /// The producer is about to ask a user's iterator for its next element, which may
+    /// block when `may_block` says so or when elements have been slow to come. Hands over
+    /// what is gathered in that case; returns the clock reading if the call is to be timed.
+    fn before_next(&mut self, _may_block: bool) -> Result<Option<Instant>, Stop> {
+        Ok(None)
+    }
+
+    /// The element asked for in [`before_next`](Emit::before_next) has come.
+    fn after_next(&mut self, _asked: Option<Instant>) {}
+}
+
+/// Emits every element of a user's iterator (an input iterator, a `branch` output).
+///
+/// Elements flow on as they are produced: before asking the iterator for an element that
+/// may take a while (a channel, a socket, a page fetch), the worker hands over what it
+/// gathered, so no element waits behind a blocked producer, and a pipeline fed back from
+/// its own output cannot deadlock that way. Two signs say "may take a while": a
+/// `size_hint` that promises nothing (a channel), or elements that took [`SLOW_ELEMENT`] or
+/// more to come. While elements come quickly from an iterator that promises more (a range,
+/// a `Vec`, a cheap `map`), they move in batches.
+pub(crate) fn emit_each<It, T>(
+    elements: It,
+    out: &mut dyn Emit<T>,
+    mut each: impl FnMut(It::Item, &mut dyn Emit<T>) -> Result<(), Fault>,
+) -> Result<(), Fault>
+where
+    It: IntoIterator,
+{
+    let mut elements = elements.into_iter();
+    loop {
+        let (promised, most) = elements.size_hint();
+        let asked = out.before_next(promised == 0 && most != Some(0))?;
+        let element = elements.next();
+        out.after_next(asked);
+        match element {
+            Some(element) => each(element, out)?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// An element that takes this long to come is handed over before the next is asked for:
+/// the hand-over then costs a few percent of the wait at most.
+const SLOW_ELEMENT: Duration = Duration::from_micros(1);
+
+/// How many quick elements in a row make an iterator quick, and how often a quick one is
+/// timed again.
+const QUICK_STREAK: u32 = 64;
+
+/// Tells quick iterators from slow ones. Only the iterator's own `next` is timed, never
+/// the hand-overs, and a quick iterator only once per [`QUICK_STREAK`] elements.
+struct Pace {
+    quick_streak: u32,
+    asked: u32,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            quick_streak: 0,
+            asked: 0,
+        }
+    }
+
+    fn slow(&self) -> bool {
+        self.quick_streak < QUICK_STREAK
+    }
+
+    fn before(&mut self) -> Option<Instant> {
+        self.asked = self.asked.wrapping_add(1);
+        (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
+    }
+
+    fn after(&mut self, asked: Option<Instant>) {
+        if let Some(asked) = asked {
+            self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
+                true => self.quick_streak.saturating_add(1),
+                false => 0,
+            };
+        }
+    }
+}
+
+/// How many ready items a worker takes at once.
+///
+/// It starts at one item and doubles towards the count that [`BATCH_TIME`] allows, so
+/// trivial items move in bulk while slow ones are taken one at a time: their outputs are
+/// not held back behind a long batch, and they spread over every worker of the stage.
+pub(crate) struct BatchLimit {
+    limit: usize,
+}
+
+impl BatchLimit {
+    pub(crate) fn new() -> Self {
+        BatchLimit { limit: 1 }
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        self.limit
+    }
+
+    pub(crate) fn adapt(&mut self, took: Duration, count: usize) {
+        let per_item = took / count.max(1) as u32;
+        let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
+        // Grow gently, so that one fast item cannot make a worker hoard a slow stream.
+        self.limit = fits.clamp(1, MAX_BATCH).min(self.limit * 2);
+    }
+}
+
+/// A worker's output buffer: outputs leave in batches, and at once when downstream is
+/// idle, so a quiet pipeline keeps its latency while a busy one moves items in bulk.
+pub(crate) struct Outlet<'a, O> {
+    pub(crate) output: &'a Sender<O>,
+    pub(crate) run: &'a RunState,
+    pub(crate) buffer: Vec<O>,
+    pub(crate) max: usize,
+    /// How quickly the iterators this worker drives produce their elements.
+    pace: Pace,
+}
+
+impl<'a, O> Outlet<'a, O> {
+    pub(crate) fn new(output: &'a Sender<O>, run: &'a RunState) -> Self {
+        Outlet {
+            output,
+            run,
+            buffer: Vec::new(),
+            max: hand_over_size(output),
+            pace: Pace::new(),
+        }
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), Stop> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.output.push_all(&mut self.buffer).map_err(|_| Stop)
+    }
+}
+
+impl<O> Emit<O> for Outlet<'_, O> {
+    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
+        if may_block || self.pace.slow() {
+            self.flush()?;
+        }
+        Ok(self.pace.before())
+    }
+
+    fn after_next(&mut self, asked: Option<Instant>) {
+        self.pace.after(asked);
+    }
+
+    fn emit(&mut self, item: O) -> Result<(), Stop> {
+        if self.run.is_cancelled() {
+            return Err(Stop);
+        }
+        self.buffer.push(item);
+        if should_hand_over(&self.buffer, self.max, self.output) {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// How many outputs a worker gathers before it hands them over: a quarter of the bound,
+/// so the consumer can take one batch while the producer fills the next, instead of the
+/// two taking turns.
+pub(crate) fn hand_over_size<O>(output: &Sender<O>) -> usize {
+    (output.capacity() / 4).clamp(1, MAX_BATCH)
+}
+
+/// Whether a worker should hand its gathered outputs over now: the batch is full, or
+/// downstream has nothing to do.
+///
+/// Downstream is asked when the batch has 1, 2, 4, 8... items: at once for the first
+/// output, so an idle consumer gets it without delay, and then ever more rarely, because
+/// the answer lives on a cache line the consumer writes and asking for every item was
+/// measured to cost a third of the hand-over's time.
+#[inline]
+pub(crate) fn should_hand_over<O>(buffer: &[O], max: usize, output: &Sender<O>) -> bool {
+    buffer.len() >= max || (buffer.len().is_power_of_two() && output.looks_hungry())
+}
+
+/// Collects the outputs of an ordered stage's batch, to be released in order.
+pub(crate) struct Collect<'a, O> {
+    pub(crate) items: Vec<O>,
+    pub(crate) run: &'a RunState,
+}
+
+impl<O> Emit<O> for Collect<'_, O> {
+    fn emit(&mut self, item: O) -> Result<(), Stop> {
+        if self.run.is_cancelled() {
+            return Err(Stop);
+        }
+        self.items.push(item);
+        Ok(())
+    }
+}

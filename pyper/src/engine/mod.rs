@@ -1,0 +1,17 @@
+//! The engine: what every kind of stage runs on. Queues, the run's shared state and its
+//! shutdown protocol, the ordered hand-over, the input source, the recording of metrics,
+//! and the synchronisation primitives they are built from.
+//!
+//! The engine knows nothing of the kinds of stage (`crate::stage`), of presentation
+//! (`crate::observe`) or of the public API: it is the bottom layer.
+
+pub(crate) mod batch;
+pub(crate) mod meter;
+pub(crate) mod queue;
+pub(crate) mod run;
+#[cfg(feature = "async")]
+pub(crate) mod runtime;
+pub(crate) mod sequencer;
+pub(crate) mod source;
+pub(crate) mod sync;
+pub(crate) mod upstream;
