@@ -205,7 +205,7 @@ fn a_join_that_stops_reading_ends_the_run_cleanly() {
 fn branch_outputs_race_a_drop() {
     shuttle::check_random(
         || {
-            let fan = task(|x: u64| (0..x)).branch().throttle(1).workers(2);
+            let fan = task(|x: u64| 0..x).branch().throttle(1).workers(2);
             let mut output = fan.feed(0..ITEMS + 1);
             let first = output.next();
             assert!(matches!(first, Some(Ok(_))));
