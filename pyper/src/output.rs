@@ -8,6 +8,8 @@ use crate::engine::queue::Receiver;
 use crate::engine::run::{self, Launcher, RunState, WorkerThread};
 use crate::engine::sync::Arc;
 use crate::error::Error;
+use crate::observe::progress::Bars;
+use crate::observe::{self, RunOptions};
 
 type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send>;
 
@@ -42,6 +44,9 @@ pub struct Output<O> {
     pub(crate) receiver: Option<Receiver<O>>,
     pub(crate) ready: std::vec::IntoIter<O>,
     threads: Vec<WorkerThread>,
+    /// What the run records and shows, settled when it starts.
+    pub(crate) options: RunOptions,
+    bars: Option<Bars>,
     pub(crate) finished: bool,
     /// What a `Stream` consumer is waiting for.
     #[cfg(feature = "async")]
@@ -58,6 +63,8 @@ impl<O: Send + 'static> Output<O> {
             receiver: None,
             ready: Vec::new().into_iter(),
             threads: Vec::new(),
+            options: RunOptions::from_env(),
+            bars: None,
             finished: false,
             #[cfg(feature = "async")]
             waiting: None,
@@ -92,13 +99,12 @@ impl<O> Output<O> {
     }
 
     fn finish(&mut self) -> Option<Error> {
-        let threads = self.begin_finish()?;
-        run::finish(&self.run, threads)
+        self.begin_finish()?.wait()
     }
 
-    /// Marks the output finished and hands back the threads to wait for, unless it was
+    /// Marks the output finished and hands back what is left to wait for, unless it was
     /// finished already.
-    pub(crate) fn begin_finish(&mut self) -> Option<Vec<WorkerThread>> {
+    pub(crate) fn begin_finish(&mut self) -> Option<Ending> {
         if self.finished {
             return None;
         }
@@ -106,7 +112,16 @@ impl<O> Output<O> {
         self.start = None;
         self.receiver = None;
         self.ready = Vec::new().into_iter();
-        Some(std::mem::take(&mut self.threads))
+        Some(Ending {
+            run: Arc::clone(&self.run),
+            threads: std::mem::take(&mut self.threads),
+            bars: self.bars.take(),
+        })
+    }
+
+    /// Whether the run has started (or ended): its options can no longer change.
+    pub(crate) fn has_started(&self) -> bool {
+        self.start.is_none()
     }
 
     /// Starts the run if it has not started: returns `false` if it could not.
@@ -118,18 +133,14 @@ impl<O> Output<O> {
             // Cancelled before it started: nothing to start, nothing to wait for.
             return false;
         }
+        let options = self.options;
+        self.run.meter.configure(options.metrics, options.trace);
         self.run.meter.start();
         let mut launcher = Launcher::new(Arc::clone(&self.run));
         let started = start(&mut launcher);
         self.threads = launcher.threads;
-        if self.run.meter.wants_progress() {
-            let bars = crate::observe::progress::start(&self.run);
-            *self
-                .run
-                .meter
-                .bars
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = bars;
+        if options.shows_progress() {
+            self.bars = crate::observe::progress::start(&self.run);
         }
         match started {
             Ok(receiver) => {
@@ -141,6 +152,23 @@ impl<O> Output<O> {
                 false
             }
         }
+    }
+}
+
+/// What a finished output still has to wait for: its workers, then the run's observers.
+pub(crate) struct Ending {
+    run: Arc<RunState>,
+    threads: Vec<WorkerThread>,
+    bars: Option<Bars>,
+}
+
+impl Ending {
+    /// Waits for the run's workers, then ends what observes it (bars, trace file,
+    /// `tracing` events), and returns the run's error, if any.
+    pub(crate) fn wait(self) -> Option<Error> {
+        let error = run::finish(&self.run, self.threads);
+        observe::run_ended(&self.run, self.bars);
+        error
     }
 }
 

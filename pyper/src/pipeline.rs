@@ -272,6 +272,12 @@ impl<I, O, F> fmt::Debug for Consumer<I, O, F> {
 
 /// Anything that can stand on the right of `|`: a [`Task`] or a [`Pipeline`] whose input
 /// is `I`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot take the outputs of the stage before it, which are `{I}`",
+    label = "this stage's input must be `{I}`",
+    note = "a task whose function takes an `Upstream<{I}>` is a join task: did you forget `.join()`?",
+    note = "an async join task takes an `UpstreamStream<{I}>` and needs `.join()` too"
+)]
 pub trait IntoPipeline<I> {
     /// The output type of the resulting pipeline.
     type Output;

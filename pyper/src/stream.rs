@@ -19,7 +19,6 @@ use futures_util::FutureExt;
 
 use crate::engine::batch::MAX_BATCH;
 use crate::engine::queue::Receiver;
-use crate::engine::run;
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::output::Output;
@@ -52,14 +51,15 @@ pub(crate) fn next_batch<T: Send + 'static>(receiver: Receiver<T>) -> NextBatch<
 
 /// Waits for the workers of a finished output on pyper's runtime's blocking pool.
 fn wait_for_workers<O>(output: &mut Output<O>) -> BoxFuture<'static, Option<Error>> {
-    let run = std::sync::Arc::clone(&output.run);
-    let threads = output.begin_finish().unwrap_or_default();
+    let Some(ending) = output.begin_finish() else {
+        return std::future::ready(None).boxed();
+    };
     let runtime = match crate::engine::runtime::handle() {
         Ok(runtime) => runtime,
         // Without a runtime there is no blocking pool: wait here, as the iterator would.
-        Err(_) => return std::future::ready(run::finish(&run, threads)).boxed(),
+        Err(_) => return std::future::ready(ending.wait()).boxed(),
     };
-    let waiting = runtime.spawn_blocking(move || run::finish(&run, threads));
+    let waiting = runtime.spawn_blocking(move || ending.wait());
     async move { waiting.await.unwrap_or(None) }.boxed()
 }
 

@@ -3,20 +3,19 @@
 
 use std::fmt;
 
-use crate::engine::batch::{emit_each, Emit, Fault, Stop, MAX_BATCH};
-use crate::engine::meter::StageKind;
-use crate::engine::queue::{queue, Receiver, DEFAULT_THROTTLE};
+use crate::engine::batch::{emit_each, Emit, Fault};
+use crate::engine::queue::Receiver;
 use crate::engine::run::Launcher;
-use crate::engine::sequencer::Sequencer;
-use crate::engine::sync::{Arc, Instant};
+use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 use crate::error::{BoxError, Error};
 use crate::pipeline::{IntoPipeline, Stages};
 #[cfg(feature = "async")]
-use crate::stage::async_task::{self, AsyncFn};
-use crate::stage::policy::{Backoff, FaultPolicy};
-use crate::stage::thread::retry;
-use crate::stage::thread::{self, EachFn, JoinFn, Stage, StageBody};
+use crate::stage::async_task;
+use crate::stage::policy::Backoff;
+use crate::stage::thread::EachFn;
+pub(crate) use crate::stage::Body;
+use crate::stage::{self, Adapters, Spec};
 use crate::Output;
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
@@ -36,32 +35,9 @@ use crate::Output;
 /// ```
 pub struct Task<I, O> {
     pub(crate) body: Body<I, O>,
-    pub(crate) options: Options,
+    pub(crate) options: Spec,
     /// `I::clone`, set by [`Task::retries`]: a retry needs the item again.
     pub(crate) clone_input: Option<fn(&I) -> I>,
-}
-
-/// Everything about a task but its function.
-#[derive(Clone, Debug)]
-pub(crate) struct Options {
-    name: Option<Arc<str>>,
-    workers: usize,
-    throttle: usize,
-    ordered: bool,
-    daemon: bool,
-    pub(crate) faults: FaultPolicy,
-}
-
-pub(crate) enum Body<I, O> {
-    Each(EachFn<I, O>),
-    Join(JoinFn<I, O>),
-    #[cfg(feature = "async")]
-    AsyncEach(AsyncFn<I, O>),
-    #[cfg(feature = "async")]
-    AsyncJoin(AsyncFn<Upstream<I>, O>),
-    #[cfg(feature = "process")]
-    Process(crate::stage::process::ProcessFn<I, O>),
-    Invalid(&'static str),
 }
 
 /// Builds a task from a function of one item, returning one output.
@@ -125,34 +101,69 @@ where
 }
 
 impl<I, O> Task<I, O> {
-    /// Applies `adapter` to each output of an async body; a sync body gets `sync_error`.
+    /// Applies `adapter` to each output of an async body; any other body becomes
+    /// invalid, for `why`.
     #[cfg(feature = "async")]
     pub(crate) fn adapt_async<P>(
         self,
-        adapter: async_task::StreamAdapter<O, P>,
-        sync_error: &'static str,
+        adapter: crate::stage::async_task::StreamAdapter<O, P>,
+        why: &'static str,
     ) -> Task<I, P>
     where
         I: Send + 'static,
         O: Send + 'static,
         P: Send + 'static,
     {
-        let body = match self.body {
-            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapter)),
-            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapter)),
-            Body::Each(_) | Body::Join(_) => Body::Invalid(sync_error),
-            #[cfg(feature = "process")]
-            Body::Process(_) => Body::Invalid(sync_error),
-            Body::Invalid(why) => Body::Invalid(why),
-        };
+        let body = self.body.adapt_async(adapter, why);
         Task::from_parts(body, self.options, self.clone_input)
+    }
+
+    /// Hands the output of each run to `consumer`: Pyper's `task > consumer`. See
+    /// [`Pipeline::consume`](crate::Pipeline::consume).
+    ///
+    /// ```
+    /// use pyper::{task, Output};
+    ///
+    /// let total = task(|n: u64| 0..n).branch().consume(|out: Output<u64>| out.sum::<Result<u64, _>>());
+    /// assert_eq!(total.run(4).unwrap(), 6);
+    /// ```
+    pub fn consume<R, F>(self, consumer: F) -> crate::Consumer<I, O, F>
+    where
+        F: Fn(Output<O>) -> R,
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.into_pipeline().consume(consumer)
+    }
+
+    /// Hands the output stream of each run to an async `consumer`. See
+    /// [`Pipeline::consume_async`](crate::Pipeline::consume_async). (Requires the `async`
+    /// feature.)
+    #[cfg(feature = "async")]
+    pub fn consume_async<R, F, Fut>(self, consumer: F) -> crate::AsyncConsumer<I, O, F>
+    where
+        F: Fn(crate::OutputStream<O>) -> Fut,
+        Fut: std::future::Future<Output = R>,
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        self.into_pipeline().consume_async(consumer)
+    }
+
+    fn adapt_outputs<P>(self, adapters: Adapters<O, P>) -> Task<I, P>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        P: Send + 'static,
+    {
+        Task::from_parts(self.body.adapt(adapters), self.options, self.clone_input)
     }
 
     /// A task of `body` with `options`; `clone_input` is kept only where the input type
     /// stays the same (a join takes a new one, and is never retried).
     pub(crate) fn from_parts(
         body: Body<I, O>,
-        options: Options,
+        options: Spec,
         clone_input: Option<fn(&I) -> I>,
     ) -> Self {
         Task {
@@ -165,14 +176,7 @@ impl<I, O> Task<I, O> {
     pub(crate) fn new(body: Body<I, O>, name: Option<Arc<str>>) -> Self {
         Task {
             body,
-            options: Options {
-                name,
-                workers: 1,
-                throttle: DEFAULT_THROTTLE,
-                ordered: false,
-                daemon: false,
-                faults: FaultPolicy::default(),
-            },
+            options: Spec::new(name),
             clone_input: None,
         }
     }
@@ -346,29 +350,6 @@ impl<I, O> Task<I, O> {
     {
         self.clone().into_pipeline().feed(inputs)
     }
-
-    fn adapt_outputs<P>(self, adapters: Adapters<O, P>) -> Task<I, P>
-    where
-        I: Send + 'static,
-        O: Send + 'static,
-        P: Send + 'static,
-    {
-        let body = match self.body {
-            Body::Each(each) => Body::Each(adapt(each, adapters.each)),
-            Body::Join(join) => Body::Join(adapt(join, adapters.each)),
-            #[cfg(feature = "async")]
-            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
-            #[cfg(feature = "async")]
-            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapters.stream)),
-            #[cfg(feature = "process")]
-            Body::Process(process) => {
-                let decode = adapt(std::sync::Arc::clone(&process.decode), adapters.each);
-                Body::Process(process.with_decode(decode))
-            }
-            Body::Invalid(why) => Body::Invalid(why),
-        };
-        Task::from_parts(body, self.options, self.clone_input)
-    }
 }
 
 impl<I, O> Task<I, O>
@@ -537,96 +518,14 @@ where
     /// let pipeline = task(|x: u32| x) | not_joined;
     /// ```
     pub fn join(self) -> Task<I, O> {
-        let body = match self.body {
-            Body::Each(each) => Body::Join(each),
-            // Reading a blocking iterator would stall the runtime.
-            #[cfg(feature = "async")]
-            Body::AsyncEach(_) => {
-                Body::Invalid("an async join task reads an `UpstreamStream`, not an `Upstream`")
-            }
-            #[cfg(feature = "async")]
-            Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
-            Body::Join(_) => Body::Invalid("join() was applied twice"),
-            #[cfg(feature = "process")]
-            Body::Process(_) => Body::Invalid("a process task cannot join"),
-            Body::Invalid(why) => Body::Invalid(why),
-        };
-        Task::from_parts(body, self.options, None)
-    }
-}
-
-/// Turns each output of a body into zero or more outputs of another type.
-type Adapter<O, P> = fn(O, &mut dyn Emit<P>) -> Result<(), Fault>;
-
-/// The same output adapter, for each kind of body.
-struct Adapters<O, P> {
-    each: Adapter<O, P>,
-    #[cfg(feature = "async")]
-    stream: async_task::StreamAdapter<O, P>,
-}
-
-fn adapt<In, O, P>(body: EachFn<In, O>, adapter: Adapter<O, P>) -> EachFn<In, P>
-where
-    In: 'static,
-    O: 'static,
-    P: 'static,
-{
-    Arc::new(move |input, out: &mut dyn Emit<P>| {
-        let mut adapted = Adapted {
-            out,
-            adapter,
-            failure: None,
-        };
-        let result = body(input, &mut adapted);
-        match adapted.failure {
-            Some(error) => Err(Fault::Failed(error)),
-            None => result,
-        }
-    })
-}
-
-struct Adapted<'a, O, P> {
-    out: &'a mut dyn Emit<P>,
-    adapter: Adapter<O, P>,
-    /// An adapter's own failure, carried past the body, whose `emit` can only say "stop".
-    failure: Option<BoxError>,
-}
-
-impl<O, P> Emit<O> for Adapted<'_, O, P> {
-    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
-        self.out.before_next(may_block)
-    }
-
-    fn after_next(&mut self, asked: Option<Instant>) {
-        self.out.after_next(asked);
-    }
-
-    fn emit(&mut self, item: O) -> Result<(), Stop> {
-        match (self.adapter)(item, self.out) {
-            Ok(()) => Ok(()),
-            Err(Fault::Stop) => Err(Stop),
-            Err(Fault::Failed(error)) => {
-                self.failure = Some(error);
-                Err(Stop)
-            }
-        }
+        Task::from_parts(self.body.join(), self.options, None)
     }
 }
 
 impl<I, O> Clone for Task<I, O> {
     fn clone(&self) -> Self {
         Task {
-            body: match &self.body {
-                Body::Each(each) => Body::Each(Arc::clone(each)),
-                Body::Join(join) => Body::Join(Arc::clone(join)),
-                #[cfg(feature = "async")]
-                Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
-                #[cfg(feature = "async")]
-                Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
-                #[cfg(feature = "process")]
-                Body::Process(process) => Body::Process(process.clone()),
-                Body::Invalid(why) => Body::Invalid(why),
-            },
+            body: self.body.clone(),
             options: self.options.clone(),
             clone_input: self.clone_input,
         }
@@ -648,209 +547,13 @@ where
     O: Send + 'static,
 {
     fn check(&self, position: &mut usize) -> Result<(), Error> {
-        let name = self.stage_name(*position);
+        let name = self.options.stage_name(*position);
         *position += 1;
-        if let Body::Invalid(why) = self.body {
-            return Err(Error::config(Some(&name), why));
-        }
-        if self.options.faults.timeout == Some(std::time::Duration::ZERO) {
-            return Err(Error::config(
-                Some(&name),
-                "timeout must be longer than zero",
-            ));
-        }
-        #[cfg(feature = "process")]
-        if let Body::Process(_) = self.body {
-            crate::stage::process::may_spawn().map_err(|why| Error::config(Some(&name), why))?;
-        }
-        if self.options.faults.is_active() {
-            if let Err(why) = self.body.fault_support() {
-                return Err(Error::config(Some(&name), why));
-            }
-        }
-        if self.options.workers == 0 {
-            return Err(Error::config(Some(&name), "workers must be at least 1"));
-        }
-        if name.contains('\0') {
-            return Err(Error::config(
-                Some(&name),
-                "a stage name cannot contain a NUL byte",
-            ));
-        }
-        Ok(())
+        (self.body.check(&self.options, &name)).map_err(|why| Error::config(Some(&name), why))
     }
 
     fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O> {
-        let name = self.stage_name(launcher.next_position());
-        let (output, next_input) = queue(self.options.throttle);
-        launcher.state.register(Box::new(output.closer()));
-        let ordered = self.options.ordered && self.options.workers > 1;
-        let sequencer = (ordered && !self.body.is_async()).then(|| {
-            let window = (2 * self.options.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
-            let sequencer = Arc::new(Sequencer::new(window));
-            launcher.state.register(Box::new(Arc::clone(&sequencer)));
-            sequencer
-        });
-        #[cfg(feature = "process")]
-        if let Body::Process(body) = &self.body {
-            let children = Arc::new(crate::stage::process::Children::default());
-            launcher.state.register(Box::new(Arc::clone(&children)));
-            let stage = Arc::new(crate::stage::process::ProcessStage {
-                name: Arc::clone(&name),
-                run: Arc::clone(&launcher.state),
-                body: body.clone(),
-                faults: self.options.faults,
-                children,
-                in_order: self.options.workers == 1 && self.options.faults.retries > 0,
-                sequencer,
-                meter: launcher.state.meter.stage(
-                    &name,
-                    StageKind::Process,
-                    self.options.workers,
-                    Some(input.depth_gauge()),
-                ),
-            });
-            for _ in 0..self.options.workers {
-                let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
-                launcher.spawn(&name, self.options.daemon, move || {
-                    crate::stage::process::work(stage, input, output)
-                });
-            }
-            return next_input;
-        }
-        let faults = self.options.faults;
-        // A thread stage applies its fault policy through a guard, with a body per worker.
-        let guard = match &self.body {
-            Body::Each(each) if faults.is_active() => Some(retry::Guard::new(
-                each,
-                faults,
-                self.clone_input,
-                &name,
-                &launcher.state,
-            )),
-            _ => None,
-        };
-        let body = match &self.body {
-            Body::Each(each) => match sequencer {
-                Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
-                None => StageBody::Each(Arc::clone(each)),
-            },
-            Body::Join(join) => StageBody::Join(Arc::clone(join)),
-            #[cfg(feature = "async")]
-            Body::AsyncEach(each) => StageBody::AsyncEach(
-                crate::stage::async_task::retry::guard(each, faults, self.clone_input),
-                ordered,
-            ),
-            #[cfg(feature = "async")]
-            Body::AsyncJoin(join) => StageBody::AsyncJoin(Arc::clone(join)),
-            #[cfg(feature = "process")]
-            Body::Process(_) => unreachable!("process tasks were launched above"),
-            Body::Invalid(_) => unreachable!("`check` rejects invalid tasks before launch"),
-        };
-        let kind = match self.body.is_async() {
-            true => StageKind::Async,
-            false => StageKind::Threads,
-        };
-        let meter = launcher.state.meter.stage(
-            &name,
-            kind,
-            self.options.workers,
-            Some(input.depth_gauge()),
-        );
-        let stage = Arc::new(Stage {
-            name: Arc::clone(&name),
-            run: Arc::clone(&launcher.state),
-            body,
-            meter,
-        });
-        #[cfg(feature = "async")]
-        if let StageBody::AsyncEach(_, ordered) = stage.body {
-            for slots in
-                crate::stage::async_task::driver::driver_slots(self.options.workers, ordered)
-            {
-                let (stage, input, output) = (Arc::clone(&stage), input.clone(), output.clone());
-                launcher.spawn_task(
-                    &name,
-                    crate::stage::async_task::driver::drive(stage, input, output, slots),
-                );
-            }
-            return next_input;
-        }
-        for _ in 0..self.options.workers {
-            let stage = match &guard {
-                Some(guard) => Arc::new(guard.worker_stage(&stage)),
-                None => Arc::clone(&stage),
-            };
-            let (input, output) = (input.clone(), output.clone());
-            #[cfg(feature = "async")]
-            if let StageBody::AsyncJoin(_) = stage.body {
-                launcher.spawn_task(
-                    &name,
-                    crate::stage::async_task::driver::join(stage, input, output),
-                );
-                continue;
-            }
-            launcher.spawn(&name, self.options.daemon, move || {
-                thread::work(stage, input, output)
-            });
-        }
-        next_input
-    }
-}
-
-/// Why a join task cannot have a timeout or retries.
-const JOIN_FAULTS: &str =
-    "timeout and retries apply per item; a join task receives the whole stream";
-
-/// Above this many workers, an ordered stage's reorder window stops growing.
-const MAX_ORDER_WORKERS: usize = 64;
-
-impl<I, O> Body<I, O> {
-    fn is_async(&self) -> bool {
-        match self {
-            #[cfg(feature = "async")]
-            Body::AsyncEach(_) | Body::AsyncJoin(_) => true,
-            _ => false,
-        }
-    }
-
-    /// Whether a [`FaultPolicy`] can apply to this kind of body. Each kind that can
-    /// applies it its own way, in `launch`.
-    fn fault_support(&self) -> Result<(), &'static str> {
-        match self {
-            Body::Each(_) => Ok(()),
-            #[cfg(feature = "async")]
-            Body::AsyncEach(_) => Ok(()),
-            Body::Join(_) => Err(JOIN_FAULTS),
-            #[cfg(feature = "async")]
-            Body::AsyncJoin(_) => Err(JOIN_FAULTS),
-            #[cfg(feature = "process")]
-            Body::Process(_) => Ok(()),
-            Body::Invalid(why) => Err(why),
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            #[cfg(feature = "process")]
-            Body::Process(_) => "process",
-            Body::Each(_) => "each",
-            Body::Join(_) => "join",
-            #[cfg(feature = "async")]
-            Body::AsyncEach(_) => "async each",
-            #[cfg(feature = "async")]
-            Body::AsyncJoin(_) => "async join",
-            Body::Invalid(_) => "invalid",
-        }
-    }
-}
-
-impl<I, O> Task<I, O> {
-    fn stage_name(&self, position: usize) -> Arc<str> {
-        match &self.options.name {
-            Some(name) => Arc::clone(name),
-            None => format!("stage {position}").into(),
-        }
+        stage::launch(&self.body, &self.options, self.clone_input, input, launcher)
     }
 }
 
@@ -895,10 +598,13 @@ mod tests {
     #[test]
     fn plain_functions_are_named_after_themselves_and_closures_by_position() {
         let named = task(parse);
-        assert_eq!(named.stage_name(3).as_ref(), "parse");
+        assert_eq!(named.options.stage_name(3).as_ref(), "parse");
         let closure = task(|s: String| s.len());
-        assert_eq!(closure.stage_name(3).as_ref(), "stage 3");
-        assert_eq!(task(str::len).stage_name(1).as_ref(), "len");
-        assert_eq!(task(generic::<u8>).stage_name(1).as_ref(), "generic");
+        assert_eq!(closure.options.stage_name(3).as_ref(), "stage 3");
+        assert_eq!(task(str::len).options.stage_name(1).as_ref(), "len");
+        assert_eq!(
+            task(generic::<u8>).options.stage_name(1).as_ref(),
+            "generic"
+        );
     }
 }

@@ -79,8 +79,6 @@ impl StageKind {
 pub(crate) struct RunMeter {
     enabled: AtomicBool,
     tracing_spans: AtomicBool,
-    wants_progress: AtomicBool,
-    pub(crate) bars: Mutex<Option<crate::observe::progress::Bars>>,
     started: Mutex<Option<Instant>>,
     ended: Mutex<Option<Instant>>,
     stages: Mutex<Vec<Arc<StageMeter>>>,
@@ -89,35 +87,23 @@ pub(crate) struct RunMeter {
 impl RunMeter {
     pub(crate) fn new() -> Self {
         RunMeter {
-            enabled: AtomicBool::new(crate::observe::metrics::enabled_by_env()),
-            tracing_spans: AtomicBool::new(crate::observe::trace::path_from_env().is_some()),
-            wants_progress: AtomicBool::new(crate::observe::progress::wanted_by_env()),
-            bars: Mutex::new(None),
+            enabled: AtomicBool::new(true),
+            tracing_spans: AtomicBool::new(false),
             started: Mutex::new(None),
             ended: Mutex::new(None),
             stages: Mutex::new(Vec::new()),
         }
     }
 
-    pub(crate) fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Relaxed);
+    /// Settles what the run records, before any stage registers: whether it records at
+    /// all, and whether workers keep spans for a trace (which needs recording).
+    pub(crate) fn configure(&self, enabled: bool, spans: bool) {
+        self.enabled.store(enabled || spans, Relaxed);
+        self.tracing_spans.store(spans, Relaxed);
     }
 
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(Relaxed)
-    }
-
-    pub(crate) fn record_spans(&self) {
-        self.tracing_spans.store(true, Relaxed);
-        self.enabled.store(true, Relaxed);
-    }
-
-    pub(crate) fn show_progress(&self) {
-        self.wants_progress.store(true, Relaxed);
-    }
-
-    pub(crate) fn wants_progress(&self) -> bool {
-        self.wants_progress.load(Relaxed) && self.is_enabled()
     }
 
     pub(crate) fn records_spans(&self) -> bool {

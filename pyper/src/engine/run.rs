@@ -195,7 +195,6 @@ pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error
     #[cfg(feature = "async")]
     run.tasks.wait_until_none();
     run.meter.end();
-    crate::observe::run_ended(run);
     run.take_error()
 }
 

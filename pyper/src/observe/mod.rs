@@ -6,6 +6,7 @@ use std::fmt;
 
 use crate::engine::run::RunState;
 use crate::engine::sync::Arc;
+use crate::error::Error;
 use crate::observe::metrics::Metrics;
 use crate::observe::report::Report;
 use crate::Output;
@@ -49,8 +50,7 @@ impl<O> Output<O> {
     /// same for every run. Metrics cost little (see the README's Performance section), so
     /// this is for measuring that cost, or for the last few percent.
     pub fn without_metrics(self) -> Self {
-        self.run.meter.set_enabled(false);
-        self
+        self.settle("without_metrics", |options| options.metrics = false)
     }
 
     /// Shows live progress bars while the run goes on: one line per stage with its
@@ -63,8 +63,7 @@ impl<O> Output<O> {
     /// [`without_metrics`](Output::without_metrics) draws none. Lines your program prints
     /// to the terminal while they draw may be overdrawn; print after the run, or to a file.
     pub fn progress(self) -> Self {
-        self.run.meter.show_progress();
-        self
+        self.settle("progress", |options| options.progress = true)
     }
 
     /// Records a timeline of the run: every worker's batches and waits, for
@@ -72,7 +71,23 @@ impl<O> Output<O> {
     /// `PYPER_TRACE=trace.json` records every run and writes its trace to that file as the
     /// run ends.
     pub fn record_trace(self) -> Self {
-        self.run.meter.record_spans();
+        self.settle("record_trace", |options| options.trace = true)
+    }
+
+    /// Applies a run option, or refuses it once the run has started: the run then fails
+    /// with a configuration error naming the option, rather than ignoring it.
+    fn settle(mut self, option: &str, apply: impl FnOnce(&mut RunOptions)) -> Self {
+        if self.has_started() {
+            self.run.fail(Error::config(
+                None,
+                format!(
+                    "`Output::{option}` was called after the run started; \
+                     run options must be set before the first item is taken"
+                ),
+            ));
+        } else {
+            apply(&mut self.options);
+        }
         self
     }
 
@@ -122,22 +137,43 @@ impl fmt::Debug for Monitor {
     }
 }
 
+/// How a run records and shows itself. Settled before the run starts, from the
+/// environment and the [`Output`] methods, and handed to the engine as it starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunOptions {
+    /// Record metrics (`PYPER_METRICS=off`, [`Output::without_metrics`]).
+    pub(crate) metrics: bool,
+    /// Keep every worker's spans for a trace (`PYPER_TRACE`, [`Output::record_trace`]).
+    pub(crate) trace: bool,
+    /// Draw progress bars (`PYPER_PROGRESS`, [`Output::progress`]).
+    pub(crate) progress: bool,
+}
+
+impl RunOptions {
+    pub(crate) fn from_env() -> Self {
+        RunOptions {
+            metrics: metrics::enabled_by_env(),
+            trace: trace::path_from_env().is_some(),
+            progress: progress::wanted_by_env(),
+        }
+    }
+
+    /// Bars read the metrics, so a run without them draws none.
+    pub(crate) fn shows_progress(self) -> bool {
+        self.progress && (self.metrics || self.trace)
+    }
+}
+
 /// Everything that happens once a run's workers are gone: the bars are cleared, the
 /// trace written where `PYPER_TRACE` says, and the stages' figures sent to `tracing`.
-pub(crate) fn run_ended(run: &RunState) {
-    let bars = run
-        .meter
-        .bars
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+pub(crate) fn run_ended(run: &RunState, bars: Option<progress::Bars>) {
     if let Some(bars) = bars {
         bars.stop();
     }
     if !run.meter.is_enabled() {
         return;
     }
-    crate::observe::trace::write_to_env_path(&run.meter);
+    trace::write_to_env_path(&run.meter);
     if tracing::enabled!(target: "pyper", tracing::Level::INFO) {
         emit_events(Report::new(Metrics::collect(&run.meter)));
     }

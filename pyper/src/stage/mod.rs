@@ -1,6 +1,34 @@
-//! The kinds of stage: how a stage's workers run the user's function. Each kind lives in
-//! a module of its own (threads, async tasks, processes) and plugs into the engine the
-//! same way.
+//! The kinds of stage, and the one seam through which each plugs into the engine.
+//!
+//! A stage kind (threads, async tasks, processes; later Python callables and remote
+//! workers) is a module of its own that knows how to start its workers. Everything else
+//! about a stage is shared and done once, here, for every kind:
+//!
+//! * [`Spec`]: everything about a stage but its function (workers, throttle, ordering,
+//!   daemon, the fault policy), with the checks that do not depend on the kind;
+//! * [`Body`]: the user's function in the form its kind runs it. It is the one dispatch
+//!   over the kinds, in the manner of crossbeam-channel's flavors: each method below has
+//!   one arm per kind and nothing else matches on it;
+//! * [`Launch`]: what a kind is handed to start its workers: the stage's name, its input
+//!   and output queues (the output already registered with the run, so a cancel closes
+//!   it), its meter, and, for an ordered stage, its sequencer.
+//!
+//! Adding a kind means one module with a `launch` function and a variant in [`Body`] with
+//! its arm in each of `Body`'s methods, all in this file.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::engine::batch::{Emit, Fault, Stop, MAX_BATCH};
+use crate::engine::meter::{StageKind, StageMeter};
+use crate::engine::queue::{queue, Receiver, Sender};
+use crate::engine::run::Launcher;
+use crate::engine::sequencer::Sequencer;
+use crate::engine::sync::{Arc, Instant};
+use crate::engine::upstream::Upstream;
+use crate::error::BoxError;
+use policy::FaultPolicy;
+use thread::{EachFn, JoinFn};
 
 #[cfg(feature = "async")]
 pub(crate) mod async_task;
@@ -8,3 +36,353 @@ pub(crate) mod policy;
 #[cfg(feature = "process")]
 pub(crate) mod process;
 pub(crate) mod thread;
+
+/// Everything about a stage but its function.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) workers: usize,
+    pub(crate) throttle: usize,
+    pub(crate) ordered: bool,
+    pub(crate) daemon: bool,
+    pub(crate) faults: FaultPolicy,
+}
+
+impl Spec {
+    pub(crate) fn new(name: Option<Arc<str>>) -> Self {
+        Spec {
+            name,
+            workers: 1,
+            throttle: crate::engine::queue::DEFAULT_THROTTLE,
+            ordered: false,
+            daemon: false,
+            faults: FaultPolicy::default(),
+        }
+    }
+
+    /// The stage's name: the one it was given, or its 1-based position in the pipeline.
+    pub(crate) fn stage_name(&self, position: usize) -> Arc<str> {
+        match &self.name {
+            Some(name) => Arc::clone(name),
+            None => format!("stage {position}").into(),
+        }
+    }
+
+    /// The configuration errors that do not depend on the kind of stage.
+    fn check(&self, name: &str) -> Result<(), &'static str> {
+        if self.workers == 0 {
+            return Err("workers must be at least 1");
+        }
+        if self.faults.timeout == Some(Duration::ZERO) {
+            return Err("timeout must be longer than zero");
+        }
+        if name.contains('\0') {
+            return Err("a stage name cannot contain a NUL byte");
+        }
+        Ok(())
+    }
+}
+
+/// A task's function, in the form its kind of stage runs it.
+pub(crate) enum Body<I, O> {
+    /// Threads, one call per item.
+    Each(EachFn<I, O>),
+    /// Threads, one call per worker with its share of the stream.
+    Join(JoinFn<I, O>),
+    /// Async tasks, one future (or stream) per item.
+    #[cfg(feature = "async")]
+    AsyncEach(async_task::AsyncFn<I, O>),
+    /// Async tasks, one future per worker with its share of the stream.
+    #[cfg(feature = "async")]
+    AsyncJoin(async_task::AsyncFn<Upstream<I>, O>),
+    /// Worker processes.
+    #[cfg(feature = "process")]
+    Process(process::ProcessFn<I, O>),
+    /// A task whose configuration is wrong; running it is a configuration error that
+    /// says why.
+    Invalid(&'static str),
+}
+
+/// Why a join task cannot have a timeout or retries.
+const JOIN_FAULTS: &str =
+    "timeout and retries apply per item; a join task receives the whole stream";
+
+/// Why a join task cannot be ordered.
+const JOIN_ORDER: &str =
+    "ordered() does not apply to a join task: each worker receives a share of the stream, \
+     not items";
+
+impl<I, O> Body<I, O> {
+    /// A short name of the kind of body, for `Debug`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Body::Each(_) => "each",
+            Body::Join(_) => "join",
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => "async each",
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => "async join",
+            #[cfg(feature = "process")]
+            Body::Process(_) => "process",
+            Body::Invalid(_) => "invalid",
+        }
+    }
+
+    /// Rejects a configuration this kind of body cannot run, before any worker starts.
+    pub(crate) fn check(&self, spec: &Spec, name: &str) -> Result<(), Cow<'static, str>> {
+        spec.check(name)?;
+        let is_join = match self {
+            Body::Each(_) => false,
+            Body::Join(_) => true,
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => false,
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => true,
+            #[cfg(feature = "process")]
+            Body::Process(_) => {
+                process::may_spawn()?;
+                false
+            }
+            Body::Invalid(why) => return Err((*why).into()),
+        };
+        if is_join && spec.faults.is_active() {
+            return Err(JOIN_FAULTS.into());
+        }
+        if is_join && spec.ordered {
+            return Err(JOIN_ORDER.into());
+        }
+        Ok(())
+    }
+
+    /// Turns each output into zero or more outputs of another type, the way each kind
+    /// can: `branch`, `try_branch`.
+    pub(crate) fn adapt<P>(self, adapters: Adapters<O, P>) -> Body<I, P>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        P: Send + 'static,
+    {
+        match self {
+            Body::Each(each) => Body::Each(adapt(each, adapters.each)),
+            Body::Join(join) => Body::Join(adapt(join, adapters.each)),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapters.stream)),
+            #[cfg(feature = "process")]
+            Body::Process(process) => {
+                let decode = adapt(Arc::clone(&process.decode), adapters.each);
+                Body::Process(process.with_decode(decode))
+            }
+            Body::Invalid(why) => Body::Invalid(why),
+        }
+    }
+
+    /// Applies `adapter` to each output of an async body (`branch_stream`); any other
+    /// kind becomes invalid, for `why`.
+    #[cfg(feature = "async")]
+    pub(crate) fn adapt_async<P>(
+        self,
+        adapter: async_task::StreamAdapter<O, P>,
+        why: &'static str,
+    ) -> Body<I, P>
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+        P: Send + 'static,
+    {
+        match self {
+            Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapter)),
+            Body::AsyncJoin(join) => Body::AsyncJoin(async_task::adapt(join, adapter)),
+            Body::Invalid(why) => Body::Invalid(why),
+            _ => Body::Invalid(why),
+        }
+    }
+
+    /// Starts the stage's workers.
+    fn launch(&self, stage: Launch<'_, I, O>)
+    where
+        I: Send + 'static,
+        O: Send + 'static,
+    {
+        match self {
+            Body::Each(each) => thread::launch_each(each, stage),
+            Body::Join(join) => thread::launch_join(join, stage),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(each) => async_task::launch_each(each, stage),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(join) => async_task::launch_join(join, stage),
+            #[cfg(feature = "process")]
+            Body::Process(body) => process::launch(body, stage),
+            // `check` refuses it before any launch; should one happen, it fails the run
+            // with the same reason rather than start anything.
+            Body::Invalid(why) => {
+                let error = crate::Error::config(Some(&stage.name), *why);
+                stage.launcher.state.fail(error);
+            }
+        }
+    }
+}
+
+impl<I, O> Body<Upstream<I>, O> {
+    /// The body of `join()`: the function receives the stream rather than items.
+    pub(crate) fn join(self) -> Body<I, O> {
+        match self {
+            Body::Each(each) => Body::Join(each),
+            Body::Join(_) => Body::Invalid("join() was applied twice"),
+            // Reading a blocking iterator would stall the runtime.
+            #[cfg(feature = "async")]
+            Body::AsyncEach(_) => {
+                Body::Invalid("an async join task reads an `UpstreamStream`, not an `Upstream`")
+            }
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid("a process task cannot join"),
+            Body::Invalid(why) => Body::Invalid(why),
+        }
+    }
+}
+
+impl<I, O> Clone for Body<I, O> {
+    fn clone(&self) -> Self {
+        match self {
+            Body::Each(each) => Body::Each(Arc::clone(each)),
+            Body::Join(join) => Body::Join(Arc::clone(join)),
+            #[cfg(feature = "async")]
+            Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
+            #[cfg(feature = "async")]
+            Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
+            #[cfg(feature = "process")]
+            Body::Process(process) => Body::Process(process.clone()),
+            Body::Invalid(why) => Body::Invalid(why),
+        }
+    }
+}
+
+/// Starts one stage of a run: its output queue, then its workers, by its kind. Returns
+/// the receiving end of its output queue, the next stage's input.
+pub(crate) fn launch<I, O>(
+    body: &Body<I, O>,
+    spec: &Spec,
+    clone_input: Option<fn(&I) -> I>,
+    input: Receiver<I>,
+    launcher: &mut Launcher,
+) -> Receiver<O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let name = spec.stage_name(launcher.next_position());
+    let (output, next_input) = queue(spec.throttle);
+    launcher.state.register(Box::new(output.closer()));
+    body.launch(Launch {
+        name,
+        spec,
+        clone_input,
+        input,
+        output,
+        launcher,
+    });
+    next_input
+}
+
+/// What a kind of stage is handed to start its workers.
+pub(crate) struct Launch<'a, I, O> {
+    pub(crate) name: Arc<str>,
+    pub(crate) spec: &'a Spec,
+    /// `I::clone`, when retries need the item again.
+    pub(crate) clone_input: Option<fn(&I) -> I>,
+    pub(crate) input: Receiver<I>,
+    /// Already registered with the run: a cancel closes it.
+    pub(crate) output: Sender<O>,
+    pub(crate) launcher: &'a mut Launcher,
+}
+
+/// Above this many workers, an ordered stage's reorder window stops growing.
+const MAX_ORDER_WORKERS: usize = 64;
+
+impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
+    /// Registers the stage's meter, of `kind`, with the run.
+    pub(crate) fn meter(&mut self, kind: StageKind) -> Arc<StageMeter> {
+        let queued = Some(self.input.depth_gauge());
+        (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued)
+    }
+
+    /// Whether outputs must leave in input order through several workers.
+    pub(crate) fn is_ordered(&self) -> bool {
+        self.spec.ordered && self.spec.workers > 1
+    }
+
+    /// The sequencer of an ordered stage with several workers, registered with the run
+    /// so that a cancel wakes its waiters; `None` for any other stage.
+    pub(crate) fn sequencer(&mut self) -> Option<Arc<Sequencer<O>>> {
+        if !self.is_ordered() {
+            return None;
+        }
+        let window = (2 * self.spec.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
+        let sequencer = Arc::new(Sequencer::new(window));
+        self.launcher
+            .state
+            .register(Box::new(Arc::clone(&sequencer)));
+        Some(sequencer)
+    }
+}
+
+/// Turns each output of a thread body into zero or more outputs of another type.
+pub(crate) type Adapter<O, P> = fn(O, &mut dyn Emit<P>) -> Result<(), Fault>;
+
+/// The same output adapter, for each kind of body.
+pub(crate) struct Adapters<O, P> {
+    pub(crate) each: Adapter<O, P>,
+    #[cfg(feature = "async")]
+    pub(crate) stream: async_task::StreamAdapter<O, P>,
+}
+
+fn adapt<In, O, P>(body: EachFn<In, O>, adapter: Adapter<O, P>) -> EachFn<In, P>
+where
+    In: 'static,
+    O: 'static,
+    P: 'static,
+{
+    Arc::new(move |input, out: &mut dyn Emit<P>| {
+        let mut adapted = Adapted {
+            out,
+            adapter,
+            failure: None,
+        };
+        let result = body(input, &mut adapted);
+        match adapted.failure {
+            Some(error) => Err(Fault::Failed(error)),
+            None => result,
+        }
+    })
+}
+
+struct Adapted<'a, O, P> {
+    out: &'a mut dyn Emit<P>,
+    adapter: Adapter<O, P>,
+    /// An adapter's own failure, carried past the body, whose `emit` can only say "stop".
+    failure: Option<BoxError>,
+}
+
+impl<O, P> Emit<O> for Adapted<'_, O, P> {
+    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
+        self.out.before_next(may_block)
+    }
+
+    fn after_next(&mut self, asked: Option<Instant>) {
+        self.out.after_next(asked);
+    }
+
+    fn emit(&mut self, item: O) -> Result<(), Stop> {
+        match (self.adapter)(item, self.out) {
+            Ok(()) => Ok(()),
+            Err(Fault::Stop) => Err(Stop),
+            Err(Fault::Failed(error)) => {
+                self.failure = Some(error);
+                Err(Stop)
+            }
+        }
+    }
+}

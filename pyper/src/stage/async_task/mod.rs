@@ -177,4 +177,7 @@ where
 }
 
 pub(crate) mod driver;
+mod launch;
 pub(crate) mod retry;
+
+pub(crate) use launch::{launch_each, launch_join};

@@ -65,6 +65,7 @@
 
 mod child;
 mod entry;
+mod launch;
 mod protocol;
 mod supervisor;
 
@@ -79,6 +80,7 @@ use serde::Serialize;
 
 pub use child::init;
 pub(crate) use child::may_spawn;
+pub(crate) use launch::launch;
 pub(crate) use supervisor::{work, Children, ProcessStage};
 
 use crate::engine::batch::{Emit, Fault};

@@ -226,4 +226,7 @@ fn ordered<I, O>(
     Ok(())
 }
 
+mod launch;
 pub(crate) mod retry;
+
+pub(crate) use launch::{launch_each, launch_join};
