@@ -11,9 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test -p pyper
-cargo test -p pyper --features async
-cargo test -p pyper --features process
-cargo test -p pyper --features async,process --test process
+cargo test -p pyperflow
+cargo test -p pyperflow --features async
+cargo test -p pyperflow --features process
+cargo test -p pyperflow --features async,process --test process
 cargo test -p pyper-bench
-cargo test -p pyper --features shuttle --test model_check --release
+cargo test -p pyperflow --features shuttle --test model_check --release

@@ -10,7 +10,7 @@
 //! capacity 1): end of stream, a failure, a cancel from another thread and a drop of the
 //! output race each other, and each outcome must be one of the allowed ones.
 //!
-//! Run with `cargo test -p pyper --features shuttle --test model_check --release`.
+//! Run with `cargo test -p pyperflow --features shuttle --test model_check --release`.
 #![cfg(feature = "shuttle")]
 
 use pyper::{task, try_task, ErrorKind, Output, Pipeline, Upstream};
