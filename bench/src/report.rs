@@ -249,7 +249,7 @@ pub fn markdown(context: &Context<'_>, results: &Results, ratios: &[Ratio]) -> S
         "\nEvery impl of a scenario calls the same `#[inline(never)]` work function \
          (`bench/src/work.rs`). Python rows use their own interpreter's VmHWM (with \
          `multiprocess=True`, the main process only).\n\n\
-         To reproduce: `cargo run --release -p pyper-bench -- --update-readme` (a few
+         To reproduce: `cargo run --release -p pyper-bench -- --update-readme` (a few \
          minutes; it rewrites this section and `docs/bench/ratios.svg`). \
          `cargo run --release -p pyper-bench -- --quick` is the smoke run meant for CI, under a \
          minute. Raw records: `target/bench/report.json`.\n",
