@@ -33,12 +33,13 @@ pub struct ChildReport {
     pub extra: BTreeMap<String, f64>,
 }
 
-/// The names of the extra figures every Rust child reports: context switches during the
-/// measured run, voluntary (a thread blocked: on a queue, a lock, a sleep) and
-/// involuntary (it was preempted), of the whole process (every thread, including those
-/// that ended during the run) and of the calling thread alone (where a pyper run's
-/// consumer loop runs).
+/// The names of the extra figures every Rust child reports: the CPU time of the measured
+/// run (user + system, every thread), and its context switches, voluntary (a thread
+/// blocked: on a queue, a lock, a sleep) and involuntary (it was preempted), of the whole
+/// process (every thread, including those that ended during the run) and of the calling
+/// thread alone (where a pyper run's consumer loop runs).
 pub mod extra {
+    pub const CPU_S: &str = "cpu_s";
     pub const VOLUNTARY: &str = "ctx_switches_voluntary";
     pub const INVOLUNTARY: &str = "ctx_switches_involuntary";
     pub const CALLER_VOLUNTARY: &str = "ctx_switches_caller_voluntary";
@@ -118,13 +119,14 @@ fn measure(args: &[String]) -> Result<ChildReport, String> {
     let warm_up = imp.warm_up_items(items);
     check("warm-up", warm_up, run(warm_up))?;
     recorded().clear();
-    let before = Switches::now()?;
+    let before = Usage::now()?;
     let start = Instant::now();
     let result = run(items);
     let wall_s = start.elapsed().as_secs_f64();
-    let after = Switches::now()?;
+    let after = Usage::now()?;
     let result = check("measured", items, result)?;
     let mut extra = std::mem::take(&mut *recorded());
+    extra.insert(extra::CPU_S.into(), after.cpu_s - before.cpu_s);
     for (name, count) in [
         (extra::VOLUNTARY, after.voluntary - before.voluntary),
         (extra::INVOLUNTARY, after.involuntary - before.involuntary),
@@ -143,23 +145,27 @@ fn measure(args: &[String]) -> Result<ChildReport, String> {
     })
 }
 
-/// The context switch counters of `getrusage`, so far.
-struct Switches {
+/// The counters of `getrusage` this run needs, so far.
+struct Usage {
     /// Of the whole process: every thread it has had, including those that have ended.
+    cpu_s: f64,
     voluntary: c_long,
     involuntary: c_long,
     /// Of the calling thread alone.
     caller_voluntary: c_long,
 }
 
-impl Switches {
+impl Usage {
     fn now() -> Result<Self, String> {
         use nix::sys::resource::{getrusage, UsageWho};
+        use nix::sys::time::TimeVal;
 
         let error = |error| format!("getrusage: {error}");
         let process = getrusage(UsageWho::RUSAGE_SELF).map_err(error)?;
         let caller = getrusage(UsageWho::RUSAGE_THREAD).map_err(error)?;
-        Ok(Switches {
+        let seconds = |t: TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 * 1e-6;
+        Ok(Usage {
+            cpu_s: seconds(process.user_time()) + seconds(process.system_time()),
             voluntary: process.voluntary_context_switches(),
             involuntary: process.involuntary_context_switches(),
             caller_voluntary: caller.voluntary_context_switches(),

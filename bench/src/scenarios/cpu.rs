@@ -107,6 +107,16 @@ fn notes(results: &Results) -> Vec<String> {
             ))
         })
         .collect();
+    let cpu_times: Vec<String> = ["pyper", "rayon", "handwritten", "sequential"]
+        .into_iter()
+        .filter_map(|name| {
+            let row = results.get("cpu", name)?;
+            Some(format!(
+                "{name} {:.3} ms",
+                row.extra(extra::CPU_S)? / row.items as f64 * 1e3
+            ))
+        })
+        .collect();
     vec![
         format!(
             "cpu: speedup over sequential with {WORKERS} workers: {}",
@@ -115,6 +125,11 @@ fn notes(results: &Results) -> Vec<String> {
         format!(
             "cpu: one item took {:.3} ms of CPU in the sequential baseline",
             sequential.wall_s / sequential.items as f64 * 1e3
+        ),
+        format!(
+            "cpu: CPU time per item (user + system, every thread; less sensitive to a busy \
+             machine than wall time), medians: {}",
+            cpu_times.join(", ")
         ),
         format!(
             "cpu: context switches of the measured run, voluntary + involuntary over all \
