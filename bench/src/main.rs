@@ -33,7 +33,9 @@ use report::{Context, Results, Row};
 use scenarios::{Case, Impl, Runner};
 
 /// Child processes per impl and scenario in a full run: the machine is shared and noisy,
-/// so more than the 5 the issue asks for; a full run still takes about 3 minutes.
+/// so more than the 5 the issue asks for. A full run took about 8 minutes at a load
+/// average of 6 to 10 on 2 cores (about 3 on a quiet machine before `straggler`, whose 18
+/// children of 4 s and more add about 80 s whatever the load).
 const FULL_REPS: usize = 9;
 /// The same for `--quick`, and the least `--reps` accepts.
 const MIN_REPS: usize = 5;
