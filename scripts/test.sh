@@ -16,4 +16,5 @@ cargo test -p pyperflow --features async
 cargo test -p pyperflow --features process
 cargo test -p pyperflow --features async,process --test process
 cargo test -p pyper-bench
+bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release

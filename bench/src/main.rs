@@ -1,7 +1,7 @@
 //! pyper's benchmark harness.
 //!
 //! ```text
-//! cargo run --release -p pyper-bench -- [--quick] [--update-readme] [--reps N] [--only a,b]
+//! cargo run --release -p pyper-bench -- [--quick] [--update-docs] [--reps N] [--only a,b]
 //! ```
 //!
 //! Every scenario runs for pyper and for each of its baselines in the same run. For each
@@ -12,8 +12,8 @@
 //! child stops the harness with an error naming the scenario and impl.
 //!
 //! Output: a table and the ratios on stdout, and `target/bench/report.json`, `report.md`
-//! and `ratios.svg` under the workspace root. `--update-readme` (full runs only) also puts
-//! the table in README.md between `<!-- bench:start -->` and `<!-- bench:end -->`, and the
+//! and `ratios.svg` under the workspace root. `--update-docs` (full runs only) also puts
+//! the table in docs/benchmarks.md between `<!-- bench:start -->` and `<!-- bench:end -->`, and the
 //! chart in `docs/bench/ratios.svg`.
 
 mod child;
@@ -41,18 +41,18 @@ const FULL_REPS: usize = 9;
 const MIN_REPS: usize = 5;
 
 const USAGE: &str =
-    "usage: pyper-bench [--quick] [--update-readme] [--reps N] [--only SCENARIO,...]
+    "usage: pyper-bench [--quick] [--update-docs] [--reps N] [--only SCENARIO,...]
 
   --quick          every scenario at small sizes, in under a minute (what CI runs)
-  --update-readme  after a full run, rewrite README.md's performance section and
+  --update-docs    after a full run, rewrite docs/benchmarks.md and
                    docs/bench/ratios.svg
   --reps N         child processes per impl and scenario (default 9, or 5 with
                    --quick; at least 5)
-  --only a,b       only these scenarios (not with --update-readme)";
+  --only a,b       only these scenarios (not with --update-docs)";
 
 struct Options {
     quick: bool,
-    update_readme: bool,
+    update_docs: bool,
     reps: usize,
     only: Option<Vec<String>>,
 }
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        update_readme: false,
+        update_docs: false,
         reps: 0,
         only: None,
     };
@@ -92,7 +92,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
-            "--update-readme" => options.update_readme = true,
+            "--update-docs" => options.update_docs = true,
             "--reps" => {
                 let value = args.next().ok_or("--reps needs a number")?;
                 options.reps = value
@@ -113,13 +113,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
     if options.reps == 0 {
         options.reps = if options.quick { MIN_REPS } else { FULL_REPS };
     }
-    if options.update_readme && options.quick {
+    if options.update_docs && options.quick {
         return Err(
-            "--update-readme needs a full run; the README never shows --quick figures".into(),
+            "--update-docs needs a full run; the README never shows --quick figures".into(),
         );
     }
-    if options.update_readme && options.only.is_some() {
-        return Err("--update-readme needs every scenario; drop --only".into());
+    if options.update_docs && options.only.is_some() {
+        return Err("--update-docs needs every scenario; drop --only".into());
     }
     Ok(options)
 }
@@ -214,16 +214,16 @@ fn run(options: &Options) -> Result<(), String> {
         chart.display()
     );
 
-    if options.update_readme {
+    if options.update_docs {
         let docs_chart = root.join("docs/bench/ratios.svg");
         if let Some(dir) = docs_chart.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         std::fs::copy(&chart, &docs_chart)
             .map_err(|e| format!("copying the chart to {}: {e}", docs_chart.display()))?;
-        context.chart = Some("docs/bench/ratios.svg");
-        let readme = root.join("README.md");
-        report::update_readme(&readme, &report::markdown(&context, &results, &ratios))?;
+        context.chart = Some("bench/ratios.svg");
+        let readme = root.join("docs/benchmarks.md");
+        report::update_docs(&readme, &report::markdown(&context, &results, &ratios))?;
         println!(
             "Updated {} (between the bench markers) and {}.",
             readme.display(),

@@ -1,5 +1,5 @@
 //! What a run produces: the medians, `report.json`, the Markdown table and ratios (printed,
-//! written to `report.md`, and put in the README), and the SVG chart of the ratios.
+//! written to `report.md`, and put in docs/benchmarks.md), and the SVG chart of the ratios.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::child::ChildReport;
 use crate::scenarios::Case;
 
-/// The README markers; only what lies between them is ever rewritten.
+/// The markers in docs/benchmarks.md; only what lies between them is ever rewritten.
 pub const README_START: &str = "<!-- bench:start -->";
 pub const README_END: &str = "<!-- bench:end -->";
 
@@ -249,7 +249,7 @@ pub fn markdown(context: &Context<'_>, results: &Results, ratios: &[Ratio]) -> S
         "\nEvery impl of a scenario calls the same `#[inline(never)]` work function \
          (`bench/src/work.rs`). Python rows use their own interpreter's VmHWM (with \
          `multiprocess=True`, the main process only).\n\n\
-         To reproduce: `cargo run --release -p pyper-bench -- --update-readme` (a few \
+         To reproduce: `cargo run --release -p pyper-bench -- --update-docs` (a few \
          minutes; it rewrites this section and `docs/bench/ratios.svg`). \
          `cargo run --release -p pyper-bench -- --quick` is the smoke run meant for CI, under a \
          minute. Raw records: `target/bench/report.json`.\n",
@@ -361,10 +361,10 @@ fn trim(x: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// Puts `section` between the README's markers, or appends a "Performance" section with
-/// the markers if the README or the markers do not exist yet. Nothing outside the markers
+/// Puts `section` between the markers of `path`, or appends a "Performance" section with
+/// the markers if the file or the markers do not exist yet. Nothing outside the markers
 /// changes, and the file is read right before it is written.
-pub fn update_readme(path: &Path, section: &str) -> Result<(), String> {
+pub fn update_docs(path: &Path, section: &str) -> Result<(), String> {
     let current = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -414,7 +414,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pyper-bench-test-{}", std::process::id()));
         let readme = dir.join("README.md");
         write(&readme, "# pyper\n\nIntro.").unwrap();
-        update_readme(&readme, "first").unwrap();
+        update_docs(&readme, "first").unwrap();
         let text = std::fs::read_to_string(&readme).unwrap();
         assert_eq!(
             text,
@@ -422,7 +422,7 @@ mod tests {
         );
         let edited = text.replace("Intro.", "Intro, edited.") + "\n## Later\n";
         write(&readme, &edited).unwrap();
-        update_readme(&readme, "second\n").unwrap();
+        update_docs(&readme, "second\n").unwrap();
         assert_eq!(
             std::fs::read_to_string(&readme).unwrap(),
             edited.replace("first", "second")
