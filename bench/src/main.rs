@@ -40,8 +40,7 @@ const FULL_REPS: usize = 9;
 /// The same for `--quick`, and the least `--reps` accepts.
 const MIN_REPS: usize = 5;
 
-const USAGE: &str =
-    "usage: pyper-bench [--quick] [--update-docs] [--reps N] [--only SCENARIO,...]
+const USAGE: &str = "usage: pyper-bench [--quick] [--update-docs] [--reps N] [--only SCENARIO,...]
 
   --quick          every scenario at small sizes, in under a minute (what CI runs)
   --update-docs    after a full run, rewrite docs/benchmarks.md and

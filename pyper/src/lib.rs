@@ -118,6 +118,7 @@ mod engine;
 mod error;
 mod observe;
 mod output;
+mod per_worker;
 mod pipeline;
 mod stage;
 #[cfg(feature = "async")]
@@ -141,6 +142,7 @@ pub use observe::report::{Bound, Report, StageReport};
 pub use observe::trace::TRACE_ENV;
 pub use observe::Monitor;
 pub use output::{Canceller, Output};
+pub use per_worker::{task_per_worker, try_task_per_worker};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};

@@ -28,7 +28,7 @@ use crate::engine::sync::{Arc, Instant};
 use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
 use policy::FaultPolicy;
-use thread::{EachFn, JoinFn};
+use thread::{EachFn, JoinFn, SetupFn};
 
 #[cfg(feature = "async")]
 pub(crate) mod async_task;
@@ -89,6 +89,8 @@ pub(crate) enum Body<I, O> {
     Each(EachFn<I, O>),
     /// Threads, one call per worker with its share of the stream.
     Join(JoinFn<I, O>),
+    /// Threads, each with a body it builds for itself when it starts.
+    PerWorker(SetupFn<I, O>),
     /// Async tasks, one future (or stream) per item.
     #[cfg(feature = "async")]
     AsyncEach(async_task::AsyncFn<I, O>),
@@ -107,6 +109,11 @@ pub(crate) enum Body<I, O> {
 const JOIN_FAULTS: &str =
     "timeout and retries apply per item; a join task receives the whole stream";
 
+/// Why a task with per-worker state cannot have a timeout.
+const PER_WORKER_TIMEOUT: &str =
+    "a per-worker task cannot have a timeout: a call that overruns is abandoned, and would \
+     keep the worker's state in use";
+
 /// Why a join task cannot be ordered.
 const JOIN_ORDER: &str =
     "ordered() does not apply to a join task: each worker receives a share of the stream, \
@@ -118,6 +125,7 @@ impl<I, O> Body<I, O> {
         match self {
             Body::Each(_) => "each",
             Body::Join(_) => "join",
+            Body::PerWorker(_) => "per-worker each",
             #[cfg(feature = "async")]
             Body::AsyncEach(_) => "async each",
             #[cfg(feature = "async")]
@@ -134,6 +142,10 @@ impl<I, O> Body<I, O> {
         let is_join = match self {
             Body::Each(_) => false,
             Body::Join(_) => true,
+            Body::PerWorker(_) if spec.faults.timeout.is_some() => {
+                return Err(PER_WORKER_TIMEOUT.into())
+            }
+            Body::PerWorker(_) => false,
             #[cfg(feature = "async")]
             Body::AsyncEach(_) => false,
             #[cfg(feature = "async")]
@@ -165,6 +177,10 @@ impl<I, O> Body<I, O> {
         match self {
             Body::Each(each) => Body::Each(adapt(each, adapters.each)),
             Body::Join(join) => Body::Join(adapt(join, adapters.each)),
+            Body::PerWorker(setup) => {
+                let each = adapters.each;
+                Body::PerWorker(Arc::new(move || Ok(adapt(setup()?, each))))
+            }
             #[cfg(feature = "async")]
             Body::AsyncEach(each) => Body::AsyncEach(async_task::adapt(each, adapters.stream)),
             #[cfg(feature = "async")]
@@ -208,6 +224,7 @@ impl<I, O> Body<I, O> {
         match self {
             Body::Each(each) => thread::launch_each(each, stage),
             Body::Join(join) => thread::launch_join(join, stage),
+            Body::PerWorker(setup) => thread::launch_per_worker(setup, stage),
             #[cfg(feature = "async")]
             Body::AsyncEach(each) => async_task::launch_each(each, stage),
             #[cfg(feature = "async")]
@@ -230,6 +247,7 @@ impl<I, O> Body<Upstream<I>, O> {
         match self {
             Body::Each(each) => Body::Join(each),
             Body::Join(_) => Body::Invalid("join() was applied twice"),
+            Body::PerWorker(_) => Body::Invalid("a per-worker task cannot join: use task()"),
             // Reading a blocking iterator would stall the runtime.
             #[cfg(feature = "async")]
             Body::AsyncEach(_) => {
@@ -244,11 +262,33 @@ impl<I, O> Body<Upstream<I>, O> {
     }
 }
 
+#[cfg(feature = "async")]
+impl<I: Send + 'static, O: 'static> Body<crate::stream::UpstreamStream<I>, O> {
+    /// The body of an async `join()`: the function receives the stream as a `Stream`.
+    pub(crate) fn join_stream(self) -> Body<I, O> {
+        match self {
+            Body::AsyncEach(each) => {
+                let join: async_task::AsyncFn<Upstream<I>, O> =
+                    Arc::new(move |upstream| each(crate::stream::UpstreamStream(upstream)));
+                Body::AsyncJoin(join)
+            }
+            Body::Each(_) | Body::PerWorker(_) => {
+                Body::Invalid("a sync join task reads an `Upstream`, not an `UpstreamStream`")
+            }
+            Body::Join(_) | Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
+            #[cfg(feature = "process")]
+            Body::Process(_) => Body::Invalid("a process task cannot join"),
+            Body::Invalid(why) => Body::Invalid(why),
+        }
+    }
+}
+
 impl<I, O> Clone for Body<I, O> {
     fn clone(&self) -> Self {
         match self {
             Body::Each(each) => Body::Each(Arc::clone(each)),
             Body::Join(join) => Body::Join(Arc::clone(join)),
+            Body::PerWorker(setup) => Body::PerWorker(Arc::clone(setup)),
             #[cfg(feature = "async")]
             Body::AsyncEach(each) => Body::AsyncEach(Arc::clone(each)),
             #[cfg(feature = "async")]

@@ -13,7 +13,6 @@ use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use futures_util::FutureExt;
 
 use crate::engine::sync::Arc;
-use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
 use crate::stream::UpstreamStream;
 use crate::task::{readable_name, Body, Task};
@@ -127,21 +126,7 @@ where
     /// [`UpstreamStream`]: the async form of [`join`](Task::join). (Requires the `async`
     /// feature.)
     pub fn join(self) -> Task<I, O> {
-        let body = match self.body {
-            Body::AsyncEach(each) => {
-                let join: AsyncFn<Upstream<I>, O> =
-                    Arc::new(move |upstream| each(UpstreamStream(upstream)));
-                Body::AsyncJoin(join)
-            }
-            Body::Each(_) => {
-                Body::Invalid("a sync join task reads an `Upstream`, not an `UpstreamStream`")
-            }
-            Body::Join(_) | Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
-            #[cfg(feature = "process")]
-            Body::Process(_) => Body::Invalid("a process task cannot join"),
-            Body::Invalid(why) => Body::Invalid(why),
-        };
-        Task::from_parts(body, self.options, None)
+        Task::from_parts(self.body.join_stream(), self.options, None)
     }
 }
 

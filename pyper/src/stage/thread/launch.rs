@@ -1,9 +1,12 @@
 //! How a thread stage starts: `workers(n)` OS threads, each running [`work`].
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
+use crate::error::Error;
 use crate::stage::thread::retry;
-use crate::stage::thread::{work, EachFn, JoinFn, Stage, StageBody};
+use crate::stage::thread::{work, EachFn, JoinFn, SetupFn, Stage, StageBody};
 use crate::stage::Launch;
 
 /// Starts the workers of a stage that calls `each` once per item.
@@ -42,6 +45,62 @@ where
     for _ in 0..stage.spec.workers {
         spawn(Arc::clone(&shared), &mut stage);
     }
+}
+
+/// Starts the workers of a stage whose workers each build their own body with `setup`,
+/// on their own thread, before their first item.
+pub(crate) fn launch_per_worker<I, O>(setup: &SetupFn<I, O>, mut stage: Launch<'_, I, O>)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let sequencer = stage.sequencer();
+    let meter = stage.meter(StageKind::Threads);
+    let (faults, clone_input) = (stage.spec.faults, stage.clone_input);
+    for _ in 0..stage.spec.workers {
+        let (setup, sequencer, meter) = (Arc::clone(setup), sequencer.clone(), Arc::clone(&meter));
+        let (name, run) = (Arc::clone(&stage.name), Arc::clone(&stage.launcher.state));
+        let (input, output) = (stage.input.clone(), stage.output.clone());
+        let start = move || {
+            let each = match catch_unwind(AssertUnwindSafe(|| setup())) {
+                Ok(Ok(each)) => each,
+                // Reported before `output` is dropped, as every worker failure is.
+                Ok(Err(error)) => return fail(&run, &meter, Error::failed(&name, None, error)),
+                Err(panic) => return fail(&run, &meter, Error::panicked(&name, None, panic)),
+            };
+            let body = match sequencer {
+                Some(sequencer) => StageBody::Ordered(Arc::clone(&each), sequencer),
+                None => StageBody::Each(Arc::clone(&each)),
+            };
+            let worker = Stage {
+                name,
+                run,
+                body,
+                meter,
+            };
+            let worker = match faults.is_active() {
+                true => {
+                    let guard =
+                        retry::Guard::new(&each, faults, clone_input, &worker.name, &worker.run);
+                    guard.worker_stage(&worker)
+                }
+                false => worker,
+            };
+            drop(each);
+            work(Arc::new(worker), input, output);
+        };
+        let daemon = stage.spec.daemon;
+        (stage.launcher).spawn(&stage.name, daemon, start);
+    }
+}
+
+fn fail(
+    run: &crate::engine::run::RunState,
+    meter: &crate::engine::meter::StageMeter,
+    error: Error,
+) {
+    meter.failed();
+    run.fail(error);
 }
 
 fn shared<I, O>(body: StageBody<I, O>, stage: &mut Launch<'_, I, O>) -> Arc<Stage<I, O>>

@@ -22,6 +22,10 @@ use crate::error::Error;
 pub(crate) type EachFn<I, O> =
     Arc<dyn Fn(I, &mut dyn Emit<O>) -> Result<(), Fault> + Send + Sync + 'static>;
 
+/// Builds, in each worker, the body that worker calls (a task with per-worker state).
+pub(crate) type SetupFn<I, O> =
+    Arc<dyn Fn() -> Result<EachFn<I, O>, crate::error::BoxError> + Send + Sync + 'static>;
+
 /// A task body called once per worker with the worker's share of the whole stream.
 pub(crate) type JoinFn<I, O> = EachFn<Upstream<I>, O>;
 
@@ -229,4 +233,4 @@ fn ordered<I, O>(
 mod launch;
 pub(crate) mod retry;
 
-pub(crate) use launch::{launch_each, launch_join};
+pub(crate) use launch::{launch_each, launch_join, launch_per_worker};
