@@ -140,8 +140,7 @@ pub use observe::metrics::{Metrics, StageKind, StageMetrics, METRICS_ENV};
 pub use observe::progress::PROGRESS_ENV;
 pub use observe::report::{Bound, Report, StageReport};
 pub use observe::trace::TRACE_ENV;
-pub use observe::Monitor;
-pub use output::{Canceller, Output};
+pub use output::{Canceller, Monitor, Output};
 pub use per_worker::{task_per_worker, try_task_per_worker};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;

@@ -1,151 +1,23 @@
-//! Seeing inside a run: the [`Output`] methods that read its metrics and report, the
-//! [`Monitor`] handle for reading them from elsewhere, and what happens when a run ends
-//! (the trace file, the progress bars, the `tracing` events).
-
-use std::fmt;
+//! Observation: what a run's metrics say (the [`Metrics`] snapshot, the [`Report`]), how
+//! they are shown (progress bars, a Chrome trace, `tracing` events), and the options that
+//! say which of these a run records, settled before it starts.
+//!
+//! This layer reads the engine's meters and never drives a run: the API asks it to start
+//! the progress bars and calls [`run_ended`] once a run's workers are gone.
 
 use crate::engine::run::RunState;
-use crate::engine::sync::Arc;
-use crate::error::Error;
-use crate::observe::metrics::Metrics;
-use crate::observe::report::Report;
-use crate::Output;
-
-impl<O> Output<O> {
-    /// A snapshot of the run's per-stage metrics: items in and out, errors, queue depth,
-    /// busy workers, and where the workers' time went. Live while the run goes on, final
-    /// once it ended. Empty before the first item is asked for, since a run starts then.
-    pub fn metrics(&self) -> Metrics {
-        Metrics::collect(&self.run.meter)
-    }
-
-    /// The run's [`Report`]: each stage classified as CPU-bound, waiting, starved or
-    /// blocked, the bottleneck, and advice. Most useful once the output is exhausted.
-    pub fn report(&self) -> Report {
-        Report::new(self.metrics())
-    }
-
-    /// A handle that reads this run's metrics from anywhere, for instance from another
-    /// thread while this one iterates the output.
-    ///
-    /// ```
-    /// use pyper::task;
-    ///
-    /// let mut output = task(|x: u32| x * 2).feed(0..100);
-    /// let monitor = output.monitor();
-    /// for item in output.by_ref() {
-    ///     item.unwrap();
-    ///     let _live = monitor.metrics(); // items so far, busy workers, queue depths
-    /// }
-    /// assert_eq!(monitor.metrics().stage("stage 1").unwrap().items_out, 100);
-    /// ```
-    pub fn monitor(&self) -> Monitor {
-        Monitor {
-            run: Arc::clone(&self.run),
-        }
-    }
-
-    /// Turns metrics off for this run: no clock reads, no counters. Call it before the
-    /// first item is taken; the [`METRICS_ENV`](crate::METRICS_ENV) variable does the
-    /// same for every run. Metrics cost little (see the README's Performance section), so
-    /// this is for measuring that cost, or for the last few percent.
-    pub fn without_metrics(self) -> Self {
-        self.settle("without_metrics", |options| options.metrics = false)
-    }
-
-    /// Shows live progress bars while the run goes on: one line per stage with its
-    /// outputs, throughput, queue depth and busy workers. Call it before the first item
-    /// is taken; `PYPER_PROGRESS=1` does the same for every run.
-    ///
-    /// The bars draw on stderr, and only when both stdout and stderr are terminals, so
-    /// piped or redirected output never gets escape codes. They are cleared when the run
-    /// ends, however it ends. They read the run's metrics, so a run
-    /// [`without_metrics`](Output::without_metrics) draws none. Lines your program prints
-    /// to the terminal while they draw may be overdrawn; print after the run, or to a file.
-    pub fn progress(self) -> Self {
-        self.settle("progress", |options| options.progress = true)
-    }
-
-    /// Records a timeline of the run: every worker's batches and waits, for
-    /// [`write_trace`](Output::write_trace). Call it before the first item is taken;
-    /// `PYPER_TRACE=trace.json` records every run and writes its trace to that file as the
-    /// run ends.
-    pub fn record_trace(self) -> Self {
-        self.settle("record_trace", |options| options.trace = true)
-    }
-
-    /// Applies a run option, or refuses it once the run has started: the run then fails
-    /// with a configuration error naming the option, rather than ignoring it.
-    fn settle(mut self, option: &str, apply: impl FnOnce(&mut RunOptions)) -> Self {
-        if self.has_started() {
-            self.run.fail(Error::config(
-                None,
-                format!(
-                    "`Output::{option}` was called after the run started; \
-                     run options must be set before the first item is taken"
-                ),
-            ));
-        } else {
-            apply(&mut self.options);
-        }
-        self
-    }
-
-    /// Writes the timeline recorded so far as a Chrome trace (JSON in the Trace Event
-    /// Format), one track per worker: open it in <https://ui.perfetto.dev> or
-    /// `chrome://tracing`. Empty of spans unless [`record_trace`](Output::record_trace)
-    /// was called.
-    ///
-    /// ```
-    /// use pyper::task;
-    ///
-    /// let mut output = (task(|x: u32| x + 1).workers(2) | task(|x: u32| x * 2))
-    ///     .feed(0..1000)
-    ///     .record_trace();
-    /// assert_eq!(output.by_ref().count(), 1000);
-    /// let mut json = Vec::new();
-    /// output.write_trace(&mut json)?;
-    /// assert!(String::from_utf8(json).unwrap().contains("\"traceEvents\""));
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn write_trace(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
-        crate::observe::trace::write(&self.run.meter, &mut out)
-    }
-}
-
-/// Reads a run's metrics and report from anywhere; see [`Output::monitor`].
-#[derive(Clone)]
-pub struct Monitor {
-    run: Arc<RunState>,
-}
-
-impl Monitor {
-    /// See [`Output::metrics`].
-    pub fn metrics(&self) -> Metrics {
-        Metrics::collect(&self.run.meter)
-    }
-
-    /// See [`Output::report`].
-    pub fn report(&self) -> Report {
-        Report::new(self.metrics())
-    }
-}
-
-impl fmt::Debug for Monitor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Monitor").finish_non_exhaustive()
-    }
-}
+use metrics::Metrics;
+use report::Report;
 
 /// How a run records and shows itself. Settled before the run starts, from the
-/// environment and the [`Output`] methods, and handed to the engine as it starts.
+/// environment and the `Output` methods, and handed to the engine as it starts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RunOptions {
-    /// Record metrics (`PYPER_METRICS=off`, [`Output::without_metrics`]).
+    /// Record metrics (`PYPER_METRICS=off`, `Output::without_metrics`).
     pub(crate) metrics: bool,
-    /// Keep every worker's spans for a trace (`PYPER_TRACE`, [`Output::record_trace`]).
+    /// Keep every worker's spans for a trace (`PYPER_TRACE`, `Output::record_trace`).
     pub(crate) trace: bool,
-    /// Draw progress bars (`PYPER_PROGRESS`, [`Output::progress`]).
+    /// Draw progress bars (`PYPER_PROGRESS`, `Output::progress`).
     pub(crate) progress: bool,
 }
 

@@ -11,6 +11,10 @@ use crate::error::Error;
 use crate::observe::progress::Bars;
 use crate::observe::{self, RunOptions};
 
+mod inspect;
+
+pub use inspect::Monitor;
+
 type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send>;
 
 /// The outputs of one run, as an iterator of `Result<O, Error>`. Made by
