@@ -33,7 +33,8 @@
 //!   [`throttle`](Task::throttle), [`branch`](Task::branch), [`join`](Task::join),
 //!   [`ordered`](Task::ordered), [`daemon`](Task::daemon), [`name`](Task::name), and per
 //!   item a [`timeout`](Task::timeout) and [`retries`](Task::retries). It runs nothing by
-//!   itself.
+//!   itself. [`task_per_worker`] builds a task whose workers each build their own function
+//!   (a connection per worker, say), dropped when the worker exits.
 //! * A [`Pipeline`] is tasks composed with `|`. Its type, `Pipeline<I, O>`, is checked at
 //!   every joint, so a mismatched stage does not compile.
 //! * A run starts from [`Pipeline::run`] (one input, as Pyper's `pipeline(args)`) or
@@ -60,7 +61,8 @@
 //! The first failure in time, an `Err` or a panic, in any stage or in the input iterator,
 //! stops every stage and reaches you as an [`Error`] naming the stage, after the workers
 //! have stopped. Dropping the [`Output`] stops the run the same way. See
-//! `run.rs` for the protocol that guarantees it.
+//! `engine/run.rs` for the protocol that guarantees it, and `ARCHITECTURE.md` for the
+//! layers and the invariants.
 //!
 //! # Where this departs from Pyper
 //!
