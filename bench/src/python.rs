@@ -78,7 +78,7 @@ if __name__ == "__main__":
 "#,
 };
 
-/// `considerations`: the seeds' example, with threads or processes.
+/// `considerations`: Pyper's guide's example, with threads or processes.
 pub static CONSIDERATIONS: Script = Script {
     file: "considerations.py",
     body: r#"

@@ -27,10 +27,10 @@ pub fn stepped_sum(n: u64, stages: u64) -> u64 {
 /// time per item the sequential baseline measured, so the claim is checked every run.
 pub const CPU_STEPS: u64 = 1_600_000;
 
-/// Steps of [`long_computation`] in the seeds' "Considerations" example.
+/// Steps of [`long_computation`] in Pyper's guide's "Considerations" example.
 pub const SEED_STEPS: u64 = 1_000_000;
 
-/// The seeds' `long_computation` (`for i in range(steps): data += i`), with `black_box` so
+/// Pyper's guide's `long_computation` (`for i in range(steps): data += i`), with `black_box` so
 /// the loop is executed rather than folded into a formula.
 #[inline(never)]
 pub fn long_computation(mut data: u64, steps: u64) -> u64 {
@@ -45,7 +45,7 @@ pub fn long_computation_result(data: u64, steps: u64) -> u64 {
     data.wrapping_add(triangle(steps))
 }
 
-/// The seeds' `get_data`: the integers below `limit`.
+/// Pyper's guide's `get_data`: the integers below `limit`.
 #[inline(never)]
 pub fn get_data(limit: u64) -> Range<u64> {
     0..limit

@@ -248,7 +248,7 @@ impl<I, O> Task<I, O> {
     /// On an error, a cancel or a drop of the output, the run normally waits until every
     /// worker has finished the call it is in, so cleanup code runs. A daemon stage's
     /// workers are left to finish on their own instead, so a stuck call cannot delay the
-    /// error. As the seeds put it: make pure functions daemon, never a task that writes to
+    /// error. As Pyper's guide puts it: make pure functions daemon, never a task that writes to
     /// a file, a database or the network. A run that completes normally waits for every
     /// worker, daemon or not.
     pub fn daemon(mut self) -> Self {

@@ -456,16 +456,16 @@ fn unified_pipeline_of_every_kind_of_stage() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Pyper's weak points 6 and 7.
+// Pyper's failures with sync stages in async pipelines (ANCHORS.md §1, 6 and 7).
 // ---------------------------------------------------------------------------------------
 
-/// Point 6: in Pyper a sync generator inside an async pipeline runs on the event loop, so
+/// In Pyper a sync generator inside an async pipeline runs on the event loop, so
 /// while it blocks between elements no async stage runs. Here more generators block at
 /// once than pyper's runtime has threads, and each element must come out through the
 /// async stages while every generator is blocked: the test lets a generator go on only
 /// after it has received the previous element, so a stall is a hang.
 #[test]
-fn point_6_blocking_sync_generators_do_not_stall_async_stages() {
+fn blocking_sync_generators_do_not_stall_async_stages() {
     let _serial = serial();
     within("lock-step generators", || {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -527,7 +527,7 @@ fn point_6_blocking_sync_generators_do_not_stall_async_stages() {
     });
 }
 
-/// Point 6, the async stage's side: a sync stage blocked in a long blocking call does not
+/// The async stage's side of the same failure: a sync stage blocked in a long blocking call does not
 /// delay an async stage. The sync stage blocks on its first item until the async stage
 /// upstream of it has processed every item; the async stage's outputs queue up behind it
 /// (unbounded), and everything flows once the test lets the sync stage go.
@@ -633,11 +633,11 @@ fn an_async_stage_keeps_delivering_past_a_blocked_sync_worker() {
     });
 }
 
-/// Point 7: in Pyper a sync `join` inside an async pipeline receives an async generator and
+/// In Pyper a sync `join` inside an async pipeline receives an async generator and
 /// crashes. Here it runs on a thread of its own and sees every item, with one worker or
 /// several (which share the stream between them).
 #[test]
-fn point_7_sync_join_inside_an_async_pipeline_sees_every_item() {
+fn a_sync_join_inside_an_async_pipeline_sees_every_item() {
     let _serial = serial();
     within("the sync join", || {
         const N: u64 = 10_000;

@@ -1,4 +1,4 @@
-//! `considerations`: the seeds' "Considerations" pipeline, `get_data` then
+//! `considerations`: Pyper's guide's "Considerations" pipeline, `get_data` then
 //! `long_computation` (1M steps) with 2 workers then a sum, against python-pyper with
 //! threads (held back by the GIL) and with processes.
 

@@ -14,7 +14,7 @@ const WORKERS: usize = 2;
 pub fn cases() -> Vec<Case> {
     vec![Case {
         name: "cpu",
-        about: "items of ~0.5 ms of real CPU work each (the seeds' `long_computation`, a \
+        about: "items of ~0.5 ms of real CPU work each (Pyper's guide's `long_computation`, a \
                 `black_box` loop of 1.6M steps), 2 workers",
         items: Sizes::new(2_000, 200),
         expected: |n| (0..n).map(work_result).fold(0, u64::wrapping_add),

@@ -1,5 +1,5 @@
 //! The end-of-run report: where the time went, which stage limits the pipeline, and what
-//! to change, in the terms of the seeds' question: is this work CPU-bound or does it
+//! to change, in the terms of the concurrency guides' question: is this work CPU-bound or does it
 //! wait, and how many workers of which kind should it get?
 
 use std::fmt;
