@@ -105,10 +105,13 @@ impl From<String> for Quit {
 }
 
 impl Quit {
-    /// The quit for a failed read or write of the connection: `doing` says which.
+    /// The quit for a failed connect, read or write: `doing` says which.
     fn io(doing: &str, error: io::Error) -> Quit {
         match error.kind() {
-            io::ErrorKind::BrokenPipe
+            // Nobody listens any more: the parent gave up on this worker before it connected.
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::NotConnected
@@ -122,7 +125,7 @@ fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<()
     let token = token
         .to_str()
         .ok_or("no token in the environment".to_owned())?;
-    let stream = super::connect(address).map_err(|error| format!("cannot connect: {error}"))?;
+    let stream = super::connect(address).map_err(|error| Quit::io("connect to", error))?;
     let output = stream.try_clone().map_err(|error| error.to_string())?;
     let mut serve = Serve {
         input: BufReader::new(stream),
