@@ -278,7 +278,8 @@ impl<I, O> Task<I, O> {
     ///   it at the `.await` it is parked on. Outputs are handed on as they come, and the
     ///   limit covers the whole attempt, from its first poll to its last output, time spent
     ///   waiting for downstream to take outputs included.
-    /// * A process task kills the worker process and starts a new one.
+    /// * A process task kills the worker process and starts a new one. The parent times each
+    ///   reply to the microsecond, so a limit below a millisecond is honoured too.
     ///
     /// When the run stops early (an error elsewhere, a cancel, a drop of the output), a
     /// worker waits for its timed call as for any call: `limit` at most.

@@ -781,6 +781,364 @@ fn worker_output_reaches_the_parents_stdout() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A worker that dies after forking a grandchild (which holds its connection open)
+
+/// Where a worker that forks writes its grandchild's pid: named after the test process
+/// (the worker's parent) and the item.
+fn grandchild_file(test_process: u32, item: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("pyper-process-grandchild-{test_process}-{item}"))
+}
+
+/// On item `trigger`, forks a grandchild that sleeps a minute (holding the worker's
+/// connection), then aborts.
+fn fork_then_abort_on(x: u64, trigger: u64) -> u64 {
+    if x == trigger {
+        // SAFETY: the forked child only sleeps and `_exit`s, both async-signal-safe.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            std::thread::sleep(Duration::from_secs(60));
+            // SAFETY: ends the forked child without running the worker's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        let file = grandchild_file(std::os::unix::process::parent_id(), x);
+        let _ = std::fs::write(file, pid.to_string());
+        std::process::abort();
+    }
+    x
+}
+
+fn fork_then_abort_on_3(x: u64) -> u64 {
+    fork_then_abort_on(x, 3)
+}
+
+fn fork_then_abort_on_4(x: u64) -> u64 {
+    fork_then_abort_on(x, 4)
+}
+
+/// Kills the grandchild forked on item `.0`, if any, when dropped (also when the test
+/// fails).
+struct KillGrandchild(u64);
+
+impl Drop for KillGrandchild {
+    fn drop(&mut self) {
+        let file = grandchild_file(std::process::id(), self.0);
+        if let Some(pid) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+        {
+            // SAFETY: sends a signal to the grandchild, which only sleeps.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Checks that `err` reports the worker of item `item` as killed by SIGABRT.
+fn assert_died_of_abort(err: &pyper::Error, item: u64) {
+    assert_eq!(err.kind(), ErrorKind::Failed, "{err:#}");
+    assert_eq!(err.stage(), Some("forks"), "{err:#}");
+    assert_eq!(err.item(), Some(item), "{err:#}");
+    assert!(
+        err.downcast_ref::<TimedOut>().is_none(),
+        "a death is not a timeout: {err:#}"
+    );
+    let died = err
+        .downcast_ref::<WorkerDied>()
+        .unwrap_or_else(|| panic!("a WorkerDied: {err:#}"));
+    assert_eq!(died.signal(), Some(libc::SIGABRT), "{err:#}");
+}
+
+#[test]
+fn a_dead_worker_is_noticed_even_if_its_grandchild_holds_the_connection() {
+    let serial = serial();
+    let _kill = KillGrandchild(3);
+    // The grandchild sleeps a minute: an error that waits for it is a hang.
+    let err = with_timeout(15, || {
+        process_task(fork_then_abort_on_3)
+            .name("forks")
+            .feed(0..10u64)
+            .find_map(Result::err)
+    });
+    assert_died_of_abort(&err.expect("item 3's worker died"), 3);
+    serial.done();
+}
+
+#[test]
+fn a_dead_worker_with_a_grandchild_is_a_death_not_a_timeout() {
+    let serial = serial();
+    let _kill = KillGrandchild(4);
+    // Shorter than the timeout: a death mistaken for a timeout shows as a hang.
+    let err = with_timeout(15, || {
+        process_task(fork_then_abort_on_4)
+            .name("forks")
+            .timeout(Duration::from_secs(30))
+            .feed(0..10u64)
+            .find_map(Result::err)
+    });
+    assert_died_of_abort(&err.expect("item 4's worker died"), 4);
+    serial.done();
+}
+
+// ---------------------------------------------------------------------------------------
+// Extreme and tiny time limits
+
+fn always_fails(_: u64) -> Result<u64, String> {
+    Err("nope".to_owned())
+}
+
+/// Runs `stage` over `0..20`, which must give every square.
+fn assert_squares(what: &str, stage: pyper::Task<u64, u64>) {
+    let mut out = with_timeout(60, move || stage.feed(0..20).collect::<Vec<_>>())
+        .into_iter()
+        .map(|result| result.unwrap_or_else(|err| panic!("{what}: {err:#}")))
+        .collect::<Vec<_>>();
+    out.sort_unstable();
+    assert_eq!(out, (0..20).map(square).collect::<Vec<_>>(), "{what}");
+}
+
+#[test]
+fn duration_max_is_a_valid_timeout_and_backoff() {
+    let serial = serial();
+    assert_squares("timeout(MAX)", process_task(square).timeout(Duration::MAX));
+    assert_squares(
+        "backoff(fixed(MAX))",
+        process_task(square)
+            .retries(1)
+            .backoff(pyper::Backoff::fixed(Duration::MAX)),
+    );
+    // A backoff that never ends still ends at a cancel.
+    with_timeout(60, || {
+        let stage = try_process_task(always_fails)
+            .retries(1)
+            .timeout(Duration::MAX)
+            .backoff(pyper::Backoff::fixed(Duration::MAX));
+        let mut output = stage.run(7);
+        let canceller = output.canceller();
+        let cancel = std::thread::spawn(move || {
+            // The first attempt has failed by then, or the cancel ends it.
+            std::thread::sleep(Duration::from_millis(500));
+            canceller.cancel();
+        });
+        let results: Vec<_> = output.by_ref().collect();
+        cancel.join().unwrap();
+        assert!(results.is_empty(), "{results:?}");
+    });
+    serial.done();
+}
+
+fn sleep_500us(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(500));
+    x
+}
+
+/// A limit below a millisecond is honoured: an item that sleeps 500 µs never finishes in
+/// 50 µs, however often it is tried (it must not silently become 1 ms, which it fits).
+#[test]
+fn a_timeout_below_a_millisecond_is_honoured() {
+    let serial = serial();
+    let limit = Duration::from_micros(50);
+    let err = with_timeout(60, move || {
+        process_task(sleep_500us)
+            .name("sub-ms")
+            .timeout(limit)
+            .retries(5)
+            .backoff(pyper::Backoff::none())
+            .run(1)
+            .collect::<Result<Vec<u64>, _>>()
+    })
+    .expect_err("a 500 µs item does not fit in 50 µs");
+    let exhausted = err
+        .downcast_ref::<RetriesExhausted>()
+        .unwrap_or_else(|| panic!("every attempt timed out: {err:#}"));
+    for cause in exhausted.attempts() {
+        let timed_out = cause
+            .downcast_ref::<TimedOut>()
+            .unwrap_or_else(|| panic!("a timeout: {cause}"));
+        assert_eq!(timed_out.limit(), limit);
+    }
+    serial.done();
+}
+
+// ---------------------------------------------------------------------------------------
+// Serialization errors
+
+/// An item (or output) whose serialization fails with the user's own message.
+#[derive(Debug, Clone, Deserialize)]
+struct Unserializable(u64);
+
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(format!(
+            "my message about {}",
+            self.0
+        )))
+    }
+}
+
+fn take_unserializable(x: Unserializable) -> u64 {
+    x.0
+}
+
+fn make_unserializable(x: u64) -> Unserializable {
+    Unserializable(x)
+}
+
+#[test]
+fn a_failed_serialization_keeps_the_users_message() {
+    let serial = serial();
+    let err = with_timeout(60, || {
+        process_task(take_unserializable)
+            .name("encode")
+            .run(Unserializable(1))
+            .find_map(Result::err)
+    })
+    .expect("the item cannot be sent");
+    assert_eq!((err.stage(), err.item()), (Some("encode"), Some(0)));
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("my message about 1"),
+        "the item: {message}"
+    );
+    let err = with_timeout(60, || {
+        process_task(make_unserializable)
+            .name("decode")
+            .run(2)
+            .find_map(Result::err)
+    })
+    .expect("the output cannot be sent back");
+    assert_eq!((err.stage(), err.item()), (Some("decode"), Some(0)));
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("my message about 2"),
+        "the output: {message}"
+    );
+    serial.done();
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics and names
+
+#[test]
+fn a_failing_process_stage_counts_its_error() {
+    let serial = serial();
+    let metrics = with_timeout(60, || {
+        let mut output = try_process_task(read_table).name("read table").feed(0..10);
+        let error = output.by_ref().find_map(Result::err).unwrap();
+        assert_eq!(error.item(), Some(5));
+        assert!(output.next().is_none());
+        output.metrics()
+    });
+    assert_eq!(metrics.stage("read table").unwrap().errors, 1);
+    serial.done();
+}
+
+// ---------------------------------------------------------------------------------------
+// A parent that goes away
+
+fn busy(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    x
+}
+
+/// Runs in a child test process of [`dropping_a_busy_stage_prints_nothing`] only.
+#[test]
+fn inner_drop_busy_stages() {
+    if std::env::var_os("PYPER_TEST_INNER").is_none() {
+        return;
+    }
+    for _ in 0..5 {
+        let mut outputs = process_task(busy).workers(4).feed(0..);
+        assert_eq!(outputs.by_ref().take(50).filter(Result::is_ok).count(), 50);
+        drop(outputs);
+    }
+    println!("INNER-DONE");
+}
+
+#[test]
+fn dropping_a_busy_stage_prints_nothing() {
+    let serial = serial();
+    let output = with_timeout(120, || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["inner_drop_busy_stages", "--exact", "--nocapture", "-q"])
+            .env("PYPER_TEST_INNER", "1")
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("INNER-DONE"),
+        "{output:?}"
+    );
+    assert!(
+        !stderr.contains("pyper process worker"),
+        "the workers of a dropped run complained: {stderr}"
+    );
+    serial.done();
+}
+
+/// Says its pid (on the parent's stdout, which a worker shares), then sleeps an hour.
+fn announce_then_sleep(x: u64) -> u64 {
+    println!("busy worker {}", std::process::id());
+    std::thread::sleep(Duration::from_secs(3600));
+    x
+}
+
+/// Runs in a child test process of [`a_busy_worker_dies_with_its_parent`] only: starts one
+/// worker on an hour-long item and waits to be killed.
+#[test]
+fn inner_orphan_a_busy_worker() {
+    if std::env::var_os("PYPER_TEST_INNER").is_none() {
+        return;
+    }
+    // Waits for the output, an hour away: the run starts on the first `next`.
+    let _ = process_task(announce_then_sleep).feed([1]).next();
+}
+
+/// Kills a process by pid when dropped, if it still runs: a worker a failed test left.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: sends a signal; the pid is a worker process of this test.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_busy_worker_dies_with_its_parent() {
+    use std::io::BufRead;
+    let serial = serial();
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["inner_orphan_a_busy_worker", "--exact", "--nocapture", "-q"])
+        .env("PYPER_TEST_INNER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(parent.stdout.take().unwrap());
+    let line = with_timeout(60, move || {
+        stdout
+            .lines()
+            .map(Result::unwrap)
+            .find(|line| line.starts_with("busy worker "))
+            .expect("the worker says its pid")
+    });
+    let pid: u32 = line["busy worker ".len()..].parse().unwrap();
+    let _kill = KillOnDrop(pid as i32);
+    parent.kill().unwrap(); // SIGKILL: no cleanup code runs in the parent
+    parent.wait().unwrap();
+    // The worker is killed with its parent, not left to finish its hour-long item.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'))
+            .unwrap_or(true)
+    };
+    wait_until("the busy orphaned worker exits", gone);
+    serial.done();
+}
+
+// ---------------------------------------------------------------------------------------
 // The property
 
 fn failure() -> impl Strategy<Value = Failure> {

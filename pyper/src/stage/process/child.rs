@@ -1,7 +1,7 @@
 //! The worker side: `init`, and the loop that serves one parent.
 
 use std::any::Any;
-use std::io::{BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec;
 use super::entry::{self, Code};
-use super::protocol::{self, Setup};
+use super::protocol::{self, FrameReader, Reply, Setup};
 use crate::error::BoxError;
 
 /// Set once `init` has taken over this process as a worker.
@@ -44,14 +45,19 @@ pub fn init() {
         return;
     };
     SERVING.store(true, Ordering::SeqCst);
+    // A worker whose parent dies dies at once, even in the middle of an item. (If the
+    // parent is already gone, connecting fails below.)
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     let token = std::env::var_os(protocol::TOKEN_ENV).unwrap_or_default();
     // Programs that the task's function starts must not take themselves for workers.
     // `init` runs first thing in `main`, before the program has threads of its own.
     std::env::remove_var(protocol::ADDRESS_ENV);
     std::env::remove_var(protocol::TOKEN_ENV);
     let code = match serve_parent(&address, &token) {
-        Ok(()) => 0,
-        Err(why) => {
+        // The parent is done with this worker, or gone: nobody to tell.
+        Ok(()) | Err(Quit::ParentGone) => 0,
+        Err(Quit::Failed(why)) => {
             eprintln!("pyper process worker {}: {why}", std::process::id());
             101
         }
@@ -77,115 +83,135 @@ pub(crate) fn may_spawn() -> Result<(), &'static str> {
 pub(crate) struct Serve {
     input: BufReader<UnixStream>,
     output: UnixStream,
+    reader: FrameReader,
     scratch: Vec<u8>,
     fingerprint: i64,
     user: Code,
 }
 
-/// What one call gave.
-pub(crate) enum Reply {
-    Done(Vec<u8>),
-    Failed(Vec<String>),
-    Panicked(String),
+/// Why a worker stops serving before its parent ends the connection.
+pub(crate) enum Quit {
+    /// The parent hung up mid-exchange: it stopped the run (a cancel, a dropped output)
+    /// or died. Not worth a word.
+    ParentGone,
+    /// Something is wrong, and the worker says what on its stderr.
+    Failed(String),
 }
 
-fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<(), String> {
-    let token = token.to_str().ok_or("no token in the environment")?;
-    let stream = super::connect(address).map_err(|error| format!("cannot connect: {error}"))?;
+impl From<String> for Quit {
+    fn from(why: String) -> Self {
+        Quit::Failed(why)
+    }
+}
+
+impl Quit {
+    /// The quit for a failed connect, read or write: `doing` says which.
+    fn io(doing: &str, error: io::Error) -> Quit {
+        match error.kind() {
+            // Nobody listens any more: the parent gave up on this worker before it connected.
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::UnexpectedEof => Quit::ParentGone,
+            _ => Quit::Failed(format!("cannot {doing} the parent: {error}")),
+        }
+    }
+}
+
+fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<(), Quit> {
+    let token = token
+        .to_str()
+        .ok_or("no token in the environment".to_owned())?;
+    let stream = super::connect(address).map_err(|error| Quit::io("connect to", error))?;
     let output = stream.try_clone().map_err(|error| error.to_string())?;
     let mut serve = Serve {
         input: BufReader::new(stream),
         output,
+        reader: FrameReader::default(),
         scratch: Vec::new(),
         fingerprint: 0,
         user: Code::of(serve_each::<(), ()>),
     };
     let pid = std::process::id().to_le_bytes();
     serve.send(protocol::HELLO, &[token.as_bytes(), &pid])?;
-    let mut buffer = Vec::new();
-    let setup: Setup = match protocol::read_frame(&mut serve.input, &mut buffer) {
-        Ok(Some(protocol::SETUP)) => {
-            postcard::from_bytes(&buffer).map_err(|error| format!("bad setup: {error}"))?
-        }
+    let setup: Setup = match serve.reader.read(&mut serve.input) {
+        Ok(Some(protocol::SETUP)) => postcard::from_bytes(&serve.reader.payload)
+            .map_err(|error| format!("bad setup: {error}"))?,
         Ok(None) => return Ok(()),
-        Ok(Some(tag)) => return Err(format!("unexpected message {tag} before setup")),
-        Err(error) => return Err(format!("cannot read the setup: {error}")),
+        Ok(Some(tag)) => return Err(format!("unexpected message {tag} before setup").into()),
+        Err(error) => return Err(Quit::io("read the setup from", error)),
     };
     serve.fingerprint = setup.fingerprint;
     serve.user = setup.user;
-    let entry = match entry::resolve::<Serve, Result<(), String>>(setup.entry, setup.fingerprint) {
+    let entry = match entry::resolve::<Serve, Result<(), Quit>>(setup.entry, setup.fingerprint) {
         Ok(entry) => entry,
         Err(why) => {
             serve.send(protocol::REFUSED, &[why.as_bytes()])?;
-            return Err(why);
+            return Err(why.into());
         }
     };
     entry(serve)
 }
 
 impl Serve {
-    fn send(&mut self, tag: u8, parts: &[&[u8]]) -> Result<(), String> {
+    fn send(&mut self, tag: u8, parts: &[&[u8]]) -> Result<(), Quit> {
         protocol::write_frame(&mut self.output, &mut self.scratch, tag, parts)
-            .map_err(|error| format!("cannot write to the parent: {error}"))
+            .map_err(|error| Quit::io("write to", error))
     }
 
     /// Resolves the user's function, says whether it could, and then serves it.
-    fn run<A, R>(mut self, mut call: impl FnMut(fn(A) -> R, &[u8]) -> Reply) -> Result<(), String> {
+    fn run<A: 'static, R: 'static>(
+        mut self,
+        mut call: impl FnMut(fn(A) -> R, &[u8]) -> Reply,
+    ) -> Result<(), Quit> {
         let f = match entry::resolve::<A, R>(self.user, self.fingerprint) {
             Ok(f) => f,
             Err(why) => {
                 self.send(protocol::REFUSED, &[why.as_bytes()])?;
-                return Err(why);
+                return Err(why.into());
             }
         };
         self.send(protocol::READY, &[])?;
-        let mut batch = Vec::new();
-        let mut encoded = Vec::new();
+        let mut batch = FrameReader::default();
         loop {
-            match protocol::read_frame(&mut self.input, &mut batch) {
+            match batch.read(&mut self.input) {
                 // The parent is done with us, or gone.
                 Ok(None) => return Ok(()),
                 Ok(Some(protocol::BATCH)) => {}
-                Ok(Some(tag)) => return Err(format!("unexpected message {tag}")),
-                Err(error) => return Err(format!("cannot read from the parent: {error}")),
+                Ok(Some(tag)) => return Err(format!("unexpected message {tag}").into()),
+                Err(error) => return Err(Quit::io("read from", error)),
             }
-            for item in protocol::items(&batch) {
+            for item in protocol::items(&batch.payload) {
                 let reply = match item {
                     Ok(item) => call(f, item),
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(error.to_string().into()),
                 };
-                match reply {
-                    Reply::Done(output) => self.send(protocol::DONE, &[&output])?,
-                    Reply::Failed(chain) => {
-                        encoded = postcard::to_extend(&chain, std::mem::take(&mut encoded))
-                            .map_err(|error| error.to_string())?;
-                        self.send(protocol::FAILED, &[&encoded])?;
-                        encoded.clear();
-                    }
-                    Reply::Panicked(message) => {
-                        self.send(protocol::PANICKED, &[message.as_bytes()])?
-                    }
-                }
+                reply
+                    .write(&mut self.output, &mut self.scratch)
+                    .map_err(|error| Quit::io("write to", error))?;
             }
         }
     }
 }
 
 /// The serving loop of [`process_task`](crate::process_task), one per item and output type.
-pub(crate) fn serve_each<I, O>(serve: Serve) -> Result<(), String>
+pub(crate) fn serve_each<I, O>(serve: Serve) -> Result<(), Quit>
 where
-    I: DeserializeOwned,
-    O: Serialize,
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
 {
     serve.run(|f: fn(I) -> O, item| call(item, |input| Ok::<O, BoxError>(f(input))))
 }
 
 /// The serving loop of [`try_process_task`](crate::try_process_task).
-pub(crate) fn serve_try<I, O, E>(serve: Serve) -> Result<(), String>
+pub(crate) fn serve_try<I, O, E>(serve: Serve) -> Result<(), Quit>
 where
-    I: DeserializeOwned,
-    O: Serialize,
-    E: Into<BoxError>,
+    I: DeserializeOwned + 'static,
+    O: Serialize + 'static,
+    E: Into<BoxError> + 'static,
 {
     serve.run(|f: fn(I) -> Result<O, E>, item| call(item, f))
 }
@@ -203,9 +229,9 @@ where
             Err(error) => return Reply::Failed(vec![format!("cannot decode the item: {error}")]),
         };
         match f(input) {
-            Ok(output) => match postcard::to_stdvec(&output) {
+            Ok(output) => match codec::encode(&output, "the output") {
                 Ok(bytes) => Reply::Done(bytes),
-                Err(error) => Reply::Failed(vec![format!("cannot encode the output: {error}")]),
+                Err(why) => Reply::Failed(vec![why]),
             },
             Err(error) => {
                 let error: BoxError = error.into();

@@ -2,16 +2,18 @@
 //!
 //! A function pointer cannot be sent to another process, but the worker is the same
 //! executable, so each function sits at the same distance from any other one. The parent
-//! sends a function's [`Code`]: its offset from [`anchor`], and a hash of its signature.
-//! The worker adds the offset to its own address of `anchor` ([`resolve`]), after checking
-//! that the distance between `anchor` and [`landmark`] is the same on both sides (the same
-//! executable) and that the signature asked for is the one that was sent.
+//! sends a function's [`Code`]: its offset from [`anchor`], and the identity of its type
+//! (a hash of its [`TypeId`]). The worker adds the offset to its own address of `anchor`
+//! ([`resolve`]), after checking that the distance between `anchor` and [`landmark`] is the
+//! same on both sides (the same executable) and that the type asked for is the one that was
+//! sent.
 
+use std::any::TypeId;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-/// Where a function is, relative to [`anchor`], and the hash of its type.
+/// Where a function is, relative to [`anchor`], and the identity of its type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Code {
     offset: i64,
@@ -20,7 +22,7 @@ pub(crate) struct Code {
 
 impl Code {
     /// The code of `f`, a function of type `fn(A) -> R`.
-    pub(crate) fn of<A, R>(f: fn(A) -> R) -> Code {
+    pub(crate) fn of<A: 'static, R: 'static>(f: fn(A) -> R) -> Code {
         Code {
             offset: (f as usize).wrapping_sub(anchor_address()) as i64,
             signature: signature::<A, R>(),
@@ -34,11 +36,14 @@ pub(crate) fn fingerprint() -> i64 {
     (landmark as fn() -> u64 as usize).wrapping_sub(anchor_address()) as i64
 }
 
-/// A hash of the type `fn(A) -> R`, as the compiler names it. Only ever compared within
-/// one executable, so `DefaultHasher::new`'s fixed keys are enough.
-fn signature<A, R>() -> u64 {
+/// The identity of the type `fn(A) -> R`: a hash of its [`TypeId`], which differs between
+/// any two types (unlike `type_name`: two types defined in two blocks of one function share
+/// a name). A `TypeId` has no portable bytes to send, but it is fixed when the executable
+/// is compiled, and it is only ever compared within one executable, so hashing it with
+/// `DefaultHasher::new`'s fixed keys gives the same number in both processes.
+fn signature<A: 'static, R: 'static>() -> u64 {
     let mut hasher = DefaultHasher::new();
-    std::any::type_name::<fn(A) -> R>().hash(&mut hasher);
+    TypeId::of::<fn(A) -> R>().hash(&mut hasher);
     hasher.finish()
 }
 
@@ -62,7 +67,10 @@ fn landmark() -> u64 {
 /// Turns `code`, sent by the parent process, back into a function pointer of type
 /// `fn(A) -> R`, or says why it cannot.
 #[allow(unsafe_code)]
-pub(crate) fn resolve<A, R>(code: Code, parent_fingerprint: i64) -> Result<fn(A) -> R, String> {
+pub(crate) fn resolve<A: 'static, R: 'static>(
+    code: Code,
+    parent_fingerprint: i64,
+) -> Result<fn(A) -> R, String> {
     if parent_fingerprint != fingerprint() {
         return Err("the worker process is not running the parent's executable \
                     (was the file replaced while the program ran?)"
@@ -94,8 +102,12 @@ pub(crate) fn resolve<A, R>(code: Code, parent_fingerprint: i64) -> Result<fn(A)
     //   the executable, which is how Rust links crates (pyper built as a `dylib` is not
     //   supported, and the module docs say so).
     // * The signature check above confirms that the parent's function has exactly the type
-    //   `fn(A) -> R` asked for here, so the pointer is called with the arguments and ABI
-    //   its function was compiled for.
+    //   `fn(A) -> R` asked for here: `Code::of::<A, R>` can only be given a `fn(A) -> R`,
+    //   and it records the hash of that type's `TypeId`, which equals the hash of our own
+    //   `TypeId::of::<fn(A) -> R>()` only for the same type (the same executable computes
+    //   the same `TypeId`s and the same hashes; two distinct types of one program agreeing
+    //   in all 64 bits is as unlikely as a `TypeId` collision itself). So the pointer is
+    //   called with the arguments and ABI its function was compiled for.
     // * A function pointer and a `usize` have the same size on every target Rust supports
     //   (`transmute` would not compile otherwise), and the address is not null.
     Ok(unsafe { std::mem::transmute::<usize, fn(A) -> R>(address) })
@@ -123,5 +135,19 @@ mod tests {
         assert!(err.contains("fn(u64) -> u32"), "{err}");
         let err = resolve::<u32, u32>(code, fingerprint() + 16).unwrap_err();
         assert!(err.contains("executable"), "{err}");
+    }
+
+    #[test]
+    fn a_type_of_the_same_name_is_another_type() {
+        // Two types whose `type_name` is the same: `...::tests::...::Same`.
+        let (code, name) = {
+            struct Same(u32);
+            let read: fn(Same) -> u32 = |same| same.0;
+            (Code::of(read), std::any::type_name::<fn(Same) -> u32>())
+        };
+        struct Same(#[allow(dead_code)] u64);
+        assert_eq!(name, std::any::type_name::<fn(Same) -> u32>());
+        let err = resolve::<Same, u32>(code, fingerprint()).unwrap_err();
+        assert!(err.contains("is not a"), "{err}");
     }
 }

@@ -15,17 +15,21 @@
 //! * The two talk over a Unix domain socket (a Linux abstract socket, or a socket file in
 //!   the temporary directory elsewhere) whose address is in the marker. Items and outputs
 //!   are serialized with serde in postcard's compact format, framed by their length (see
-//!   `protocol.rs`). The worker's stdin is closed; its stdout and stderr are the parent's,
-//!   so what a worker prints shows up where the parent's output does.
+//!   `protocol.rs`; a message carries 256 MiB at most). The worker's stdin is closed; its
+//!   stdout and stderr are the parent's, so what a worker prints shows up where the
+//!   parent's output does.
 //! * The worker thread takes a batch of ready items (as a thread worker does: one at a
 //!   time while items are slow, growing while they are quick), sends it in one message,
 //!   and reads one reply per item as each completes. Batching amortises the cost of the
 //!   round trip; replying per item means that when a worker dies or overruns its
 //!   [`timeout`](crate::Task::timeout), the parent knows exactly which item it was on:
-//!   that item fails (or is retried), the worker is killed, reaped and replaced, and the
-//!   rest of the batch is sent to the replacement. A retried item is re-sent after the
-//!   rest of its batch; when order is promised (an `ordered` stage, or one worker), the
-//!   batch's outputs wait until every item of the batch is done, and leave in order.
+//!   that item fails (or is retried, as `stage::policy::Attempts` rules for every kind of
+//!   stage), the worker is killed, reaped and replaced, and the rest of the batch is sent
+//!   to the replacement. A death is noticed even when the connection stays open (a worker
+//!   that forked a child before it died): a wait for a reply checks the process every
+//!   50 ms. A retried item is re-sent after the rest of its batch; when order is promised
+//!   (an `ordered` stage, or one worker), the batch's outputs wait until every item of the
+//!   batch is done, and leave in order.
 //! * The worker finds the function by its offset from a known function of the same
 //!   executable (`entry.rs`, the crate's only `unsafe` code, argues why that is sound).
 //!   That is why a process task takes a `fn` pointer, never a capturing closure, and why
@@ -38,9 +42,10 @@
 //! connection) when the stage's input ends, and killed when the run is cancelled, fails or
 //! is dropped; either way it is reaped before the thread ends, so no zombie is left. A
 //! cancel shuts the stage's connections down (`Children`), which wakes a thread blocked on
-//! a reply. A worker whose parent dies sees its connection end and exits when it next
-//! waits for an item; an item it is running then runs to its end (ending it at once would
-//! take `prctl(PR_SET_PDEATHSIG)`, that is `unsafe` FFI for little gain).
+//! a reply. A worker whose parent dies is killed with it on Linux (`PR_SET_PDEATHSIG`),
+//! even in the middle of an item; elsewhere it sees its connection end and exits when it
+//! next waits for an item. A worker whose parent hangs up mid-exchange (a cancel, a
+//! dropped output) exits without a word.
 //!
 //! In a test binary, a worker is libtest running the one test that
 //! [`process_test_support!`](crate::process_test_support) defines, so libtest's "running 1
@@ -64,10 +69,12 @@
 //! pointer. What they return is an ordinary [`Task`](crate::Task).
 
 mod child;
+mod codec;
 mod entry;
 mod launch;
 mod protocol;
 mod supervisor;
+mod worker;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -81,7 +88,8 @@ use serde::Serialize;
 pub use child::init;
 pub(crate) use child::may_spawn;
 pub(crate) use launch::launch;
-pub(crate) use supervisor::{work, Children, ProcessStage};
+pub(crate) use supervisor::{work, ProcessStage};
+pub(crate) use worker::Children;
 
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
@@ -138,7 +146,7 @@ where
     I: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
 {
-    let serve: fn(child::Serve) -> Result<(), String> = child::serve_each::<I, O>;
+    let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_each::<I, O>;
     process_body(entry::Code::of(serve), entry::Code::of(f))
 }
 
@@ -174,7 +182,7 @@ where
     O: Serialize + DeserializeOwned + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    let serve: fn(child::Serve) -> Result<(), String> = child::serve_try::<I, O, E>;
+    let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_try::<I, O, E>;
     process_body(entry::Code::of(serve), entry::Code::of(f))
 }
 
@@ -201,7 +209,7 @@ where
 }
 
 fn encode<I: Serialize>(item: &I) -> Result<Vec<u8>, BoxError> {
-    postcard::to_stdvec(item).map_err(|error| format!("cannot encode the item: {error}").into())
+    codec::encode(item, "the item").map_err(BoxError::from)
 }
 
 /// Defines the entry point that lets an integration test's binary serve as a worker of

@@ -3,33 +3,21 @@
 //! overruns.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufReader};
-use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, ADDRESS_ENV, TOKEN_ENV};
-use super::{ProcessFn, RemoteError, WorkerDied, WORKER_ARGS};
+use super::protocol::Reply;
+use super::worker::{Children, Gone, Worker};
+use super::{ProcessFn, RemoteError, WorkerDied};
 use crate::engine::batch::{Collect, Emit, Fault, Outlet, MAX_BATCH};
-use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
-use crate::engine::queue::{Close, Receiver, Sender};
+use crate::engine::meter::{Activity, ProcessTimes, Recorder, StageMeter};
+use crate::engine::queue::{Receiver, Sender};
 use crate::engine::run::RunState;
 use crate::engine::sequencer::Sequencer;
-use crate::engine::sync::{self, Arc};
+use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
-use crate::stage::policy::{FaultPolicy, Panicked, RetriesExhausted, TimedOut};
-
-/// How long a new worker process may take to connect and say it is ready. Generous: a
-/// worker is a fresh start of the whole program, on a machine that may be busy.
-const HANDSHAKE: Duration = Duration::from_secs(30);
-
-/// How long a worker that was told to stop may take to exit before it is killed.
-const GRACE: Duration = Duration::from_secs(2);
+use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
 
 /// How many times in a row a worker may die between items before the stage gives up:
 /// such deaths have no item to blame, so they are not retried as an item's would be.
@@ -74,50 +62,9 @@ pub(crate) struct ProcessStage<I, O> {
     pub(crate) meter: Arc<StageMeter>,
 }
 
-/// The connections to a stage's live worker processes. Cancelling the run shuts them
-/// down, which wakes a worker thread blocked on a reply; that thread then kills and
-/// reaps its process. (Killing by pid from here could hit a reused pid.)
-#[derive(Default)]
-pub(crate) struct Children {
-    state: Mutex<ChildrenState>,
-}
-
-#[derive(Default)]
-struct ChildrenState {
-    closed: bool,
-    streams: Vec<(u64, UnixStream)>,
-}
-
-impl Children {
-    /// Adds a worker's connection; `false` if the stage is already closed.
-    fn add(&self, id: u64, stream: UnixStream) -> bool {
-        let mut state = sync::lock(&self.state);
-        if state.closed {
-            return false;
-        }
-        state.streams.push((id, stream));
-        true
-    }
-
-    fn remove(&self, id: u64) {
-        sync::lock(&self.state)
-            .streams
-            .retain(|(other, _)| *other != id);
-    }
-}
-
-impl Close for Children {
-    fn close(&self) {
-        let mut state = sync::lock(&self.state);
-        state.closed = true;
-        for (_, stream) in state.streams.drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Why a worker thread stops early.
-enum Halt {
+/// Why a worker thread stops early. (Unlike the engine's `Fault`, a failure is already the
+/// run's finished `Error`: a configuration error, a panic or a failure, naming the item.)
+pub(super) enum Halt {
     /// The run was cancelled or nobody reads any more.
     Stop,
     Fail(Error),
@@ -145,13 +92,18 @@ pub(crate) fn work<I, O>(stage: Arc<ProcessStage<I, O>>, input: Receiver<I>, out
     let result = catch_unwind(AssertUnwindSafe(|| supervisor.work(&input, &output)));
     let finished = matches!(result, Ok(Ok(())));
     // Reported while `output` is still alive: see the module docs of `run`.
-    match result {
-        Ok(Ok(())) | Ok(Err(Halt::Stop)) => {}
-        Ok(Err(Halt::Fail(error))) => stage.run.fail(error),
-        Err(payload) => {
-            let error = Error::panicked(&stage.name, supervisor.current_item, payload);
-            stage.run.fail(error);
-        }
+    let error = match result {
+        Ok(Ok(())) | Ok(Err(Halt::Stop)) => None,
+        Ok(Err(Halt::Fail(error))) => Some(error),
+        Err(payload) => Some(Error::panicked(
+            &stage.name,
+            supervisor.current_item,
+            payload,
+        )),
+    };
+    if let Some(error) = error {
+        stage.meter.failed();
+        stage.run.fail(error);
     }
     supervisor.record_process_times();
     if let Some(worker) = supervisor.worker.take() {
@@ -178,30 +130,10 @@ struct Supervisor<'a, I, O> {
 struct Attempt {
     index: u64,
     bytes: Vec<u8>,
-    /// Why each earlier attempt failed.
-    causes: Vec<Cause>,
-    /// When a retry may start.
-    not_before: Instant,
-}
-
-enum Cause {
-    Error(BoxError),
-    Panic(String),
-}
-
-/// A worker's reply to one item.
-enum Answer {
-    Done(Vec<u8>),
-    Failed(Vec<String>),
-    Panicked(String),
-}
-
-/// Why a worker gave no answer.
-enum Gone {
-    TimedOut,
-    Died(ExitStatus),
-    Cancelled,
-    Broken(io::Error),
+    /// The attempts so far, and the rules for the next.
+    attempts: Attempts,
+    /// When a retry may start: `None` if its backoff ends later than a clock can say.
+    not_before: Option<Instant>,
 }
 
 impl<I, O> Supervisor<'_, I, O> {
@@ -212,55 +144,20 @@ impl<I, O> Supervisor<'_, I, O> {
         let mut limit = BatchLimit::new();
         let mut times_read = Instant::now();
         while let Some(first) = input.pop_batch(&mut batch, limit.limit) {
+            // As a thread worker does: wait for the turn, work, hand in, push what is next.
+            if let Some(sequencer) = &stage.sequencer {
+                self.wait_turn(sequencer, first)?;
+            }
             let started = Instant::now();
             let batch_began = self.recorder.as_mut().map(Recorder::batch_begins);
             let count = batch.len();
-            let mut todo = VecDeque::with_capacity(count);
-            for (index, item) in (first..).zip(batch.drain(..)) {
-                self.current_item = Some(index);
-                let bytes = (stage.body.encode)(&item)
-                    .map_err(|error| Halt::Fail(Error::failed(&stage.name, Some(index), error)))?;
-                todo.push_back(Attempt {
-                    index,
-                    bytes,
-                    causes: Vec::new(),
-                    not_before: started,
-                });
-            }
-            let mut slots = Slots {
-                first,
-                outputs: Vec::new(),
-                run: &stage.run,
-            };
-            match &stage.sequencer {
-                None if !stage.in_order => self.run_batch(todo, &mut outlet)?,
-                None => {
-                    slots.outputs = (0..count).map(|_| Vec::new()).collect();
-                    self.run_batch(todo, &mut slots)?;
-                    for item in slots.outputs.into_iter().flatten() {
-                        outlet.emit(item)?;
-                    }
-                }
-                Some(sequencer) => {
-                    sequencer.wait_turn(first)?;
-                    slots.outputs = (0..count).map(|_| Vec::new()).collect();
-                    self.run_batch(todo, &mut slots)?;
-                    let items = slots.outputs.into_iter().flatten().collect();
-                    let mut ready = sequencer.complete(first, count as u64, items)?;
-                    while let Some(mut batch) = ready {
-                        if output.push_all(&mut batch).is_err() {
-                            sequencer.stop();
-                            return Err(Halt::Stop);
-                        }
-                        ready = sequencer.pushed()?;
-                    }
-                }
-            }
+            let result = self.run_items(first, &mut batch, &mut outlet, output);
             limit.adapt(started, count);
             if let (Some(recorder), Some(began)) = (self.recorder.as_mut(), batch_began) {
                 let now = Instant::now();
                 recorder.batch(began, now, now.saturating_duration_since(began), count);
             }
+            result?;
             if times_read.elapsed() >= READ_PROCESS_TIMES_EVERY {
                 times_read = Instant::now();
                 self.record_process_times();
@@ -270,6 +167,72 @@ impl<I, O> Supervisor<'_, I, O> {
         Ok(())
     }
 
+    /// Runs the items of a batch, numbered from `first`, and hands their outputs on.
+    fn run_items(
+        &mut self,
+        first: u64,
+        batch: &mut Vec<I>,
+        outlet: &mut Outlet<'_, O>,
+        output: &Sender<O>,
+    ) -> Result<(), Halt> {
+        let stage = self.stage;
+        let count = batch.len();
+        let mut todo = VecDeque::with_capacity(count);
+        let now = Some(Instant::now());
+        for (index, item) in (first..).zip(batch.drain(..)) {
+            self.current_item = Some(index);
+            let bytes = (stage.body.encode)(&item)
+                .map_err(|error| Halt::Fail(Error::failed(&stage.name, Some(index), error)))?;
+            todo.push_back(Attempt {
+                index,
+                bytes,
+                attempts: Attempts::new(stage.faults),
+                not_before: now,
+            });
+        }
+        let mut slots = Slots {
+            first,
+            outputs: Vec::new(),
+            run: &stage.run,
+        };
+        match &stage.sequencer {
+            None if !stage.in_order => self.run_batch(todo, outlet)?,
+            None => {
+                slots.outputs = (0..count).map(|_| Vec::new()).collect();
+                self.run_batch(todo, &mut slots)?;
+                for item in slots.outputs.into_iter().flatten() {
+                    outlet.emit(item)?;
+                }
+            }
+            Some(sequencer) => {
+                slots.outputs = (0..count).map(|_| Vec::new()).collect();
+                self.run_batch(todo, &mut slots)?;
+                let items = slots.outputs.into_iter().flatten().collect();
+                let mut ready = sequencer.complete(first, count as u64, items)?;
+                while let Some(mut batch) = ready {
+                    if output.push_all(&mut batch).is_err() {
+                        sequencer.stop();
+                        return Err(Halt::Stop);
+                    }
+                    ready = sequencer.pushed()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the sequencer lets a batch starting at `first` begin: waiting on
+    /// downstream's pace, so the metrics count it as blocked.
+    fn wait_turn(&self, sequencer: &Sequencer<O>, first: u64) -> Result<(), Halt> {
+        let meter = self.recorder.as_ref().map(|recorder| &recorder.meter);
+        let since = meter.and_then(|meter| meter.wait_begins(Activity::Blocked));
+        let turn = sequencer.wait_turn(first);
+        if let (Some(meter), Some(since)) = (meter, since) {
+            meter.wait_ends(Activity::Blocked, since);
+        }
+        Ok(turn?)
+    }
+
     /// Reads the CPU time of the current worker process into the metrics, adding that of
     /// the processes it replaced. (A process's times are read while it lives: those of a
     /// worker's last moments before a crash are lost.)
@@ -277,7 +240,7 @@ impl<I, O> Supervisor<'_, I, O> {
         let (Some(recorder), Some(worker)) = (&self.recorder, &self.worker) else {
             return;
         };
-        if let Some(times) = ProcessTimes::of(worker.child.id()) {
+        if let Some(times) = ProcessTimes::of(worker.pid()) {
             worker.last_times.set(times);
             recorder
                 .meter
@@ -302,13 +265,15 @@ impl<I, O> Supervisor<'_, I, O> {
         let mut later: Vec<Attempt> = Vec::new();
         loop {
             if todo.is_empty() {
-                let Some(due) = later.iter().map(|attempt| attempt.not_before).min() else {
+                if later.is_empty() {
                     return Ok(());
-                };
+                }
+                let due = later.iter().filter_map(|attempt| attempt.not_before).min();
                 self.sleep_until(due)?;
                 let now = Instant::now();
-                let (mut ready, waiting): (Vec<_>, _) =
-                    later.drain(..).partition(|a| a.not_before <= now);
+                let (mut ready, waiting): (Vec<_>, _) = later
+                    .drain(..)
+                    .partition(|attempt| attempt.not_before.is_some_and(|due| due <= now));
                 later = waiting;
                 ready.sort_by_key(|attempt| attempt.index);
                 todo = ready.into();
@@ -321,52 +286,61 @@ impl<I, O> Supervisor<'_, I, O> {
                 Some(worker) => worker,
                 None => self.worker.insert(Worker::spawn(stage)?),
             };
-            if let Err(error) = worker.send(&todo) {
-                // The worker died between items (a kill from outside, say): nobody to
-                // blame, so replace it and send the batch again.
-                let gone = worker.gone(error, &stage.run);
-                self.retire_times();
-                self.worker = None;
-                self.idle_death(gone)?;
-                continue;
-            }
+            let items = todo.iter().map(|attempt| &attempt.bytes[..]);
+            let sent = match worker.send(items, &stage.run) {
+                Ok(sent) => sent,
+                Err(gone) => {
+                    // The worker died between items (a kill from outside, say): nobody to
+                    // blame, so replace it and send the batch again.
+                    self.retire_times();
+                    self.worker = None;
+                    self.idle_death(gone)?;
+                    continue;
+                }
+            };
             let mut since = Instant::now();
-            while let Some(attempt) = todo.front() {
+            for _ in 0..sent {
+                let attempt = todo.front().expect("`sent` items of `todo` were sent");
                 self.current_item = Some(attempt.index);
-                let deadline = stage.faults.timeout.map(|limit| since + limit);
+                // No deadline if it is further than a clock can say (`Duration::MAX`).
+                let deadline = stage
+                    .faults
+                    .timeout
+                    .and_then(|limit| since.checked_add(limit));
                 let worker = self.worker.as_mut().expect("spawned above");
-                let answer = worker.answer(deadline, &stage.run);
-                let mut attempt = todo.pop_front().expect("checked by the loop");
+                let reply = worker.answer(deadline, &stage.run);
+                let attempt = todo.pop_front().expect("checked above");
                 since = Instant::now();
-                match answer {
-                    Ok(Answer::Done(bytes)) => {
+                let failure = match reply {
+                    Ok(Reply::Done(bytes)) => {
                         self.idle_deaths = 0;
                         out.put(attempt.index, bytes, &stage.body, &stage.name)?;
                         continue;
                     }
-                    Ok(Answer::Failed(chain)) => {
+                    Ok(Reply::Failed(chain)) => {
                         let error = RemoteError::new(chain_or_default(chain));
-                        attempt.causes.push(Cause::Error(Box::new(error)));
+                        AttemptFailure::Failed(Box::new(error))
                     }
-                    Ok(Answer::Panicked(message)) => attempt.causes.push(Cause::Panic(message)),
+                    Ok(Reply::Panicked(message)) => AttemptFailure::Panicked(Box::new(message)),
                     Err(gone) => {
                         // The worker is dead or stuck: kill it, and send the rest of the
                         // batch to its replacement.
                         self.retire_times();
                         self.worker = None;
-                        let cause: BoxError = match gone {
+                        match gone {
                             Gone::Cancelled => return Err(Halt::Stop),
-                            Gone::TimedOut => Box::new(TimedOut::new(
+                            Gone::TimedOut => AttemptFailure::TimedOut(
                                 stage.faults.timeout.expect("only a deadline times out"),
-                            )),
-                            Gone::Died(status) => Box::new(WorkerDied::new(status)),
-                            Gone::Broken(error) => Box::new(error),
-                        };
-                        attempt.causes.push(Cause::Error(cause));
+                            ),
+                            Gone::Died(status) => {
+                                AttemptFailure::Failed(Box::new(WorkerDied::new(status)))
+                            }
+                            Gone::Broken(error) => AttemptFailure::Failed(Box::new(error)),
+                        }
                     }
-                }
+                };
                 self.idle_deaths = 0;
-                self.retry_or_fail(attempt, &mut later)?;
+                self.retry_or_fail(attempt, failure, &mut later)?;
                 if self.worker.is_none() {
                     break;
                 }
@@ -374,34 +348,25 @@ impl<I, O> Supervisor<'_, I, O> {
         }
     }
 
-    /// Schedules another attempt at `attempt`, or makes its failure the run's error.
-    fn retry_or_fail(&self, mut attempt: Attempt, later: &mut Vec<Attempt>) -> Result<(), Halt> {
-        let faults = &self.stage.faults;
-        let failures = attempt.causes.len() as u32;
-        if failures <= faults.retries {
-            attempt.not_before = Instant::now() + faults.backoff.delay(failures);
-            later.push(attempt);
-            return Ok(());
-        }
-        let name = &self.stage.name;
-        let item = Some(attempt.index);
-        let error = if faults.retries == 0 {
-            match attempt.causes.pop().expect("one failure at least") {
-                Cause::Panic(message) => Error::panicked(name, item, Box::new(message)),
-                Cause::Error(error) => Error::failed(name, item, error),
+    /// Schedules another attempt at `attempt`, or makes its failure the run's error, as
+    /// the stage's policy says. (A process attempt hands nothing on before its reply: its
+    /// outputs come whole or not at all, so a retry never duplicates any.)
+    fn retry_or_fail(
+        &self,
+        mut attempt: Attempt,
+        failure: AttemptFailure,
+        later: &mut Vec<Attempt>,
+    ) -> Result<(), Halt> {
+        let (name, item) = (&self.stage.name, Some(attempt.index));
+        match attempt.attempts.failed(failure, false) {
+            Verdict::Retry(delay) => {
+                attempt.not_before = Instant::now().checked_add(delay);
+                later.push(attempt);
+                Ok(())
             }
-        } else {
-            let causes = attempt.causes.into_iter().map(|cause| match cause {
-                Cause::Panic(message) => Box::new(Panicked::new(message)) as BoxError,
-                Cause::Error(error) => error,
-            });
-            Error::failed(
-                name,
-                item,
-                Box::new(RetriesExhausted::new(causes.collect())),
-            )
-        };
-        Err(Halt::Fail(error))
+            Verdict::Fail(error) => Err(Halt::Fail(Error::failed(name, item, error))),
+            Verdict::Panic(payload) => Err(Halt::Fail(Error::panicked(name, item, payload))),
+        }
     }
 
     fn idle_death(&mut self, gone: Gone) -> Result<(), Halt> {
@@ -418,17 +383,18 @@ impl<I, O> Supervisor<'_, I, O> {
         Ok(())
     }
 
-    /// Waits until `due`, or until the run is cancelled.
-    fn sleep_until(&self, due: Instant) -> Result<(), Halt> {
+    /// Waits until `due` (`None`: for ever), or until the run is cancelled.
+    fn sleep_until(&self, due: Option<Instant>) -> Result<(), Halt> {
+        const POLL: Duration = Duration::from_millis(5);
         loop {
             if self.stage.run.is_cancelled() {
                 return Err(Halt::Stop);
             }
-            let left = due.saturating_duration_since(Instant::now());
+            let left = due.map_or(POLL, |due| due.saturating_duration_since(Instant::now()));
             if left.is_zero() {
                 return Ok(());
             }
-            std::thread::sleep(left.min(Duration::from_millis(5)));
+            std::thread::sleep(left.min(POLL));
         }
     }
 }
@@ -501,299 +467,4 @@ impl<O> Place<O> for Slots<'_, O> {
         self.outputs[slot] = collect.items;
         result
     }
-}
-
-/// One live worker process and its connection.
-struct Worker {
-    child: Child,
-    input: BufReader<UnixStream>,
-    output: UnixStream,
-    id: u64,
-    children: Arc<Children>,
-    scratch: Vec<u8>,
-    batch: Vec<u8>,
-    buffer: Vec<u8>,
-    read_timeout: Option<Duration>,
-    /// Whether the process was told to stop rather than killed.
-    graceful: bool,
-    reaped: bool,
-    /// Its CPU times when last read, for the metrics.
-    last_times: std::cell::Cell<ProcessTimes>,
-}
-
-static NEXT_WORKER: AtomicU64 = AtomicU64::new(0);
-
-impl Worker {
-    /// Starts a worker process for `stage` and waits until it is ready to serve.
-    fn spawn<I, O>(stage: &ProcessStage<I, O>) -> Result<Worker, Halt> {
-        let setup_error = |why: String| Halt::Fail(Error::config(Some(&stage.name), why));
-        let io_error =
-            |error: io::Error| Halt::Fail(Error::failed(&stage.name, None, error.into()));
-        let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let token = random_token(id);
-        let (listener, address) = super::listen(&format!("{id}-{token:016x}")).map_err(io_error)?;
-        let mut command = Command::new(executable());
-        if let Some(name) = std::env::args_os().next() {
-            // Shown by `ps` (whose short name for the worker is `exe`, from the path).
-            std::os::unix::process::CommandExt::arg0(&mut command, name);
-        }
-        let spawned = command
-            .args(WORKER_ARGS)
-            .env(ADDRESS_ENV, &address)
-            .env(TOKEN_ENV, token.to_string())
-            .stdin(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(error) => {
-                super::unlisten(&address);
-                return Err(io_error(error));
-            }
-        };
-        let mut worker = Worker {
-            child,
-            // Replaced once the worker connects; a worker that never does is killed with
-            // this placeholder in place.
-            input: BufReader::new(UnixStream::pair().map_err(io_error)?.0),
-            output: UnixStream::pair().map_err(io_error)?.0,
-            id,
-            children: Arc::clone(&stage.children),
-            scratch: Vec::new(),
-            batch: Vec::new(),
-            buffer: Vec::new(),
-            read_timeout: None,
-            graceful: false,
-            reaped: false,
-            last_times: std::cell::Cell::new(ProcessTimes::default()),
-        };
-        let accepted = worker.accept(&listener, &stage.run);
-        super::unlisten(&address);
-        let stream = match accepted {
-            Ok(stream) => stream,
-            Err(Gone::Cancelled) => return Err(Halt::Stop),
-            Err(Gone::Died(status)) => {
-                return Err(setup_error(format!(
-                    "the worker process exited ({status}) before it connected: is \
-                     `pyper::init()` the first line of `main`? (In an integration test, put \
-                     `pyper::process_test_support!();` at the root of the test crate.)"
-                )))
-            }
-            Err(Gone::TimedOut) => {
-                return Err(setup_error(format!(
-                    "the worker process did not connect within {HANDSHAKE:?}: is \
-                     `pyper::init()` the first line of `main`? (In an integration test, put \
-                     `pyper::process_test_support!();` at the root of the test crate.)"
-                )))
-            }
-            Err(Gone::Broken(error)) => return Err(io_error(error)),
-        };
-        worker.output = stream.try_clone().map_err(io_error)?;
-        // From here on, a cancel wakes this thread if it waits for the worker.
-        let registered = stream
-            .try_clone()
-            .map(|stream| stage.children.add(id, stream))
-            .map_err(io_error)?;
-        worker.input = BufReader::new(stream);
-        if !registered {
-            return Err(Halt::Stop);
-        }
-        // The handshake: the token, then the setup, then the worker's answer.
-        let handshake = (|| -> io::Result<Result<(), String>> {
-            worker.set_read_timeout(Some(HANDSHAKE))?;
-            let token_ok = match protocol::read_frame(&mut worker.input, &mut worker.buffer)? {
-                Some(protocol::HELLO) => worker.buffer.starts_with(token.to_string().as_bytes()),
-                _ => false,
-            };
-            if !token_ok {
-                return Ok(Err("a process other than the worker connected".into()));
-            }
-            let setup = postcard::to_stdvec(&*stage.body.setup)
-                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-            let (output, scratch) = (&mut worker.output, &mut worker.scratch);
-            protocol::write_frame(output, scratch, protocol::SETUP, &[&setup])?;
-            let answer = protocol::read_frame(&mut worker.input, &mut worker.buffer)?;
-            worker.set_read_timeout(None)?;
-            Ok(match answer {
-                Some(protocol::READY) => Ok(()),
-                Some(protocol::REFUSED) => Err(format!(
-                    "the worker process refused to serve: {}",
-                    String::from_utf8_lossy(&worker.buffer)
-                )),
-                _ => Err("the worker process broke off the handshake".into()),
-            })
-        })();
-        match handshake {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(setup_error(why)),
-            Err(error) if stage.run.is_cancelled() => {
-                drop(error);
-                return Err(Halt::Stop);
-            }
-            Err(error) => return Err(setup_error(format!("worker handshake failed: {error}"))),
-        }
-        Ok(worker)
-    }
-
-    /// Waits for the new process to connect to `listener`.
-    fn accept(
-        &mut self,
-        listener: &std::os::unix::net::UnixListener,
-        run: &RunState,
-    ) -> Result<UnixStream, Gone> {
-        listener.set_nonblocking(true).map_err(Gone::Broken)?;
-        let started = Instant::now();
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).map_err(Gone::Broken)?;
-                    return Ok(stream);
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(Gone::Broken(error)),
-            }
-            if run.is_cancelled() {
-                return Err(Gone::Cancelled);
-            }
-            if let Some(status) = self.child.try_wait().map_err(Gone::Broken)? {
-                self.reaped = true;
-                return Err(Gone::Died(status));
-            }
-            if started.elapsed() > HANDSHAKE {
-                return Err(Gone::TimedOut);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if timeout != self.read_timeout {
-            self.input.get_ref().set_read_timeout(timeout)?;
-            self.read_timeout = timeout;
-        }
-        Ok(())
-    }
-
-    /// Sends the items of `todo` as one batch.
-    fn send(&mut self, todo: &VecDeque<Attempt>) -> io::Result<()> {
-        self.batch.clear();
-        for attempt in todo {
-            protocol::put_item(&mut self.batch, &attempt.bytes);
-        }
-        protocol::write_frame(
-            &mut self.output,
-            &mut self.scratch,
-            protocol::BATCH,
-            &[&self.batch],
-        )
-    }
-
-    /// Reads the reply to the oldest item in flight, waiting until `deadline` at most.
-    fn answer(&mut self, deadline: Option<Instant>, run: &RunState) -> Result<Answer, Gone> {
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A zero timeout means "none" to the socket; the reply may be buffered already.
-            let left = left.max(Duration::from_millis(1));
-            if let Err(error) = self.set_read_timeout(Some(left)) {
-                return Err(self.gone(error, run));
-            }
-        }
-        match protocol::read_frame(&mut self.input, &mut self.buffer) {
-            Ok(Some(protocol::DONE)) => Ok(Answer::Done(std::mem::take(&mut self.buffer))),
-            Ok(Some(protocol::FAILED)) => match postcard::from_bytes(&self.buffer) {
-                Ok(chain) => Ok(Answer::Failed(chain)),
-                Err(error) => Err(Gone::Broken(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    error,
-                ))),
-            },
-            Ok(Some(protocol::PANICKED)) => Ok(Answer::Panicked(
-                String::from_utf8_lossy(&self.buffer).into_owned(),
-            )),
-            Ok(Some(tag)) => Err(Gone::Broken(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected message {tag} from the worker process"),
-            ))),
-            Ok(None) => Err(self.gone(io::ErrorKind::UnexpectedEof.into(), run)),
-            Err(error) => Err(self.gone(error, run)),
-        }
-    }
-
-    /// Why the connection failed with `error`: a cancel, a timeout, or the process's death.
-    fn gone(&mut self, error: io::Error, run: &RunState) -> Gone {
-        if run.is_cancelled() {
-            return Gone::Cancelled;
-        }
-        if matches!(
-            error.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            return Gone::TimedOut;
-        }
-        // The process closed the connection by dying (or is about to): wait for it.
-        match self.wait_for_exit(GRACE) {
-            Some(status) => Gone::Died(status),
-            None => Gone::Broken(error),
-        }
-    }
-
-    /// Waits up to `grace` for the process to exit by itself, then kills it; reaps it.
-    fn wait_for_exit(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < grace {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    self.reaped = true;
-                    return Some(status);
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-                Err(_) => break,
-            }
-        }
-        None
-    }
-
-    /// Ends the worker: told to stop and given time to exit if `graceful`, killed otherwise.
-    fn retire(mut self, graceful: bool) {
-        self.graceful = graceful;
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.children.remove(self.id);
-        if self.reaped {
-            return;
-        }
-        if self.graceful {
-            // The end of the stream tells the worker to exit.
-            let _ = self.output.shutdown(Shutdown::Write);
-            if self.wait_for_exit(GRACE).is_some() {
-                return;
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-}
-
-/// The executable to start workers from: the one this process runs.
-fn executable() -> std::path::PathBuf {
-    let proc_exe = std::path::Path::new("/proc/self/exe");
-    if proc_exe.exists() {
-        return proc_exe.to_path_buf();
-    }
-    std::env::current_exe().unwrap_or_else(|_| proc_exe.to_path_buf())
-}
-
-/// A token no other process can guess: std's hash keys are random per process.
-fn random_token(id: u64) -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(id);
-    hasher.write_u32(std::process::id());
-    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        hasher.write_u128(now.as_nanos());
-    }
-    hasher.finish()
 }
