@@ -199,7 +199,6 @@ impl<T> Shared<T> {
     /// Moves as much of `batch` as fits, and wakes as many consumers as items arrived.
     fn try_push(&self, state: &mut State<T>, batch: &mut Vec<T>) -> Pushed {
         if state.closed || state.receivers == 0 {
-            batch.clear();
             return Pushed::Disconnected;
         }
         let room = self.capacity - state.items.len();
@@ -299,7 +298,12 @@ impl<T> Sender<T> {
                     }
                     return Ok(());
                 }
-                Pushed::Disconnected => return Err(Disconnected),
+                Pushed::Disconnected => {
+                    // User values may run arbitrary code on drop: never under the lock.
+                    drop(state);
+                    batch.clear();
+                    return Err(Disconnected);
+                }
                 Pushed::Full => {
                     // Part of the batch may have gone in before the queue filled.
                     if let Some(meter) = &self.meter {
@@ -334,7 +338,12 @@ impl<T> Sender<T> {
                 let mut state = sync::lock(&shared.state);
                 match shared.try_push(&mut state, batch) {
                     Pushed::All => return Ok(()),
-                    Pushed::Disconnected => return Err(Disconnected),
+                    Pushed::Disconnected => {
+                        // User values may run arbitrary code on drop: never under the lock.
+                        drop(state);
+                        batch.clear();
+                        return Err(Disconnected);
+                    }
                     Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
                 }
             };
