@@ -10,55 +10,97 @@
 //! instead of joining it. The call keeps running until it returns; its thread then sees
 //! the run stopped and exits.
 //!
-//! Marking costs two plain stores per element. The end of the run reads the marks from
-//! another thread, without a fence: it polls until the marks it reads settle (see
-//! `finish`), which is only ever needed after a cancel.
+//! Marking costs two plain loads and stores per element. The end of the run reads the marks from
+//! another thread, without a fence, and only ever after a cancel. It leaves a worker
+//! behind only once it has seen it inside the *same* call on two looks at least
+//! [`GRACE`] apart ([`Watch`]): a call that is merely under way when the run stops (the
+//! next number of a range) is waited for, so that no user code runs after the run has
+//! returned unless a call really blocks.
 
 use std::cell::OnceCell;
+use std::time::Duration;
 
-use crate::engine::sync::{thread_local, Arc, AtomicUsize, Ordering};
+use crate::engine::sync::{thread_local, Arc, AtomicBool, AtomicUsize, Instant, Ordering};
 
-const WORKING: usize = 0;
-const IN_NEXT: usize = 1;
-const EXITED: usize = 2;
+/// How long a worker must have been inside one call of a user iterator's `next()` before
+/// a stopped run stops waiting for it.
+pub(crate) const GRACE: Duration = Duration::from_millis(20);
 
 /// The phase of one worker thread, shared with the end of the run.
 #[derive(Default)]
-pub(crate) struct Phase(AtomicUsize);
+pub(crate) struct Phase {
+    /// Counts the worker's entries into and exits from a user iterator's `next()`: odd
+    /// while it is inside one. Only the worker writes it.
+    calls: AtomicUsize,
+    exited: AtomicBool,
+}
 
 impl Phase {
-    /// Whether the worker is inside a user iterator's `next()`.
-    pub(crate) fn in_next(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == IN_NEXT
+    /// The number of the `next()` call the worker is inside, if it is inside one.
+    pub(crate) fn in_next(&self) -> Option<usize> {
+        let calls = self.calls.load(Ordering::Relaxed);
+        (calls % 2 == 1).then_some(calls)
     }
 
     /// Whether the worker is done: nothing of it is left to wait for but its exit.
     pub(crate) fn exited(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == EXITED
+        self.exited.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_exited(&self) {
-        self.0.store(EXITED, Ordering::Relaxed);
+        self.exited.store(true, Ordering::Relaxed);
     }
 
     /// Asks `elements` for its next element, marked as a call that may block forever.
     #[inline]
     pub(crate) fn next<It: Iterator>(&self, elements: &mut It) -> Option<It::Item> {
-        self.0.store(IN_NEXT, Ordering::Relaxed);
+        self.step();
         // Unmarked also if `next` panics: the worker then has a failure to report, and
         // must be waited for.
         let _working = Working(self);
         elements.next()
     }
+
+    #[inline]
+    fn step(&self) {
+        // Load and store rather than an atomic add: only this thread writes.
+        let calls = self.calls.load(Ordering::Relaxed);
+        self.calls.store(calls.wrapping_add(1), Ordering::Relaxed);
+    }
 }
 
-/// Puts a phase back to working when dropped.
+/// Marks the end of a `next()` call when dropped.
 struct Working<'a>(&'a Phase);
 
 impl Drop for Working<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.0 .0.store(WORKING, Ordering::Relaxed);
+        self.0.step();
+    }
+}
+
+/// Watches one worker for a call of a user iterator that blocks.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// The call last seen under way, and when it was first seen.
+    seen: Option<(usize, Instant)>,
+}
+
+impl Watch {
+    /// Whether the worker has been inside the same `next()` call since a look at least
+    /// [`GRACE`] ago.
+    pub(crate) fn blocked(&mut self, phase: &Phase) -> bool {
+        match (phase.in_next(), self.seen) {
+            (None, _) => {
+                self.seen = None;
+                false
+            }
+            (Some(call), Some((seen, since))) if call == seen => since.elapsed() >= GRACE,
+            (Some(call), _) => {
+                self.seen = Some((call, Instant::now()));
+                false
+            }
+        }
     }
 }
 

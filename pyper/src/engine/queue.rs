@@ -29,6 +29,7 @@
 use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
+use crate::engine::run::discard_or_resume;
 use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct State<T> {
@@ -301,7 +302,7 @@ impl<T> Sender<T> {
                 Pushed::Disconnected => {
                     // User values may run arbitrary code on drop: never under the lock.
                     drop(state);
-                    batch.clear();
+                    discard_or_resume(batch.drain(..));
                     return Err(Disconnected);
                 }
                 Pushed::Full => {
@@ -341,7 +342,7 @@ impl<T> Sender<T> {
                     Pushed::Disconnected => {
                         // User values may run arbitrary code on drop: never under the lock.
                         drop(state);
-                        batch.clear();
+                        discard_or_resume(batch.drain(..));
                         return Err(Disconnected);
                     }
                     Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
@@ -488,7 +489,7 @@ impl<T: Send> Close for Closer<T> {
             std::mem::take(&mut state.items)
         };
         // User values may run arbitrary code on drop: never under the lock.
-        drop(dropped);
+        discard_or_resume(dropped);
     }
 }
 
@@ -534,7 +535,7 @@ impl<T> Drop for Receiver<T> {
             self.shared.wake_everyone();
             std::mem::take(&mut state.items)
         };
-        drop(dropped);
+        discard_or_resume(dropped);
     }
 }
 

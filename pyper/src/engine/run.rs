@@ -20,19 +20,22 @@
 //! 4. **The end of a stopped run waits for work, never for a blocked iterator.** [`finish`]
 //!    waits for every worker of a run that ended cleanly. Once the run is stopped (a
 //!    failure, a cancel, a drop), it waits for each worker to finish the call it is in,
-//!    but leaves behind the workers of [`daemon`](crate::Task::daemon) stages and every
+//!    but leaves behind the workers of [`daemon`](crate::Task::daemon) stages, and every
 //!    worker blocked inside a user iterator's `next()`: the input iterator of `feed`, or
-//!    a `branch` task's output (see [`crate::engine::blocked`]). Such a call may never
-//!    return (a channel whose sender lives on, a socket), and its element would be
-//!    refused anyway. **The abandoned call keeps running until it returns**; its thread
-//!    then sees the run stopped, drops the element and the iterator, and exits. Nothing
-//!    it does reaches the caller. The failure of a stopped run was recorded before the
-//!    run stopped (rule 1), so leaving a worker behind loses no error.
+//!    a `branch` task's output iterator. Such a call may never return (a channel whose
+//!    sender lives on, a socket), and the element it would return is refused anyway. A
+//!    call counts as blocked once it has lasted a moment after the stop
+//!    ([`crate::engine::blocked`]), so a call merely under way is waited for. **The
+//!    abandoned call keeps running until it returns**; its thread then sees the run
+//!    stopped, drops the element and the iterator, and exits; nothing it does reaches the
+//!    caller. No error is lost: the failure of a stopped run was recorded before the run
+//!    stopped (rule 1), and a worker that is not inside such a call is waited for, its
+//!    failure report included.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use crate::engine::blocked::{self, Phase};
+use crate::engine::blocked::{self, Phase, Watch};
 use crate::engine::capacity::{CouldNotStart, ThreadBudget};
 use crate::engine::meter::RunMeter;
 use crate::engine::queue::Close;
@@ -150,11 +153,41 @@ fn close(closer: Box<dyn Close>) {
     }
 }
 
+/// Drops `items`, user values whose `Drop` may panic, each on its own: a panic does not
+/// stop the others from being dropped, and a second one cannot abort the process (as it
+/// would while the first unwinds). Returns the first panic's payload, for the caller to
+/// resume once nothing else is left to drop.
+pub(crate) fn discard<T>(items: impl IntoIterator<Item = T>) -> std::thread::Result<()> {
+    if !std::mem::needs_drop::<T>() {
+        return Ok(());
+    }
+    let mut first = Ok(());
+    for item in items {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(item))) {
+            match first {
+                Ok(()) => first = Err(payload),
+                // Its own `Drop` is user code too.
+                Err(_) => drop(catch_unwind(AssertUnwindSafe(move || drop(payload)))),
+            }
+        }
+    }
+    first
+}
+
+/// [`discard`], then the first panic resumed: for a caller whose own caller reports it.
+pub(crate) fn discard_or_resume<T>(items: impl IntoIterator<Item = T>) {
+    if let Err(payload) = discard(items) {
+        std::panic::resume_unwind(payload);
+    }
+}
+
 /// A worker thread of the run.
 pub(crate) struct WorkerThread {
     handle: thread::JoinHandle<()>,
     daemon: bool,
     phase: Arc<Phase>,
+    /// The end of a stopped run's view of whether it is blocked in a user iterator.
+    watch: Watch,
 }
 
 /// Collects what a pipeline's stages start while a run is being launched.
@@ -212,6 +245,7 @@ impl Launcher {
                 handle,
                 daemon,
                 phase,
+                watch: Watch::default(),
             }),
             Err(cause) => {
                 self.refused = true;
@@ -305,8 +339,9 @@ impl Close for tokio::task::AbortHandle {
 }
 
 /// How often the end of a stopped run looks again for workers blocked in a user
-/// iterator: their marks are plain stores, which a first look may miss.
-const RECHECK: Duration = Duration::from_millis(10);
+/// iterator: entering one is not signalled, and a call counts as blocked only once it
+/// has lasted [`blocked::GRACE`].
+const RECHECK: Duration = Duration::from_millis(5);
 
 /// Waits until the run's workers have stopped, and returns the run's error, if any.
 ///
@@ -319,10 +354,10 @@ pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error
     loop {
         let changed = sync::lock(&run.changed);
         let stopped = run.is_cancelled();
-        for worker in std::mem::take(&mut waiting) {
+        for mut worker in std::mem::take(&mut waiting) {
             if worker.phase.exited() {
                 gone.push(worker);
-            } else if !(stopped && (worker.daemon || worker.phase.in_next())) {
+            } else if !(stopped && (worker.daemon || worker.watch.blocked(&worker.phase))) {
                 waiting.push(worker);
             }
             // Else left behind: dropping its handle detaches the thread.

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::engine::batch::{Emit, Fault, Stop};
-use crate::engine::blocked::{self, Phase};
+use crate::engine::blocked::{self, Phase, Watch};
 use crate::engine::queue::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{lock_std as lock, Arc, Instant};
@@ -283,7 +283,8 @@ enum Unanswered {
 }
 
 /// How often a worker waiting for its helper looks whether the run stopped while the
-/// helper is blocked in a branch iterator (which a stopped run does not wait for).
+/// helper is blocked in a branch iterator (which a stopped run does not wait for); more
+/// than [`blocked::GRACE`], so that two looks at the same call mean it blocks.
 const LOOK: Duration = Duration::from_millis(50);
 
 /// What a helper sends back when a call returns.
@@ -302,6 +303,7 @@ impl<I, O> Helper<I, O> {
             return Err(Unanswered::Gone);
         }
         let deadline = std::time::Instant::now().checked_add(limit);
+        let mut watch = Watch::default();
         loop {
             let wait = match deadline {
                 Some(deadline) => deadline.saturating_duration_since(std::time::Instant::now()),
@@ -315,7 +317,7 @@ impl<I, O> Helper<I, O> {
             if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
                 return Err(Unanswered::TimedOut);
             }
-            if run.is_cancelled() && self.phase.in_next() {
+            if run.is_cancelled() && watch.blocked(&self.phase) {
                 return Err(Unanswered::Blocked);
             }
         }
