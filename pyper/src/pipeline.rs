@@ -50,6 +50,10 @@ pub(crate) trait Stages<I, O>: Send + Sync {
     fn check(&self, position: &mut usize) -> Result<(), Error>;
 
     fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O>;
+
+    /// How many items the queue in front of the first stage holds: the input iterator
+    /// of [`Pipeline::feed`] runs no further ahead ([`source::read_ahead`]).
+    fn input_bound(&self) -> usize;
 }
 
 struct Chain<I, M, O> {
@@ -66,6 +70,10 @@ impl<I, M, O> Stages<I, O> for Chain<I, M, O> {
     fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O> {
         let middle = self.first.launch(input, launcher);
         self.second.launch(middle, launcher)
+    }
+
+    fn input_bound(&self) -> usize {
+        self.first.input_bound()
     }
 }
 
@@ -106,7 +114,15 @@ where
     /// `Pool.imap` or pypeln's `from_iterable`.
     ///
     /// The iterator is driven on a thread of its own, which stops as soon as the run
-    /// stops, so an endless iterator is fine.
+    /// stops, so an endless iterator is fine. It reads ahead of the first stage as far as
+    /// that stage's [`throttle`](Task::throttle) allows (at least one input per worker, at
+    /// most [`DEFAULT_THROTTLE`](crate::DEFAULT_THROTTLE)), so large inputs are not pulled
+    /// in by the thousand.
+    ///
+    /// An iterator whose `next()` blocks (a channel whose sender is kept alive, as in a
+    /// feedback loop) never delays the end of a run that failed or was cancelled or
+    /// dropped: the pending call is abandoned. It keeps running on the input's thread until
+    /// it returns; the element it returns is then dropped, and so is the iterator.
     ///
     /// ```
     /// use pyper::task;
@@ -124,7 +140,7 @@ where
         let inputs = inputs.into_iter();
         Output::new(move |launcher| {
             stages.check(&mut 1)?;
-            let receiver = source::launch(inputs, launcher);
+            let receiver = source::launch(inputs, stages.input_bound(), launcher);
             Ok(stages.launch(receiver, launcher))
         })
     }

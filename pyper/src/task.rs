@@ -364,7 +364,8 @@ where
     ///
     /// * When every attempt fails, the run's error names the stage and the item, and its
     ///   [`source`](std::error::Error::source) is a [`RetriesExhausted`](crate::RetriesExhausted)
-    ///   holding each attempt's cause, in order: your error, a
+    ///   holding the attempts' causes in order (the first and last few, when there were
+    ///   many; it counts them all): your error, a
     ///   [`Panicked`](crate::Panicked) for a panic, a [`TimedOut`](crate::TimedOut) for an
     ///   overrun.
     /// * An attempt that already handed on outputs (a `branch` task that failed mid-way) is
@@ -556,14 +557,21 @@ where
     fn launch(&self, input: Receiver<I>, launcher: &mut Launcher) -> Receiver<O> {
         stage::launch(&self.body, &self.options, self.clone_input, input, launcher)
     }
+
+    fn input_bound(&self) -> usize {
+        crate::engine::source::read_ahead(self.options.throttle, self.options.workers)
+    }
 }
 
-/// The function's own name for a plain function or method, `None` for a closure.
+/// The function's own name for a plain function or method, the type's or the variant's
+/// for a tuple struct's or an enum variant's constructor, `None` for a closure.
 pub(crate) fn readable_name<F>() -> Option<Arc<str>> {
     let full = std::any::type_name::<F>();
     if full.contains("{{closure}}") {
         return None;
     }
+    // `app::Wrapped::{{constructor}}` → `app::Wrapped`.
+    let full = full.strip_suffix("::{{constructor}}").unwrap_or(full);
     // `app::parse<u32>` → `app::parse`; `core::str::<impl str>::len` keeps its path.
     let mut path = full;
     if path.ends_with('>') {
@@ -607,5 +615,16 @@ mod tests {
             task(generic::<u8>).options.stage_name(1).as_ref(),
             "generic"
         );
+    }
+
+    struct Wrapped(#[allow(dead_code)] u32);
+
+    struct Generic<T>(#[allow(dead_code)] T);
+
+    #[test]
+    fn constructors_are_named_after_their_type_or_variant() {
+        assert_eq!(task(Wrapped).stage_name(1).as_ref(), "Wrapped");
+        assert_eq!(task(Generic::<u8>).stage_name(1).as_ref(), "Generic");
+        assert_eq!(task(Some::<u8>).stage_name(1).as_ref(), "Some");
     }
 }

@@ -205,9 +205,10 @@ fn cancel_while_stages_are_blocked_on_full_queues() {
                 assert_eq!(out.next().unwrap().unwrap(), 0);
                 // Item 1 fills the stage's one-item queue and the call for item 2 waits to
                 // hand it over: the stage can make no more calls, and the source fills its
-                // own queue and blocks too.
+                // own queue (one item, as the stage's throttle) with item 3 and blocks
+                // handing over item 4.
                 wait_until("the stage reached its full queue", || calls.get() == 3);
-                wait_until("the source filled its queue", || pulled.get() > 1000);
+                wait_until("the source filled its queue", || pulled.get() >= 5);
                 if from_another_thread {
                     let canceller = out.canceller();
                     std::thread::spawn(move || canceller.cancel())

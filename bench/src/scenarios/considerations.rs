@@ -12,7 +12,8 @@ use crate::work::{get_data, long_computation, long_computation_result, sum_all, 
 pub fn cases() -> Vec<Case> {
     vec![Case {
         name: "considerations",
-        about: "Pyper's guide's \"Considerations\" example: `get_data(n)`, then `long_computation` \
+        about:
+            "Pyper's guide's \"Considerations\" example: `get_data(n)`, then `long_computation` \
                 (a 1M-step loop) with 2 workers, then a sum",
         items: Sizes::new(40, 4),
         expected: |n| {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::engine::blocked;
 use crate::engine::queue::Sender;
 use crate::engine::run::RunState;
 use crate::engine::sync::Instant;
@@ -67,16 +68,17 @@ where
     It: IntoIterator,
 {
     let mut elements = elements.into_iter();
-    loop {
+    // The element may never come: marked, a stopped run does not wait for it.
+    blocked::with_current(|phase| loop {
         let (promised, most) = elements.size_hint();
         let asked = out.before_next(promised == 0 && most != Some(0))?;
-        let element = elements.next();
+        let element = blocked::next(phase, &mut elements);
         out.after_next(asked);
         match element {
             Some(element) => each(element, out)?,
             None => return Ok(()),
         }
-    }
+    })
 }
 
 /// An element that takes this long to come is handed over before the next is asked for:

@@ -6,6 +6,8 @@
 //! (`crate::observe`) or of the public API: it is the bottom layer.
 
 pub(crate) mod batch;
+pub(crate) mod blocked;
+pub(crate) mod capacity;
 pub(crate) mod meter;
 pub(crate) mod queue;
 pub(crate) mod run;

@@ -29,6 +29,7 @@
 use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
+use crate::engine::run::discard_or_resume;
 use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
 
 struct State<T> {
@@ -199,7 +200,6 @@ impl<T> Shared<T> {
     /// Moves as much of `batch` as fits, and wakes as many consumers as items arrived.
     fn try_push(&self, state: &mut State<T>, batch: &mut Vec<T>) -> Pushed {
         if state.closed || state.receivers == 0 {
-            batch.clear();
             return Pushed::Disconnected;
         }
         let room = self.capacity - state.items.len();
@@ -299,7 +299,12 @@ impl<T> Sender<T> {
                     }
                     return Ok(());
                 }
-                Pushed::Disconnected => return Err(Disconnected),
+                Pushed::Disconnected => {
+                    // User values may run arbitrary code on drop: never under the lock.
+                    drop(state);
+                    discard_or_resume(batch.drain(..));
+                    return Err(Disconnected);
+                }
                 Pushed::Full => {
                     // Part of the batch may have gone in before the queue filled.
                     if let Some(meter) = &self.meter {
@@ -334,7 +339,12 @@ impl<T> Sender<T> {
                 let mut state = sync::lock(&shared.state);
                 match shared.try_push(&mut state, batch) {
                     Pushed::All => return Ok(()),
-                    Pushed::Disconnected => return Err(Disconnected),
+                    Pushed::Disconnected => {
+                        // User values may run arbitrary code on drop: never under the lock.
+                        drop(state);
+                        discard_or_resume(batch.drain(..));
+                        return Err(Disconnected);
+                    }
                     Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
                 }
             };
@@ -479,7 +489,7 @@ impl<T: Send> Close for Closer<T> {
             std::mem::take(&mut state.items)
         };
         // User values may run arbitrary code on drop: never under the lock.
-        drop(dropped);
+        discard_or_resume(dropped);
     }
 }
 
@@ -525,7 +535,7 @@ impl<T> Drop for Receiver<T> {
             self.shared.wake_everyone();
             std::mem::take(&mut state.items)
         };
-        drop(dropped);
+        discard_or_resume(dropped);
     }
 }
 

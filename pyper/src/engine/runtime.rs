@@ -12,12 +12,21 @@
 //!
 //! Resources made on the caller's runtime (a socket, a client) keep working inside async
 //! tasks for as long as the caller's runtime is running, as with any two tokio runtimes.
+//!
+//! One thing cannot work: blocking a thread of this runtime on a run that needs it, as a
+//! blocking `next()` on an `Output` inside an async task does. Like tokio's `block_on`
+//! inside a runtime, that is refused with a clear error ([`blocking_refused`]) rather
+//! than left to deadlock once every thread of the runtime waits so.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-use crate::error::BoxError;
+use crate::error::{BoxError, Error};
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
@@ -40,4 +49,54 @@ pub(crate) fn handle() -> Result<Handle, BoxError> {
         Ok(runtime) => Ok(runtime.handle().clone()),
         Err(message) => Err(message.clone().into()),
     }
+}
+
+std::thread_local! {
+    /// Whether this thread is polling one of pyper's async workers, and so the user's
+    /// futures: a thread of pyper's runtime that must never block.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// An async worker's future, marking its thread as [`IN_TASK`] while it is polled.
+pub(crate) struct InTask<F>(Pin<Box<F>>);
+
+impl<F: Future> InTask<F> {
+    pub(crate) fn new(work: F) -> Self {
+        InTask(Box::pin(work))
+    }
+}
+
+impl<F: Future> Future for InTask<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let outer = IN_TASK.replace(true);
+        // Restored even if the poll panics: the thread goes on polling other tasks.
+        let _restore = Restore(outer);
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// Puts [`IN_TASK`] back as it was.
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        IN_TASK.set(self.0);
+    }
+}
+
+/// Why a blocking read is refused inside an async task.
+const BLOCKING_INSIDE_A_TASK: &str = "a pyper Output was read with blocking next() on pyper's \
+     async runtime, inside an async task, where it would block a thread the runs need (a \
+     deadlock once every thread waits so); use into_stream() instead";
+
+/// The error for a blocking wait on an `Output` made inside one of pyper's async tasks, or
+/// `None` where blocking is fine.
+///
+/// Checked once per blocking wait, not per item: a thread-local read.
+pub(crate) fn blocking_refused() -> Option<Error> {
+    IN_TASK
+        .get()
+        .then(|| Error::config(None, BLOCKING_INSIDE_A_TASK))
 }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::batch::Stop;
 use crate::engine::queue::Close;
+use crate::engine::run::discard_or_resume;
 use crate::engine::sync::{self, Condvar, Mutex};
 
 struct Order<O> {
@@ -107,7 +108,8 @@ impl<O> Sequencer<O> {
             self.advanced.notify_all();
             std::mem::take(&mut order.done)
         };
-        drop(dropped);
+        // User values may run arbitrary code on drop: never under the lock.
+        discard_or_resume(dropped.into_values().flat_map(|(_, outputs)| outputs));
     }
 
     /// Takes every range that is next in line, making the caller the pusher.

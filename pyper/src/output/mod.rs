@@ -194,6 +194,14 @@ impl<O> Iterator for Output<O> {
             if !self.ensure_started() {
                 return self.finish().map(Err);
             }
+            #[cfg(feature = "async")]
+            if let Some(error) = self.run.blocking_refused() {
+                // Waiting would hold a thread of the runtime the run needs: stop the run,
+                // and leave its workers to wind down without waiting for them.
+                self.run.cancel();
+                drop(self.begin_finish());
+                return Some(Err(error));
+            }
             let mut batch = Vec::with_capacity(MAX_BATCH);
             match self
                 .receiver

@@ -349,6 +349,12 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued)
     }
 
+    /// Starts worker `number` (from 1) of the stage on a thread of its own.
+    pub(crate) fn spawn_thread(&mut self, number: usize, work: impl FnOnce() + Send + 'static) {
+        let (workers, daemon) = (self.spec.workers, self.spec.daemon);
+        (self.launcher).spawn(&self.name, (number, workers), daemon, work);
+    }
+
     /// Whether outputs must leave in input order through several workers.
     pub(crate) fn is_ordered(&self) -> bool {
         self.spec.ordered && self.spec.workers > 1

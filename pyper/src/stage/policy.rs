@@ -6,6 +6,7 @@
 //! async stage drops the future, and a process stage kills its worker process.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
@@ -119,13 +120,13 @@ pub(crate) enum Verdict {
 /// * An item that is not retried fails with its attempt's own cause, exactly as without a
 ///   policy (an `Err` as itself, a panic as a panic, an overrun as [`TimedOut`]), when
 ///   the stage has no retries or the attempt handed on outputs.
-/// * An item whose every attempt failed fails with [`RetriesExhausted`], listing each
-///   attempt's cause.
+/// * An item whose every attempt failed fails with [`RetriesExhausted`], which keeps the
+///   causes of the first and the last few attempts and counts the others.
 pub(crate) struct Attempts {
     policy: FaultPolicy,
     /// Failed attempts so far, which is also the number of the retry to come.
     failed: u32,
-    causes: Vec<BoxError>,
+    causes: Causes,
 }
 
 impl Attempts {
@@ -133,7 +134,7 @@ impl Attempts {
         Attempts {
             policy,
             failed: 0,
-            causes: Vec::new(),
+            causes: Causes::default(),
         }
     }
 
@@ -160,10 +161,42 @@ impl Attempts {
         });
         if self.is_last() {
             let causes = std::mem::take(&mut self.causes);
-            return Verdict::Fail(Box::new(RetriesExhausted::new(causes)));
+            return Verdict::Fail(Box::new(RetriesExhausted::from_causes(causes)));
         }
         self.failed += 1;
         Verdict::Retry(self.policy.backoff.delay(self.failed))
+    }
+}
+
+/// How many of the first attempts' causes a [`RetriesExhausted`] keeps.
+const FIRST_KEPT: usize = 4;
+
+/// How many of the last attempts' causes a [`RetriesExhausted`] keeps.
+const LAST_KEPT: usize = 4;
+
+/// The causes of an item's failed attempts, as [`RetriesExhausted`] keeps them: the
+/// first [`FIRST_KEPT`] and the last [`LAST_KEPT`], and the count of all. Memory stays
+/// flat however often an item is retried.
+#[derive(Default)]
+pub(crate) struct Causes {
+    first: Vec<BoxError>,
+    last: VecDeque<BoxError>,
+    count: u64,
+}
+
+impl Causes {
+    /// Adds the cause of the next attempt; drops the oldest of the last ones kept if
+    /// there are enough.
+    pub(crate) fn push(&mut self, cause: BoxError) {
+        self.count += 1;
+        if self.first.len() < FIRST_KEPT {
+            self.first.push(cause);
+            return;
+        }
+        if self.last.len() == LAST_KEPT {
+            self.last.pop_front();
+        }
+        self.last.push_back(cause);
     }
 }
 
@@ -220,31 +253,85 @@ impl fmt::Display for Panicked {
 
 impl StdError for Panicked {}
 
-/// Every attempt at an item failed. Holds each attempt's cause, oldest first; its
-/// [`source`](std::error::Error::source) is the last one.
+/// Every attempt at an item failed.
+///
+/// It keeps the causes of the first few and the last few attempts, oldest first, and
+/// counts every attempt: an item retried a million times does not keep a million errors.
+/// [`attempts`](RetriesExhausted::attempts) gives the causes kept,
+/// [`count`](RetriesExhausted::count) the number of attempts, and
+/// [`omitted`](RetriesExhausted::omitted) how many causes in between were dropped. Its
+/// [`source`](std::error::Error::source) is the last attempt's cause.
+///
+/// Its message gives the count, then each cause kept with the number of its attempt:
+/// `all 3 attempts failed: #1 reset; #2 reset; #3 timed out after 1s`, or, with causes
+/// omitted, `all 1000 attempts failed: #1 …; #4 …; (992 more); #997 …; #1000 …`.
 #[derive(Debug)]
 pub struct RetriesExhausted {
+    /// The first causes, then the last ones.
     attempts: Vec<BoxError>,
+    /// How many of `attempts` are first ones: the omitted causes come after them.
+    first: usize,
+    count: u64,
 }
 
 impl RetriesExhausted {
+    /// From every attempt's cause, oldest first (keeping the first and last few).
+    #[cfg(test)]
     pub(crate) fn new(attempts: Vec<BoxError>) -> Self {
         debug_assert!(!attempts.is_empty());
-        RetriesExhausted { attempts }
+        let mut causes = Causes::default();
+        for cause in attempts {
+            causes.push(cause);
+        }
+        RetriesExhausted::from_causes(causes)
     }
 
-    /// Each attempt's cause, in the order the attempts were made.
+    pub(crate) fn from_causes(causes: Causes) -> Self {
+        let first = causes.first.len();
+        let mut attempts = causes.first;
+        attempts.extend(causes.last);
+        RetriesExhausted {
+            attempts,
+            first,
+            count: causes.count,
+        }
+    }
+
+    /// The causes kept, in the order the attempts were made: every attempt's when there
+    /// were few, else the first few and the last few (see
+    /// [`omitted`](RetriesExhausted::omitted)).
     pub fn attempts(&self) -> &[BoxError] {
         &self.attempts
+    }
+
+    /// How many attempts were made, all of which failed: the stage's retries plus one.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// How many attempts' causes were dropped, between the first and the last ones kept.
+    pub fn omitted(&self) -> u64 {
+        self.count - self.attempts.len() as u64
+    }
+
+    /// The number (1-based) of the attempt whose cause is `attempts()[index]`.
+    fn number(&self, index: usize) -> u64 {
+        match index < self.first {
+            true => index as u64 + 1,
+            false => self.count - (self.attempts.len() - index) as u64 + 1,
+        }
     }
 }
 
 impl fmt::Display for RetriesExhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "all {} attempts failed", self.attempts.len())?;
-        for (number, cause) in self.attempts.iter().enumerate() {
-            let separator = if number == 0 { ": " } else { "; " };
-            write!(f, "{separator}#{} {cause}", number + 1)?;
+        write!(f, "all {} attempts failed", self.count)?;
+        for (index, cause) in self.attempts.iter().enumerate() {
+            let separator = if index == 0 { ": " } else { "; " };
+            if index == self.first && self.omitted() > 0 {
+                write!(f, "; ({} more)", self.omitted())?;
+            }
+            write!(f, "{separator}#{} {cause}", self.number(index))?;
         }
         Ok(())
     }
@@ -323,6 +410,44 @@ mod tests {
             panic!("no retries");
         };
         assert!(error.is::<TimedOut>());
+    }
+
+    #[test]
+    fn endless_retries_keep_the_first_and_last_causes_and_count_the_rest() {
+        let mut attempts = Attempts::new(FaultPolicy {
+            timeout: None,
+            retries: 999,
+            backoff: Backoff::none(),
+        });
+        let mut verdict = None;
+        for attempt in 1..=1000 {
+            let cause = AttemptFailure::Failed(format!("cause {attempt}").into());
+            verdict = Some(attempts.failed(cause, false));
+        }
+        let Some(Verdict::Fail(error)) = verdict else {
+            panic!("the last attempt gives up");
+        };
+        let exhausted = error.downcast_ref::<RetriesExhausted>().unwrap();
+        assert_eq!(exhausted.count(), 1000);
+        assert_eq!(exhausted.attempts().len(), FIRST_KEPT + LAST_KEPT);
+        assert_eq!(exhausted.omitted(), 1000 - (FIRST_KEPT + LAST_KEPT) as u64);
+        assert_eq!(exhausted.source().unwrap().to_string(), "cause 1000");
+        assert_eq!(
+            exhausted.to_string(),
+            "all 1000 attempts failed: #1 cause 1; #2 cause 2; #3 cause 3; #4 cause 4; \
+             (992 more); #997 cause 997; #998 cause 998; #999 cause 999; #1000 cause 1000"
+        );
+    }
+
+    #[test]
+    fn a_few_more_causes_than_the_first_ones_are_all_kept() {
+        let causes = (1..=6).map(|n| format!("c{n}").into()).collect();
+        let exhausted = RetriesExhausted::new(causes);
+        assert_eq!((exhausted.count(), exhausted.omitted()), (6, 0));
+        assert_eq!(
+            exhausted.to_string(),
+            "all 6 attempts failed: #1 c1; #2 c2; #3 c3; #4 c4; #5 c5; #6 c6"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! `catch_unwind` and raced against the attempt's deadline. An attempt that overruns is
 //! dropped, which cancels its future at the `.await` it is parked on. Outputs go on as they
 //! come, so [`Attempts`] does not retry an attempt that already yielded one. Backoff waits
-//! are `tokio::time::sleep`s: a cancel of the run aborts the driver task, which drops them
-//! with everything else it is polling.
+//! are `tokio::time::sleep`s (a zero backoff yields to the runtime instead): a cancel of the
+//! run aborts the driver task, which drops them with everything else it is polling.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
@@ -115,11 +115,15 @@ where
                 .attempts
                 .failed(failure, std::mem::take(&mut self.handed_on))
             {
-                Verdict::Retry(delay) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                }
+                Verdict::Retry(delay) => match delay.is_zero() {
+                    // Back to the runtime between attempts, even without a backoff: an
+                    // attempt that fails without awaiting would otherwise retry in a
+                    // loop that never yields, where the abort of a cancel cannot take
+                    // effect, and the driver's other futures and the runtime's other
+                    // tasks would never be polled.
+                    true => tokio::task::yield_now().await,
+                    false => tokio::time::sleep(delay).await,
+                },
                 Verdict::Fail(error) => {
                     self.done = true;
                     return Some(Err(error));

@@ -27,13 +27,12 @@ where
         sequencer: stage.sequencer(),
         meter: stage.meter(StageKind::Process),
     });
-    for _ in 0..stage.spec.workers {
+    for number in 1..=stage.spec.workers {
         let (shared, input, output) = (
             Arc::clone(&shared),
             stage.input.clone(),
             stage.output.clone(),
         );
-        let daemon = stage.spec.daemon;
-        (stage.launcher).spawn(&stage.name, daemon, move || work(shared, input, output));
+        stage.spawn_thread(number, move || work(shared, input, output));
     }
 }

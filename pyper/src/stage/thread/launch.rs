@@ -26,12 +26,12 @@ where
         None => StageBody::Each(Arc::clone(each)),
     };
     let shared = shared(body, &mut stage);
-    for _ in 0..stage.spec.workers {
+    for number in 1..=stage.spec.workers {
         let worker = match &guard {
             Some(guard) => Arc::new(guard.worker_stage(&shared)),
             None => Arc::clone(&shared),
         };
-        spawn(worker, &mut stage);
+        spawn(number, worker, &mut stage);
     }
 }
 
@@ -42,8 +42,8 @@ where
     O: Send + 'static,
 {
     let shared = shared(StageBody::Join(Arc::clone(join)), &mut stage);
-    for _ in 0..stage.spec.workers {
-        spawn(Arc::clone(&shared), &mut stage);
+    for number in 1..=stage.spec.workers {
+        spawn(number, Arc::clone(&shared), &mut stage);
     }
 }
 
@@ -57,7 +57,7 @@ where
     let sequencer = stage.sequencer();
     let meter = stage.meter(StageKind::Threads);
     let (faults, clone_input) = (stage.spec.faults, stage.clone_input);
-    for _ in 0..stage.spec.workers {
+    for number in 1..=stage.spec.workers {
         let (setup, sequencer, meter) = (Arc::clone(setup), sequencer.clone(), Arc::clone(&meter));
         let (name, run) = (Arc::clone(&stage.name), Arc::clone(&stage.launcher.state));
         let (input, output) = (stage.input.clone(), stage.output.clone());
@@ -89,8 +89,7 @@ where
             drop(each);
             work(Arc::new(worker), input, output);
         };
-        let daemon = stage.spec.daemon;
-        (stage.launcher).spawn(&stage.name, daemon, start);
+        stage.spawn_thread(number, start);
     }
 }
 
@@ -116,12 +115,11 @@ where
     })
 }
 
-fn spawn<I, O>(worker: Arc<Stage<I, O>>, stage: &mut Launch<'_, I, O>)
+fn spawn<I, O>(number: usize, worker: Arc<Stage<I, O>>, stage: &mut Launch<'_, I, O>)
 where
     I: Send + 'static,
     O: Send + 'static,
 {
     let (input, output) = (stage.input.clone(), stage.output.clone());
-    let daemon = stage.spec.daemon;
-    (stage.launcher).spawn(&stage.name, daemon, move || work(worker, input, output));
+    stage.spawn_thread(number, move || work(worker, input, output));
 }

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::engine::batch::{BatchLimit, Collect, Emit, Fault, Outlet};
 use crate::engine::meter::{Activity, Recorder, StageMeter};
 use crate::engine::queue::{Receiver, Sender};
+use crate::engine::run::{discard, discard_or_resume};
 use crate::engine::sequencer::Sequencer;
 use crate::engine::sync::{Arc, Instant};
 use crate::engine::upstream::Upstream;
@@ -173,13 +174,19 @@ fn call_batch<I, O>(
     current_item: &mut Option<u64>,
 ) -> (usize, Result<(), Fault>) {
     let mut called = 0;
-    for (index, item) in (first..).zip(batch.drain(..)) {
+    let mut items = batch.drain(..);
+    for (index, item) in (first..).zip(&mut items) {
         if stage.run.is_cancelled() {
+            // The rest of the batch is user values, whose `Drop` may panic: each on its
+            // own, and the first panic becomes this worker's (the run stopped already).
+            discard_or_resume(std::iter::once(item).chain(items));
             return (called, Err(Fault::Stop));
         }
         *current_item = Some(index);
         called += 1;
         if let Err(fault) = body(item, out) {
+            // The failure is the error, whatever the `Drop` of the items left does.
+            let _ = discard(items);
             return (called, Err(fault));
         }
     }

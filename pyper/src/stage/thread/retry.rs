@@ -15,7 +15,10 @@
 //!   goes on until it returns (a branch iterator stops at its next element), its result is
 //!   dropped, and the helper thread then exits. The next item gets a fresh helper. A
 //!   helper that is not abandoned is reused for the worker's next item, and joined when
-//!   the worker ends.
+//!   the worker ends. Once the run has stopped, the worker also abandons a helper blocked
+//!   in a branch iterator's `next()`, which a stopped run never waits for (see
+//!   [`crate::engine::run`]); it still waits for a call of the task's function, `limit`
+//!   at most. A limit beyond the clock's range is no limit.
 //!
 //! Timing is outside what the model checker (the `shuttle` feature) can explore, so the
 //! helpers and waits here use `std`'s primitives directly.
@@ -28,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::engine::batch::{Emit, Fault, Stop};
+use crate::engine::blocked::{self, Phase, Watch};
 use crate::engine::queue::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{lock_std as lock, Arc, Instant};
@@ -166,13 +170,17 @@ where
                 Failure::Attempt(AttemptFailure::Failed(Box::new(error)), false)
             })?,
         };
-        let reply = match helper.call(input, limit) {
+        let reply = match helper.call(input, limit, &self.run) {
             Ok(reply) => reply,
-            Err(RecvTimeoutError::Timeout) => {
+            Err(Unanswered::TimedOut) => {
                 helper.abandon();
                 return Err(Failure::Attempt(AttemptFailure::TimedOut(limit), false));
             }
-            Err(RecvTimeoutError::Disconnected) => {
+            Err(Unanswered::Blocked) => {
+                helper.abandon();
+                return Err(Failure::Stop);
+            }
+            Err(Unanswered::Gone) => {
                 // The helper catches every panic of its calls: this is the engine's fault.
                 let error = "the helper thread of a timed call ended without replying";
                 return Err(Failure::Attempt(
@@ -193,14 +201,18 @@ where
         let (jobs, job) = mpsc::channel::<I>();
         let (reply, replies) = mpsc::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
-        let (body, run, stop) = (
+        let phase = Arc::new(Phase::default());
+        let (body, run, stop, marks) = (
             Arc::clone(&self.body),
             Arc::clone(&self.run),
             Arc::clone(&abandoned),
+            Arc::clone(&phase),
         );
         let thread = std::thread::Builder::new()
             .name(format!("pyper:{}", self.name))
             .spawn(move || {
+                // A branch iterator's `next()` marks the helper, not the worker.
+                blocked::adopt(marks);
                 while let Ok(input) = job.recv() {
                     let mut collected = Collected {
                         outputs: Vec::new(),
@@ -218,6 +230,7 @@ where
             jobs: Some(jobs),
             replies,
             abandoned,
+            phase,
             thread: Some(thread),
         })
     }
@@ -254,8 +267,25 @@ struct Helper<I, O> {
     replies: mpsc::Receiver<Reply<O>>,
     /// Set when the worker stops waiting: the call's further outputs are refused.
     abandoned: Arc<AtomicBool>,
+    /// Whether the helper is inside a branch iterator's `next()`.
+    phase: Arc<Phase>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Why a timed call has no reply.
+enum Unanswered {
+    /// It overran its limit.
+    TimedOut,
+    /// The run stopped while the call was blocked in a branch iterator's `next()`.
+    Blocked,
+    /// The helper is gone: the engine's fault, since it catches every panic.
+    Gone,
+}
+
+/// How often a worker waiting for its helper looks whether the run stopped while the
+/// helper is blocked in a branch iterator (which a stopped run does not wait for); more
+/// than [`blocked::GRACE`], so that two looks at the same call mean it blocks.
+const LOOK: Duration = Duration::from_millis(50);
 
 /// What a helper sends back when a call returns.
 struct Reply<O> {
@@ -264,12 +294,33 @@ struct Reply<O> {
 }
 
 impl<I, O> Helper<I, O> {
-    fn call(&self, input: I, limit: Duration) -> Result<Reply<O>, RecvTimeoutError> {
+    /// Makes the call, and waits for its reply `limit` at most (no limit if the deadline
+    /// is past the clock's range), and only while the helper is not blocked in a branch
+    /// iterator after the run stopped.
+    fn call(&self, input: I, limit: Duration, run: &RunState) -> Result<Reply<O>, Unanswered> {
         let jobs = self.jobs.as_ref().expect("only dropped with the helper");
         if jobs.send(input).is_err() {
-            return Err(RecvTimeoutError::Disconnected);
+            return Err(Unanswered::Gone);
         }
-        self.replies.recv_timeout(limit)
+        let deadline = std::time::Instant::now().checked_add(limit);
+        let mut watch = Watch::default();
+        loop {
+            let wait = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(std::time::Instant::now()),
+                None => LOOK,
+            };
+            match self.replies.recv_timeout(wait.min(LOOK)) {
+                Ok(reply) => return Ok(reply),
+                Err(RecvTimeoutError::Disconnected) => return Err(Unanswered::Gone),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                return Err(Unanswered::TimedOut);
+            }
+            if run.is_cancelled() && watch.blocked(&self.phase) {
+                return Err(Unanswered::Blocked);
+            }
+        }
     }
 
     /// Leaves the call to finish on its own; the thread exits when it returns.
