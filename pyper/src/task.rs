@@ -623,8 +623,11 @@ mod tests {
 
     #[test]
     fn constructors_are_named_after_their_type_or_variant() {
-        assert_eq!(task(Wrapped).stage_name(1).as_ref(), "Wrapped");
-        assert_eq!(task(Generic::<u8>).stage_name(1).as_ref(), "Generic");
-        assert_eq!(task(Some::<u8>).stage_name(1).as_ref(), "Some");
+        assert_eq!(task(Wrapped).options.stage_name(1).as_ref(), "Wrapped");
+        assert_eq!(
+            task(Generic::<u8>).options.stage_name(1).as_ref(),
+            "Generic"
+        );
+        assert_eq!(task(Some::<u8>).options.stage_name(1).as_ref(), "Some");
     }
 }
