@@ -15,5 +15,7 @@ cargo test -p pyper
 cargo test -p pyper --features async
 cargo test -p pyper --features process
 cargo test -p pyper --features async,process --test process
+cargo test -p pyper --features async,process --test reliability
+cargo test -p pyper --features async,process --test chaos
 cargo test -p pyper-bench
 cargo test -p pyper --features shuttle --test model_check --release
