@@ -15,6 +15,8 @@ cargo test -p pyperflow
 cargo test -p pyperflow --features async
 cargo test -p pyperflow --features process
 cargo test -p pyperflow --features async,process --test process
+cargo test -p pyperflow --features async,process --test reliability
+cargo test -p pyperflow --features async,process --test chaos
 cargo test -p pyper-bench
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release

@@ -215,7 +215,8 @@ impl<I, O> Task<I, O> {
     /// When the queue is full the task's workers wait, so a fast stage cannot run ahead of
     /// a slow one: that is backpressure, and it keeps memory flat. The bound counts items,
     /// even though items travel in batches. Each worker may also hold up to one batch it is
-    /// handing over.
+    /// handing over. On the first stage of a [`feed`](crate::Pipeline::feed), the throttle
+    /// also bounds how far the input iterator reads ahead of the stage.
     pub fn throttle(mut self, n: usize) -> Self {
         self.options.throttle = n;
         self
@@ -428,6 +429,11 @@ where
     /// iterator. Elements flow on as they are produced, so an endless iterator works behind
     /// a bounded queue, and stops when the run does. A non-iterable output is a compile
     /// error.
+    ///
+    /// An iterator whose `next()` blocks (on a channel, a socket) never delays the end of
+    /// a run that failed, was cancelled or was dropped: the run does not wait for the
+    /// pending call. It keeps running on the worker's thread until it returns; the element
+    /// is then dropped, and so is the iterator.
     ///
     /// ```
     /// use pyper::task;

@@ -141,16 +141,42 @@ impl RunState {
 /// held) is contained: the run is stopping already, so it is a consequence of the stop,
 /// like any failure after a cancel, and it must not keep the next queue open.
 fn close(closer: Box<dyn Close>) {
-    let closed = catch_unwind(AssertUnwindSafe(move || {
-        closer.close();
-        drop(closer);
-    }));
-    if let Err(payload) = closed {
-        let message = crate::error::panic_message(payload.as_ref());
-        tracing::warn!(target: "pyper", "a panic while a stopped run let go of its items: {message}");
-        // The payload's own `Drop` is user code too.
-        let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
+    drop_contained(Closing(closer));
+}
+
+/// Closes what it holds when dropped.
+struct Closing(Box<dyn Close>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
     }
+}
+
+/// Drops `value`, which holds user values whose `Drop` may panic, when the run is over or
+/// stopping: a panic then is a consequence of the stop, like a failure after a cancel
+/// (rule 1), and is contained (reported as a `tracing` warning), never passed on.
+/// Items of a collection are dropped each on its own ([`discard`]).
+pub(crate) fn drop_contained<T>(value: T) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(value))) {
+        contain(payload);
+    }
+}
+
+/// [`discard`] for a run that is over or stopping: the panic is contained, as in
+/// [`drop_contained`].
+pub(crate) fn discard_contained<T>(items: impl IntoIterator<Item = T>) {
+    if let Err(payload) = discard(items) {
+        contain(payload);
+    }
+}
+
+/// Reports a panic that a stopping or finished run cannot pass on, and lets go of it.
+fn contain(payload: Box<dyn std::any::Any + Send>) {
+    let message = crate::error::panic_message(payload.as_ref());
+    tracing::warn!(target: "pyper", "a panic while a run let go of its items: {message}");
+    // The payload's own `Drop` is user code too.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(payload)));
 }
 
 /// Drops `items`, user values whose `Drop` may panic, each on its own: a panic does not

@@ -113,9 +113,11 @@ impl<O> Output<O> {
             return None;
         }
         self.finished = true;
-        self.start = None;
-        self.receiver = None;
-        self.ready = Vec::new().into_iter();
+        // User values (the input iterator, outputs not taken) whose `Drop` may panic: never
+        // out of `next()` or a drop of the output.
+        run::drop_contained(self.start.take());
+        run::drop_contained(self.receiver.take());
+        run::discard_contained(std::mem::take(&mut self.ready));
         Some(Ending {
             run: Arc::clone(&self.run),
             threads: std::mem::take(&mut self.threads),

@@ -204,3 +204,36 @@ pub fn eventually(bound: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Hides the panic messages (and backtraces) of deliberate panics, whose message starts
+/// with `prefix`; every other panic is reported as usual. Installed once per process.
+pub fn hide_panics_starting_with(prefix: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with(prefix) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// The message of a panic's payload: its `&str` or `String`, else a placeholder.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+        })
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
