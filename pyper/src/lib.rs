@@ -120,7 +120,6 @@ mod engine;
 mod error;
 mod observe;
 mod output;
-mod per_worker;
 mod pipeline;
 mod stage;
 #[cfg(feature = "async")]
@@ -128,7 +127,7 @@ mod stream;
 mod task;
 
 #[cfg(feature = "async")]
-pub use stage::async_task::{async_task, try_async_task};
+pub use task::{async_task, try_async_task};
 
 // The README's examples are compiled and run as doc tests (with the `async` feature, which
 // some of them use).
@@ -143,7 +142,6 @@ pub use observe::progress::PROGRESS_ENV;
 pub use observe::report::{Bound, Report, StageReport};
 pub use observe::trace::TRACE_ENV;
 pub use output::{Canceller, Monitor, Output};
-pub use per_worker::{task_per_worker, try_task_per_worker};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
@@ -152,4 +150,4 @@ pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 pub use stage::process::{init, process_task, try_process_task, RemoteError, WorkerDied};
 #[cfg(feature = "async")]
 pub use stream::{OutputStream, UpstreamStream};
-pub use task::{task, try_task, Task};
+pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

@@ -10,13 +10,19 @@ use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 use crate::error::{BoxError, Error};
 use crate::pipeline::{IntoPipeline, Stages};
-#[cfg(feature = "async")]
-use crate::stage::async_task;
 use crate::stage::policy::Backoff;
 use crate::stage::thread::EachFn;
 pub(crate) use crate::stage::Body;
+
+#[cfg(feature = "async")]
+mod async_task;
+mod per_worker;
+
 use crate::stage::{self, Adapters, Spec};
 use crate::Output;
+#[cfg(feature = "async")]
+pub use async_task::{async_task, try_async_task};
+pub use per_worker::{task_per_worker, try_task_per_worker};
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,
@@ -459,7 +465,7 @@ where
                 })
             },
             #[cfg(feature = "async")]
-            stream: async_task::branch_iter,
+            stream: crate::stage::async_task::branch_iter,
         })
     }
 }
@@ -492,7 +498,7 @@ where
                 })
             },
             #[cfg(feature = "async")]
-            stream: async_task::try_branch_iter,
+            stream: crate::stage::async_task::try_branch_iter,
         })
     }
 }
