@@ -108,7 +108,8 @@ impl Quit {
     /// The quit for a failed connect, read or write: `doing` says which.
     fn io(doing: &str, error: io::Error) -> Quit {
         match error.kind() {
-            // Nobody listens any more: the parent gave up on this worker before it connected.
+            // Nobody listens any more (the parent gave up on this worker before it
+            // connected), or the parent hung up.
             io::ErrorKind::ConnectionRefused
             | io::ErrorKind::NotFound
             | io::ErrorKind::BrokenPipe
