@@ -147,7 +147,9 @@ pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
 pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
-pub use stage::process::{init, process_task, try_process_task, RemoteError, WorkerDied};
+pub use stage::process::{init, RemoteError, WorkerDied};
 #[cfg(feature = "async")]
 pub use stream::{OutputStream, UpstreamStream};
+#[cfg(feature = "process")]
+pub use task::{process_task, try_process_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

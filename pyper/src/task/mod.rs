@@ -17,12 +17,16 @@ pub(crate) use crate::stage::Body;
 #[cfg(feature = "async")]
 mod async_task;
 mod per_worker;
+#[cfg(feature = "process")]
+mod process;
 
 use crate::stage::{self, Adapters, Spec};
 use crate::Output;
 #[cfg(feature = "async")]
 pub use async_task::{async_task, try_async_task};
 pub use per_worker::{task_per_worker, try_task_per_worker};
+#[cfg(feature = "process")]
+pub use process::{process_task, try_process_task};
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,

@@ -65,7 +65,8 @@
 //!
 //! Pyper spells it `task(f, multiprocess=True)`. Here `task(f)` erases `f` into a boxed
 //! closure, which cannot be found again in another process, so process tasks have their
-//! own constructors, [`process_task`] and [`try_process_task`], that take a function
+//! own constructors, [`process_task`](crate::process_task) and
+//! [`try_process_task`](crate::try_process_task), that take a function
 //! pointer. What they return is an ordinary [`Task`](crate::Task).
 
 mod child;
@@ -95,103 +96,35 @@ use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
 use crate::stage::thread::EachFn;
-use crate::task::{Body, Task};
 use protocol::Setup;
 
-/// Builds a task whose workers are child processes: see the crate's "Process tasks"
-/// section in the README for when that is worth it.
-///
-/// `f` is a function pointer: a plain function, or a closure that captures nothing. The
-/// worker process runs the same executable and finds `f` there, which a capturing
-/// closure's state would not survive; a capturing closure does not compile. Items and
-/// outputs cross the process boundary serialized, so they must be `Serialize +
-/// DeserializeOwned`. A panic in `f` fails the run with [`ErrorKind::Panicked`](crate::ErrorKind)
-/// and the worker process goes on. The program must call [`init`] first thing in `main`.
-///
-/// The stage is named `stage N` unless [`named`](crate::Task::name): a function pointer
-/// has no name.
-///
-/// ```no_run
-/// // `no_run`: a doctest's `main` is generated, so it cannot call `pyper::init()` first;
-/// // the `process_isolation` example runs this for real.
-/// fn checksum(data: Vec<u8>) -> u32 {
-///     data.iter().map(|&b| u32::from(b)).sum()
-/// }
-///
-/// fn main() {
-///     pyper::init();
-///     let sums = pyper::process_task(checksum).workers(2).name("checksum");
-///     let total: u32 = sums.feed((0..100u8).map(|n| vec![n; 3])).map(Result::unwrap).sum();
-///     assert_eq!(total, (0..100u32).map(|n| 3 * n).sum());
-/// }
-/// ```
-///
-/// A closure that captures something is refused at compile time:
-///
-/// ```compile_fail
-/// let offset = 1u32;
-/// let add = pyper::process_task(move |x: u32| x + offset);
-/// ```
-///
-/// And so is an item type that cannot be serialized:
-///
-/// ```compile_fail
-/// // An open file cannot be sent to another process.
-/// let f: fn(std::fs::File) -> u64 = |file| file.metadata().unwrap().len();
-/// let sizes = pyper::process_task(f);
-/// ```
-#[allow(clippy::needless_doctest_main)]
-pub fn process_task<I, O>(f: fn(I) -> O) -> Task<I, O>
+/// The body of a process task calling `f` in the worker processes.
+pub(crate) fn each<I, O>(f: fn(I) -> O) -> ProcessFn<I, O>
 where
     I: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
 {
     let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_each::<I, O>;
-    process_body(entry::Code::of(serve), entry::Code::of(f))
+    body(entry::Code::of(serve), entry::Code::of(f))
 }
 
-/// Builds a process task from a fallible function: [`process_task`] for functions that
-/// return a `Result`.
-///
-/// An `Err` fails the run like [`try_task`](crate::try_task)'s, but the error's type
-/// cannot cross the process boundary: the run's [`Error`](crate::Error) has a
-/// [`RemoteError`] as its [`source`](std::error::Error::source), with the error's message,
-/// and its own source the message of the error's source, and so on down the chain.
-///
-/// ```no_run
-/// // `no_run`: see `process_task`.
-/// use pyper::{try_process_task, RemoteError};
-///
-/// fn parse(text: String) -> Result<u32, std::num::ParseIntError> {
-///     text.parse()
-/// }
-///
-/// fn main() {
-///     pyper::init();
-///     let parse = try_process_task(parse).name("parse");
-///     let err = parse.run("x".to_owned()).next().unwrap().unwrap_err();
-///     assert_eq!(err.to_string(), "stage `parse` failed on item 0");
-///     let remote = err.downcast_ref::<RemoteError>().unwrap();
-///     assert_eq!(remote.message(), "invalid digit found in string");
-/// }
-/// ```
-#[allow(clippy::needless_doctest_main)]
-pub fn try_process_task<I, O, E>(f: fn(I) -> Result<O, E>) -> Task<I, O>
+/// The body of a process task calling the fallible `f` in the worker processes.
+pub(crate) fn try_each<I, O, E>(f: fn(I) -> Result<O, E>) -> ProcessFn<I, O>
 where
     I: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
     E: Into<BoxError> + 'static,
 {
     let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_try::<I, O, E>;
-    process_body(entry::Code::of(serve), entry::Code::of(f))
+    body(entry::Code::of(serve), entry::Code::of(f))
 }
 
-fn process_body<I, O>(entry: entry::Code, user: entry::Code) -> Task<I, O>
+fn body<I, O>(entry: entry::Code, user: entry::Code) -> ProcessFn<I, O>
 where
     I: Serialize + Send + 'static,
     O: DeserializeOwned + Send + 'static,
 {
-    let body = ProcessFn {
+    ProcessFn {
         setup: Arc::new(Setup {
             fingerprint: entry::fingerprint(),
             entry,
@@ -204,8 +137,7 @@ where
             })?;
             out.emit(output).map_err(Fault::from)
         }),
-    };
-    Task::new(Body::Process(body), None)
+    }
 }
 
 fn encode<I: Serialize>(item: &I) -> Result<Vec<u8>, BoxError> {
