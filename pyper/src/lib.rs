@@ -122,8 +122,6 @@ mod observe;
 mod output;
 mod pipeline;
 mod stage;
-#[cfg(feature = "async")]
-mod stream;
 mod task;
 
 #[cfg(feature = "async")]
@@ -134,6 +132,8 @@ pub use task::{async_task, try_async_task};
 #[cfg(all(doctest, feature = "async"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+#[cfg(feature = "async")]
+pub use engine::async_upstream::UpstreamStream;
 pub use engine::queue::DEFAULT_THROTTLE;
 pub use engine::upstream::Upstream;
 pub use error::{BoxError, Error, ErrorKind};
@@ -141,6 +141,8 @@ pub use observe::metrics::{Metrics, StageKind, StageMetrics, METRICS_ENV};
 pub use observe::progress::PROGRESS_ENV;
 pub use observe::report::{Bound, Report, StageReport};
 pub use observe::trace::TRACE_ENV;
+#[cfg(feature = "async")]
+pub use output::OutputStream;
 pub use output::{Canceller, Monitor, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
@@ -148,8 +150,6 @@ pub use pipeline::{Consumer, IntoPipeline, Pipeline};
 pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
 pub use stage::process::{init, RemoteError, WorkerDied};
-#[cfg(feature = "async")]
-pub use stream::{OutputStream, UpstreamStream};
 #[cfg(feature = "process")]
 pub use task::{process_task, try_process_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

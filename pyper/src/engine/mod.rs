@@ -5,6 +5,8 @@
 //! The engine knows nothing of the kinds of stage (`crate::stage`), of presentation
 //! (`crate::observe`) or of the public API: it is the bottom layer.
 
+#[cfg(feature = "async")]
+pub(crate) mod async_upstream;
 pub(crate) mod batch;
 pub(crate) mod blocked;
 pub(crate) mod capacity;

@@ -12,8 +12,12 @@ use crate::observe::progress::Bars;
 use crate::observe::{self, RunOptions};
 
 mod inspect;
+#[cfg(feature = "async")]
+mod stream;
 
 pub use inspect::Monitor;
+#[cfg(feature = "async")]
+pub use stream::OutputStream;
 
 type Start<O> = Box<dyn FnOnce(&mut Launcher) -> Result<Receiver<O>, Error> + Send>;
 
@@ -54,7 +58,7 @@ pub struct Output<O> {
     pub(crate) finished: bool,
     /// What a `Stream` consumer is waiting for.
     #[cfg(feature = "async")]
-    pub(crate) waiting: Option<crate::stream::Waiting<O>>,
+    pub(crate) waiting: Option<crate::output::stream::Waiting<O>>,
 }
 
 impl<O: Send + 'static> Output<O> {

@@ -263,13 +263,14 @@ impl<I, O> Body<Upstream<I>, O> {
 }
 
 #[cfg(feature = "async")]
-impl<I: Send + 'static, O: 'static> Body<crate::stream::UpstreamStream<I>, O> {
+impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::UpstreamStream<I>, O> {
     /// The body of an async `join()`: the function receives the stream as a `Stream`.
     pub(crate) fn join_stream(self) -> Body<I, O> {
         match self {
             Body::AsyncEach(each) => {
-                let join: async_task::AsyncFn<Upstream<I>, O> =
-                    Arc::new(move |upstream| each(crate::stream::UpstreamStream(upstream)));
+                let join: async_task::AsyncFn<Upstream<I>, O> = Arc::new(move |upstream| {
+                    each(crate::engine::async_upstream::UpstreamStream(upstream))
+                });
                 Body::AsyncJoin(join)
             }
             Body::Each(_) | Body::PerWorker(_) => {

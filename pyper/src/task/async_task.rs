@@ -7,10 +7,10 @@ use std::future::Future;
 use futures_core::Stream;
 use futures_util::stream::StreamExt;
 
+use crate::engine::async_upstream::UpstreamStream;
 use crate::error::BoxError;
 use crate::stage::async_task;
 use crate::stage::Body;
-use crate::stream::UpstreamStream;
 use crate::task::{readable_name, Task};
 
 /// Builds a task from an async function: `workers(n)` runs up to `n` of its futures at
