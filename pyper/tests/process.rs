@@ -14,9 +14,9 @@ use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::with_timeout;
+use common::{wait_until, with_timeout};
 use proptest::prelude::*;
 use pyper::{
     process_task, task, try_process_task, ErrorKind, Output, RemoteError, RetriesExhausted,
@@ -70,19 +70,6 @@ fn children() -> Vec<u32> {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Polls `condition` until it holds, for up to a minute (a hang detector, not a timing).
-fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < common::HANG,
-            "hang detected: waited a minute for: {what} (children: {:?})",
-            children()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -668,6 +655,7 @@ fn a_worker_survives_the_panics_it_catches() {
 /// Runs in a child test process of [`workers_exit_when_their_parent_is_killed`] only:
 /// starts one worker, says its pid, and waits to be killed.
 #[test]
+#[ignore = "runs only as the child process of another test, which passes --ignored"]
 fn inner_orphan_a_worker() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
@@ -688,7 +676,13 @@ fn workers_exit_when_their_parent_is_killed() {
     use std::io::BufRead;
     let serial = serial();
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["inner_orphan_a_worker", "--exact", "--nocapture", "-q"])
+        .args([
+            "inner_orphan_a_worker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "-q",
+        ])
         .env("PYPER_TEST_INNER", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -752,6 +746,7 @@ fn shout(x: u32) -> u32 {
 
 /// Runs in a child test process of [`worker_output_reaches_the_parents_stdout`] only.
 #[test]
+#[ignore = "runs only as the child process of another test, which passes --ignored"]
 fn inner_print_from_workers() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
@@ -767,7 +762,13 @@ fn inner_print_from_workers() {
 fn worker_output_reaches_the_parents_stdout() {
     let serial = serial();
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["inner_print_from_workers", "--exact", "--nocapture", "-q"])
+        .args([
+            "inner_print_from_workers",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "-q",
+        ])
         .env("PYPER_TEST_INNER", "1")
         .output()
         .unwrap();
@@ -1042,6 +1043,7 @@ fn busy(x: u64) -> u64 {
 
 /// Runs in a child test process of [`dropping_a_busy_stage_prints_nothing`] only.
 #[test]
+#[ignore = "runs only as the child process of another test, which passes --ignored"]
 fn inner_drop_busy_stages() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
@@ -1059,7 +1061,13 @@ fn dropping_a_busy_stage_prints_nothing() {
     let serial = serial();
     let output = with_timeout(120, || {
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["inner_drop_busy_stages", "--exact", "--nocapture", "-q"])
+            .args([
+                "inner_drop_busy_stages",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "-q",
+            ])
             .env("PYPER_TEST_INNER", "1")
             .output()
             .unwrap()
@@ -1087,6 +1095,7 @@ fn announce_then_sleep(x: u64) -> u64 {
 /// Runs in a child test process of [`a_busy_worker_dies_with_its_parent`] only: starts one
 /// worker on an hour-long item and waits to be killed.
 #[test]
+#[ignore = "runs only as the child process of another test, which passes --ignored"]
 fn inner_orphan_a_busy_worker() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
@@ -1111,7 +1120,13 @@ fn a_busy_worker_dies_with_its_parent() {
     use std::io::BufRead;
     let serial = serial();
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["inner_orphan_a_busy_worker", "--exact", "--nocapture", "-q"])
+        .args([
+            "inner_orphan_a_busy_worker",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "-q",
+        ])
         .env("PYPER_TEST_INNER", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()

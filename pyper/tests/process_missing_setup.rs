@@ -26,6 +26,7 @@ fn a_missing_setup_line_is_a_clear_error() {
 /// Runs only in the child process of [`a_worker_past_its_missing_init_starts_no_workers`],
 /// which marks it as a worker that was never served.
 #[test]
+#[ignore = "runs only as the child process of another test, which passes --ignored"]
 fn inner_run_as_an_unserved_worker() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
@@ -40,6 +41,7 @@ fn a_worker_past_its_missing_init_starts_no_workers() {
         .args([
             "inner_run_as_an_unserved_worker",
             "--exact",
+            "--ignored",
             "--nocapture",
             "-q",
         ])

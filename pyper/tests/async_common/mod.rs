@@ -4,14 +4,15 @@
 //! Nothing here measures speed. A bound only turns a hang into a failure with a message.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod base;
+
+pub use base::{wait_until, HANG};
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-
-/// How long any one wait may take before it counts as a hang. Generous on purpose: it must
-/// never fire on a slow, loaded machine, only on a real hang.
-pub const HANG: Duration = Duration::from_secs(60);
 
 /// Serializes the tests of a file: some count the process's threads, which every test that
 /// runs a pipeline changes. A tokio mutex, so async tests can hold it across `.await`s, and
@@ -68,18 +69,6 @@ pub async fn within_async<F: Future>(what: &str, future: F) -> F::Output {
     match tokio::time::timeout(HANG, future).await {
         Ok(value) => value,
         Err(_) => panic!("hang: {what} did not complete within {HANG:?}"),
-    }
-}
-
-/// Polls `condition` until it holds, or fails the test after [`HANG`].
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(
-            start.elapsed() < HANG,
-            "hang: {what} still not true after {HANG:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
