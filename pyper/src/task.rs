@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::engine::batch::{emit_each, Emit, Fault, Stop, MAX_BATCH};
+use crate::engine::batch::{emit_each, Emit, Fault, Stop};
 use crate::engine::meter::StageKind;
 use crate::engine::queue::{queue, Receiver, DEFAULT_THROTTLE};
 use crate::engine::run::Launcher;
@@ -219,8 +219,10 @@ impl<I, O> Task<I, O> {
 
     /// Keeps the outputs in the order of the inputs, even with several workers.
     ///
-    /// Outputs that finish early wait in a bounded reorder buffer; a worker that runs too
-    /// far ahead of the oldest unfinished item waits too. With one worker a stage is always
+    /// The worker holding the oldest unfinished input streams its outputs on as it makes
+    /// them (so an endless `branch` fan-out flows); the others collect theirs, up to a
+    /// batch's worth, and wait for their turn. An ordered stage so keeps the bounds of an
+    /// unordered one: its throttle, plus one batch per worker. With one worker a stage is always
     /// in order, so this matters only with `workers(n > 1)`. A pipeline keeps its input
     /// order end to end when every multi-worker stage in it is ordered.
     ///
@@ -686,8 +688,7 @@ where
         launcher.state.register(Box::new(output.closer()));
         let ordered = self.options.ordered && self.options.workers > 1;
         let sequencer = (ordered && !self.body.is_async()).then(|| {
-            let window = (2 * self.options.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
-            let sequencer = Arc::new(Sequencer::new(window));
+            let sequencer = Arc::new(Sequencer::new());
             launcher.state.register(Box::new(Arc::clone(&sequencer)));
             sequencer
         });
@@ -801,9 +802,6 @@ where
 /// Why a join task cannot have a timeout or retries.
 const JOIN_FAULTS: &str =
     "timeout and retries apply per item; a join task receives the whole stream";
-
-/// Above this many workers, an ordered stage's reorder window stops growing.
-const MAX_ORDER_WORKERS: usize = 64;
 
 impl<I, O> Body<I, O> {
     fn is_async(&self) -> bool {

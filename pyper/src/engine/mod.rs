@@ -12,6 +12,7 @@ pub(crate) mod run;
 #[cfg(feature = "async")]
 pub(crate) mod runtime;
 pub(crate) mod sequencer;
+pub(crate) mod shelf;
 pub(crate) mod source;
 pub(crate) mod sync;
 pub(crate) mod upstream;

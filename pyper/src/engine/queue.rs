@@ -29,7 +29,8 @@
 use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
-use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::engine::shelf::Shelf;
+use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 struct State<T> {
     items: VecDeque<T>,
@@ -44,6 +45,8 @@ struct State<T> {
     async_receivers: Sleepers,
     #[cfg(feature = "async")]
     async_senders: usize,
+    /// The shelves of the workers reading this queue, for work stealing.
+    shelves: Vec<Arc<dyn Shelf<T>>>,
 }
 
 /// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
@@ -126,6 +129,7 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             async_receivers: Sleepers::default(),
             #[cfg(feature = "async")]
             async_senders: 0,
+            shelves: Vec::new(),
         }),
         len: CacheLine(AtomicUsize::new(0)),
         capacity: if capacity == 0 { usize::MAX } else { capacity },
@@ -385,22 +389,102 @@ impl<T> Receiver<T> {
             match shared.try_pop(&mut state, out, max) {
                 Popped::Items(first) => return Some(first),
                 Popped::Over => return None,
-                Popped::Empty => {
-                    state.parked_receivers.park();
-                    let since = self
-                        .meter
-                        .as_ref()
-                        .and_then(|m| m.wait_begins(Activity::Starved));
-                    state = sync::wait(&shared.not_empty, state);
-                    if let Some(meter) = &self.meter {
-                        match since {
-                            Some(since) => meter.wait_ends(Activity::Starved, since),
-                            None => meter.wait_ends_untimed(),
-                        }
+                Popped::Empty => state = self.park(state),
+            }
+        }
+    }
+
+    /// Waits for a push (or the end), charging the wait to the meter as starved.
+    fn park<'a>(&self, mut state: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        state.parked_receivers.park();
+        let since = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.wait_begins(Activity::Starved));
+        state = sync::wait(&self.shared.not_empty, state);
+        if let Some(meter) = &self.meter {
+            match since {
+                Some(since) => meter.wait_ends(Activity::Starved, since),
+                None => meter.wait_ends_untimed(),
+            }
+        }
+        state.parked_receivers.unpark();
+        state
+    }
+
+    /// Makes `shelf` (a worker's batch in hand) reachable by the queue's other readers.
+    /// The returned guard takes it back when dropped.
+    pub(crate) fn share_shelf(&self, shelf: Arc<dyn Shelf<T>>) -> SharedShelf<T> {
+        sync::lock(&self.shared.state)
+            .shelves
+            .push(Arc::clone(&shelf));
+        SharedShelf {
+            shared: Arc::clone(&self.shared),
+            shelf,
+        }
+    }
+
+    /// Fills an empty shelf: with up to `max` ready items, or else with the back half of a
+    /// sibling's unstarted items. Before it waits for input, it hands on the outputs
+    /// gathered on every shelf (its own included), so none waits behind an idle worker.
+    ///
+    /// Returns [`Refill::Over`] once the stream has ended, or the queue was closed, and no
+    /// sibling holds unstarted items; [`Refill::Empty`] only when told not to `wait`.
+    pub(crate) fn refill(
+        &self,
+        mine: &SharedShelf<T>,
+        scratch: &mut Vec<T>,
+        max: usize,
+        wait: bool,
+    ) -> Refill {
+        let shared = &*self.shared;
+        let mut state = sync::lock(&shared.state);
+        let mut handed_on = false;
+        let mut items = Vec::new();
+        loop {
+            if state.closed {
+                return Refill::Over;
+            }
+            match shared.try_pop(&mut state, scratch, max) {
+                Popped::Items(first) => {
+                    items.extend((first..).zip(scratch.drain(..)));
+                    mine.shelf.deposit(&mut items);
+                    return Refill::Items;
+                }
+                Popped::Empty | Popped::Over => {}
+            }
+            // Under the queue's lock, so that no push can slip between this look and the
+            // wait below (see `crate::engine::shelf`).
+            for shelf in &state.shelves {
+                if !std::ptr::addr_eq(Arc::as_ptr(shelf), Arc::as_ptr(&mine.shelf)) {
+                    shelf.steal(&mut items, max);
+                    if !items.is_empty() {
+                        mine.shelf.deposit(&mut items);
+                        return Refill::Items;
                     }
-                    state.parked_receivers.unpark();
                 }
             }
+            if !wait {
+                return match state.senders {
+                    0 if state.items.is_empty() => Refill::Over,
+                    _ => Refill::Empty,
+                };
+            }
+            if !handed_on {
+                let shelves = state.shelves.clone();
+                drop(state);
+                for shelf in shelves {
+                    shelf.hand_on();
+                }
+                handed_on = true;
+                state = sync::lock(&shared.state);
+                continue;
+            }
+            if state.senders == 0 {
+                return Refill::Over;
+            }
+            state = self.park(state);
+            handed_on = false;
         }
     }
 
@@ -480,6 +564,39 @@ impl<T: Send> Close for Closer<T> {
         };
         // User values may run arbitrary code on drop: never under the lock.
         drop(dropped);
+    }
+}
+
+/// What [`Receiver::refill`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refill {
+    /// The shelf has items.
+    Items,
+    /// Nothing to take now (only when told not to wait).
+    Empty,
+    /// The stream has ended or the queue was closed, and no sibling holds unstarted items.
+    Over,
+}
+
+/// A worker's shelf while it is reachable from the queue; dropping it takes it back.
+pub(crate) struct SharedShelf<T> {
+    shared: Arc<Shared<T>>,
+    shelf: Arc<dyn Shelf<T>>,
+}
+
+impl<T> Drop for SharedShelf<T> {
+    fn drop(&mut self) {
+        let mine = Arc::as_ptr(&self.shelf);
+        let removed = {
+            let mut state = sync::lock(&self.shared.state);
+            let at = state
+                .shelves
+                .iter()
+                .position(|shelf| std::ptr::addr_eq(Arc::as_ptr(shelf), mine));
+            at.map(|at| state.shelves.swap_remove(at))
+        };
+        // May hold the last handle of the worker's output: never dropped under the lock.
+        drop(removed);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::engine::batch::{Collect, Emit, Fault, Outlet, MAX_BATCH};
 use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
 use crate::engine::queue::{Close, Receiver, Sender};
 use crate::engine::run::RunState;
-use crate::engine::sequencer::Sequencer;
+use crate::engine::sequencer::{InOrder, Sequencer};
 use crate::engine::sync::{self, Arc};
 use crate::error::{BoxError, Error};
 use crate::stage::policy::{FaultPolicy, Panicked, RetriesExhausted, TimedOut};
@@ -66,7 +66,7 @@ pub(crate) struct ProcessStage<I, O> {
     pub(crate) body: ProcessFn<I, O>,
     pub(crate) faults: FaultPolicy,
     pub(crate) children: Arc<Children>,
-    pub(crate) sequencer: Option<Arc<Sequencer<O>>>,
+    pub(crate) sequencer: Option<Arc<Sequencer>>,
     /// Whether a batch's outputs must leave in input order although there is no sequencer:
     /// a stage with one worker is in order, and a retried item must not fall behind the
     /// items after it.
@@ -242,17 +242,16 @@ impl<I, O> Supervisor<'_, I, O> {
                     }
                 }
                 Some(sequencer) => {
-                    sequencer.wait_turn(first)?;
                     slots.outputs = (0..count).map(|_| Vec::new()).collect();
                     self.run_batch(todo, &mut slots)?;
-                    let items = slots.outputs.into_iter().flatten().collect();
-                    let mut ready = sequencer.complete(first, count as u64, items)?;
-                    while let Some(mut batch) = ready {
-                        if output.push_all(&mut batch).is_err() {
-                            sequencer.stop();
-                            return Err(Halt::Stop);
-                        }
-                        ready = sequencer.pushed()?;
+                    let mut order = InOrder::new(sequencer, Outlet::new(output, &stage.run), None);
+                    let released = (first..).zip(slots.outputs).try_for_each(|(at, items)| {
+                        order.at(at)?;
+                        items.into_iter().try_for_each(|item| order.emit(item))
+                    });
+                    if let Err(stop) = released.and_then(|()| order.finish()) {
+                        order.stop();
+                        return Err(stop.into());
                     }
                 }
             }
