@@ -191,10 +191,6 @@ impl<'a, O> Outlet<'a, O> {
         Ok(should_hand_over(&self.buffer, self.max, self.output))
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.buffer.is_empty()
-    }
-
     pub(crate) fn flush(&mut self) -> Result<(), Stop> {
         if self.buffer.is_empty() {
             return Ok(());

@@ -30,6 +30,8 @@ use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
 use crate::engine::shelf::Shelf;
+#[cfg(feature = "async")]
+use crate::engine::sync::Instant;
 use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 struct State<T> {
@@ -329,7 +331,9 @@ impl<T> Sender<T> {
     #[cfg(feature = "async")]
     pub(crate) async fn push_all_async(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
         let shared = &*self.shared;
-        loop {
+        let offered = batch.len() as u64;
+        let mut waited = None;
+        let pushed = loop {
             let writable = shared.writable.notified();
             tokio::pin!(writable);
             // Registered before the check, so a wake-up between the two is not lost.
@@ -337,13 +341,27 @@ impl<T> Sender<T> {
             let _waiting = {
                 let mut state = sync::lock(&shared.state);
                 match shared.try_push(&mut state, batch) {
-                    Pushed::All => return Ok(()),
-                    Pushed::Disconnected => return Err(Disconnected),
+                    Pushed::All => break Ok(()),
+                    Pushed::Disconnected => break Err(Disconnected),
                     Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
                 }
             };
+            if self.meter.is_some() && waited.is_none() {
+                waited = Some(Instant::now());
+            }
             writable.await;
+        };
+        if let Some(meter) = &self.meter {
+            // An async driver's slots share one meter: its waits are added, not tracked
+            // as the worker's activity.
+            if let Some(since) = waited {
+                meter.blocked.add(since.elapsed().as_nanos() as u64);
+            }
+            if pushed.is_ok() {
+                meter.items_out.add(offered);
+            }
         }
+        pushed
     }
 
     pub(crate) fn closer(&self) -> Closer<T> {
@@ -429,14 +447,8 @@ impl<T> Receiver<T> {
     /// gathered on every shelf (its own included), so none waits behind an idle worker.
     ///
     /// Returns [`Refill::Over`] once the stream has ended, or the queue was closed, and no
-    /// sibling holds unstarted items; [`Refill::Empty`] only when told not to `wait`.
-    pub(crate) fn refill(
-        &self,
-        mine: &SharedShelf<T>,
-        scratch: &mut Vec<T>,
-        max: usize,
-        wait: bool,
-    ) -> Refill {
+    /// sibling holds unstarted items.
+    pub(crate) fn refill(&self, mine: &SharedShelf<T>, scratch: &mut Vec<T>, max: usize) -> Refill {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
         let mut handed_on = false;
@@ -463,12 +475,6 @@ impl<T> Receiver<T> {
                         return Refill::Items;
                     }
                 }
-            }
-            if !wait {
-                return match state.senders {
-                    0 if state.items.is_empty() => Refill::Over,
-                    _ => Refill::Empty,
-                };
             }
             if !handed_on {
                 let shelves = state.shelves.clone();
@@ -572,8 +578,6 @@ impl<T: Send> Close for Closer<T> {
 pub(crate) enum Refill {
     /// The shelf has items.
     Items,
-    /// Nothing to take now (only when told not to wait).
-    Empty,
     /// The stream has ended or the queue was closed, and no sibling holds unstarted items.
     Over,
 }

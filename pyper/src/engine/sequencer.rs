@@ -2,53 +2,70 @@
 //! same bounds as an unordered one.
 //!
 //! The queue numbers a stage's inputs (their *positions*), and each worker processes
-//! *runs*: positions one after the other, as it took them. The stage holds one *turn*: the
+//! *runs*: positions one after the other, as it took them. The stage has one *turn*: the
 //! worker whose run starts at the first position not yet released is the *head*, and it
 //! streams its outputs straight downstream as it makes them, through its ordinary
-//! [`Outlet`](crate::engine::batch::Outlet). When its run ends it hands over what it
-//! gathered and passes the turn on ([`Sequencer::pass`]).
+//! [`Outlet`]. Every other worker collects its run's outputs and, when the run ends, hands
+//! it in; whoever passes the turn on releases the handed-in runs that come next, so a
+//! worker waiting for input never holds anything up.
 //!
-//! Every other worker collects its run's outputs, at most [`COLLECT_BOUND`] of them, and
-//! then waits for its turn; and it waits for its turn at the end of its run too, before it
-//! takes more input. So a non-head worker holds at most one run (one batch) and a bounded
-//! number of outputs, however long an input's fan-out is: an endless iterator behind
-//! `ordered()` streams in bounded memory, and a stage runs ahead of a slow consumer by its
-//! throttle plus one batch per worker, as an unordered one does.
+//! Two bounds keep memory flat however the stage is used:
 //!
-//! No cycle of waits: a worker only waits for positions before its run, and the positions
-//! it holds unstarted all come after its run, so the lowest waiting run always has a
-//! worker that is not waiting ahead of it.
+//! * a run that is not the head collects at most [`COLLECT_BOUND`] outputs, then its worker
+//!   waits for the turn (as blocked time) and streams from then on: an endless `branch`
+//!   fan-out behind `ordered()` flows in bounded memory;
+//! * a worker takes new input only while what it handed in and is still unreleased
+//!   weighs less than [`MAX_BATCH`] (a run weighs its items or its outputs, whichever is
+//!   more): a stage runs ahead of a slow consumer by its throttle plus about one batch
+//!   per worker, as an unordered one does.
 //!
-//! [`InOrder`] is the worker's side of all this, one type for every kind of stage that
-//! runs items on threads (thread workers, process supervisors).
+//! No cycle of waits: a worker waits for the turn only for positions before its current
+//! run, while everything it holds unstarted comes after it; and a worker waiting for room
+//! holds nothing in hand, since all it handed in can be released by others.
+//!
+//! [`InOrder`] is a worker's side of all this, one type for every kind of stage that runs
+//! items on threads (thread workers, process supervisors).
+
+use std::collections::BTreeMap;
 
 use crate::engine::batch::{Emit, Outlet, Stop, MAX_BATCH};
 use crate::engine::meter::{Activity, WorkerMeter};
 use crate::engine::queue::{Close, Sender};
-use crate::engine::sync::{self, AtomicU64, Condvar, Instant, Mutex, Ordering};
+use crate::engine::sync::{self, Arc, AtomicU64, Condvar, Instant, Mutex, Ordering};
 
-/// The most outputs a worker that is not next in line collects before it waits for its
-/// turn: a batch's worth, so an ordered branch holds as much per worker as an unordered
-/// stage holds in a batch.
+/// The most outputs a run that is not the head collects before its worker waits for the
+/// turn: a batch's worth.
 pub(crate) const COLLECT_BOUND: usize = MAX_BATCH;
 
 /// Marks a stopped sequencer in `next`: no run starts there.
 const STOPPED: u64 = u64::MAX;
 
-/// The turn of one ordered stage.
-pub(crate) struct Sequencer {
+/// The turn of one ordered stage, and the runs handed in that wait for it.
+pub(crate) struct Sequencer<O> {
     /// The first position whose outputs have not all been released: the head's run starts
-    /// here. [`STOPPED`] once the stage must stop. Written under `lock`, read without it.
+    /// here. [`STOPPED`] once the stage must stop. Written under `done`'s lock, read
+    /// without it.
     next: AtomicU64,
-    lock: Mutex<()>,
+    /// Runs handed in and not released yet, by first position.
+    done: Mutex<BTreeMap<u64, Done<O>>>,
+    /// Signalled whenever `next` moves (a turn, room freed) or the stage stops.
     advanced: Condvar,
 }
 
-impl Sequencer {
+/// A run handed in.
+struct Done<O> {
+    end: u64,
+    outputs: Vec<O>,
+    /// What it weighs, and the owner's count to take it off when it is released.
+    weight: u64,
+    owner: Arc<AtomicU64>,
+}
+
+impl<O> Sequencer<O> {
     pub(crate) fn new() -> Self {
         Sequencer {
             next: AtomicU64::new(0),
-            lock: Mutex::new(()),
+            done: Mutex::new(BTreeMap::new()),
             advanced: Condvar::new(),
         }
     }
@@ -56,41 +73,75 @@ impl Sequencer {
     /// Whether a run starting at `first` holds the turn. Lock-free: a worker asks it for
     /// every output it collects.
     #[inline]
-    pub(crate) fn is_next(&self, first: u64) -> bool {
+    fn is_next(&self, first: u64) -> bool {
         self.next.load(Ordering::Acquire) == first
     }
 
-    /// Waits until a run starting at `first` holds the turn.
-    pub(crate) fn wait_turn(&self, first: u64) -> Result<(), Stop> {
-        let mut guard = sync::lock(&self.lock);
+    /// Waits until `ready` holds (read under the lock) or the stage stops.
+    fn wait_until(&self, mut ready: impl FnMut() -> bool) -> Result<(), Stop> {
+        let mut done = sync::lock(&self.done);
         loop {
-            match self.next.load(Ordering::Acquire) {
-                STOPPED => return Err(Stop),
-                next if next == first => return Ok(()),
-                _ => guard = sync::wait(&self.advanced, guard),
+            if self.next.load(Ordering::Acquire) == STOPPED {
+                return Err(Stop);
+            }
+            if ready() {
+                return Ok(());
+            }
+            done = sync::wait(&self.advanced, done);
+        }
+    }
+
+    /// Hands in a run that does not hold the turn. Returns it if it has got the turn
+    /// meanwhile: the caller must release it.
+    fn hand_in(&self, run: Run<O>, owner: &Arc<AtomicU64>) -> Result<Option<Run<O>>, Stop> {
+        let mut done = sync::lock(&self.done);
+        match self.next.load(Ordering::Acquire) {
+            STOPPED => Err(Stop),
+            next if next == run.first => Ok(Some(run)),
+            _ => {
+                let weight = run.weight();
+                owner.fetch_add(weight, Ordering::Relaxed);
+                let entry = Done {
+                    end: run.end,
+                    outputs: run.outputs,
+                    weight,
+                    owner: Arc::clone(owner),
+                };
+                done.insert(run.first, entry);
+                Ok(None)
             }
         }
     }
 
-    /// The head has handed over the outputs of every position before `end`: the run that
-    /// starts at `end` gets the turn.
-    pub(crate) fn pass(&self, end: u64) {
-        let _guard = sync::lock(&self.lock);
-        if self.next.load(Ordering::Relaxed) != STOPPED {
-            self.next.store(end, Ordering::Release);
+    /// Takes the handed-in run that starts at `end`, if any, for the caller to release;
+    /// otherwise the run starting at `end` gets the turn.
+    fn next_after(&self, end: u64) -> Result<Option<Done<O>>, Stop> {
+        let mut done = sync::lock(&self.done);
+        if self.next.load(Ordering::Acquire) == STOPPED {
+            return Err(Stop);
         }
-        self.advanced.notify_all();
+        let next = done.remove(&end);
+        if next.is_none() {
+            self.next.store(end, Ordering::Release);
+            self.advanced.notify_all();
+        }
+        Ok(next)
     }
 
     /// Stops the stage: the run was cancelled, or downstream refused an item.
     pub(crate) fn stop(&self) {
-        let _guard = sync::lock(&self.lock);
-        self.next.store(STOPPED, Ordering::Release);
-        self.advanced.notify_all();
+        let dropped = {
+            let mut done = sync::lock(&self.done);
+            self.next.store(STOPPED, Ordering::Release);
+            self.advanced.notify_all();
+            std::mem::take(&mut *done)
+        };
+        // User values may run arbitrary code on drop: never under the lock.
+        drop(dropped);
     }
 }
 
-impl Close for Sequencer {
+impl<O: Send> Close for Sequencer<O> {
     fn close(&self) {
         self.stop();
     }
@@ -103,34 +154,34 @@ struct Run<O> {
     outputs: Vec<O>,
 }
 
+impl<O> Run<O> {
+    fn weight(&self) -> u64 {
+        (self.end - self.first).max(self.outputs.len() as u64)
+    }
+}
+
 /// One worker's side of an ordered stage: where its outputs go, run by run.
 ///
-/// Call [`at`](InOrder::at) before each item with its position, and emit the item's
-/// outputs into it. A worker that is not the head keeps the runs it finished, up to
-/// [`MAX_BATCH`] items ([`room`](InOrder::room) says how many more it may take) and
-/// [`COLLECT_BOUND`] outputs, and releases each when its turn comes; before it waits for
-/// input, and at the end, it calls [`finish`](InOrder::finish), which waits for the turns
-/// of everything it holds: a worker waiting for input must not hold the turn.
+/// Before taking input, call [`finish`](InOrder::finish): it ends the current run and
+/// waits until the worker has room (it returns how many items it may take). Call
+/// [`at`](InOrder::at) before each item with its position, and emit the item's outputs
+/// into it. Call `finish` at the end too.
 pub(crate) struct InOrder<'a, O> {
-    sequencer: &'a Sequencer,
+    sequencer: &'a Sequencer<O>,
     outlet: Outlet<'a, O>,
-    /// Charged with the waits for the turn, as blocked time.
+    /// Charged with the waits for the turn or for room, as blocked time.
     meter: Option<&'a WorkerMeter>,
     /// The run the worker is in, if any.
     current: Option<Run<O>>,
     /// Whether the current run holds the turn (its outputs then stream through `outlet`).
     head: bool,
-    /// Finished runs waiting for their turn, by position.
-    held: Vec<Run<O>>,
-    /// How many items the held runs and the current one span.
-    held_items: u64,
-    /// How many outputs they hold.
-    held_outputs: usize,
+    /// What the runs this worker handed in weigh, until they are released.
+    handed_in: Arc<AtomicU64>,
 }
 
 impl<'a, O> InOrder<'a, O> {
     pub(crate) fn new(
-        sequencer: &'a Sequencer,
+        sequencer: &'a Sequencer<O>,
         outlet: Outlet<'a, O>,
         meter: Option<&'a WorkerMeter>,
     ) -> Self {
@@ -140,9 +191,7 @@ impl<'a, O> InOrder<'a, O> {
             meter,
             current: None,
             head: false,
-            held: Vec::new(),
-            held_items: 0,
-            held_outputs: 0,
+            handed_in: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -154,133 +203,92 @@ impl<'a, O> InOrder<'a, O> {
     /// The item at `position` comes next: it continues the current run, or the current
     /// run ends and a new one starts.
     pub(crate) fn at(&mut self, position: u64) -> Result<(), Stop> {
-        self.held_items += 1;
         if let Some(run) = &mut self.current {
             if run.end == position {
                 run.end += 1;
                 return Ok(());
             }
         }
-        self.close_current()?;
+        self.close()?;
         self.current = Some(Run {
             first: position,
             end: position + 1,
             outputs: Vec::new(),
         });
-        self.head = false;
-        self.settle()
-    }
-
-    /// How many more items the worker may take before it must release what it holds.
-    pub(crate) fn room(&self) -> usize {
-        (MAX_BATCH as u64).saturating_sub(self.held_items) as usize
-    }
-
-    /// Releases, without waiting, every held run whose turn has come.
-    pub(crate) fn settle(&mut self) -> Result<(), Stop> {
-        while let Some(run) = self.held.first() {
-            if !self.sequencer.is_next(run.first) {
-                break;
-            }
-            self.release_first()?;
-        }
         Ok(())
     }
 
-    /// Waits until the oldest run held (or the current one) may be released, and
-    /// releases it (or makes the current one the head): called when the worker holds all
-    /// the outputs it may.
-    fn release_oldest(&mut self) -> Result<(), Stop> {
-        let current = self.current.as_ref().map(|run| run.first);
-        match self.held.first() {
-            Some(run) if current.map_or(true, |current| run.first < current) => {
-                self.wait_turn(run.first)?;
-                self.release_first()
-            }
-            _ => self.take_turn(),
+    /// Ends the current run, then waits until this worker may take input: returns how
+    /// many items it may take.
+    pub(crate) fn finish(&mut self) -> Result<usize, Stop> {
+        self.close()?;
+        let room = || MAX_BATCH.saturating_sub(self.handed_in.load(Ordering::Relaxed) as usize);
+        if room() == 0 {
+            self.blocked(|sequencer| sequencer.wait_until(|| room() > 0))?;
         }
-    }
-
-    /// Ends the current run and releases everything held, each when its turn comes.
-    pub(crate) fn finish(&mut self) -> Result<(), Stop> {
-        self.close_current()?;
-        while let Some(run) = self.held.first() {
-            self.wait_turn(run.first)?;
-            self.release_first()?;
-        }
-        Ok(())
+        Ok(room().max(1))
     }
 
     /// Stops the whole stage, so that no worker waits for a turn that will not come.
     pub(crate) fn stop(&mut self) {
         self.sequencer.stop();
         self.current = None;
-        self.held.clear();
     }
 
-    /// Ends the current run: passes the turn on if it streamed, else holds it.
-    fn close_current(&mut self) -> Result<(), Stop> {
+    /// Ends the current run: releases it if it holds the turn, else hands it in.
+    fn close(&mut self) -> Result<(), Stop> {
         let Some(run) = self.current.take() else {
             return Ok(());
         };
-        if self.head || self.sequencer.is_next(run.first) {
-            self.head = false;
-            self.release(run)?;
-            return self.settle();
+        let head = std::mem::replace(&mut self.head, false);
+        let run = match head || self.sequencer.is_next(run.first) {
+            true => run,
+            false => match self.sequencer.hand_in(run, &self.handed_in)? {
+                Some(run) => run,
+                None => return Ok(()),
+            },
+        };
+        let mut end = run.end;
+        self.hand_on(run.outputs)?;
+        // Releases the runs handed in that come next, then passes the turn on.
+        while let Some(done) = self.sequencer.next_after(end)? {
+            end = done.end;
+            done.owner.fetch_sub(done.weight, Ordering::Relaxed);
+            self.hand_on(done.outputs)?;
         }
-        let at = self.held.partition_point(|held| held.first < run.first);
-        self.held.insert(at, run);
         Ok(())
     }
 
-    fn release_first(&mut self) -> Result<(), Stop> {
-        let run = self.held.remove(0);
-        self.release(run)
-    }
-
-    /// Hands on a run that holds the turn, and passes the turn on.
-    fn release(&mut self, run: Run<O>) -> Result<(), Stop> {
-        self.held_items -= run.end - run.first;
-        self.held_outputs -= run.outputs.len();
-        for item in run.outputs {
+    fn hand_on(&mut self, outputs: Vec<O>) -> Result<(), Stop> {
+        for item in outputs {
             self.outlet.emit(item)?;
         }
-        self.outlet.flush()?;
-        self.sequencer.pass(run.end);
-        Ok(())
+        self.outlet.flush()
     }
 
-    /// Waits, as blocked, until the run starting at `first` holds the turn.
-    fn wait_turn(&mut self, first: u64) -> Result<(), Stop> {
-        if self.sequencer.is_next(first) {
-            return Ok(());
-        }
+    /// Runs a wait on the sequencer, charged as blocked time.
+    fn blocked(&self, wait: impl FnOnce(&Sequencer<O>) -> Result<(), Stop>) -> Result<(), Stop> {
         let since = self.meter.and_then(|m| m.wait_begins(Activity::Blocked));
-        let turn = self.sequencer.wait_turn(first);
+        let waited = wait(self.sequencer);
         if let (Some(meter), Some(since)) = (self.meter, since) {
             meter.wait_ends(Activity::Blocked, since);
         }
-        turn
+        waited
     }
 
     /// Makes the current run the head, waiting for the turn if need be, and hands on what
     /// it collected meanwhile.
     fn take_turn(&mut self) -> Result<(), Stop> {
-        let Some(run) = &mut self.current else {
+        let Some(first) = self.current.as_ref().map(|run| run.first) else {
             return Ok(());
         };
-        if self.head {
-            return Ok(());
+        if !self.sequencer.is_next(first) {
+            let sequencer = self.sequencer;
+            self.blocked(|_| sequencer.wait_until(|| sequencer.is_next(first)))?;
         }
-        let first = run.first;
-        // Every held run comes after the current one when the current one can get the
-        // turn, so waiting for it is waiting for the oldest.
-        self.wait_turn(first)?;
         self.head = true;
         let run = self.current.as_mut().expect("checked above");
-        let outputs = std::mem::take(&mut run.outputs);
-        self.held_outputs -= outputs.len();
-        for item in outputs {
+        for item in std::mem::take(&mut run.outputs) {
             self.outlet.emit(item)?;
         }
         Ok(())
@@ -315,9 +323,8 @@ impl<O> Emit<O> for InOrder<'_, O> {
             return self.outlet.emit(item);
         };
         run.outputs.push(item);
-        self.held_outputs += 1;
-        while self.held_outputs >= COLLECT_BOUND && !self.head {
-            self.release_oldest()?;
+        if run.outputs.len() >= COLLECT_BOUND {
+            self.take_turn()?;
         }
         Ok(())
     }

@@ -13,17 +13,21 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
+use futures_core::Stream;
 use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
-use crate::engine::batch::{hand_over_size, should_hand_over, Fault, Stop};
+use crate::engine::batch::{Fault, Outlet, Stop};
 use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
-use crate::engine::run::RunState;
-use crate::engine::sync::Arc;
+use crate::engine::sequencer::COLLECT_BOUND;
 use crate::engine::sync::Instant;
+use crate::engine::sync::{self, Arc};
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::stage::async_task::AsyncFn;
@@ -63,12 +67,13 @@ pub(crate) async fn drive<I, O>(
     O: Send + 'static,
 {
     let meter = stage.meter.worker();
+    let output = output.metered(meter.as_ref());
     let result = match &stage.body {
         StageBody::AsyncEach(body, ordered) => {
             let driver = Driver {
                 stage: &stage,
                 body,
-                outlet: AsyncOutlet::new(&output, &stage.run, meter.clone()),
+                outlet: Outlet::new(&output, &stage.run),
                 running: SelectAll::new(),
                 slots,
                 in_order: ordered.then(InOrder::new),
@@ -99,16 +104,17 @@ where
         unreachable!("only async join stages have join workers")
     };
     let meter = stage.meter.worker();
+    let output = output.metered(meter.as_ref());
     let started = Instant::now();
     let joined = AssertUnwindSafe(async {
         // Owned by the join, as in a thread worker: dropping it releases upstream.
         let upstream = Upstream::new(input.metered(meter.as_ref()), Arc::clone(&stage.run));
-        let mut outlet = AsyncOutlet::new(&output, &stage.run, meter.clone());
+        let mut outlet = Outlet::new(&output, &stage.run);
         let mut outputs = body(upstream);
-        while let Some(item) = outlet.next_of(&mut outputs).await? {
-            outlet.emit(item.map_err(Fault::Failed)?).await?;
+        while let Some(item) = next_of(&mut outlet, &mut outputs).await? {
+            emit(&mut outlet, item.map_err(Fault::Failed)?).await?;
         }
-        outlet.flush().await.map_err(Fault::from)
+        outlet.flush_async().await.map_err(Fault::from)
     })
     .catch_unwind();
     let result = PollTimed::new(joined, meter.clone()).await;
@@ -126,7 +132,7 @@ where
 struct Driver<'a, I, O> {
     stage: &'a Stage<I, O>,
     body: &'a AsyncFn<I, O>,
-    outlet: AsyncOutlet<'a, O>,
+    outlet: Outlet<'a, O>,
     running: SelectAll<BoxStream<'static, Event<O>>>,
     slots: usize,
     /// For an ordered stage: the outputs of items started and not yet released.
@@ -134,10 +140,19 @@ struct Driver<'a, I, O> {
     meter: Option<Arc<WorkerMeter>>,
 }
 
-/// An ordered driver's reorder buffer: every item started and not yet released, with
-/// whether it has finished and its outputs so far. Items start in input order (an ordered
-/// stage has one driver), and each item's outputs leave once every earlier item's have.
-type InOrder<O> = BTreeMap<u64, (bool, Vec<O>)>;
+/// An ordered driver's reorder buffer: every item started and not yet released, by
+/// position. Items start in input order (an ordered stage has one driver). The oldest
+/// item is the head: its outputs stream on as they come. Every other item collects its
+/// outputs, [`COLLECT_BOUND`] at most, and is then paused until it is the head, so an
+/// endless fan-out streams in bounded memory, as in a thread stage.
+type InOrder<O> = BTreeMap<u64, Held<O>>;
+
+/// An item of an ordered driver that has not been released.
+struct Held<O> {
+    done: bool,
+    outputs: Vec<O>,
+    gate: Arc<Gate>,
+}
 
 impl<I, O> Driver<'_, I, O>
 where
@@ -233,21 +248,31 @@ where
             meter.items_in.add(batch.len() as u64);
         }
         for (index, item) in (first..).zip(batch.drain(..)) {
-            if let Some(in_order) = &mut self.in_order {
-                in_order.insert(index, (false, Vec::new()));
-            }
+            let gate = self.in_order.as_mut().map(|in_order| {
+                let gate = Arc::new(Gate::default());
+                let held = Held {
+                    done: false,
+                    outputs: Vec::new(),
+                    gate: Arc::clone(&gate),
+                };
+                in_order.insert(index, held);
+                gate
+            });
             // The body runs the user's function at once, before any future exists: a panic
             // there is this item's too.
             let outputs = match catch_unwind(AssertUnwindSafe(|| (self.body)(item))) {
-                Ok(outputs) => AssertUnwindSafe(outputs)
-                    .catch_unwind()
-                    .map(move |output| match output {
-                        Ok(Ok(value)) => Event::Output(index, value),
-                        Ok(Err(error)) => Event::Failed(index, error),
-                        Err(payload) => Event::Panicked(index, payload),
-                    })
-                    .chain(stream::once(async move { Event::Done(index, started) }))
-                    .boxed(),
+                Ok(outputs) => AssertUnwindSafe(match gate {
+                    Some(gate) => Gated { outputs, gate }.boxed(),
+                    None => outputs,
+                })
+                .catch_unwind()
+                .map(move |output| match output {
+                    Ok(Ok(value)) => Event::Output(index, value),
+                    Ok(Err(error)) => Event::Failed(index, error),
+                    Err(payload) => Event::Panicked(index, payload),
+                })
+                .chain(stream::once(async move { Event::Done(index, started) }))
+                .boxed(),
                 Err(payload) => {
                     stream::once(async move { Event::Panicked(index, payload) }).boxed()
                 }
@@ -263,8 +288,19 @@ where
         let name = &self.stage.name;
         match event {
             Event::Output(index, value) => match &mut self.in_order {
-                Some(in_order) => in_order.get_mut(&index).expect("started").1.push(value),
-                None => self.outlet.emit(value).await?,
+                Some(in_order) => {
+                    let (&oldest, _) = in_order.first_key_value().expect("started");
+                    let held = in_order.get_mut(&index).expect("started");
+                    if index == oldest {
+                        emit(&mut self.outlet, value).await?;
+                    } else {
+                        held.outputs.push(value);
+                        if held.outputs.len() >= COLLECT_BOUND {
+                            held.gate.close();
+                        }
+                    }
+                }
+                None => emit(&mut self.outlet, value).await?,
             },
             Event::Done(index, started) => {
                 if let Some(meter) = &self.meter {
@@ -272,7 +308,7 @@ where
                     meter.in_flight.set(self.running.len() as u64);
                 }
                 if let Some(in_order) = &mut self.in_order {
-                    in_order.get_mut(&index).expect("started").0 = true;
+                    in_order.get_mut(&index).expect("started").done = true;
                     self.release_in_order().await?;
                 }
             }
@@ -286,31 +322,30 @@ where
         Ok(())
     }
 
-    /// Moves the outputs of the oldest items to the outlet, as long as they have finished.
+    /// Releases the oldest items while they are done, then makes the oldest left the head:
+    /// its collected outputs leave, and it streams from then on.
     async fn release_in_order(&mut self) -> Result<(), Halt> {
-        loop {
-            let Some(in_order) = &mut self.in_order else {
-                return Ok(());
-            };
-            // Items start in input order, so the first entry is the oldest still held.
-            let Some(oldest) = in_order.first_entry() else {
-                return Ok(());
-            };
-            if !oldest.get().0 {
-                return Ok(());
+        let Some(in_order) = &mut self.in_order else {
+            return Ok(());
+        };
+        while let Some(mut oldest) = in_order.first_entry() {
+            for value in std::mem::take(&mut oldest.get_mut().outputs) {
+                emit(&mut self.outlet, value).await?;
             }
-            let (_, outputs) = oldest.remove();
-            for value in outputs {
-                self.outlet.emit(value).await?;
+            if !oldest.get().done {
+                oldest.get().gate.open();
+                break;
             }
+            oldest.remove();
         }
+        Ok(())
     }
 
     async fn hand_over(&mut self) -> Result<(), Halt> {
         if let Some(meter) = &self.meter {
             meter.in_flight.set(self.running.len() as u64);
         }
-        Ok(self.outlet.flush().await?)
+        Ok(self.outlet.flush_async().await?)
     }
 }
 
@@ -327,66 +362,67 @@ impl From<Stop> for Halt {
     }
 }
 
-/// [`crate::engine::batch::Outlet`] for async workers.
-struct AsyncOutlet<'a, O> {
-    output: &'a Sender<O>,
-    run: &'a RunState,
-    buffer: Vec<O>,
-    max: usize,
-    meter: Option<Arc<WorkerMeter>>,
+/// Gathers an output in `outlet`, handing the gathered ones over if it is time.
+async fn emit<O>(outlet: &mut Outlet<'_, O>, item: O) -> Result<(), Stop> {
+    if outlet.add(item)? {
+        outlet.flush_async().await?;
+    }
+    Ok(())
 }
 
-impl<'a, O> AsyncOutlet<'a, O> {
-    fn new(output: &'a Sender<O>, run: &'a RunState, meter: Option<Arc<WorkerMeter>>) -> Self {
-        AsyncOutlet {
-            output,
-            run,
-            buffer: Vec::new(),
-            max: hand_over_size(output),
-            meter,
-        }
+/// The next output of `outputs`, handing over what is gathered first if it is not ready,
+/// so no output waits behind a pending future.
+async fn next_of<T, O>(
+    outlet: &mut Outlet<'_, O>,
+    outputs: &mut BoxStream<'_, T>,
+) -> Result<Option<T>, Stop> {
+    if let Some(next) = outputs.next().now_or_never() {
+        return Ok(next);
+    }
+    outlet.flush_async().await?;
+    Ok(outputs.next().await)
+}
+
+/// Pauses one item's outputs in an ordered driver: closed while the item has collected
+/// all it may and is not the head.
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    /// Who to wake when the gate opens: the driver's poll of the paused stream.
+    waker: std::sync::Mutex<Option<Waker>>,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
-    async fn emit(&mut self, item: O) -> Result<(), Stop> {
-        if self.run.is_cancelled() {
-            return Err(Stop);
-        }
-        self.buffer.push(item);
-        if should_hand_over(&self.buffer, self.max, self.output) {
-            self.flush().await
-        } else {
-            Ok(())
+    fn open(&self) {
+        self.closed.store(false, Ordering::Release);
+        if let Some(waker) = sync::lock_std(&self.waker).take() {
+            waker.wake();
         }
     }
+}
 
-    /// The next output of `outputs`, handing over what is gathered first if it is not
-    /// ready, so no output waits behind a pending future.
-    async fn next_of<T>(&mut self, outputs: &mut BoxStream<'_, T>) -> Result<Option<T>, Stop> {
-        if let Some(next) = outputs.next().now_or_never() {
-            return Ok(next);
-        }
-        self.flush().await?;
-        Ok(outputs.next().await)
-    }
+/// An item's outputs behind its [`Gate`].
+struct Gated<S> {
+    outputs: S,
+    gate: Arc<Gate>,
+}
 
-    async fn flush(&mut self) -> Result<(), Stop> {
-        if self.buffer.is_empty() {
-            return Ok(());
+impl<S: Stream + Unpin> Stream for Gated<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.get_mut();
+        if this.gate.closed.load(Ordering::Acquire) {
+            *sync::lock_std(&this.gate.waker) = Some(cx.waker().clone());
+            // Opened meanwhile: its waker may have been taken before this one was set.
+            if this.gate.closed.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
         }
-        let Some(meter) = &self.meter else {
-            return self
-                .output
-                .push_all_async(&mut self.buffer)
-                .await
-                .map_err(|_| Stop);
-        };
-        let handed = self.buffer.len() as u64;
-        let since = Instant::now();
-        let pushed = self.output.push_all_async(&mut self.buffer).await;
-        meter.blocked.add(since.elapsed().as_nanos() as u64);
-        if pushed.is_ok() {
-            meter.items_out.add(handed);
-        }
-        pushed.map_err(|_| Stop)
+        this.outputs.poll_next_unpin(cx)
     }
 }

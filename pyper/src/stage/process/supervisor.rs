@@ -66,7 +66,7 @@ pub(crate) struct ProcessStage<I, O> {
     pub(crate) body: ProcessFn<I, O>,
     pub(crate) faults: FaultPolicy,
     pub(crate) children: Arc<Children>,
-    pub(crate) sequencer: Option<Arc<Sequencer>>,
+    pub(crate) sequencer: Option<Arc<Sequencer<O>>>,
     /// Whether a batch's outputs must leave in input order although there is no sequencer:
     /// a stage with one worker is in order, and a retried item must not fall behind the
     /// items after it.
@@ -249,7 +249,7 @@ impl<I, O> Supervisor<'_, I, O> {
                         order.at(at)?;
                         items.into_iter().try_for_each(|item| order.emit(item))
                     });
-                    if let Err(stop) = released.and_then(|()| order.finish()) {
+                    if let Err(stop) = released.and_then(|()| order.finish().map(drop)) {
                         order.stop();
                         return Err(stop.into());
                     }

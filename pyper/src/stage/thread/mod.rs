@@ -36,7 +36,7 @@ pub(crate) struct Stage<I, O> {
 
 pub(crate) enum StageBody<I, O> {
     Each(EachFn<I, O>),
-    Ordered(EachFn<I, O>, Arc<Sequencer>),
+    Ordered(EachFn<I, O>, Arc<Sequencer<O>>),
     Join(JoinFn<I, O>),
     #[cfg(feature = "async")]
     /// An async task's body, and whether the stage is ordered.
@@ -184,12 +184,14 @@ where
     let mut out = Gather::new(&hands, &stage.run);
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
-    while input.refill(&shelf, &mut scratch, limit.get(), true) == Refill::Items {
+    while input.refill(&shelf, &mut scratch, limit.get()) == Refill::Items {
         let started = begin_batch(recorder.as_deref_mut());
         let mut called = 0;
         let result = loop {
-            let Some((index, item)) = out.next_item()? else {
-                break Ok(());
+            let (index, item) = match out.next_item() {
+                Ok(Some(next)) => next,
+                Ok(None) => break Ok(()),
+                Err(stop) => break Err(stop.into()),
             };
             if stage.run.is_cancelled() {
                 break Err(Fault::Stop);
@@ -259,7 +261,7 @@ fn call_batch<I, O>(
 fn ordered<I, O>(
     stage: &Stage<I, O>,
     body: &EachFn<I, O>,
-    (sequencer, input, output): (&Sequencer, &Receiver<I>, &Sender<O>),
+    (sequencer, input, output): (&Sequencer<O>, &Receiver<I>, &Sender<O>),
     recorder: Option<&mut Recorder>,
     current_item: &mut Option<u64>,
 ) -> Result<(), Fault>
@@ -296,21 +298,12 @@ where
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
     loop {
-        order.settle()?;
-        if order.room() == 0 {
-            order.finish()?;
-        }
-        let max = limit.get().min(order.room());
-        match input.refill(&shelf, &mut scratch, max, false) {
-            Refill::Items => {}
-            Refill::Empty => {
-                // A worker waiting for input must not hold the turn, nor outputs.
-                order.finish()?;
-                if input.refill(&shelf, &mut scratch, max, true) == Refill::Over {
-                    return Ok(());
-                }
-            }
-            Refill::Over => return Ok(order.finish()?),
+        // Ends the run in hand (a worker waiting for input must not hold the turn), and
+        // waits until what it handed in leaves room for more.
+        let room = order.finish()?;
+        let max = limit.get().min(room);
+        if input.refill(&shelf, &mut scratch, max) == Refill::Over {
+            return Ok(());
         }
         let started = begin_batch(recorder.as_deref_mut());
         let mut called = 0;
@@ -321,7 +314,9 @@ where
             if stage.run.is_cancelled() {
                 break Err(Fault::Stop);
             }
-            order.at(index)?;
+            if let Err(stop) = order.at(index) {
+                break Err(stop.into());
+            }
             *current_item = Some(index);
             called += 1;
             if let Err(fault) = body(item, order) {
