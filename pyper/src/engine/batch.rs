@@ -168,6 +168,9 @@ pub(crate) struct Outlet<'a, O> {
     max: usize,
     /// How quickly the iterators this worker drives produce their elements.
     pace: Pace,
+    /// Whether hand-overs may leave a lone consumer parked until a batch's worth is
+    /// queued (see `Sender::push_all_lazy`).
+    lazy: bool,
 }
 
 impl<'a, O> Outlet<'a, O> {
@@ -178,7 +181,20 @@ impl<'a, O> Outlet<'a, O> {
             buffer: Vec::new(),
             max: hand_over_size(output),
             pace: Pace::new(),
+            lazy: false,
         }
+    }
+
+    /// An outlet whose hand-overs are lazy: for a worker that announces before it waits
+    /// for input or for a turn ([`announce`](Outlet::announce)).
+    pub(crate) fn lazy(mut self) -> Self {
+        self.lazy = true;
+        self
+    }
+
+    /// Wakes a consumer for outputs handed over lazily.
+    pub(crate) fn announce(&self) {
+        self.output.announce();
     }
 
     /// Gathers an output; returns whether the gathered outputs should be handed over now.
@@ -195,7 +211,11 @@ impl<'a, O> Outlet<'a, O> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.output.push_all(&mut self.buffer).map_err(|_| Stop)
+        let pushed = match self.lazy {
+            true => self.output.push_all_lazy(&mut self.buffer),
+            false => self.output.push_all(&mut self.buffer),
+        };
+        pushed.map_err(|_| Stop)
     }
 
     /// [`flush`](Outlet::flush) for async workers: waits for room without blocking.
@@ -221,6 +241,8 @@ impl<O> Emit<O> for Outlet<'_, O> {
     fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
         if may_block || self.pace.slow() {
             self.flush()?;
+            // The next element may be long in coming.
+            self.announce();
         }
         Ok(self.pace.before())
     }

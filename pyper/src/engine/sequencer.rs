@@ -268,6 +268,8 @@ impl<'a, O> InOrder<'a, O> {
 
     /// Runs a wait on the sequencer, charged as blocked time.
     fn blocked(&self, wait: impl FnOnce(&Sequencer<O>) -> Result<(), Stop>) -> Result<(), Stop> {
+        // Nothing this worker handed over lazily may wait behind its wait.
+        self.outlet.announce();
         let since = self.meter.and_then(|m| m.wait_begins(Activity::Blocked));
         let waited = wait(self.sequencer);
         if let (Some(meter), Some(since)) = (self.meter, since) {

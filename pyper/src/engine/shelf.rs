@@ -103,7 +103,9 @@ impl<I: Send, O: Send> Shelf<I> for Hands<I, O> {
 
     fn hand_on(&self) {
         let mut outputs = std::mem::take(&mut sync::lock(&self.state).outputs);
-        if !outputs.is_empty() {
+        if outputs.is_empty() {
+            self.output.announce();
+        } else {
             // Refused only when nobody reads any more: the outputs are not needed then.
             let _ = self.output.push_all(&mut outputs);
         }
@@ -141,19 +143,24 @@ impl<'a, I, O> Gather<'a, I, O> {
         Ok(next)
     }
 
-    /// Hands on everything gathered, on the shelf and here.
+    /// Hands on everything gathered, on the shelf and here, and wakes the consumer for
+    /// it: the worker may not push again soon.
     pub(crate) fn flush(&mut self) -> Result<(), Stop> {
         self.hands.take_outputs(&mut self.outputs, &mut self.ready);
-        self.push_ready()
+        self.push_ready()?;
+        self.hands.output().announce();
+        Ok(())
     }
 
+    /// Pushes what is ready, lazily: the worker goes on with its batch, and announces
+    /// before it waits (the queue's `refill` hands on every shelf before it parks).
     fn push_ready(&mut self) -> Result<(), Stop> {
         if self.ready.is_empty() {
             return Ok(());
         }
         self.hands
             .output()
-            .push_all(&mut self.ready)
+            .push_all_lazy(&mut self.ready)
             .map_err(|_| Stop)
     }
 }

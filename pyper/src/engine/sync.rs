@@ -77,3 +77,16 @@ pub(crate) fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexG
         .wait(guard)
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Waits on `condvar` for at most `timeout`, ignoring poison (see [`lock`]); also says
+/// whether it timed out. (Shuttle's never times out.)
+pub(crate) fn wait_timeout<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> (MutexGuard<'a, T>, bool) {
+    let (guard, result) = condvar
+        .wait_timeout(guard, timeout)
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    (guard, result.timed_out())
+}

@@ -131,10 +131,10 @@ where
     if stage.meter.workers > 1 {
         return each_shared(stage, body, input, output, recorder, current_item);
     }
-    let mut outlet = Outlet::new(output, &stage.run);
+    let mut outlet = Outlet::new(output, &stage.run).lazy();
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
-    while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
+    while let Some(first) = input.pop_batch_then(&mut batch, limit.get(), || output.announce()) {
         let started = begin_batch(recorder.as_deref_mut());
         let count = batch.len();
         let (called, result) =
@@ -272,7 +272,8 @@ where
     let meter = recorder
         .as_deref()
         .map(|recorder| Arc::clone(&recorder.meter));
-    let mut order = InOrder::new(sequencer, Outlet::new(output, &stage.run), meter.as_deref());
+    let outlet = Outlet::new(output, &stage.run).lazy();
+    let mut order = InOrder::new(sequencer, outlet, meter.as_deref());
     let result = ordered_items(stage, body, input, &mut order, recorder, current_item);
     if result.is_err() {
         // Nobody may wait for a turn this worker will not pass on.
