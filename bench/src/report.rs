@@ -1,6 +1,7 @@
 //! What a run produces: the medians, `report.json`, the Markdown table and ratios (printed,
 //! written to `report.md`, and put in the README), and the SVG chart of the ratios.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub struct Row {
     pub items_per_s: f64,
     pub peak_rss_kb: u64,
     pub runs: usize,
+    /// The median of each extra figure the children reported (context switches, and what
+    /// a scenario records itself); the notes quote them, `report.json` does not.
+    pub extra: BTreeMap<String, f64>,
 }
 
 impl Row {
@@ -35,6 +39,13 @@ impl Row {
         let walls: Vec<f64> = reports.iter().map(|r| r.wall_s).collect();
         let wall_s = median(walls.iter().copied());
         let rss = median(reports.iter().map(|r| r.peak_rss_kb as f64)).round() as u64;
+        let mut extra = BTreeMap::new();
+        for name in reports.iter().flat_map(|r| r.extra.keys()) {
+            if !extra.contains_key(name) {
+                let values = reports.iter().filter_map(|r| r.extra.get(name).copied());
+                extra.insert(name.clone(), median(values));
+            }
+        }
         Row {
             scenario: scenario.to_owned(),
             impl_name: impl_name.to_owned(),
@@ -44,7 +55,13 @@ impl Row {
             peak_rss_kb: rss,
             runs: walls.len(),
             walls,
+            extra,
         }
+    }
+
+    /// The median of an extra figure, if the children reported it.
+    pub fn extra(&self, name: &str) -> Option<f64> {
+        self.extra.get(name).copied()
     }
 
     fn min_max(&self) -> (f64, f64) {
@@ -168,9 +185,9 @@ pub fn markdown(context: &Context<'_>, results: &Results, ratios: &[Ratio]) -> S
     let _ = writeln!(
         out,
         "{kind} of {date}, on {machine}. Each row is the median of {reps} fresh child \
-         processes, each doing a warm-up run (for Python, over a tenth of the items) then one \
-         measured run; the impls of a scenario \
-         alternate within each repetition. Every run's checksum was verified. 1-minute load \
+         processes, each doing a warm-up run (for Python, over a tenth of the items; where a \
+         row says so, over fewer) then one measured run; the impls of a scenario alternate \
+         within each repetition. Every run's checksum was verified. 1-minute load \
          average: {load}.\n",
         load = context.load,
         date = context.date,
@@ -232,7 +249,7 @@ pub fn markdown(context: &Context<'_>, results: &Results, ratios: &[Ratio]) -> S
         "\nEvery impl of a scenario calls the same `#[inline(never)]` work function \
          (`bench/src/work.rs`). Python rows use their own interpreter's VmHWM (with \
          `multiprocess=True`, the main process only).\n\n\
-         To reproduce: `cargo run --release -p pyper-bench -- --update-readme` (a few
+         To reproduce: `cargo run --release -p pyper-bench -- --update-readme` (a few \
          minutes; it rewrites this section and `docs/bench/ratios.svg`). \
          `cargo run --release -p pyper-bench -- --quick` is the smoke run meant for CI, under a \
          minute. Raw records: `target/bench/report.json`.\n",

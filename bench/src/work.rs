@@ -69,6 +69,40 @@ pub async fn wait_io_async(x: u64) -> u64 {
     x
 }
 
+/// How long a `straggler` item waits, unless it is a straggler.
+pub const SHORT_WAIT: Duration = Duration::from_millis(1);
+
+/// How long a `straggler` straggler waits.
+pub const STRAGGLER_WAIT: Duration = Duration::from_millis(200);
+
+/// One `straggler` item in this many is a straggler.
+pub const STRAGGLER_EVERY: u64 = 100;
+
+/// Whether item `x` of `straggler` is a straggler: items 50, 150, 250, ..., so that `n`
+/// items hold exactly `n / 100` of them when `n` is a multiple of 100, spread evenly, and
+/// the last is not the very last item (which would make every run end on a 200 ms wait).
+pub fn is_straggler(x: u64) -> bool {
+    x % STRAGGLER_EVERY == STRAGGLER_EVERY / 2
+}
+
+/// The `straggler` work: wait as blocking IO would, [`SHORT_WAIT`] or, for a straggler,
+/// [`STRAGGLER_WAIT`], then hand the item on.
+#[inline(never)]
+pub fn wait_or_straggle(x: u64) -> u64 {
+    std::thread::sleep(if is_straggler(x) {
+        STRAGGLER_WAIT
+    } else {
+        SHORT_WAIT
+    });
+    x
+}
+
+/// The total wait of the first `n` items of `straggler`: one thread's worth of work.
+pub fn straggler_work(n: u64) -> Duration {
+    let stragglers = (0..n).filter(|&x| is_straggler(x)).count() as u32;
+    STRAGGLER_WAIT * stragglers + SHORT_WAIT * (n as u32 - stragglers)
+}
+
 /// How many elements each `fanout-join` item branches into.
 pub const FAN: u64 = 1_000;
 
@@ -114,5 +148,13 @@ mod tests {
             );
         }
         assert_eq!(long_computation(5, 1000), long_computation_result(5, 1000));
+        assert_eq!(
+            straggler_work(10_000),
+            Duration::from_millis(9_900 + 100 * 200)
+        );
+        assert_eq!(
+            straggler_work(2_000),
+            Duration::from_millis(1_980 + 20 * 200)
+        );
     }
 }

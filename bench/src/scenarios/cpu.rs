@@ -5,6 +5,7 @@ use pyper::task;
 
 use super::common::sum_output;
 use super::{Case, Impl, Sizes};
+use crate::child::extra;
 use crate::report::Results;
 use crate::work::{long_computation, long_computation_result, CPU_STEPS};
 
@@ -94,6 +95,18 @@ fn notes(results: &Results) -> Vec<String> {
             ))
         })
         .collect();
+    let switches: Vec<String> = ["pyper", "rayon", "handwritten", "sequential"]
+        .into_iter()
+        .filter_map(|name| {
+            let row = results.get("cpu", name)?;
+            Some(format!(
+                "{name} {:.0} + {:.0} ({:.0})",
+                row.extra(extra::VOLUNTARY)?,
+                row.extra(extra::INVOLUNTARY)?,
+                row.extra(extra::CALLER_VOLUNTARY)?
+            ))
+        })
+        .collect();
     vec![
         format!(
             "cpu: speedup over sequential with {WORKERS} workers: {}",
@@ -102,6 +115,11 @@ fn notes(results: &Results) -> Vec<String> {
         format!(
             "cpu: one item took {:.3} ms of CPU in the sequential baseline",
             sequential.wall_s / sequential.items as f64 * 1e3
+        ),
+        format!(
+            "cpu: context switches of the measured run, voluntary + involuntary over all \
+             threads (the calling thread's voluntary ones), medians: {}",
+            switches.join(", ")
         ),
     ]
 }

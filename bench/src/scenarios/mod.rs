@@ -18,6 +18,7 @@ mod memory;
 mod overhead;
 mod overhead_w4;
 mod process;
+mod straggler;
 
 /// Every scenario, in the order the harness runs and reports them.
 pub fn all() -> Vec<Case> {
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Case> {
         cpu::cases(),
         io_threads::cases(),
         io_async::cases(),
+        straggler::cases(),
         memory::cases(),
         fanout_join::cases(),
         considerations::cases(),
@@ -82,6 +84,9 @@ pub struct Impl {
     pub runner: Runner,
     /// A source count of its own, when the case's would take too long (Python).
     pub items: Option<Sizes>,
+    /// The most items a Rust child's warm-up run takes, when a warm-up over every item
+    /// would only lengthen the run (waits, not work); `None` warms up over every item.
+    pub warm_up: Option<u64>,
 }
 
 /// How an impl runs inside its fresh child process.
@@ -107,6 +112,7 @@ impl Impl {
             about,
             runner: Runner::Rust(run),
             items: None,
+            warm_up: None,
         }
     }
 
@@ -121,6 +127,7 @@ impl Impl {
             about,
             runner: Runner::Python { script, args },
             items: None,
+            warm_up: None,
         }
     }
 
@@ -128,6 +135,17 @@ impl Impl {
     pub fn with_items(mut self, items: Sizes) -> Self {
         self.items = Some(items);
         self
+    }
+
+    /// Caps the warm-up run of this Rust impl's children at `items`.
+    pub fn with_warm_up(mut self, items: u64) -> Self {
+        self.warm_up = Some(items);
+        self
+    }
+
+    /// How many items the warm-up run before a measured run over `items` takes.
+    pub fn warm_up_items(&self, items: u64) -> u64 {
+        self.warm_up.map_or(items, |cap| cap.min(items))
     }
 
     pub fn is_python(&self) -> bool {

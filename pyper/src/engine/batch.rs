@@ -279,12 +279,14 @@ pub(crate) fn should_hand_over<O>(buffer: &[O], max: usize, output: &Sender<O>) 
     buffer.len() >= max || (buffer.len().is_power_of_two() && output.looks_hungry())
 }
 
-/// Collects the outputs of an ordered stage's batch, to be released in order.
+/// Collects the outputs of one item of a process worker's batch, to be released in order.
+#[cfg(feature = "process")]
 pub(crate) struct Collect<'a, O> {
     pub(crate) items: Vec<O>,
     pub(crate) run: &'a RunState,
 }
 
+#[cfg(feature = "process")]
 impl<O> Emit<O> for Collect<'_, O> {
     fn emit(&mut self, item: O) -> Result<(), Stop> {
         if self.run.is_cancelled() {
