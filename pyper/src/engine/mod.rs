@@ -8,6 +8,8 @@
 pub(crate) mod batch;
 pub(crate) mod meter;
 pub(crate) mod queue;
+#[cfg(feature = "async")]
+pub(crate) mod reorder;
 pub(crate) mod run;
 #[cfg(feature = "async")]
 pub(crate) mod runtime;

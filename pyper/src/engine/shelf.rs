@@ -188,3 +188,74 @@ impl<I, O> Emit<O> for Gather<'_, I, O> {
         self.pace.after(asked);
     }
 }
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+    use crate::engine::queue::{queue, Refill};
+    use crate::engine::sync::Arc;
+
+    fn out_queued(hands: &Hands<u32, u32>, value: u32) {
+        hands.output().push_all(&mut vec![value]).unwrap();
+    }
+
+    /// Takes every item off `hands`, with its position.
+    fn drain(hands: &Hands<u32, u32>) -> Vec<(u64, u32)> {
+        let (mut none, mut ready) = (Vec::new(), Vec::new());
+        std::iter::from_fn(|| hands.next(&mut none, &mut ready)).collect()
+    }
+
+    #[test]
+    fn an_idle_worker_steals_the_back_half_of_a_busy_ones_batch_with_its_positions() {
+        let (tx, rx) = queue::<u32>(0);
+        let (out, _outputs) = queue::<u32>(0);
+        let rx2 = rx.clone();
+        let busy = Arc::new(Hands::new(out.clone(), 16));
+        let idle = Arc::new(Hands::new(out, 16));
+        let busy_shelf = rx.share_shelf(Arc::clone(&busy) as Arc<dyn Shelf<u32>>);
+        let idle_shelf = rx2.share_shelf(Arc::clone(&idle) as Arc<dyn Shelf<u32>>);
+        tx.push_all(&mut (10..18).collect()).unwrap();
+        let mut scratch = Vec::new();
+        // A fair share each: half of what is queued.
+        assert_eq!(rx.refill(&busy_shelf, &mut scratch, 8), Refill::Items);
+        assert_eq!(rx2.refill(&idle_shelf, &mut scratch, 8), Refill::Items);
+        assert_eq!(drain(&idle), [(4, 14), (5, 15)]);
+        for taken in [(6, 16), (7, 17)] {
+            assert_eq!(rx2.refill(&idle_shelf, &mut scratch, 8), Refill::Items);
+            assert_eq!(drain(&idle), [taken]);
+        }
+        // The queue is empty: the idle worker takes the back half of the busy one's items.
+        assert_eq!(rx2.refill(&idle_shelf, &mut scratch, 8), Refill::Items);
+        assert_eq!(drain(&idle), [(2, 12), (3, 13)]);
+        // Once the stream has ended, the last unstarted item is taken too, then it is over.
+        drop(tx);
+        assert_eq!(rx2.refill(&idle_shelf, &mut scratch, 8), Refill::Items);
+        assert_eq!(drain(&idle), [(1, 11)]);
+        assert_eq!(drain(&busy), [(0, 10)]);
+        assert_eq!(rx2.refill(&idle_shelf, &mut scratch, 8), Refill::Over);
+        assert_eq!(rx.refill(&busy_shelf, &mut scratch, 8), Refill::Over);
+    }
+
+    #[test]
+    fn a_worker_about_to_wait_hands_on_its_siblings_gathered_outputs() {
+        let (tx, rx) = queue::<u32>(0);
+        let (out, outputs) = queue::<u32>(0);
+        let rx2 = rx.clone();
+        let busy = Arc::new(Hands::new(out.clone(), 16));
+        let idle = Arc::new(Hands::new(out, 16));
+        let _busy_shelf = rx.share_shelf(Arc::clone(&busy) as Arc<dyn Shelf<u32>>);
+        let idle_shelf = rx2.share_shelf(Arc::clone(&idle) as Arc<dyn Shelf<u32>>);
+        // The consumer has an output queued, so the busy worker's next ones gather on
+        // its shelf; then it is stuck in a call.
+        out_queued(&busy, 0);
+        let (mut gathered, mut ready) = (vec![1, 2], Vec::new());
+        assert_eq!(busy.next(&mut gathered, &mut ready), None);
+        assert!(ready.is_empty());
+        // Its idle sibling finds nothing to do and, before it waits, hands them on.
+        drop(tx);
+        assert_eq!(rx2.refill(&idle_shelf, &mut Vec::new(), 8), Refill::Over);
+        let mut handed_on = Vec::new();
+        outputs.pop_batch(&mut handed_on, 8);
+        assert_eq!(handed_on, [0, 1, 2]);
+    }
+}

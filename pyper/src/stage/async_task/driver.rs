@@ -11,11 +11,9 @@
 //! Panics in the user's futures are caught per item, so the error names the item; the
 //! driver's own queue handles live outside the panic boundary, as in a thread.
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use futures_util::future::{select, Either};
@@ -25,9 +23,9 @@ use futures_util::{FutureExt, StreamExt};
 use crate::engine::batch::{Fault, Outlet, Stop};
 use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
-use crate::engine::sequencer::COLLECT_BOUND;
+use crate::engine::reorder::{Gate, Reorder};
+use crate::engine::sync::Arc;
 use crate::engine::sync::Instant;
-use crate::engine::sync::{self, Arc};
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::stage::async_task::AsyncFn;
@@ -76,7 +74,8 @@ pub(crate) async fn drive<I, O>(
                 outlet: Outlet::new(&output, &stage.run),
                 running: SelectAll::new(),
                 slots,
-                in_order: ordered.then(InOrder::new),
+                in_order: ordered.then(Reorder::new),
+                ready: Vec::new(),
                 meter: meter.clone(),
             };
             PollTimed::new(driver.run(&input), meter.clone()).await
@@ -136,22 +135,10 @@ struct Driver<'a, I, O> {
     running: SelectAll<BoxStream<'static, Event<O>>>,
     slots: usize,
     /// For an ordered stage: the outputs of items started and not yet released.
-    in_order: Option<InOrder<O>>,
+    in_order: Option<Reorder<O>>,
+    /// Outputs an ordered driver may release now.
+    ready: Vec<O>,
     meter: Option<Arc<WorkerMeter>>,
-}
-
-/// An ordered driver's reorder buffer: every item started and not yet released, by
-/// position. Items start in input order (an ordered stage has one driver). The oldest
-/// item is the head: its outputs stream on as they come. Every other item collects its
-/// outputs, [`COLLECT_BOUND`] at most, and is then paused until it is the head, so an
-/// endless fan-out streams in bounded memory, as in a thread stage.
-type InOrder<O> = BTreeMap<u64, Held<O>>;
-
-/// An item of an ordered driver that has not been released.
-struct Held<O> {
-    done: bool,
-    outputs: Vec<O>,
-    gate: Arc<Gate>,
 }
 
 impl<I, O> Driver<'_, I, O>
@@ -248,16 +235,7 @@ where
             meter.items_in.add(batch.len() as u64);
         }
         for (index, item) in (first..).zip(batch.drain(..)) {
-            let gate = self.in_order.as_mut().map(|in_order| {
-                let gate = Arc::new(Gate::default());
-                let held = Held {
-                    done: false,
-                    outputs: Vec::new(),
-                    gate: Arc::clone(&gate),
-                };
-                in_order.insert(index, held);
-                gate
-            });
+            let gate = self.in_order.as_mut().map(|in_order| in_order.start(index));
             // The body runs the user's function at once, before any future exists: a panic
             // there is this item's too.
             let outputs = match catch_unwind(AssertUnwindSafe(|| (self.body)(item))) {
@@ -287,29 +265,27 @@ where
     async fn handle(&mut self, event: Event<O>) -> Result<(), Halt> {
         let name = &self.stage.name;
         match event {
-            Event::Output(index, value) => match &mut self.in_order {
-                Some(in_order) => {
-                    let (&oldest, _) = in_order.first_key_value().expect("started");
-                    let held = in_order.get_mut(&index).expect("started");
-                    if index == oldest {
-                        emit(&mut self.outlet, value).await?;
-                    } else {
-                        held.outputs.push(value);
-                        if held.outputs.len() >= COLLECT_BOUND {
-                            held.gate.close();
-                        }
-                    }
+            Event::Output(index, value) => {
+                let value = match &mut self.in_order {
+                    Some(in_order) => in_order.output(index, value),
+                    None => Some(value),
+                };
+                if let Some(value) = value {
+                    emit(&mut self.outlet, value).await?;
                 }
-                None => emit(&mut self.outlet, value).await?,
-            },
+            }
             Event::Done(index, started) => {
                 if let Some(meter) = &self.meter {
                     meter.busy.add(started.elapsed().as_nanos() as u64);
                     meter.in_flight.set(self.running.len() as u64);
                 }
                 if let Some(in_order) = &mut self.in_order {
-                    in_order.get_mut(&index).expect("started").done = true;
-                    self.release_in_order().await?;
+                    let mut ready = std::mem::take(&mut self.ready);
+                    in_order.done(index, &mut ready);
+                    for value in ready.drain(..) {
+                        emit(&mut self.outlet, value).await?;
+                    }
+                    self.ready = ready;
                 }
             }
             Event::Failed(index, error) => {
@@ -318,25 +294,6 @@ where
             Event::Panicked(index, payload) => {
                 return Err(Halt::Failed(Error::panicked(name, Some(index), payload)));
             }
-        }
-        Ok(())
-    }
-
-    /// Releases the oldest items while they are done, then makes the oldest left the head:
-    /// its collected outputs leave, and it streams from then on.
-    async fn release_in_order(&mut self) -> Result<(), Halt> {
-        let Some(in_order) = &mut self.in_order else {
-            return Ok(());
-        };
-        while let Some(mut oldest) = in_order.first_entry() {
-            for value in std::mem::take(&mut oldest.get_mut().outputs) {
-                emit(&mut self.outlet, value).await?;
-            }
-            if !oldest.get().done {
-                oldest.get().gate.open();
-                break;
-            }
-            oldest.remove();
         }
         Ok(())
     }
@@ -383,28 +340,6 @@ async fn next_of<T, O>(
     Ok(outputs.next().await)
 }
 
-/// Pauses one item's outputs in an ordered driver: closed while the item has collected
-/// all it may and is not the head.
-#[derive(Default)]
-struct Gate {
-    closed: AtomicBool,
-    /// Who to wake when the gate opens: the driver's poll of the paused stream.
-    waker: std::sync::Mutex<Option<Waker>>,
-}
-
-impl Gate {
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    fn open(&self) {
-        self.closed.store(false, Ordering::Release);
-        if let Some(waker) = sync::lock_std(&self.waker).take() {
-            waker.wake();
-        }
-    }
-}
-
 /// An item's outputs behind its [`Gate`].
 struct Gated<S> {
     outputs: S,
@@ -416,12 +351,8 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.get_mut();
-        if this.gate.closed.load(Ordering::Acquire) {
-            *sync::lock_std(&this.gate.waker) = Some(cx.waker().clone());
-            // Opened meanwhile: its waker may have been taken before this one was set.
-            if this.gate.closed.load(Ordering::Acquire) {
-                return Poll::Pending;
-            }
+        if !this.gate.poll_open(cx) {
+            return Poll::Pending;
         }
         this.outputs.poll_next_unpin(cx)
     }
