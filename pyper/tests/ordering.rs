@@ -1,6 +1,8 @@
 //! Order: one worker per stage keeps the input order; `.ordered()` keeps it through
 //! multi-worker stages, with branch outputs grouped per input, with throttle(1), and with
-//! items finishing far out of order.
+//! items finishing far out of order. And what order must not cost: an ordered branch
+//! streams an endless fan-out within bounded memory, and an ordered stage keeps to its
+//! throttle.
 //!
 //! Random shapes come from a seeded xorshift, so every failure names a reproducible seed.
 //! Per-item pauses only shuffle completion order; no outcome depends on their length.
@@ -9,9 +11,10 @@ mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{jitter, mix, wait_until, with_timeout, XorShift};
-use pyper::{task, Pipeline, Upstream};
+use common::{jitter, mix, wait_until, with_timeout, Gate, XorShift};
+use pyper::{task, Output, Pipeline, Upstream};
 
 /// One stage of a random pipeline, and the same stage applied sequentially.
 #[derive(Clone, Copy, Debug)]
@@ -271,4 +274,249 @@ fn ordered_runs_are_independent_and_repeatable() {
         }
         assert!(a.next().is_none() && b.next().is_none());
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Order within bounded memory
+
+/// The most items a worker takes, or hands over, at once (see `Task::workers` and
+/// `Task::throttle`): the "one batch per worker" that a stage may hold beyond its throttle.
+const MAX_BATCH: u64 = 1024;
+
+/// How far into its fan-out an endless branch may get before the test calls it a runaway:
+/// far beyond any bounded buffer, and small enough that a stage which buffers the whole
+/// fan-out fails in a moment instead of eating the machine's memory.
+const RUNAWAY: u64 = 1_000_000;
+
+/// `start..`, endless, but it panics (failing the run, with a message) once it has produced
+/// [`RUNAWAY`] elements, and counts every element it produces in `produced`.
+fn endless_from(start: u64, produced: Arc<AtomicU64>) -> impl Iterator<Item = u64> {
+    (start..).inspect(move |x| {
+        produced.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            x - start < RUNAWAY,
+            "the fan-out of input {start} ran {RUNAWAY} elements ahead of its consumer: \
+             the stage buffers it whole"
+        );
+    })
+}
+
+/// The first three outputs of an ordered branch stage fed `[0, 1_000_000]`, each input
+/// fanning out to an endless iterator: `[0, 1, 2]`, from input 0, as soon as they are made.
+fn first_three(output: Output<u64>) -> Vec<u64> {
+    output
+        .take(3)
+        .map(|result| result.unwrap_or_else(|error| panic!("{error:#}")))
+        .collect()
+}
+
+#[test]
+fn an_ordered_branch_streams_an_endless_fan_out() {
+    // Each input's fan-out is endless: an ordered stage must hand on input 0's elements
+    // as they come (they are next in line), not wait for input 0 to finish.
+    let first = with_timeout(30, || {
+        let produced = Arc::new(AtomicU64::new(0));
+        let endless = task(move |start: u64| endless_from(start, Arc::clone(&produced)))
+            .branch()
+            .workers(2)
+            .ordered();
+        first_three(endless.feed([0, 1_000_000]))
+    });
+    assert_eq!(first, [0, 1, 2]);
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn an_ordered_async_branch_streams_an_endless_fan_out() {
+    let first = with_timeout(30, || {
+        let produced = Arc::new(AtomicU64::new(0));
+        let endless = pyper::async_task(move |start: u64| {
+            let elements = endless_from(start, Arc::clone(&produced));
+            async move { elements }
+        })
+        .branch()
+        .workers(2)
+        .ordered();
+        first_three(endless.feed([0, 1_000_000]))
+    });
+    assert_eq!(first, [0, 1, 2]);
+}
+
+#[test]
+fn an_ordered_branch_produces_a_bounded_lead_over_a_stalled_consumer() {
+    // Takes `TAKEN` outputs, then stops reading, and watches the elements produced: the
+    // stage may run ahead of its consumer by its throttle (in its queue, and once more in
+    // the output's hands) plus one batch per worker, as `Task::throttle` documents, and
+    // no further. One more batch of slack covers the in-flight elements. A stage that
+    // buffers the whole fan-out of input 1_000_000 while input 0's is endless, or that
+    // waits for input 0 to end before handing anything on, breaks the bound at once.
+    const THROTTLE: usize = 16;
+    const WORKERS: usize = 2;
+    const TAKEN: u64 = 100;
+    const BOUND: u64 = 2 * THROTTLE as u64 + WORKERS as u64 * MAX_BATCH + MAX_BATCH;
+    let (worst, took) = with_timeout(30, || {
+        let produced = Arc::new(AtomicU64::new(0));
+        let taken = Arc::new(AtomicU64::new(0));
+        let endless = task({
+            let produced = Arc::clone(&produced);
+            move |start: u64| endless_from(start, Arc::clone(&produced))
+        })
+        .branch()
+        .workers(WORKERS)
+        .throttle(THROTTLE)
+        .ordered();
+        let output = endless.feed([0, 1_000_000]);
+        let canceller = output.canceller();
+        let release = Arc::new(Gate::new());
+        let consumer = std::thread::spawn({
+            let (taken, release) = (Arc::clone(&taken), Arc::clone(&release));
+            move || {
+                let mut output = output;
+                for expected in 0..TAKEN {
+                    match output.next() {
+                        Some(Ok(value)) => assert_eq!(value, expected),
+                        // Cancelled by the sampler, which says why; or failed.
+                        Some(Err(error)) => return Err(format!("{error:#}")),
+                        None => return Err("the output ended".to_owned()),
+                    }
+                    taken.fetch_add(1, Ordering::SeqCst);
+                }
+                // Stalled: holds the output without reading until released.
+                release.wait();
+                Ok(())
+            }
+        });
+        // Samples the lead from the start of the run, and for a while once the consumer
+        // has stalled: a bounded stage stops producing, so the lead stops growing.
+        let mut worst = 0;
+        let mut samples_after_stall = 0;
+        while samples_after_stall < 300 {
+            if taken.load(Ordering::SeqCst) == TAKEN {
+                samples_after_stall += 1;
+            }
+            let lead = produced
+                .load(Ordering::SeqCst)
+                .saturating_sub(taken.load(Ordering::SeqCst));
+            worst = worst.max(lead);
+            if worst > BOUND || consumer.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        canceller.cancel();
+        release.open();
+        (worst, consumer.join().unwrap())
+    });
+    assert!(
+        worst <= BOUND,
+        "an ordered branch stage (throttle {THROTTLE}, {WORKERS} workers) produced {worst} or \
+         more elements beyond what its consumer took; the bound is {BOUND}"
+    );
+    assert_eq!(took, Ok(()), "the consumer took its {TAKEN} outputs");
+}
+
+/// Feeds an endless input through `fast`, whose function counts its calls in `entered`,
+/// and then through a stage that takes a millisecond per item, for `outputs` outputs.
+/// Returns the most items `fast` was ever called with beyond those the slow stage had
+/// finished, sampled after each output (and stops early once that exceeds `bound`).
+fn lead_over_a_slow_stage(
+    fast: Pipeline<u64, u64>,
+    entered: &AtomicU64,
+    outputs: u64,
+    bound: u64,
+) -> u64 {
+    let finished = Arc::new(AtomicU64::new(0));
+    let slow = task({
+        let finished = Arc::clone(&finished);
+        move |x: u64| {
+            std::thread::sleep(Duration::from_millis(1));
+            finished.fetch_add(1, Ordering::SeqCst);
+            x
+        }
+    });
+    let mut output = (fast | slow).feed(0..);
+    let mut worst = 0;
+    for _ in 0..outputs {
+        output.next().unwrap().unwrap();
+        let lead = entered
+            .load(Ordering::SeqCst)
+            .saturating_sub(finished.load(Ordering::SeqCst));
+        worst = worst.max(lead);
+        if worst > bound {
+            break;
+        }
+    }
+    worst
+}
+
+/// What a stage of `workers` with `throttle(throttle)` may run ahead of a slow stage after
+/// it: its throttle, one batch per worker (as `Task::throttle` documents), and a batch of
+/// slack for the items in the slow stage's hands and in flight.
+fn throttle_bound(throttle: u64, workers: u64) -> u64 {
+    throttle + workers * MAX_BATCH + MAX_BATCH
+}
+
+/// A thread stage whose function counts its calls in `entered`.
+fn counted(entered: &Arc<AtomicU64>) -> pyper::Task<u64, u64> {
+    let entered = Arc::clone(entered);
+    task(move |x: u64| {
+        entered.fetch_add(1, Ordering::SeqCst);
+        x
+    })
+}
+
+#[test]
+fn an_ordered_stage_keeps_to_its_throttle() {
+    const OUTPUTS: u64 = 1_000;
+    let bound = throttle_bound(2, 4);
+    let (unordered, ordered) = with_timeout(30, move || {
+        let entered = Arc::new(AtomicU64::new(0));
+        let fast = counted(&entered).workers(4).throttle(2);
+        let unordered = lead_over_a_slow_stage(fast.into(), &entered, OUTPUTS, bound);
+        let entered = Arc::new(AtomicU64::new(0));
+        let fast = counted(&entered).workers(4).throttle(2).ordered();
+        let ordered = lead_over_a_slow_stage(fast.into(), &entered, OUTPUTS, bound);
+        (unordered, ordered)
+    });
+    assert!(
+        unordered <= bound,
+        "workers(4).throttle(2) ran {unordered} items ahead (bound {bound})"
+    );
+    assert!(
+        ordered <= bound,
+        "workers(4).throttle(2).ordered() ran {ordered} or more items ahead of the slow \
+         stage after it (bound {bound}; without ordered(): {unordered})"
+    );
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn an_ordered_async_stage_keeps_to_its_throttle() {
+    const OUTPUTS: u64 = 1_000;
+    let bound = throttle_bound(2, 4);
+    let counted_async = |entered: &Arc<AtomicU64>| {
+        let entered = Arc::clone(entered);
+        pyper::async_task(move |x: u64| {
+            entered.fetch_add(1, Ordering::SeqCst);
+            async move { x }
+        })
+    };
+    let (unordered, ordered) = with_timeout(30, move || {
+        let entered = Arc::new(AtomicU64::new(0));
+        let fast = counted_async(&entered).workers(4).throttle(2);
+        let unordered = lead_over_a_slow_stage(fast.into(), &entered, OUTPUTS, bound);
+        let entered = Arc::new(AtomicU64::new(0));
+        let fast = counted_async(&entered).workers(4).throttle(2).ordered();
+        let ordered = lead_over_a_slow_stage(fast.into(), &entered, OUTPUTS, bound);
+        (unordered, ordered)
+    });
+    assert!(
+        unordered <= bound,
+        "async workers(4).throttle(2) ran {unordered} items ahead (bound {bound})"
+    );
+    assert!(
+        ordered <= bound,
+        "async workers(4).throttle(2).ordered() ran {ordered} or more items ahead of the \
+         slow stage after it (bound {bound}; without ordered(): {unordered})"
+    );
 }

@@ -91,29 +91,29 @@ const QUICK_STREAK: u32 = 64;
 
 /// Tells quick iterators from slow ones. Only the iterator's own `next` is timed, never
 /// the hand-overs, and a quick iterator only once per [`QUICK_STREAK`] elements.
-struct Pace {
+pub(crate) struct Pace {
     quick_streak: u32,
     asked: u32,
 }
 
 impl Pace {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Pace {
             quick_streak: 0,
             asked: 0,
         }
     }
 
-    fn slow(&self) -> bool {
+    pub(crate) fn slow(&self) -> bool {
         self.quick_streak < QUICK_STREAK
     }
 
-    fn before(&mut self) -> Option<Instant> {
+    pub(crate) fn before(&mut self) -> Option<Instant> {
         self.asked = self.asked.wrapping_add(1);
         (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
     }
 
-    fn after(&mut self, asked: Option<Instant>) {
+    pub(crate) fn after(&mut self, asked: Option<Instant>) {
         if let Some(asked) = asked {
             self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
                 true => self.quick_streak.saturating_add(1),
@@ -130,34 +130,49 @@ impl Pace {
 /// not held back behind a long batch, and they spread over every worker of the stage.
 pub(crate) struct BatchLimit {
     limit: usize,
+    /// How long one batch should take.
+    target: Duration,
 }
 
 impl BatchLimit {
+    /// A thread worker's limit: batches of about [`BATCH_TIME`].
     pub(crate) fn new() -> Self {
-        BatchLimit { limit: 1 }
+        Self::with_target(BATCH_TIME)
+    }
+
+    /// A limit aiming at batches of `target` (a process worker aims higher, as a batch
+    /// costs it a round trip).
+    pub(crate) fn with_target(target: Duration) -> Self {
+        BatchLimit { limit: 1, target }
     }
 
     pub(crate) fn get(&self) -> usize {
         self.limit
     }
 
+    /// Sizes the next batch from the last: `count` items that took `took`.
     pub(crate) fn adapt(&mut self, took: Duration, count: usize) {
         let per_item = took / count.max(1) as u32;
-        let fits = (BATCH_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
+        let fits = (self.target.as_nanos() / per_item.as_nanos().max(1)) as usize;
         // Grow gently, so that one fast item cannot make a worker hoard a slow stream.
         self.limit = fits.clamp(1, MAX_BATCH).min(self.limit * 2);
     }
 }
 
-/// A worker's output buffer: outputs leave in batches, and at once when downstream is
-/// idle, so a quiet pipeline keeps its latency while a busy one moves items in bulk.
+/// A worker's output buffer, for every kind of worker: outputs leave in batches, and at
+/// once when downstream is idle, so a quiet pipeline keeps its latency while a busy one
+/// moves items in bulk. Thread workers hand over with [`flush`](Outlet::flush), async
+/// drivers with `flush_async`; both decide when with [`add`](Outlet::add).
 pub(crate) struct Outlet<'a, O> {
     pub(crate) output: &'a Sender<O>,
     pub(crate) run: &'a RunState,
-    pub(crate) buffer: Vec<O>,
-    pub(crate) max: usize,
+    buffer: Vec<O>,
+    max: usize,
     /// How quickly the iterators this worker drives produce their elements.
     pace: Pace,
+    /// Whether hand-overs may leave a lone consumer parked until a batch's worth is
+    /// queued (see `Sender::push_all_lazy`).
+    lazy: bool,
 }
 
 impl<'a, O> Outlet<'a, O> {
@@ -168,14 +183,59 @@ impl<'a, O> Outlet<'a, O> {
             buffer: Vec::new(),
             max: hand_over_size(output),
             pace: Pace::new(),
+            lazy: false,
         }
+    }
+
+    /// An outlet whose hand-overs are lazy: for a worker that announces before it waits
+    /// for input or for a turn ([`announce`](Outlet::announce)).
+    pub(crate) fn lazy(mut self) -> Self {
+        self.lazy = true;
+        self
+    }
+
+    /// Wakes a consumer for outputs handed over lazily.
+    pub(crate) fn announce(&self) {
+        self.output.announce();
+    }
+
+    /// Gathers an output; returns whether the gathered outputs should be handed over now.
+    #[inline]
+    pub(crate) fn add(&mut self, item: O) -> Result<bool, Stop> {
+        if self.run.is_cancelled() {
+            return Err(Stop);
+        }
+        self.buffer.push(item);
+        Ok(should_hand_over(&self.buffer, self.max, self.output))
     }
 
     pub(crate) fn flush(&mut self) -> Result<(), Stop> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.output.push_all(&mut self.buffer).map_err(|_| Stop)
+        let pushed = match self.lazy {
+            true => self.output.push_all_lazy(&mut self.buffer),
+            false => self.output.push_all(&mut self.buffer),
+        };
+        pushed.map_err(|_| Stop)
+    }
+
+    /// [`flush`](Outlet::flush) for async workers: waits for room without blocking.
+    #[cfg(feature = "async")]
+    pub(crate) async fn flush_async(&mut self) -> Result<(), Stop> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.output
+            .push_all_async(&mut self.buffer)
+            .await
+            .map_err(|_| Stop)
+    }
+
+    /// Times the next element of a user's iterator, if it is due for timing, without
+    /// handing anything over (for outputs that are not this worker's to hand over yet).
+    pub(crate) fn pace_before(&mut self) -> Option<Instant> {
+        self.pace.before()
     }
 }
 
@@ -183,6 +243,8 @@ impl<O> Emit<O> for Outlet<'_, O> {
     fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
         if may_block || self.pace.slow() {
             self.flush()?;
+            // The next element may be long in coming.
+            self.announce();
         }
         Ok(self.pace.before())
     }
@@ -192,11 +254,7 @@ impl<O> Emit<O> for Outlet<'_, O> {
     }
 
     fn emit(&mut self, item: O) -> Result<(), Stop> {
-        if self.run.is_cancelled() {
-            return Err(Stop);
-        }
-        self.buffer.push(item);
-        if should_hand_over(&self.buffer, self.max, self.output) {
+        if self.add(item)? {
             self.flush()
         } else {
             Ok(())
@@ -223,12 +281,14 @@ pub(crate) fn should_hand_over<O>(buffer: &[O], max: usize, output: &Sender<O>) 
     buffer.len() >= max || (buffer.len().is_power_of_two() && output.looks_hungry())
 }
 
-/// Collects the outputs of an ordered stage's batch, to be released in order.
+/// Collects the outputs of one item of a process worker's batch, to be released in order.
+#[cfg(feature = "process")]
 pub(crate) struct Collect<'a, O> {
     pub(crate) items: Vec<O>,
     pub(crate) run: &'a RunState,
 }
 
+#[cfg(feature = "process")]
 impl<O> Emit<O> for Collect<'_, O> {
     fn emit(&mut self, item: O) -> Result<(), Stop> {
         if self.run.is_cancelled() {

@@ -12,10 +12,13 @@ pub(crate) mod blocked;
 pub(crate) mod capacity;
 pub(crate) mod meter;
 pub(crate) mod queue;
+#[cfg(feature = "async")]
+pub(crate) mod reorder;
 pub(crate) mod run;
 #[cfg(feature = "async")]
 pub(crate) mod runtime;
 pub(crate) mod sequencer;
+pub(crate) mod shelf;
 pub(crate) mod source;
 pub(crate) mod sync;
 pub(crate) mod upstream;

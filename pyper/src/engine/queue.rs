@@ -30,7 +30,12 @@ use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
 use crate::engine::run::discard_or_resume;
-use crate::engine::sync::{self, Arc, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::engine::shelf::Shelf;
+#[cfg(feature = "async")]
+use crate::engine::sync::Instant;
+use crate::engine::sync::{
+    self, Arc, AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+};
 
 struct State<T> {
     items: VecDeque<T>,
@@ -45,7 +50,21 @@ struct State<T> {
     async_receivers: Sleepers,
     #[cfg(feature = "async")]
     async_senders: usize,
+    /// The shelves of the workers reading this queue, for work stealing.
+    shelves: Vec<Arc<dyn Shelf<T>>>,
+    /// How many items the last receiver to wait asked for: its batch's worth.
+    want: usize,
+    /// Whether producers have pushed lazily lately: the receiver then waits with a
+    /// [`HOLD`] timeout, so items may be held for it (see [`Sender::push_all_lazy`]).
+    lazy: bool,
+    /// How many parked receivers wait with that timeout.
+    timed_receivers: usize,
 }
+
+/// How long items pushed lazily may wait for a parked receiver before it wakes for them all
+/// the same (see [`Sender::push_all_lazy`]): the most latency that waking a consumer a
+/// batch at a time adds to a busy pipeline, and how often such a consumer wakes.
+const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
 ///
@@ -88,9 +107,10 @@ impl Sleepers {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// A copy of `items.len()`, readable without the lock. On a cache line of its own, so
-    /// that producers reading it do not contend with every lock of the state.
-    len: CacheLine<AtomicUsize>,
+    /// A copy of `items.len()`, and whether a parked receiver holds off, readable without
+    /// the lock. On a cache line of its own, so that producers reading it do not contend
+    /// with every lock of the state.
+    gauge: CacheLine<Gauge>,
     capacity: usize,
     not_empty: Condvar,
     not_full: Condvar,
@@ -98,6 +118,14 @@ struct Shared<T> {
     readable: tokio::sync::Notify,
     #[cfg(feature = "async")]
     writable: tokio::sync::Notify,
+}
+
+/// What producers read without the lock.
+#[derive(Default)]
+struct Gauge {
+    len: AtomicUsize,
+    /// Items wait for a parked receiver that was not woken for them yet.
+    held: AtomicBool,
 }
 
 /// A value alone on its cache line (128 bytes covers the adjacent-line prefetcher too).
@@ -127,8 +155,12 @@ pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             async_receivers: Sleepers::default(),
             #[cfg(feature = "async")]
             async_senders: 0,
+            shelves: Vec::new(),
+            want: 1,
+            lazy: false,
+            timed_receivers: 0,
         }),
-        len: CacheLine(AtomicUsize::new(0)),
+        gauge: CacheLine(Gauge::default()),
         capacity: if capacity == 0 { usize::MAX } else { capacity },
         not_empty: Condvar::new(),
         not_full: Condvar::new(),
@@ -197,8 +229,10 @@ enum Popped {
 }
 
 impl<T> Shared<T> {
-    /// Moves as much of `batch` as fits, and wakes as many consumers as items arrived.
-    fn try_push(&self, state: &mut State<T>, batch: &mut Vec<T>) -> Pushed {
+    /// Moves as much of `batch` as fits, and wakes as many consumers as items arrived;
+    /// when `lazy`, a lone consumer only once its batch's worth is there (see
+    /// [`Sender::push_all_lazy`]).
+    fn try_push(&self, state: &mut State<T>, batch: &mut Vec<T>, lazy: bool) -> Pushed {
         if state.closed || state.receivers == 0 {
             return Pushed::Disconnected;
         }
@@ -208,18 +242,50 @@ impl<T> Shared<T> {
         }
         let n = room.min(batch.len());
         state.items.extend(batch.drain(..n));
-        self.len.store(state.items.len(), Ordering::Relaxed);
+        self.gauge.len.store(state.items.len(), Ordering::Relaxed);
+        if !(lazy && self.may_hold(state)) {
+            self.wake_receivers(state, n);
+        }
+        if batch.is_empty() {
+            Pushed::All
+        } else {
+            Pushed::Full
+        }
+    }
+
+    /// Whether the items queued may wait for a batch's worth before the receiver is woken:
+    /// it is the only receiver (no sibling could take them), the queue is below both its
+    /// receiver's batch and its bound (a full queue always wakes it), and none has waited
+    /// [`HOLD`] yet.
+    fn may_hold(&self, state: &mut State<T>) -> bool {
+        if cfg!(feature = "shuttle") {
+            // Shuttle's timed waits never time out: holding is not modelled.
+            return false;
+        }
+        state.lazy = true;
+        let lone = state.receivers == 1 && state.parked_receivers.parked == 1;
+        #[cfg(feature = "async")]
+        let lone = lone && state.async_receivers.parked == 0;
+        // A receiver in an untimed wait is woken: it waits with the timeout from now on.
+        if !lone || state.timed_receivers == 0 {
+            return false;
+        }
+        if state.items.len() >= state.want.min(self.capacity) {
+            return false;
+        }
+        self.gauge.held.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Wakes as many parked receivers as `n` items need.
+    fn wake_receivers(&self, state: &mut State<T>, n: usize) {
+        self.gauge.held.store(false, Ordering::Relaxed);
         for _ in 0..state.parked_receivers.wake_for(n) {
             self.not_empty.notify_one();
         }
         #[cfg(feature = "async")]
         for _ in 0..state.async_receivers.wake_for(n) {
             self.readable.notify_one();
-        }
-        if batch.is_empty() {
-            Pushed::All
-        } else {
-            Pushed::Full
         }
     }
 
@@ -240,9 +306,10 @@ impl<T> Shared<T> {
         let fair_share = state.items.len().div_ceil(state.receivers.max(1));
         let n = max.clamp(1, fair_share);
         out.extend(state.items.drain(..n));
+        self.gauge.held.store(false, Ordering::Relaxed);
         let first = state.popped;
         state.popped += n as u64;
-        self.len.store(state.items.len(), Ordering::Relaxed);
+        self.gauge.len.store(state.items.len(), Ordering::Relaxed);
         if state.parked_senders > 0 {
             self.not_full.notify_all();
         }
@@ -278,21 +345,52 @@ impl<T> Sender<T> {
         self.shared.capacity
     }
 
-    /// Whether the consumer has nothing queued, so an item handed over now is taken at once.
+    /// Whether the consumer has nothing queued, so an item handed over now is taken at
+    /// once, or waits, parked, for items held back from it: either way, it wants more.
     #[inline]
     pub(crate) fn looks_hungry(&self) -> bool {
-        self.shared.len.load(Ordering::Relaxed) == 0
+        let gauge = &self.shared.gauge;
+        gauge.len.load(Ordering::Relaxed) == 0 || gauge.held.load(Ordering::Relaxed)
+    }
+
+    /// [`push_all`](Sender::push_all) for a producer that will push again soon: a lone
+    /// parked consumer is not woken before a batch's worth (its last request) is queued or
+    /// the queue is full, so a fast consumer behind a slow stage wakes once per batch
+    /// rather than once per item.
+    ///
+    /// Items are only held for a consumer that waits with a [`HOLD`] timeout, which bounds
+    /// how long they wait whatever the producers do (a consumer in an untimed wait is woken,
+    /// and times its waits from then on, until one times out with nothing queued). A
+    /// producer should still [`announce`](Sender::announce) before it waits for input, so
+    /// a quiet pipeline's last outputs do not wait even that long.
+    pub(crate) fn push_all_lazy(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
+        self.push(batch, true)
+    }
+
+    /// Wakes a parked consumer for the items held back from it, if any.
+    pub(crate) fn announce(&self) {
+        if !self.shared.gauge.held.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut state = sync::lock(&self.shared.state);
+        if !state.items.is_empty() {
+            self.shared.wake_receivers(&mut state, 1);
+        }
     }
 
     /// Appends every item of `batch`, leaving it empty, waiting for room as often as the
     /// bound requires. Never waits for room for the whole batch at once, so a batch larger
     /// than the free space cannot deadlock.
     pub(crate) fn push_all(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
+        self.push(batch, false)
+    }
+
+    fn push(&self, batch: &mut Vec<T>, lazy: bool) -> Result<(), Disconnected> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
         let mut offered = batch.len();
         loop {
-            match shared.try_push(&mut state, batch) {
+            match shared.try_push(&mut state, batch, lazy) {
                 Pushed::All => {
                     if let Some(meter) = &self.meter {
                         meter.items_out.add(offered as u64);
@@ -330,26 +428,42 @@ impl<T> Sender<T> {
     #[cfg(feature = "async")]
     pub(crate) async fn push_all_async(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
         let shared = &*self.shared;
-        loop {
+        let offered = batch.len() as u64;
+        let mut waited = None;
+        let pushed = loop {
             let writable = shared.writable.notified();
             tokio::pin!(writable);
             // Registered before the check, so a wake-up between the two is not lost.
             writable.as_mut().enable();
             let _waiting = {
                 let mut state = sync::lock(&shared.state);
-                match shared.try_push(&mut state, batch) {
-                    Pushed::All => return Ok(()),
+                match shared.try_push(&mut state, batch, false) {
+                    Pushed::All => break Ok(()),
                     Pushed::Disconnected => {
                         // User values may run arbitrary code on drop: never under the lock.
                         drop(state);
                         discard_or_resume(batch.drain(..));
-                        return Err(Disconnected);
+                        break Err(Disconnected);
                     }
                     Pushed::Full => AsyncWaiter::new(shared, &mut state, Side::Send),
                 }
             };
+            if self.meter.is_some() && waited.is_none() {
+                waited = Some(Instant::now());
+            }
             writable.await;
+        };
+        if let Some(meter) = &self.meter {
+            // An async driver's slots share one meter: its waits are added, not tracked
+            // as the worker's activity.
+            if let Some(since) = waited {
+                meter.blocked.add(since.elapsed().as_nanos() as u64);
+            }
+            if pushed.is_ok() {
+                meter.items_out.add(offered);
+            }
         }
+        pushed
     }
 
     pub(crate) fn closer(&self) -> Closer<T> {
@@ -380,7 +494,7 @@ impl<T> Receiver<T> {
         Box::new(move || {
             shared
                 .upgrade()
-                .map_or(0, |shared| shared.len.load(Ordering::Relaxed))
+                .map_or(0, |shared| shared.gauge.len.load(Ordering::Relaxed))
         })
     }
 
@@ -395,20 +509,133 @@ impl<T> Receiver<T> {
             match shared.try_pop(&mut state, out, max) {
                 Popped::Items(first) => return Some(first),
                 Popped::Over => return None,
-                Popped::Empty => {
-                    state.parked_receivers.park();
-                    let since = self
-                        .meter
-                        .as_ref()
-                        .and_then(|m| m.wait_begins(Activity::Starved));
-                    state = sync::wait(&shared.not_empty, state);
-                    if let Some(meter) = &self.meter {
-                        match since {
-                            Some(since) => meter.wait_ends(Activity::Starved, since),
-                            None => meter.wait_ends_untimed(),
-                        }
+                Popped::Empty => state = self.park(state, max),
+            }
+        }
+    }
+
+    /// Waits for a push (or the end), charging the wait to the meter as starved.
+    fn park<'a>(
+        &self,
+        mut state: MutexGuard<'a, State<T>>,
+        want: usize,
+    ) -> MutexGuard<'a, State<T>> {
+        state.want = want.max(1);
+        state.parked_receivers.park();
+        let since = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.wait_begins(Activity::Starved));
+        if state.lazy {
+            state.timed_receivers += 1;
+            let timed_out;
+            (state, timed_out) = sync::wait_timeout(&self.shared.not_empty, state, HOLD);
+            state.timed_receivers -= 1;
+            if timed_out && state.items.is_empty() {
+                // Nothing came meanwhile: the producers are idle, wait without a timeout.
+                state.lazy = false;
+            }
+        } else {
+            state = sync::wait(&self.shared.not_empty, state);
+        }
+        if let Some(meter) = &self.meter {
+            match since {
+                Some(since) => meter.wait_ends(Activity::Starved, since),
+                None => meter.wait_ends_untimed(),
+            }
+        }
+        state.parked_receivers.unpark();
+        state
+    }
+
+    /// Makes `shelf` (a worker's batch in hand) reachable by the queue's other readers.
+    /// The returned guard takes it back when dropped.
+    pub(crate) fn share_shelf(&self, shelf: Arc<dyn Shelf<T>>) -> SharedShelf<T> {
+        sync::lock(&self.shared.state)
+            .shelves
+            .push(Arc::clone(&shelf));
+        SharedShelf {
+            shared: Arc::clone(&self.shared),
+            shelf,
+        }
+    }
+
+    /// Fills an empty shelf: with up to `max` ready items, or else with the back half of a
+    /// sibling's unstarted items. Before it waits for input, it hands on the outputs
+    /// gathered on every shelf (its own included), so none waits behind an idle worker.
+    ///
+    /// Returns [`Refill::Over`] once the stream has ended, or the queue was closed, and no
+    /// sibling holds unstarted items.
+    pub(crate) fn refill(&self, mine: &SharedShelf<T>, scratch: &mut Vec<T>, max: usize) -> Refill {
+        let shared = &*self.shared;
+        let mut state = sync::lock(&shared.state);
+        let mut handed_on = false;
+        let mut items = Vec::new();
+        loop {
+            if state.closed {
+                return Refill::Over;
+            }
+            match shared.try_pop(&mut state, scratch, max) {
+                Popped::Items(first) => {
+                    items.extend((first..).zip(scratch.drain(..)));
+                    mine.shelf.deposit(&mut items);
+                    return Refill::Items;
+                }
+                Popped::Empty | Popped::Over => {}
+            }
+            // Under the queue's lock, so that no push can slip between this look and the
+            // wait below (see `crate::engine::shelf`).
+            for shelf in &state.shelves {
+                if !std::ptr::addr_eq(Arc::as_ptr(shelf), Arc::as_ptr(&mine.shelf)) {
+                    shelf.steal(&mut items, max);
+                    if !items.is_empty() {
+                        mine.shelf.deposit(&mut items);
+                        return Refill::Items;
                     }
-                    state.parked_receivers.unpark();
+                }
+            }
+            if !handed_on {
+                let shelves = state.shelves.clone();
+                drop(state);
+                for shelf in shelves {
+                    shelf.hand_on();
+                }
+                handed_on = true;
+                state = sync::lock(&shared.state);
+                continue;
+            }
+            if state.senders == 0 {
+                return Refill::Over;
+            }
+            state = self.park(state, max);
+            handed_on = false;
+        }
+    }
+
+    /// [`pop_batch`](Receiver::pop_batch), calling `before_wait` (outside the lock) before
+    /// it waits: a producer that pushes lazily announces its outputs there.
+    pub(crate) fn pop_batch_then(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        mut before_wait: impl FnMut(),
+    ) -> Option<u64> {
+        let shared = &*self.shared;
+        let mut state = sync::lock(&shared.state);
+        let mut announced = false;
+        loop {
+            match shared.try_pop(&mut state, out, max) {
+                Popped::Items(first) => return Some(first),
+                Popped::Over => return None,
+                Popped::Empty if !announced => {
+                    drop(state);
+                    before_wait();
+                    announced = true;
+                    state = sync::lock(&shared.state);
+                }
+                Popped::Empty => {
+                    state = self.park(state, max);
+                    announced = false;
                 }
             }
         }
@@ -429,7 +656,10 @@ impl<T> Receiver<T> {
                 match shared.try_pop(&mut state, out, max) {
                     Popped::Items(first) => return Some(first),
                     Popped::Over => return None,
-                    Popped::Empty => AsyncWaiter::new(shared, &mut state, Side::Receive),
+                    Popped::Empty => {
+                        state.want = max.max(1);
+                        AsyncWaiter::new(shared, &mut state, Side::Receive)
+                    }
                 }
             };
             readable.await;
@@ -484,12 +714,43 @@ impl<T: Send> Close for Closer<T> {
         let dropped = {
             let mut state = sync::lock(&self.shared.state);
             state.closed = true;
-            self.shared.len.store(0, Ordering::Relaxed);
+            self.shared.gauge.len.store(0, Ordering::Relaxed);
             self.shared.wake_everyone();
             std::mem::take(&mut state.items)
         };
         // User values may run arbitrary code on drop: never under the lock.
         discard_or_resume(dropped);
+    }
+}
+
+/// What [`Receiver::refill`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refill {
+    /// The shelf has items.
+    Items,
+    /// The stream has ended or the queue was closed, and no sibling holds unstarted items.
+    Over,
+}
+
+/// A worker's shelf while it is reachable from the queue; dropping it takes it back.
+pub(crate) struct SharedShelf<T> {
+    shared: Arc<Shared<T>>,
+    shelf: Arc<dyn Shelf<T>>,
+}
+
+impl<T> Drop for SharedShelf<T> {
+    fn drop(&mut self) {
+        let mine = Arc::as_ptr(&self.shelf);
+        let removed = {
+            let mut state = sync::lock(&self.shared.state);
+            let at = state
+                .shelves
+                .iter()
+                .position(|shelf| std::ptr::addr_eq(Arc::as_ptr(shelf), mine));
+            at.map(|at| state.shelves.swap_remove(at))
+        };
+        // May hold the last handle of the worker's output: never dropped under the lock.
+        drop(removed);
     }
 }
 
@@ -531,7 +792,7 @@ impl<T> Drop for Receiver<T> {
             if state.receivers > 0 {
                 return;
             }
-            self.shared.len.store(0, Ordering::Relaxed);
+            self.shared.gauge.len.store(0, Ordering::Relaxed);
             self.shared.wake_everyone();
             std::mem::take(&mut state.items)
         };
@@ -562,7 +823,7 @@ mod tests {
         let producer = std::thread::spawn(move || tx.push_all(&mut (0..100).collect()));
         let mut out = Vec::new();
         while rx.pop_batch(&mut out, 64).is_some() {
-            assert!(rx.shared.len.load(Ordering::Relaxed) <= 2);
+            assert!(rx.shared.gauge.len.load(Ordering::Relaxed) <= 2);
         }
         assert_eq!(producer.join().unwrap(), Ok(()));
         assert_eq!(out, (0..100).collect::<Vec<_>>());

@@ -393,7 +393,7 @@ pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error
         }
         // Worker exits and the cancel are signalled; entering a user iterator is not.
         drop(match stopped {
-            true => sync::wait_timeout(&run.change, changed, RECHECK),
+            true => sync::wait_timeout(&run.change, changed, RECHECK).0,
             false => sync::wait(&run.change, changed),
         });
     }

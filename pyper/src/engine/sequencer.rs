@@ -1,133 +1,345 @@
-//! Ordered stages: outputs leave in the order their inputs arrived, through a bounded
-//! reorder buffer.
+//! Ordered stages: outputs leave in the order their inputs arrived, and a stage keeps the
+//! same bounds as an unordered one.
 //!
-//! Every batch a worker takes is a contiguous range of the stage's input positions (the
-//! queue numbers them under its lock). A worker processes its range, then hands the
-//! range's outputs to the sequencer. Ranges wait in the buffer until every earlier range
-//! has been handed in. One worker at a time, the *pusher*, takes every range that is next
-//! in line and pushes it downstream, outside the lock, so that a full queue never blocks
-//! the others from handing in; ranges handed in meanwhile are picked up by the pusher
-//! before it lets go.
+//! The queue numbers a stage's inputs (their *positions*), and each worker processes
+//! *runs*: positions one after the other, as it took them. The stage has one *turn*: the
+//! worker whose run starts at the first position not yet released is the *head*, and it
+//! streams its outputs straight downstream as it makes them, through its ordinary
+//! [`Outlet`]. Every other worker collects its run's outputs and, when the run ends, hands
+//! it in; whoever passes the turn on releases the handed-in runs that come next, so a
+//! worker waiting for input never holds anything up.
 //!
-//! A worker may only *start* a range that begins within `window` positions of the next one
-//! in line, which bounds the buffer. The worker that holds the next range never waits, so
-//! the stage always makes progress. (Ordered async stages need none of
-//! this: they have one driver, which keeps its own reorder buffer; see `async_worker`.)
+//! Two bounds keep memory flat however the stage is used:
+//!
+//! * a run that is not the head collects at most [`COLLECT_BOUND`] outputs, then its worker
+//!   waits for the turn (as blocked time) and streams from then on: an endless `branch`
+//!   fan-out behind `ordered()` flows in bounded memory;
+//! * a worker takes new input only while what it handed in and is still unreleased
+//!   weighs less than [`MAX_BATCH`] (a run weighs its items or its outputs, whichever is
+//!   more): a stage runs ahead of a slow consumer by its throttle plus about one batch
+//!   per worker, as an unordered one does.
+//!
+//! No cycle of waits: a worker waits for the turn only for positions before its current
+//! run, while everything it holds unstarted comes after it; and a worker waiting for room
+//! holds nothing in hand, since all it handed in can be released by others.
+//!
+//! [`InOrder`] is a worker's side of all this, one type for every kind of stage that runs
+//! items on threads (thread workers, process supervisors).
 
 use std::collections::BTreeMap;
 
-use crate::engine::batch::Stop;
-use crate::engine::queue::Close;
+use crate::engine::batch::{Emit, Outlet, Stop, MAX_BATCH};
+use crate::engine::meter::{Activity, WorkerMeter};
+use crate::engine::queue::{Close, Sender};
 use crate::engine::run::discard_or_resume;
-use crate::engine::sync::{self, Condvar, Mutex};
+use crate::engine::sync::{self, Arc, AtomicU64, Condvar, Instant, Mutex, Ordering};
 
-struct Order<O> {
-    /// The first input position whose outputs have not been taken for pushing.
-    next: u64,
-    /// Ranges handed in and waiting: first position → (length, outputs).
-    done: BTreeMap<u64, (u64, Vec<O>)>,
-    /// Whether a worker is pushing: outputs must then wait for it, to keep the order.
-    pushing: bool,
-    /// Set on cancel, or when downstream refused an item: every worker must stop.
-    stopped: bool,
+/// The most outputs a run that is not the head collects before its worker waits for the
+/// turn: a batch's worth.
+pub(crate) const COLLECT_BOUND: usize = MAX_BATCH;
+
+/// Marks a stopped sequencer in `next`: no run starts there.
+const STOPPED: u64 = u64::MAX;
+
+/// The turn of one ordered stage, and the runs handed in that wait for it.
+pub(crate) struct Sequencer<O> {
+    /// The first position whose outputs have not all been released: the head's run starts
+    /// here. [`STOPPED`] once the stage must stop. Written under `done`'s lock, read
+    /// without it.
+    next: AtomicU64,
+    /// Runs handed in and not released yet, by first position.
+    done: Mutex<BTreeMap<u64, Done<O>>>,
+    /// Signalled whenever `next` moves (a turn, room freed) or the stage stops.
+    advanced: Condvar,
 }
 
-pub(crate) struct Sequencer<O> {
-    order: Mutex<Order<O>>,
-    advanced: Condvar,
-    window: u64,
+/// A run handed in.
+struct Done<O> {
+    end: u64,
+    outputs: Vec<O>,
+    /// What it weighs, and the owner's count to take it off when it is released.
+    weight: u64,
+    owner: Arc<AtomicU64>,
 }
 
 impl<O> Sequencer<O> {
-    pub(crate) fn new(window: u64) -> Self {
+    pub(crate) fn new() -> Self {
         Sequencer {
-            order: Mutex::new(Order {
-                next: 0,
-                done: BTreeMap::new(),
-                pushing: false,
-                stopped: false,
-            }),
+            next: AtomicU64::new(0),
+            done: Mutex::new(BTreeMap::new()),
             advanced: Condvar::new(),
-            window,
         }
     }
 
-    /// Whether a range starting at `first` may be processed now.
-    fn may_start(&self, order: &Order<O>, first: u64) -> Result<bool, Stop> {
-        if order.stopped {
+    /// Whether a run starting at `first` holds the turn. Lock-free: a worker asks it for
+    /// every output it collects.
+    #[inline]
+    fn is_next(&self, first: u64) -> bool {
+        self.next.load(Ordering::Acquire) == first
+    }
+
+    /// Waits until `ready` holds (read under the lock) or the stage stops.
+    fn wait_until(&self, mut ready: impl FnMut() -> bool) -> Result<(), Stop> {
+        let mut done = sync::lock(&self.done);
+        loop {
+            if self.next.load(Ordering::Acquire) == STOPPED {
+                return Err(Stop);
+            }
+            if ready() {
+                return Ok(());
+            }
+            done = sync::wait(&self.advanced, done);
+        }
+    }
+
+    /// Hands in a run that does not hold the turn. Returns it if it has got the turn
+    /// meanwhile: the caller must release it.
+    fn hand_in(&self, run: Run<O>, owner: &Arc<AtomicU64>) -> Result<Option<Run<O>>, Stop> {
+        let mut done = sync::lock(&self.done);
+        match self.next.load(Ordering::Acquire) {
+            STOPPED => Err(Stop),
+            next if next == run.first => Ok(Some(run)),
+            _ => {
+                let weight = run.weight();
+                owner.fetch_add(weight, Ordering::Relaxed);
+                let entry = Done {
+                    end: run.end,
+                    outputs: run.outputs,
+                    weight,
+                    owner: Arc::clone(owner),
+                };
+                done.insert(run.first, entry);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes the handed-in run that starts at `end`, if any, for the caller to release;
+    /// otherwise the run starting at `end` gets the turn.
+    fn next_after(&self, end: u64) -> Result<Option<Done<O>>, Stop> {
+        let mut done = sync::lock(&self.done);
+        if self.next.load(Ordering::Acquire) == STOPPED {
             return Err(Stop);
         }
-        Ok(first < order.next + self.window)
-    }
-
-    /// Waits until a range starting at `first` may be processed.
-    pub(crate) fn wait_turn(&self, first: u64) -> Result<(), Stop> {
-        let mut order = sync::lock(&self.order);
-        while !self.may_start(&order, first)? {
-            order = sync::wait(&self.advanced, order);
+        let next = done.remove(&end);
+        if next.is_none() {
+            self.next.store(end, Ordering::Release);
+            self.advanced.notify_all();
         }
-        Ok(())
-    }
-
-    /// Hands in the outputs of the `count` inputs starting at `first`.
-    ///
-    /// Returns outputs the caller must push downstream now, if it has become the pusher;
-    /// it must then call [`pushed`](Sequencer::pushed) until that returns `None`.
-    pub(crate) fn complete(
-        &self,
-        first: u64,
-        count: u64,
-        outputs: Vec<O>,
-    ) -> Result<Option<Vec<O>>, Stop> {
-        let mut order = sync::lock(&self.order);
-        if order.stopped {
-            return Err(Stop);
-        }
-        order.done.insert(first, (count, outputs));
-        if order.pushing {
-            return Ok(None);
-        }
-        Ok(self.take_next(&mut order))
-    }
-
-    /// Reports that the pusher pushed what it was given; returns what to push next.
-    pub(crate) fn pushed(&self) -> Result<Option<Vec<O>>, Stop> {
-        let mut order = sync::lock(&self.order);
-        order.pushing = false;
-        if order.stopped {
-            return Err(Stop);
-        }
-        Ok(self.take_next(&mut order))
+        Ok(next)
     }
 
     /// Stops the stage: the run was cancelled, or downstream refused an item.
     pub(crate) fn stop(&self) {
         let dropped = {
-            let mut order = sync::lock(&self.order);
-            order.stopped = true;
+            let mut done = sync::lock(&self.done);
+            self.next.store(STOPPED, Ordering::Release);
             self.advanced.notify_all();
-            std::mem::take(&mut order.done)
+            std::mem::take(&mut *done)
         };
         // User values may run arbitrary code on drop: never under the lock.
-        discard_or_resume(dropped.into_values().flat_map(|(_, outputs)| outputs));
-    }
-
-    /// Takes every range that is next in line, making the caller the pusher.
-    fn take_next(&self, order: &mut Order<O>) -> Option<Vec<O>> {
-        let (count, mut outputs) = order.done.remove(&order.next)?;
-        order.next += count;
-        while let Some((count, more)) = order.done.remove(&order.next) {
-            order.next += count;
-            outputs.extend(more);
-        }
-        order.pushing = true;
-        self.advanced.notify_all();
-        Some(outputs)
+        discard_or_resume(dropped.into_values().flat_map(|done| done.outputs));
     }
 }
 
 impl<O: Send> Close for Sequencer<O> {
     fn close(&self) {
         self.stop();
+    }
+}
+
+/// A run of positions a worker processed one after the other, and its collected outputs.
+struct Run<O> {
+    first: u64,
+    end: u64,
+    outputs: Vec<O>,
+}
+
+impl<O> Run<O> {
+    fn weight(&self) -> u64 {
+        (self.end - self.first).max(self.outputs.len() as u64)
+    }
+}
+
+/// One worker's side of an ordered stage: where its outputs go, run by run.
+///
+/// Before taking input, call [`finish`](InOrder::finish): it ends the current run and
+/// waits until the worker has room (it returns how many items it may take). Call
+/// [`at`](InOrder::at) before each item with its position, and emit the item's outputs
+/// into it. Call `finish` at the end too.
+pub(crate) struct InOrder<'a, O> {
+    sequencer: &'a Sequencer<O>,
+    outlet: Outlet<'a, O>,
+    /// Charged with the waits for the turn or for room, as blocked time.
+    meter: Option<&'a WorkerMeter>,
+    /// The run the worker is in, if any.
+    current: Option<Run<O>>,
+    /// Whether the current run holds the turn (its outputs then stream through `outlet`).
+    head: bool,
+    /// What the runs this worker handed in weigh, until they are released.
+    handed_in: Arc<AtomicU64>,
+}
+
+impl<'a, O> InOrder<'a, O> {
+    pub(crate) fn new(
+        sequencer: &'a Sequencer<O>,
+        outlet: Outlet<'a, O>,
+        meter: Option<&'a WorkerMeter>,
+    ) -> Self {
+        InOrder {
+            sequencer,
+            outlet,
+            meter,
+            current: None,
+            head: false,
+            handed_in: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Where the outputs go.
+    pub(crate) fn output(&self) -> &'a Sender<O> {
+        self.outlet.output
+    }
+
+    /// The item at `position` comes next: it continues the current run, or the current
+    /// run ends and a new one starts.
+    pub(crate) fn at(&mut self, position: u64) -> Result<(), Stop> {
+        if let Some(run) = &mut self.current {
+            if run.end == position {
+                run.end += 1;
+                return Ok(());
+            }
+        }
+        self.close()?;
+        self.current = Some(Run {
+            first: position,
+            end: position + 1,
+            outputs: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Ends the current run, then waits until this worker may take input: returns how
+    /// many items it may take.
+    pub(crate) fn finish(&mut self) -> Result<usize, Stop> {
+        self.close()?;
+        let room = || MAX_BATCH.saturating_sub(self.handed_in.load(Ordering::Relaxed) as usize);
+        if room() == 0 {
+            self.blocked(|sequencer| sequencer.wait_until(|| room() > 0))?;
+        }
+        Ok(room().max(1))
+    }
+
+    /// Stops the whole stage, so that no worker waits for a turn that will not come.
+    pub(crate) fn stop(&mut self) {
+        self.sequencer.stop();
+        self.current = None;
+    }
+
+    /// Ends the current run: releases it if it holds the turn, else hands it in.
+    fn close(&mut self) -> Result<(), Stop> {
+        let Some(run) = self.current.take() else {
+            return Ok(());
+        };
+        let head = std::mem::replace(&mut self.head, false);
+        let run = match head || self.sequencer.is_next(run.first) {
+            true => run,
+            false => match self.sequencer.hand_in(run, &self.handed_in)? {
+                Some(run) => run,
+                None => return Ok(()),
+            },
+        };
+        let mut end = run.end;
+        self.hand_on(run.outputs)?;
+        // Releases the runs handed in that come next, then passes the turn on.
+        while let Some(done) = self.sequencer.next_after(end)? {
+            end = done.end;
+            done.owner.fetch_sub(done.weight, Ordering::Relaxed);
+            self.hand_on(done.outputs)?;
+        }
+        Ok(())
+    }
+
+    fn hand_on(&mut self, outputs: Vec<O>) -> Result<(), Stop> {
+        for item in outputs {
+            self.outlet.emit(item)?;
+        }
+        self.outlet.flush()
+    }
+
+    /// Runs a wait on the sequencer, charged as blocked time.
+    fn blocked(&self, wait: impl FnOnce(&Sequencer<O>) -> Result<(), Stop>) -> Result<(), Stop> {
+        // Nothing this worker handed over lazily may wait behind its wait.
+        self.outlet.announce();
+        let since = self.meter.and_then(|m| m.wait_begins(Activity::Blocked));
+        let waited = wait(self.sequencer);
+        if let (Some(meter), Some(since)) = (self.meter, since) {
+            meter.wait_ends(Activity::Blocked, since);
+        }
+        waited
+    }
+
+    /// Makes the current run the head, waiting for the turn if need be, and hands on what
+    /// it collected meanwhile.
+    fn take_turn(&mut self) -> Result<(), Stop> {
+        let Some(first) = self.current.as_ref().map(|run| run.first) else {
+            return Ok(());
+        };
+        if !self.sequencer.is_next(first) {
+            let sequencer = self.sequencer;
+            self.blocked(|_| sequencer.wait_until(|| sequencer.is_next(first)))?;
+        }
+        self.head = true;
+        let run = self.current.as_mut().expect("checked above");
+        for item in std::mem::take(&mut run.outputs) {
+            self.outlet.emit(item)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the current run can stream: it holds the turn, or has just got it.
+    #[inline]
+    fn streams(&mut self) -> Result<bool, Stop> {
+        if self.head {
+            return Ok(true);
+        }
+        match &self.current {
+            Some(run) if self.sequencer.is_next(run.first) => {
+                self.take_turn()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl<O> Emit<O> for InOrder<'_, O> {
+    fn emit(&mut self, item: O) -> Result<(), Stop> {
+        if self.streams()? {
+            return self.outlet.emit(item);
+        }
+        if self.outlet.run.is_cancelled() {
+            return Err(Stop);
+        }
+        let Some(run) = &mut self.current else {
+            // Not within an item: nothing to keep in order with.
+            return self.outlet.emit(item);
+        };
+        run.outputs.push(item);
+        if run.outputs.len() >= COLLECT_BOUND {
+            self.take_turn()?;
+        }
+        Ok(())
+    }
+
+    fn before_next(&mut self, may_block: bool) -> Result<Option<Instant>, Stop> {
+        match self.streams()? {
+            true => self.outlet.before_next(may_block),
+            false => Ok(self.outlet.pace_before()),
+        }
+    }
+
+    fn after_next(&mut self, asked: Option<Instant>) {
+        self.outlet.after_next(asked);
     }
 }

@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::engine::batch::{Emit, Fault, Stop, MAX_BATCH};
+use crate::engine::batch::{Emit, Fault, Stop};
 use crate::engine::meter::{StageKind, StageMeter};
 use crate::engine::queue::{queue, Receiver, Sender};
 use crate::engine::run::Launcher;
@@ -340,9 +340,6 @@ pub(crate) struct Launch<'a, I, O> {
     pub(crate) launcher: &'a mut Launcher,
 }
 
-/// Above this many workers, an ordered stage's reorder window stops growing.
-const MAX_ORDER_WORKERS: usize = 64;
-
 impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
     /// Registers the stage's meter, of `kind`, with the run.
     pub(crate) fn meter(&mut self, kind: StageKind) -> Arc<StageMeter> {
@@ -367,8 +364,7 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         if !self.is_ordered() {
             return None;
         }
-        let window = (2 * self.spec.workers.min(MAX_ORDER_WORKERS) * MAX_BATCH) as u64;
-        let sequencer = Arc::new(Sequencer::new(window));
+        let sequencer = Arc::new(Sequencer::new());
         self.launcher
             .state
             .register(Box::new(Arc::clone(&sequencer)));

@@ -234,8 +234,10 @@ impl<I, O> Task<I, O> {
 
     /// Keeps the outputs in the order of the inputs, even with several workers.
     ///
-    /// Outputs that finish early wait in a bounded reorder buffer; a worker that runs too
-    /// far ahead of the oldest unfinished item waits too. With one worker a stage is always
+    /// The worker holding the oldest unfinished input streams its outputs on as it makes
+    /// them (so an endless `branch` fan-out flows); the others collect theirs, up to a
+    /// batch's worth, and wait for their turn. An ordered stage so keeps the bounds of an
+    /// unordered one: its throttle, plus one batch per worker. With one worker a stage is always
     /// in order, so this matters only with `workers(n > 1)`. A pipeline keeps its input
     /// order end to end when every multi-worker stage in it is ordered.
     ///

@@ -11,17 +11,19 @@
 //! Panics in the user's futures are caught per item, so the error names the item; the
 //! driver's own queue handles live outside the panic boundary, as in a thread.
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use futures_core::Stream;
 use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
-use crate::engine::batch::{hand_over_size, should_hand_over, Fault, Stop};
+use crate::engine::batch::{Fault, Outlet, Stop};
 use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
-use crate::engine::run::RunState;
+use crate::engine::reorder::{Gate, Reorder};
 use crate::engine::sync::Arc;
 use crate::engine::sync::Instant;
 use crate::engine::upstream::Upstream;
@@ -63,15 +65,17 @@ pub(crate) async fn drive<I, O>(
     O: Send + 'static,
 {
     let meter = stage.meter.worker();
+    let output = output.metered(meter.as_ref());
     let result = match &stage.body {
         StageBody::AsyncEach(body, ordered) => {
             let driver = Driver {
                 stage: &stage,
                 body,
-                outlet: AsyncOutlet::new(&output, &stage.run, meter.clone()),
+                outlet: Outlet::new(&output, &stage.run),
                 running: SelectAll::new(),
                 slots,
-                in_order: ordered.then(InOrder::new),
+                in_order: ordered.then(Reorder::new),
+                ready: Vec::new(),
                 meter: meter.clone(),
             };
             PollTimed::new(driver.run(&input), meter.clone()).await
@@ -99,16 +103,17 @@ where
         unreachable!("only async join stages have join workers")
     };
     let meter = stage.meter.worker();
+    let output = output.metered(meter.as_ref());
     let started = Instant::now();
     let joined = AssertUnwindSafe(async {
         // Owned by the join, as in a thread worker: dropping it releases upstream.
         let upstream = Upstream::new(input.metered(meter.as_ref()), Arc::clone(&stage.run));
-        let mut outlet = AsyncOutlet::new(&output, &stage.run, meter.clone());
+        let mut outlet = Outlet::new(&output, &stage.run);
         let mut outputs = body(upstream);
-        while let Some(item) = outlet.next_of(&mut outputs).await? {
-            outlet.emit(item.map_err(Fault::Failed)?).await?;
+        while let Some(item) = next_of(&mut outlet, &mut outputs).await? {
+            emit(&mut outlet, item.map_err(Fault::Failed)?).await?;
         }
-        outlet.flush().await.map_err(Fault::from)
+        outlet.flush_async().await.map_err(Fault::from)
     })
     .catch_unwind();
     let result = PollTimed::new(joined, meter.clone()).await;
@@ -126,18 +131,15 @@ where
 struct Driver<'a, I, O> {
     stage: &'a Stage<I, O>,
     body: &'a AsyncFn<I, O>,
-    outlet: AsyncOutlet<'a, O>,
+    outlet: Outlet<'a, O>,
     running: SelectAll<BoxStream<'static, Event<O>>>,
     slots: usize,
     /// For an ordered stage: the outputs of items started and not yet released.
-    in_order: Option<InOrder<O>>,
+    in_order: Option<Reorder<O>>,
+    /// Outputs an ordered driver may release now.
+    ready: Vec<O>,
     meter: Option<Arc<WorkerMeter>>,
 }
-
-/// An ordered driver's reorder buffer: every item started and not yet released, with
-/// whether it has finished and its outputs so far. Items start in input order (an ordered
-/// stage has one driver), and each item's outputs leave once every earlier item's have.
-type InOrder<O> = BTreeMap<u64, (bool, Vec<O>)>;
 
 impl<I, O> Driver<'_, I, O>
 where
@@ -233,21 +235,22 @@ where
             meter.items_in.add(batch.len() as u64);
         }
         for (index, item) in (first..).zip(batch.drain(..)) {
-            if let Some(in_order) = &mut self.in_order {
-                in_order.insert(index, (false, Vec::new()));
-            }
+            let gate = self.in_order.as_mut().map(|in_order| in_order.start(index));
             // The body runs the user's function at once, before any future exists: a panic
             // there is this item's too.
             let outputs = match catch_unwind(AssertUnwindSafe(|| (self.body)(item))) {
-                Ok(outputs) => AssertUnwindSafe(outputs)
-                    .catch_unwind()
-                    .map(move |output| match output {
-                        Ok(Ok(value)) => Event::Output(index, value),
-                        Ok(Err(error)) => Event::Failed(index, error),
-                        Err(payload) => Event::Panicked(index, payload),
-                    })
-                    .chain(stream::once(async move { Event::Done(index, started) }))
-                    .boxed(),
+                Ok(outputs) => AssertUnwindSafe(match gate {
+                    Some(gate) => Gated { outputs, gate }.boxed(),
+                    None => outputs,
+                })
+                .catch_unwind()
+                .map(move |output| match output {
+                    Ok(Ok(value)) => Event::Output(index, value),
+                    Ok(Err(error)) => Event::Failed(index, error),
+                    Err(payload) => Event::Panicked(index, payload),
+                })
+                .chain(stream::once(async move { Event::Done(index, started) }))
+                .boxed(),
                 Err(payload) => {
                     stream::once(async move { Event::Panicked(index, payload) }).boxed()
                 }
@@ -262,18 +265,27 @@ where
     async fn handle(&mut self, event: Event<O>) -> Result<(), Halt> {
         let name = &self.stage.name;
         match event {
-            Event::Output(index, value) => match &mut self.in_order {
-                Some(in_order) => in_order.get_mut(&index).expect("started").1.push(value),
-                None => self.outlet.emit(value).await?,
-            },
+            Event::Output(index, value) => {
+                let value = match &mut self.in_order {
+                    Some(in_order) => in_order.output(index, value),
+                    None => Some(value),
+                };
+                if let Some(value) = value {
+                    emit(&mut self.outlet, value).await?;
+                }
+            }
             Event::Done(index, started) => {
                 if let Some(meter) = &self.meter {
                     meter.busy.add(started.elapsed().as_nanos() as u64);
                     meter.in_flight.set(self.running.len() as u64);
                 }
                 if let Some(in_order) = &mut self.in_order {
-                    in_order.get_mut(&index).expect("started").0 = true;
-                    self.release_in_order().await?;
+                    let mut ready = std::mem::take(&mut self.ready);
+                    in_order.done(index, &mut ready);
+                    for value in ready.drain(..) {
+                        emit(&mut self.outlet, value).await?;
+                    }
+                    self.ready = ready;
                 }
             }
             Event::Failed(index, error) => {
@@ -286,31 +298,11 @@ where
         Ok(())
     }
 
-    /// Moves the outputs of the oldest items to the outlet, as long as they have finished.
-    async fn release_in_order(&mut self) -> Result<(), Halt> {
-        loop {
-            let Some(in_order) = &mut self.in_order else {
-                return Ok(());
-            };
-            // Items start in input order, so the first entry is the oldest still held.
-            let Some(oldest) = in_order.first_entry() else {
-                return Ok(());
-            };
-            if !oldest.get().0 {
-                return Ok(());
-            }
-            let (_, outputs) = oldest.remove();
-            for value in outputs {
-                self.outlet.emit(value).await?;
-            }
-        }
-    }
-
     async fn hand_over(&mut self) -> Result<(), Halt> {
         if let Some(meter) = &self.meter {
             meter.in_flight.set(self.running.len() as u64);
         }
-        Ok(self.outlet.flush().await?)
+        Ok(self.outlet.flush_async().await?)
     }
 }
 
@@ -327,66 +319,41 @@ impl From<Stop> for Halt {
     }
 }
 
-/// [`crate::engine::batch::Outlet`] for async workers.
-struct AsyncOutlet<'a, O> {
-    output: &'a Sender<O>,
-    run: &'a RunState,
-    buffer: Vec<O>,
-    max: usize,
-    meter: Option<Arc<WorkerMeter>>,
+/// Gathers an output in `outlet`, handing the gathered ones over if it is time.
+async fn emit<O>(outlet: &mut Outlet<'_, O>, item: O) -> Result<(), Stop> {
+    if outlet.add(item)? {
+        outlet.flush_async().await?;
+    }
+    Ok(())
 }
 
-impl<'a, O> AsyncOutlet<'a, O> {
-    fn new(output: &'a Sender<O>, run: &'a RunState, meter: Option<Arc<WorkerMeter>>) -> Self {
-        AsyncOutlet {
-            output,
-            run,
-            buffer: Vec::new(),
-            max: hand_over_size(output),
-            meter,
-        }
+/// The next output of `outputs`, handing over what is gathered first if it is not ready,
+/// so no output waits behind a pending future.
+async fn next_of<T, O>(
+    outlet: &mut Outlet<'_, O>,
+    outputs: &mut BoxStream<'_, T>,
+) -> Result<Option<T>, Stop> {
+    if let Some(next) = outputs.next().now_or_never() {
+        return Ok(next);
     }
+    outlet.flush_async().await?;
+    Ok(outputs.next().await)
+}
 
-    async fn emit(&mut self, item: O) -> Result<(), Stop> {
-        if self.run.is_cancelled() {
-            return Err(Stop);
-        }
-        self.buffer.push(item);
-        if should_hand_over(&self.buffer, self.max, self.output) {
-            self.flush().await
-        } else {
-            Ok(())
-        }
-    }
+/// An item's outputs behind its [`Gate`].
+struct Gated<S> {
+    outputs: S,
+    gate: Arc<Gate>,
+}
 
-    /// The next output of `outputs`, handing over what is gathered first if it is not
-    /// ready, so no output waits behind a pending future.
-    async fn next_of<T>(&mut self, outputs: &mut BoxStream<'_, T>) -> Result<Option<T>, Stop> {
-        if let Some(next) = outputs.next().now_or_never() {
-            return Ok(next);
-        }
-        self.flush().await?;
-        Ok(outputs.next().await)
-    }
+impl<S: Stream + Unpin> Stream for Gated<S> {
+    type Item = S::Item;
 
-    async fn flush(&mut self) -> Result<(), Stop> {
-        if self.buffer.is_empty() {
-            return Ok(());
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.get_mut();
+        if !this.gate.poll_open(cx) {
+            return Poll::Pending;
         }
-        let Some(meter) = &self.meter else {
-            return self
-                .output
-                .push_all_async(&mut self.buffer)
-                .await
-                .map_err(|_| Stop);
-        };
-        let handed = self.buffer.len() as u64;
-        let since = Instant::now();
-        let pushed = self.output.push_all_async(&mut self.buffer).await;
-        meter.blocked.add(since.elapsed().as_nanos() as u64);
-        if pushed.is_ok() {
-            meter.items_out.add(handed);
-        }
-        pushed.map_err(|_| Stop)
+        this.outputs.poll_next_unpin(cx)
     }
 }

@@ -11,10 +11,10 @@ use super::protocol::Reply;
 use super::worker::{Children, Gone, Worker};
 use super::{ProcessFn, RemoteError, WorkerDied};
 use crate::engine::batch::{Collect, Emit, Fault, Outlet, MAX_BATCH};
-use crate::engine::meter::{Activity, ProcessTimes, Recorder, StageMeter};
+use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
 use crate::engine::queue::{Receiver, Sender};
 use crate::engine::run::RunState;
-use crate::engine::sequencer::Sequencer;
+use crate::engine::sequencer::{InOrder, Sequencer};
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
@@ -144,10 +144,6 @@ impl<I, O> Supervisor<'_, I, O> {
         let mut limit = BatchLimit::new();
         let mut times_read = Instant::now();
         while let Some(first) = input.pop_batch(&mut batch, limit.limit) {
-            // As a thread worker does: wait for the turn, work, hand in, push what is next.
-            if let Some(sequencer) = &stage.sequencer {
-                self.wait_turn(sequencer, first)?;
-            }
             let started = Instant::now();
             let batch_began = self.recorder.as_mut().map(Recorder::batch_begins);
             let count = batch.len();
@@ -207,30 +203,19 @@ impl<I, O> Supervisor<'_, I, O> {
             Some(sequencer) => {
                 slots.outputs = (0..count).map(|_| Vec::new()).collect();
                 self.run_batch(todo, &mut slots)?;
-                let items = slots.outputs.into_iter().flatten().collect();
-                let mut ready = sequencer.complete(first, count as u64, items)?;
-                while let Some(mut batch) = ready {
-                    if output.push_all(&mut batch).is_err() {
-                        sequencer.stop();
-                        return Err(Halt::Stop);
-                    }
-                    ready = sequencer.pushed()?;
+                // As a thread worker does: the outputs leave in order, each in its turn.
+                let mut order = InOrder::new(sequencer, Outlet::new(output, &stage.run), None);
+                let released = (first..).zip(slots.outputs).try_for_each(|(at, items)| {
+                    order.at(at)?;
+                    items.into_iter().try_for_each(|item| order.emit(item))
+                });
+                if let Err(stop) = released.and_then(|()| order.finish().map(drop)) {
+                    order.stop();
+                    return Err(stop.into());
                 }
             }
         }
         Ok(())
-    }
-
-    /// Waits until the sequencer lets a batch starting at `first` begin: waiting on
-    /// downstream's pace, so the metrics count it as blocked.
-    fn wait_turn(&self, sequencer: &Sequencer<O>, first: u64) -> Result<(), Halt> {
-        let meter = self.recorder.as_ref().map(|recorder| &recorder.meter);
-        let since = meter.and_then(|meter| meter.wait_begins(Activity::Blocked));
-        let turn = sequencer.wait_turn(first);
-        if let (Some(meter), Some(since)) = (meter, since) {
-            meter.wait_ends(Activity::Blocked, since);
-        }
-        Ok(turn?)
     }
 
     /// Reads the CPU time of the current worker process into the metrics, adding that of

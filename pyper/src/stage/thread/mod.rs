@@ -10,11 +10,12 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::engine::batch::{BatchLimit, Collect, Emit, Fault, Outlet};
-use crate::engine::meter::{Activity, Recorder, StageMeter};
-use crate::engine::queue::{Receiver, Sender};
+use crate::engine::batch::{hand_over_size, BatchLimit, Emit, Fault, Outlet};
+use crate::engine::meter::{Recorder, StageMeter};
+use crate::engine::queue::{Receiver, Refill, Sender, SharedShelf};
 use crate::engine::run::{discard, discard_or_resume};
-use crate::engine::sequencer::Sequencer;
+use crate::engine::sequencer::{InOrder, Sequencer};
+use crate::engine::shelf::{Gather, Hands, Shelf};
 use crate::engine::sync::{Arc, Instant};
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
@@ -50,7 +51,11 @@ pub(crate) enum StageBody<I, O> {
 }
 
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
-pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>) {
+pub(crate) fn work<I, O>(stage: Arc<Stage<I, O>>, input: Receiver<I>, output: Sender<O>)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
     let mut current_item = None;
     let mut recorder = stage.meter.worker().map(|meter| match stage.body {
         // A join is one long call: its waits for input are timed, to tell them from work.
@@ -123,11 +128,18 @@ fn each<I, O>(
     output: &Sender<O>,
     mut recorder: Option<&mut Recorder>,
     current_item: &mut Option<u64>,
-) -> Result<(), Fault> {
-    let mut outlet = Outlet::new(output, &stage.run);
+) -> Result<(), Fault>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    if stage.meter.workers > 1 {
+        return each_shared(stage, body, input, output, recorder, current_item);
+    }
+    let mut outlet = Outlet::new(output, &stage.run).lazy();
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
-    while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
+    while let Some(first) = input.pop_batch_then(&mut batch, limit.get(), || output.announce()) {
         let started = begin_batch(recorder.as_deref_mut());
         let count = batch.len();
         let (called, result) =
@@ -137,6 +149,68 @@ fn each<I, O>(
         outlet.flush()?;
     }
     Ok(())
+}
+
+/// A worker's shelf, shared with the other workers of its stage (see
+/// [`crate::engine::shelf`]), and its place in the input queue.
+fn share_shelf<I, O>(
+    input: &Receiver<I>,
+    output: &Sender<O>,
+    recorder: Option<&Recorder>,
+) -> (Arc<Hands<I, O>>, SharedShelf<I>)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let meter = recorder.map(|recorder| &recorder.meter);
+    let hands = Arc::new(Hands::new(
+        output.clone().metered(meter),
+        hand_over_size(output),
+    ));
+    let shared = input.share_shelf(Arc::clone(&hands) as Arc<dyn Shelf<I>>);
+    (hands, shared)
+}
+
+/// [`each`] for a stage with several workers: the batch waits on a shelf its siblings can
+/// take from, and its outputs gather there too.
+fn each_shared<I, O>(
+    stage: &Stage<I, O>,
+    body: &EachFn<I, O>,
+    input: &Receiver<I>,
+    output: &Sender<O>,
+    mut recorder: Option<&mut Recorder>,
+    current_item: &mut Option<u64>,
+) -> Result<(), Fault>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let (hands, shelf) = share_shelf(input, output, recorder.as_deref());
+    let mut out = Gather::new(&hands, &stage.run);
+    let mut scratch = Vec::new();
+    let mut limit = BatchLimit::new();
+    while input.refill(&shelf, &mut scratch, limit.get()) == Refill::Items {
+        let started = begin_batch(recorder.as_deref_mut());
+        let mut called = 0;
+        let result = loop {
+            let (index, item) = match out.next_item() {
+                Ok(Some(next)) => next,
+                Ok(None) => break Ok(()),
+                Err(stop) => break Err(stop.into()),
+            };
+            if stage.run.is_cancelled() {
+                break Err(Fault::Stop);
+            }
+            *current_item = Some(index);
+            called += 1;
+            if let Err(fault) = body(item, &mut out) {
+                break Err(fault);
+            }
+        };
+        end_batch(recorder.as_deref_mut(), &mut limit, started, called, called);
+        result?;
+    }
+    Ok(out.flush()?)
 }
 
 /// Records a batch that began at `started` (the items it took, the calls it made), and
@@ -193,48 +267,77 @@ fn call_batch<I, O>(
     (called, Ok(()))
 }
 
+/// An ordered stage's worker: its batch waits on a shared shelf as in [`each_shared`], and
+/// its outputs leave in order through the stage's [`Sequencer`].
 fn ordered<I, O>(
     stage: &Stage<I, O>,
     body: &EachFn<I, O>,
     (sequencer, input, output): (&Sequencer<O>, &Receiver<I>, &Sender<O>),
+    recorder: Option<&mut Recorder>,
+    current_item: &mut Option<u64>,
+) -> Result<(), Fault>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let meter = recorder
+        .as_deref()
+        .map(|recorder| Arc::clone(&recorder.meter));
+    let outlet = Outlet::new(output, &stage.run).lazy();
+    let mut order = InOrder::new(sequencer, outlet, meter.as_deref());
+    let result = ordered_items(stage, body, input, &mut order, recorder, current_item);
+    if result.is_err() {
+        // Nobody may wait for a turn this worker will not pass on.
+        order.stop();
+    }
+    result
+}
+
+fn ordered_items<I, O>(
+    stage: &Stage<I, O>,
+    body: &EachFn<I, O>,
+    input: &Receiver<I>,
+    order: &mut InOrder<'_, O>,
     mut recorder: Option<&mut Recorder>,
     current_item: &mut Option<u64>,
-) -> Result<(), Fault> {
-    let mut batch = Vec::new();
+) -> Result<(), Fault>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let (hands, shelf) = share_shelf(input, order.output(), recorder.as_deref());
+    let (mut none, mut ready) = (Vec::new(), Vec::new());
+    let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
-    while let Some(first) = input.pop_batch(&mut batch, limit.get()) {
-        let count = batch.len();
-        match recorder.as_deref() {
-            // Waiting for its turn to start is waiting on downstream's pace: blocked.
-            Some(recorder) => {
-                let since = recorder.meter.wait_begins(Activity::Blocked);
-                let turn = sequencer.wait_turn(first);
-                if let Some(since) = since {
-                    recorder.meter.wait_ends(Activity::Blocked, since);
-                }
-                turn?;
-            }
-            None => sequencer.wait_turn(first)?,
+    loop {
+        // Ends the run in hand (a worker waiting for input must not hold the turn), and
+        // waits until what it handed in leaves room for more.
+        let room = order.finish()?;
+        let max = limit.get().min(room);
+        if input.refill(&shelf, &mut scratch, max) == Refill::Over {
+            return Ok(());
         }
         let started = begin_batch(recorder.as_deref_mut());
-        let mut outputs = Collect {
-            items: Vec::with_capacity(count),
-            run: &stage.run,
-        };
-        let (called, result) =
-            call_batch(stage, body, first, &mut batch, &mut outputs, current_item);
-        end_batch(recorder.as_deref_mut(), &mut limit, started, count, called);
-        result?;
-        let mut ready = sequencer.complete(first, count as u64, outputs.items)?;
-        while let Some(mut batch) = ready {
-            if output.push_all(&mut batch).is_err() {
-                sequencer.stop();
-                return Err(Fault::Stop);
+        let mut called = 0;
+        let result = loop {
+            let Some((index, item)) = hands.next(&mut none, &mut ready) else {
+                break Ok(());
+            };
+            if stage.run.is_cancelled() {
+                break Err(Fault::Stop);
             }
-            ready = sequencer.pushed()?;
-        }
+            if let Err(stop) = order.at(index) {
+                break Err(stop.into());
+            }
+            *current_item = Some(index);
+            called += 1;
+            if let Err(fault) = body(item, order) {
+                break Err(fault);
+            }
+        };
+        end_batch(recorder.as_deref_mut(), &mut limit, started, called, called);
+        result?;
     }
-    Ok(())
 }
 
 mod launch;
