@@ -275,7 +275,9 @@ pub struct RetriesExhausted {
 }
 
 impl RetriesExhausted {
-    /// From every attempt's cause, oldest first (keeping the first and last few).
+    /// From every attempt's cause, oldest first (keeping the first and last few). For
+    /// process stages, which keep their causes themselves.
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn new(attempts: Vec<BoxError>) -> Self {
         debug_assert!(!attempts.is_empty());
         let mut causes = Causes::default();
