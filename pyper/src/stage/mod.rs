@@ -347,6 +347,21 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued)
     }
 
+    /// What the workers of a thread or async stage share: its name, run, `body` and a
+    /// meter of `kind`.
+    pub(crate) fn shared(
+        &mut self,
+        body: thread::StageBody<I, O>,
+        kind: StageKind,
+    ) -> Arc<thread::Stage<I, O>> {
+        Arc::new(thread::Stage {
+            name: Arc::clone(&self.name),
+            run: Arc::clone(&self.launcher.state),
+            body,
+            meter: self.meter(kind),
+        })
+    }
+
     /// Starts worker `number` (from 1) of the stage on a thread of its own.
     pub(crate) fn spawn_thread(&mut self, number: usize, work: impl FnOnce() + Send + 'static) {
         let (workers, daemon) = (self.spec.workers, self.spec.daemon);

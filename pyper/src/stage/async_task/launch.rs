@@ -5,7 +5,7 @@ use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 use crate::stage::async_task::{driver, retry, AsyncFn};
-use crate::stage::thread::{Stage, StageBody};
+use crate::stage::thread::StageBody;
 use crate::stage::Launch;
 
 /// Starts the drivers of a stage that makes one future per item.
@@ -16,7 +16,7 @@ where
 {
     let ordered = stage.is_ordered();
     let guarded = retry::guard(each, stage.spec.faults, stage.clone_input);
-    let shared = shared(StageBody::AsyncEach(guarded, ordered), &mut stage);
+    let shared = stage.shared(StageBody::AsyncEach(guarded, ordered), StageKind::Async);
     for slots in driver::driver_slots(stage.spec.workers, ordered) {
         let (shared, input, output) = (
             Arc::clone(&shared),
@@ -33,7 +33,7 @@ where
     I: Send + 'static,
     O: Send + 'static,
 {
-    let shared = shared(StageBody::AsyncJoin(Arc::clone(join)), &mut stage);
+    let shared = stage.shared(StageBody::AsyncJoin(Arc::clone(join)), StageKind::Async);
     for _ in 0..stage.spec.workers {
         let (shared, input, output) = (
             Arc::clone(&shared),
@@ -42,17 +42,4 @@ where
         );
         (stage.launcher).spawn_task(&stage.name, driver::join(shared, input, output));
     }
-}
-
-fn shared<I, O>(body: StageBody<I, O>, stage: &mut Launch<'_, I, O>) -> Arc<Stage<I, O>>
-where
-    I: Send + 'static,
-    O: Send + 'static,
-{
-    Arc::new(Stage {
-        name: Arc::clone(&stage.name),
-        run: Arc::clone(&stage.launcher.state),
-        body,
-        meter: stage.meter(StageKind::Async),
-    })
 }

@@ -25,7 +25,7 @@ where
         Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
         None => StageBody::Each(Arc::clone(each)),
     };
-    let shared = shared(body, &mut stage);
+    let shared = stage.shared(body, StageKind::Threads);
     for number in 1..=stage.spec.workers {
         let worker = match &guard {
             Some(guard) => Arc::new(guard.worker_stage(&shared)),
@@ -41,7 +41,7 @@ where
     I: Send + 'static,
     O: Send + 'static,
 {
-    let shared = shared(StageBody::Join(Arc::clone(join)), &mut stage);
+    let shared = stage.shared(StageBody::Join(Arc::clone(join)), StageKind::Threads);
     for number in 1..=stage.spec.workers {
         spawn(number, Arc::clone(&shared), &mut stage);
     }
@@ -100,19 +100,6 @@ fn fail(
 ) {
     meter.failed();
     run.fail(error);
-}
-
-fn shared<I, O>(body: StageBody<I, O>, stage: &mut Launch<'_, I, O>) -> Arc<Stage<I, O>>
-where
-    I: Send + 'static,
-    O: Send + 'static,
-{
-    Arc::new(Stage {
-        name: Arc::clone(&stage.name),
-        run: Arc::clone(&stage.launcher.state),
-        body,
-        meter: stage.meter(StageKind::Threads),
-    })
 }
 
 fn spawn<I, O>(number: usize, worker: Arc<Stage<I, O>>, stage: &mut Launch<'_, I, O>)
