@@ -2,9 +2,11 @@
 # The whole test suite: unit, integration and doc tests of the sync-only build, the same
 # with the `async` feature (async tests, async doc tests and the README's examples), the
 # same with the `process` feature (process tasks: worker processes, crashes, timeouts) and
-# the process tests once more with async stages around process stages, the
-# benchmark harness's own tests, and the shuttle model check of the queue and shutdown
-# protocol (a build of its own, since shuttle replaces the engine's locks and threads).
+# the process tests once more with async stages around process stages, the reliability
+# tests and the chaos suite with every kind of stage, the benchmark harness's own tests,
+# the README's dependency line in a fresh project, and the shuttle model check of the
+# queue and shutdown protocol (a build of its own, since shuttle replaces the engine's
+# locks and threads).
 #
 # Each package is tested on its own: in a workspace build, the harness's use of `async`
 # would switch it on for the library too, and the sync-only build would go untested.
