@@ -40,19 +40,23 @@ pub(crate) struct Bars {
     thread: JoinHandle<()>,
 }
 
-/// Starts drawing `run`'s stages, if the terminal allows it.
+/// Starts drawing `run`'s stages, if the terminal allows it. Returns once the first frame
+/// is drawn, so that even a run shorter than a refresh shows its bars.
 pub(crate) fn start(run: &Arc<RunState>) -> Option<Bars> {
     if !can_draw() {
         return None;
     }
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
+    let (first_frame, drawn) = std::sync::mpsc::channel();
     let thread = {
         let (run, stop) = (Arc::downgrade(run), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("pyper:progress".into())
-            .spawn(move || draw(&run, &stop))
+            .spawn(move || draw(&run, &stop, first_frame))
             .ok()?
     };
+    // Sent after the first frame, or dropped if the thread ends without one.
+    let _ = drawn.recv();
     Some(Bars { stop, thread })
 }
 
@@ -66,7 +70,11 @@ impl Bars {
     }
 }
 
-fn draw(run: &std::sync::Weak<RunState>, stop: &(Mutex<bool>, Condvar)) {
+fn draw(
+    run: &std::sync::Weak<RunState>,
+    stop: &(Mutex<bool>, Condvar),
+    first_frame: std::sync::mpsc::Sender<()>,
+) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10));
     let style = ProgressStyle::with_template("{prefix:>16.bold} {spinner} {wide_msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
@@ -105,6 +113,7 @@ fn draw(run: &std::sync::Weak<RunState>, stop: &(Mutex<bool>, Condvar)) {
             bar.tick();
         }
         last = Some((now, counts));
+        let _ = first_frame.send(());
         done = wake
             .wait_timeout(done, REFRESH)
             .map(|(guard, _)| guard)
