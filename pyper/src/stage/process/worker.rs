@@ -329,6 +329,11 @@ impl Worker {
                 }
             }
             match self.reader.read(&mut self.input) {
+                // A reply read after the deadline is an overrun, however it raced the wait:
+                // the outcome then depends on the call's time, not on the scheduler.
+                Ok(Some(_)) if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                    return Err(Gone::TimedOut)
+                }
                 Ok(Some(tag)) => {
                     return Reply::read(tag, &mut self.reader.payload).map_err(Gone::Broken)
                 }
