@@ -66,7 +66,7 @@ struct State<T> {
 /// batch at a time adds to a busy pipeline, and how often such a consumer wakes.
 const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// The bound of a task's output queue unless [`Task::throttle`] says otherwise.
+/// The bound of a task's output queue unless [`Task::throttle`](crate::Task::throttle) says otherwise.
 ///
 /// Pyper's queues are unbounded by default. Ours are not: a fast stage in front of a slow
 /// one would otherwise buffer the whole stream, so memory would depend on the data rather
