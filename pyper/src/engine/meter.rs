@@ -7,9 +7,16 @@
 //! really parks. A snapshot ([`crate::Metrics`]) sums the meters of each stage.
 //!
 //! CPU time is the worker thread's own CPU clock, read at most once a millisecond of work,
-//! so a stage's CPU share is measured, not guessed from how it looks.
+//! so a stage's CPU share is measured, not guessed from how it looks. On Linux, the
+//! thread's scheduler statistics add how long it waited, ready to run, for a free core:
+//! read when the worker starts and ends (and by a snapshot while it runs), never per batch.
+//!
+//! An async stage's futures are timed per poll, and a poll that holds its runtime thread
+//! for over [`STALL`] is a *stall*: a blocking call or heavy computation inside async
+//! code, which stops every other future on that thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +24,11 @@ use crate::engine::sync::{lock_std as lock, Instant};
 
 /// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
+
+/// A poll that holds its runtime thread longer than this stalls the executor: a future
+/// that waits the async way returns from a poll in microseconds.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) const STALL: Duration = Duration::from_millis(1);
 
 /// A worker's spans beyond this many are not recorded, so a trace of a long run of tiny
 /// batches cannot grow without bound.
@@ -147,6 +159,7 @@ impl RunMeter {
             workers,
             queued,
             errors: AtomicU64::new(0),
+            expected_items: AtomicU64::new(UNKNOWN),
             meters: Mutex::new(Vec::new()),
             recording: self.is_enabled(),
             spans: self.records_spans(),
@@ -169,6 +182,9 @@ pub(crate) struct StageMeter {
     /// Reads the depth of the stage's input queue.
     pub(crate) queued: Option<Box<dyn Fn() -> usize + Send + Sync>>,
     pub(crate) errors: AtomicU64,
+    /// How many items the stage will take in all, when that is known in advance (the
+    /// input iterator's exact `size_hint`); [`UNKNOWN`] otherwise.
+    expected_items: AtomicU64,
     pub(crate) meters: Mutex<Vec<Arc<WorkerMeter>>>,
     recording: bool,
     spans: bool,
@@ -195,7 +211,24 @@ impl StageMeter {
     pub(crate) fn failed(&self) {
         self.errors.fetch_add(1, Relaxed);
     }
+
+    /// Records how many items the stage will handle, from an iterator's `size_hint`: only
+    /// an exact hint (equal bounds) says so, for progress bars to show a total and an ETA.
+    #[allow(dead_code)] // called by the input's driver (`engine::source`)
+    pub(crate) fn expect_items(&self, (low, high): (usize, Option<usize>)) {
+        if high == Some(low) {
+            self.expected_items.store(low as u64, Relaxed);
+        }
+    }
+
+    /// How many items the stage will handle in all, when known in advance.
+    pub(crate) fn expected_items(&self) -> Option<u64> {
+        Some(self.expected_items.load(Relaxed)).filter(|&n| n != UNKNOWN)
+    }
 }
+
+/// The value of an unknown count.
+const UNKNOWN: u64 = u64::MAX;
 
 /// A counter only its worker writes: a load and a store, no locked instruction.
 #[derive(Default)]
@@ -216,6 +249,14 @@ impl Counter {
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// Raises the counter to `n` if it is lower.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    fn raise(&self, n: u64) {
+        if n > self.get() {
+            self.set(n);
+        }
+    }
 }
 
 /// One worker's record. Written by its worker only; read by snapshots.
@@ -226,7 +267,8 @@ pub(crate) struct WorkerMeter {
     pub(crate) items_out: Counter,
     /// Nanoseconds spent working (for an async driver: summed over its items in flight).
     pub(crate) busy: Counter,
-    /// Nanoseconds of CPU time, when the platform has a thread CPU clock.
+    /// Nanoseconds of CPU time, when the platform has a thread CPU clock (for an async
+    /// driver: the time its futures spent being polled).
     pub(crate) cpu: Counter,
     pub(crate) starved: Counter,
     pub(crate) blocked: Counter,
@@ -235,17 +277,60 @@ pub(crate) struct WorkerMeter {
     /// Nanoseconds the worker's thread was ready to run but waited for a core, read when
     /// the worker ends (Linux only).
     pub(crate) runnable: Counter,
+    /// For a worker whose items run in another process: that process's wait for a core.
+    process_runnable: Counter,
+    /// Whether the worker's items run in another process, whose CPU time `cpu` is.
+    elsewhere: AtomicBool,
+    /// For async drivers: the polls that held a runtime thread over [`STALL`]. Their
+    /// total and longest (less any wait for a core that was measured), and, of the polls
+    /// whose CPU time was measured, that part of their total and its CPU time.
+    pub(crate) stalled: Counter,
+    pub(crate) longest_stall: Counter,
+    pub(crate) stalled_measured: Counter,
+    pub(crate) stalled_cpu: Counter,
     has_cpu: AtomicBool,
+    /// Whether `runnable` is measured: the worker's thread reads its scheduler statistics,
+    /// or its process's are reported.
+    has_runnable: AtomicBool,
     activity: AtomicU8,
+    /// Whether the worker's life is timed (it has a [`Recorder`]): not an async driver's.
+    has_life: AtomicBool,
     /// Whether waits for input go untimed, their total being whatever time the worker did
-    /// not spend working or blocked: see [`WorkerMeter::starved`].
+    /// not spend working or blocked: see [`WorkerMeter::times`].
     starved_is_the_rest: AtomicBool,
+    /// The worker thread's Linux thread id (0 if unknown), and its CPU time and wait for a
+    /// core when it started, so a snapshot can read its scheduler statistics while it runs.
+    thread: Counter,
+    sched_at_start: SchedCounters,
+    /// How many times the thread was put on a core, once it ended: see [`Sched`].
+    slices: Counter,
+    /// How many times the worker parked on its queue for input, untimed.
+    parks: Counter,
     /// When the worker began and, once it ended, how long it lived (0 until then), in
-    /// nanoseconds since the run's start.
+    /// nanoseconds since the run's start. `lifetime` is written last, with release
+    /// ordering: once it reads non-zero, every other figure is final.
     began: Counter,
-    lifetime: Counter,
+    lifetime: AtomicU64,
     spans: Option<Mutex<Vec<Span>>>,
     run_started: Instant,
+}
+
+/// A [`Sched`] reading kept in a meter.
+#[derive(Default)]
+struct SchedCounters {
+    cpu: Counter,
+    runnable: Counter,
+    slices: Counter,
+}
+
+/// A worker's times as a snapshot reads them: see [`WorkerMeter::times`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WorkerTimes {
+    pub(crate) busy: Duration,
+    pub(crate) starved: Duration,
+    pub(crate) blocked: Duration,
+    pub(crate) cpu: Option<Duration>,
+    pub(crate) runnable: Duration,
 }
 
 impl WorkerMeter {
@@ -260,11 +345,23 @@ impl WorkerMeter {
             blocked: Counter::default(),
             in_flight: Counter::default(),
             runnable: Counter::default(),
+            process_runnable: Counter::default(),
+            elsewhere: AtomicBool::new(false),
+            stalled: Counter::default(),
+            longest_stall: Counter::default(),
+            stalled_measured: Counter::default(),
+            stalled_cpu: Counter::default(),
             has_cpu: AtomicBool::new(false),
+            has_runnable: AtomicBool::new(false),
             activity: AtomicU8::new(Activity::Busy as u8),
+            has_life: AtomicBool::new(false),
             starved_is_the_rest: AtomicBool::new(false),
+            thread: Counter::default(),
+            sched_at_start: SchedCounters::default(),
+            slices: Counter::default(),
+            parks: Counter::default(),
             began: Counter::default(),
-            lifetime: Counter::default(),
+            lifetime: AtomicU64::new(0),
             spans: spans.then(|| Mutex::new(Vec::new())),
             run_started,
         }
@@ -278,6 +375,9 @@ impl WorkerMeter {
     pub(crate) fn wait_begins(&self, activity: Activity) -> Option<Instant> {
         self.activity.store(activity as u8, Relaxed);
         let untimed = activity == Activity::Starved && self.starved_is_the_rest.load(Relaxed);
+        if untimed {
+            self.parks.add(1);
+        }
         (!untimed).then(Instant::now)
     }
 
@@ -287,22 +387,98 @@ impl WorkerMeter {
         self.activity.store(Activity::Busy as u8, Relaxed);
     }
 
-    /// Time spent waiting for input: measured, or for a worker whose waits are untimed,
-    /// the part of its life that it spent neither working nor blocked.
-    pub(crate) fn starved(&self) -> Duration {
-        let measured = Duration::from_nanos(self.starved.get());
-        if !self.starved_is_the_rest.load(Relaxed) {
-            return measured;
+    /// The worker's times, as a snapshot sees them.
+    ///
+    /// Over a worker's life, whatever is not timed as starved or blocked is busy: working,
+    /// or between batches (handing over, taking the next, or waiting for a core to do
+    /// so).
+    ///
+    /// A worker whose waits for input go untimed was starved for the part of its life it
+    /// spent neither working nor blocked, *less* its waits for a core in that part that
+    /// were not wake-ups from parking. A worker is starved while it sleeps on its queue,
+    /// and then while it waits for a core to wake up on; a thread's sleep is what its
+    /// life leaves once its CPU time and its waits for a core are taken out, and each
+    /// wake-up is counted as long as the thread's average wait for a core. What remains
+    /// is a wait for a core between batches that followed work (a hand-over wakes the
+    /// next stage, which may take the core): time the worker wanted to work, so it counts
+    /// as busy. Without this, CPU-bound workers on too few cores would look starved, and
+    /// on a crowded machine a starved stage's slow wake-ups would look busy. Where the
+    /// waits for a core are not measured (not Linux), the rest is all starved.
+    pub(crate) fn times(&self) -> WorkerTimes {
+        let ended = self.lifetime.load(Acquire);
+        let (mut cpu, mut runnable) = self.sched_times(ended == 0);
+        if self.elsewhere.load(Relaxed) {
+            // The work's CPU time is its process's. Its round trips wait for a core
+            // there, and, for the answer, on this thread.
+            cpu = self.cpu_time();
+            let here = runnable.map_or(Duration::ZERO, |(runnable, _)| runnable);
+            let there = Duration::from_nanos(self.process_runnable.get());
+            runnable = Some((here + there, 0));
         }
-        let lifetime = match self.lifetime.get() {
+        let mut times = WorkerTimes {
+            busy: Duration::from_nanos(self.busy.get()),
+            starved: Duration::from_nanos(self.starved.get()),
+            blocked: Duration::from_nanos(self.blocked.get()),
+            cpu,
+            runnable: runnable.map(|(runnable, _)| runnable).unwrap_or_default(),
+        };
+        if !self.has_life.load(Relaxed) {
+            return times; // an async driver: its slots' times are all timed
+        }
+        let life = match ended {
             0 => self
                 .run_started
                 .elapsed()
                 .saturating_sub(Duration::from_nanos(self.began.get())),
             ended => Duration::from_nanos(ended),
         };
-        let accounted = Duration::from_nanos(self.busy.get() + self.blocked.get());
-        lifetime.saturating_sub(accounted)
+        if self.starved_is_the_rest.load(Relaxed) {
+            let rest = life.saturating_sub(times.busy + times.blocked);
+            times.starved = match runnable {
+                Some((runnable, slices)) => {
+                    let asleep = life.saturating_sub(cpu.unwrap_or_default() + runnable);
+                    let slept = rest.min(asleep);
+                    // Each wake-up from parking waited for a core, as long as the
+                    // thread's waits for one did on average: that is still starving.
+                    let per_wait = runnable / slices.clamp(1, u32::MAX.into()) as u32;
+                    let parks = self.parks.get().min(u32::MAX.into()) as u32;
+                    let waking = per_wait.saturating_mul(parks);
+                    slept + (rest - slept).min(waking)
+                }
+                None => rest,
+            };
+        }
+        // What is left between batches, neither timed nor starved, is the worker's own
+        // doing (handing over, taking the next batch) or a wait for a core: busy. So is a
+        // batch still in progress, for a snapshot while the worker runs.
+        times.busy = life
+            .saturating_sub(times.starved + times.blocked)
+            .max(times.busy);
+        times
+    }
+
+    /// The worker's CPU time and its wait for a core so far: read from the scheduler
+    /// while its thread runs, when it can be, else as last recorded. The wait for a core
+    /// is `None` where it is not measured.
+    fn sched_times(&self, running: bool) -> (Option<Duration>, Option<(Duration, u64)>) {
+        let thread = self.thread.get();
+        if running && thread != 0 {
+            if let Some(now) = Sched::of_thread(thread) {
+                let start = &self.sched_at_start;
+                let cpu = now.cpu.saturating_sub(start.cpu.get());
+                let runnable = now.runnable.saturating_sub(start.runnable.get());
+                let slices = now.slices.saturating_sub(start.slices.get());
+                return (
+                    Some(Duration::from_nanos(cpu)),
+                    Some((Duration::from_nanos(runnable), slices)),
+                );
+            }
+        }
+        // A thread's wait for a core is read when it ends; a process's as it goes.
+        let runnable_final = !running || thread == 0;
+        let runnable = (runnable_final && self.has_runnable.load(Relaxed))
+            .then(|| (Duration::from_nanos(self.runnable.get()), self.slices.get()));
+        (self.cpu_time(), runnable)
     }
 
     /// The worker is back from parking since `since`.
@@ -331,7 +507,7 @@ impl WorkerMeter {
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn set_process_times(&self, times: ProcessTimes) {
         self.cpu.set(times.cpu);
-        self.runnable.set(times.runnable);
+        self.process_runnable.set(times.runnable);
         self.has_cpu.store(true, Relaxed);
     }
 
@@ -354,6 +530,32 @@ impl WorkerMeter {
         self.has_cpu
             .load(Relaxed)
             .then(|| Duration::from_nanos(self.cpu.get()))
+    }
+
+    /// Records a poll that held its thread for `wall`, over [`STALL`]. With the thread's
+    /// scheduler readings from before and after the poll, the poll's wait for a core is
+    /// taken out (the thread was preempted: not the future's doing), and its CPU time
+    /// tells a computation from a blocking call.
+    #[cfg(feature = "async")]
+    #[cold]
+    fn stall(&self, wall: Duration, readings: Option<(Sched, Sched)>) {
+        let wall = wall.as_nanos() as u64;
+        let held = match readings {
+            Some((before, after)) => {
+                let preempted = after.runnable.saturating_sub(before.runnable);
+                let held = wall.saturating_sub(preempted);
+                if held <= STALL.as_nanos() as u64 {
+                    return;
+                }
+                let cpu = after.cpu.saturating_sub(before.cpu);
+                self.stalled_measured.add(held);
+                self.stalled_cpu.add(cpu.min(held));
+                held
+            }
+            None => wall,
+        };
+        self.stalled.add(held);
+        self.longest_stall.raise(held);
     }
 
     pub(crate) fn span(&self, started: Instant, length: Duration, what: SpanKind, items: usize) {
@@ -383,7 +585,8 @@ impl WorkerMeter {
 /// worker's CPU clock readings, which need no sharing.
 pub(crate) struct Recorder {
     pub(crate) meter: Arc<WorkerMeter>,
-    runnable_at_start: Option<u64>,
+    /// The thread's scheduler statistics when it began (Linux), for its wait for a core.
+    sched_at_start: Option<Sched>,
     cpu_at_start: Option<Duration>,
     /// When the CPU clock is due to be read again.
     next_cpu_read: Instant,
@@ -396,21 +599,37 @@ impl Recorder {
     pub(crate) fn begin(meter: Arc<WorkerMeter>) -> Self {
         let cpu_at_start = thread_cpu_time();
         meter.has_cpu.store(cpu_at_start.is_some(), Relaxed);
-        Self::start(meter, cpu_at_start, thread_runnable_wait())
+        let sched_at_start = Self::read_sched_at_start(&meter);
+        Self::start(meter, cpu_at_start, sched_at_start)
+    }
+
+    /// Reads the thread's scheduler statistics as it starts, so a snapshot can read them
+    /// again while it runs, and its drop when it ends.
+    fn read_sched_at_start(meter: &WorkerMeter) -> Option<Sched> {
+        let sched_at_start = Sched::of_this_thread();
+        if let (Some(sched), Some(thread)) = (sched_at_start, this_thread_id()) {
+            meter.sched_at_start.cpu.set(sched.cpu);
+            meter.sched_at_start.runnable.set(sched.runnable);
+            meter.sched_at_start.slices.set(sched.slices);
+            meter.thread.set(thread);
+            meter.has_runnable.store(true, Relaxed);
+        }
+        sched_at_start
     }
 
     fn start(
         meter: Arc<WorkerMeter>,
         cpu_at_start: Option<Duration>,
-        runnable_at_start: Option<u64>,
+        sched_at_start: Option<Sched>,
     ) -> Self {
         let now = Instant::now();
         meter.activity.store(Activity::Busy as u8, Relaxed);
         let began = now.saturating_duration_since(meter.run_started);
         meter.began.set(began.as_nanos() as u64);
+        meter.has_life.store(true, Relaxed);
         Recorder {
             meter,
-            runnable_at_start,
+            sched_at_start,
             cpu_at_start,
             next_cpu_read: now + CPU_SAMPLE_EVERY,
             blocked_seen: 0,
@@ -418,8 +637,8 @@ impl Recorder {
     }
 
     /// For a worker that records every batch of work: its waits for input go untimed, and
-    /// count as whatever time it did not spend working or blocked. (A trace still times
-    /// them, to draw them.)
+    /// count as whatever time it did not spend working or blocked (see
+    /// [`WorkerMeter::times`]). (A trace still times them, to draw them.)
     pub(crate) fn starved_is_the_rest(self) -> Self {
         let untimed = self.meter.spans.is_none();
         self.meter.starved_is_the_rest.store(untimed, Relaxed);
@@ -428,10 +647,13 @@ impl Recorder {
 
     /// Starts recording for a worker whose work runs in another process: the thread's own
     /// CPU clock says nothing about it, so the caller reports the process's times with
-    /// [`WorkerMeter::set_process_times`].
+    /// [`WorkerMeter::set_process_times`]. The thread's own waits for a core still count:
+    /// each round trip ends with the thread waking up for the answer.
     #[cfg_attr(not(feature = "process"), allow(dead_code))]
     pub(crate) fn begin_elsewhere(meter: Arc<WorkerMeter>) -> Self {
-        Self::start(meter, None, None)
+        meter.elsewhere.store(true, Relaxed);
+        let sched_at_start = Self::read_sched_at_start(&meter);
+        Self::start(meter, None, sched_at_start)
     }
 
     /// A batch begins: the clock reading to pass to [`batch`](Self::batch).
@@ -488,16 +710,23 @@ impl Recorder {
 }
 
 impl Drop for Recorder {
-    /// The worker has ended (or unwound): a last CPU reading, and it is no longer busy.
+    /// The worker has ended (or unwound): a last reading of its clocks, then its lifetime,
+    /// which marks its figures final, and it is no longer busy.
     fn drop(&mut self) {
         let now = Instant::now();
         self.read_cpu(now);
+        if let (Some(start), Some(end)) = (self.sched_at_start, Sched::of_this_thread()) {
+            let runnable = end.runnable.saturating_sub(start.runnable);
+            self.meter.runnable.set(runnable);
+            self.meter
+                .slices
+                .set(end.slices.saturating_sub(start.slices));
+        }
         let lifetime = now.saturating_duration_since(self.meter.run_started);
         let lifetime = lifetime.saturating_sub(Duration::from_nanos(self.meter.began.get()));
-        self.meter.lifetime.set((lifetime.as_nanos() as u64).max(1));
-        if let (Some(start), Some(end)) = (self.runnable_at_start, thread_runnable_wait()) {
-            self.meter.runnable.set(end.saturating_sub(start));
-        }
+        self.meter
+            .lifetime
+            .store((lifetime.as_nanos() as u64).max(1), Release);
         self.meter.activity.store(Activity::Done as u8, Relaxed);
     }
 }
@@ -517,13 +746,13 @@ impl ProcessTimes {
     pub(crate) fn of(pid: u32) -> Option<Self> {
         let mut total = ProcessTimes::default();
         for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-            let Ok(stat) = std::fs::read_to_string(thread.ok()?.path().join("schedstat")) else {
+            let Some(sched) = Sched::read(&thread.ok()?.path().join("schedstat")) else {
                 continue; // the thread has just ended
             };
-            let mut fields = stat.split_whitespace().map(str::parse::<u64>);
-            if let (Some(Ok(cpu)), Some(Ok(runnable))) = (fields.next(), fields.next()) {
-                total = total.plus(ProcessTimes { cpu, runnable });
-            }
+            total = total.plus(ProcessTimes {
+                cpu: sched.cpu,
+                runnable: sched.runnable,
+            });
         }
         Some(total)
     }
@@ -537,16 +766,54 @@ impl ProcessTimes {
     }
 }
 
-/// How long the calling thread has waited, ready to run, for a core: the second field of
-/// Linux's `/proc/thread-self/schedstat`. Read twice per worker, not per batch: it is a
-/// file read. It tells a CPU-bound stage on a crowded machine (ready, but no core free)
-/// from a stage that waits on IO.
-fn thread_runnable_wait() -> Option<u64> {
+/// A thread's scheduler statistics since it started: its CPU time, how long it waited,
+/// ready to run, for a core (in nanoseconds), and how many times it was put on a core
+/// (each after a wait, however short). The three fields of Linux's `schedstat`. A file read, so read when a worker starts and ends, by snapshots, and
+/// around an async poll at most once a millisecond: never per batch. The wait for a core
+/// tells a CPU-bound stage on a crowded machine (ready, but no core free) from a stage
+/// that waits on IO.
+#[derive(Clone, Copy, Debug)]
+struct Sched {
+    cpu: u64,
+    runnable: u64,
+    slices: u64,
+}
+
+impl Sched {
+    fn read(path: &std::path::Path) -> Option<Sched> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let stat = std::fs::read_to_string(path).ok()?;
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(cpu)), Some(Ok(runnable)), slices) => Some(Sched {
+                cpu,
+                runnable,
+                slices: slices.and_then(Result::ok).unwrap_or(0),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The calling thread's.
+    fn of_this_thread() -> Option<Sched> {
+        Sched::read("/proc/thread-self/schedstat".as_ref())
+    }
+
+    /// Thread `thread` of this process's.
+    fn of_thread(thread: u64) -> Option<Sched> {
+        Sched::read(format!("/proc/self/task/{thread}/schedstat").as_ref())
+    }
+}
+
+/// The calling thread's Linux thread id: `/proc/thread-self` links to `<pid>/task/<tid>`.
+fn this_thread_id() -> Option<u64> {
     if !cfg!(target_os = "linux") {
         return None;
     }
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().nth(1)?.parse().ok()
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
 }
 
 /// The calling thread's CPU time, where the platform has a per-thread CPU clock.
@@ -562,13 +829,23 @@ fn thread_cpu_time() -> Option<Duration> {
     None
 }
 
-/// Charges the time a future spends being polled to a meter's CPU time: for an async
-/// driver, whose futures hop between runtime threads, poll time is the CPU time its items
-/// take (a future that waits costs next to nothing to poll).
+/// Times the polls of an async worker's future: their total is charged to the meter's CPU
+/// time (for an async driver, whose futures hop between runtime threads, poll time is the
+/// CPU time its items take: a future that waits costs next to nothing to poll), and a
+/// poll over [`STALL`] is recorded as a stall (see [`WorkerMeter::stall`]).
+///
+/// A stall's CPU time and wait for a core come from the thread's scheduler statistics,
+/// read after the stall and at a time before it: before a poll, at most once a
+/// millisecond, and after each stall (so every poll of a future that keeps blocking is
+/// measured). The earlier reading may precede the poll by up to a millisecond of other
+/// work on the thread; that only ever makes a stall look shorter.
 #[cfg(feature = "async")]
 pub(crate) struct PollTimed<F> {
     future: std::pin::Pin<Box<F>>,
     meter: Option<Arc<WorkerMeter>>,
+    /// The last reading of a thread's scheduler statistics, and which thread's.
+    last_sched: Option<(std::thread::ThreadId, Sched)>,
+    next_sched_read: Instant,
 }
 
 #[cfg(feature = "async")]
@@ -580,8 +857,24 @@ impl<F: std::future::Future> PollTimed<F> {
         PollTimed {
             future: Box::pin(future),
             meter,
+            last_sched: None,
+            next_sched_read: Instant::now(),
         }
     }
+}
+
+/// Reads this thread's scheduler statistics into `last`, returning the reading `last`
+/// held if it was this thread's, and the new one.
+#[cfg(feature = "async")]
+#[cold]
+fn read_sched(last: &mut Option<(std::thread::ThreadId, Sched)>) -> (Option<Sched>, Option<Sched>) {
+    let thread = std::thread::current().id();
+    let before = last
+        .filter(|(last, _)| *last == thread)
+        .map(|(_, sched)| sched);
+    let now = Sched::of_this_thread();
+    *last = now.map(|now| (thread, now));
+    (before, now)
 }
 
 #[cfg(feature = "async")]
@@ -596,9 +889,20 @@ impl<F: std::future::Future> std::future::Future for PollTimed<F> {
         let Some(meter) = &this.meter else {
             return this.future.as_mut().poll(cx);
         };
-        let started = Instant::now();
+        let mut started = Instant::now();
+        if started >= this.next_sched_read {
+            read_sched(&mut this.last_sched);
+            started = Instant::now(); // the reading is not the poll's
+            this.next_sched_read = started + STALL;
+        }
         let poll = this.future.as_mut().poll(cx);
-        meter.cpu.add(started.elapsed().as_nanos() as u64);
+        let wall = started.elapsed();
+        meter.cpu.add(wall.as_nanos() as u64);
+        if wall > STALL {
+            let (before, after) = read_sched(&mut this.last_sched);
+            meter.stall(wall, before.zip(after));
+            this.next_sched_read = started; // measure the next poll from its start
+        }
         poll
     }
 }

@@ -58,18 +58,38 @@ pub struct StageMetrics {
     pub queued: usize,
     /// Workers busy right now (for an async stage: futures in flight).
     pub busy_workers: usize,
-    /// Time its workers spent working.
+    /// Workers waiting right now for room downstream, or for their turn to hand on
+    /// outputs in order (thread and process stages; 0 for an async stage).
+    pub blocked_workers: usize,
+    /// How many items the stage will handle in all, when known before the run: for the
+    /// input, the length its iterator announced (an exact `size_hint`).
+    pub expected_items: Option<u64>,
+    /// Time its workers spent working, or ready to work but waiting for a free core.
     pub busy: Duration,
-    /// CPU time its workers used, where the platform has a per-thread CPU clock.
+    /// CPU time its workers used, where the platform has a per-thread CPU clock (for an
+    /// async stage: the time its futures spent being polled).
     pub cpu: Option<Duration>,
-    /// Time its worker threads were ready to run but waited for a free core (Linux, and
-    /// only once the workers ended): CPU-bound work on a crowded machine.
+    /// Time its worker threads were ready to run but waited for a free core (Linux):
+    /// CPU-bound work on a crowded machine, or the wake-up of a thread that slept.
     pub runnable: Duration,
     /// Time its workers waited for input.
     pub starved: Duration,
     /// Time its workers waited for room in a full output queue, or their turn to hand
     /// on outputs in order.
     pub blocked: Duration,
+    /// For an async stage: the total time that polls of its futures held a runtime
+    /// thread for over a millisecond each ("stalls"). A future that awaits returns from
+    /// a poll in microseconds; one that blocks (a sync sleep or read, a long computation)
+    /// holds the thread, and every other future on it waits.
+    pub stalled: Duration,
+    /// For an async stage: the longest stall, if there was one.
+    pub longest_stall: Option<Duration>,
+    /// Of the stalls whose CPU time was measured: their total, and their CPU time.
+    pub(crate) stalled_measured: Duration,
+    pub(crate) stalled_cpu: Duration,
+    /// How many workers were metered: for an async stage, its drivers (one per runtime
+    /// thread it runs on).
+    pub(crate) meters: usize,
 }
 
 impl StageMetrics {
@@ -83,19 +103,49 @@ impl StageMetrics {
         per_item(self.cpu?, self.items())
     }
 
-    /// The share of its working time spent on the CPU: near 1 for CPU-bound work, near 0
-    /// for work that waits (IO, sleeps, locks).
+    /// The share of its busy time spent on a core: near 1 for CPU-bound work on an idle
+    /// machine, near 0 for work that waits (IO, sleeps, locks). On a crowded machine a
+    /// CPU-bound stage gets less; see [`cpu_demand`](Self::cpu_demand).
     pub fn cpu_ratio(&self) -> Option<f64> {
         let cpu = self.cpu?;
         (!self.busy.is_zero()).then(|| (cpu.as_secs_f64() / self.busy.as_secs_f64()).min(1.0))
     }
 
-    /// The share of its working time it wanted the CPU: on it, or ready and waiting for a
-    /// core. This is what tells CPU-bound work from waiting even when other programs
-    /// crowd the machine.
+    /// The share of its busy time it wanted a core, whether it got one or not: what tells
+    /// CPU-bound work from waiting even when other programs crowd the machine.
+    ///
+    /// Busy time is spent on a core, ready and waiting for one, or asleep (on IO, a
+    /// sleep, a lock). A wait for a core follows either running (the thread was
+    /// preempted) or sleeping (it woke up, and found the cores taken), so it counts as
+    /// demand only in proportion to the CPU time: the demand is the CPU time over the
+    /// busy time less that wait. A stage that barely runs cannot be CPU-bound, however
+    /// long its wake-ups wait for a core.
     pub fn cpu_demand(&self) -> Option<f64> {
-        let cpu = self.cpu? + self.runnable;
-        (!self.busy.is_zero()).then(|| (cpu.as_secs_f64() / self.busy.as_secs_f64()).min(1.0))
+        let cpu = self.cpu?.as_secs_f64();
+        if self.busy.is_zero() {
+            return None;
+        }
+        let awake = self.busy.saturating_sub(self.runnable).as_secs_f64();
+        Some(if awake > 0.0 {
+            (cpu / awake).min(1.0)
+        } else if cpu > 0.0 {
+            1.0
+        } else {
+            0.0
+        })
+    }
+
+    /// For an async stage: the share of its runtime threads' time (one per driver) that
+    /// its polls held them in stalls (see [`stalled`](Self::stalled)).
+    pub fn stalled_share(&self, elapsed: Duration) -> f64 {
+        share(self.stalled, self.meters, elapsed)
+    }
+
+    /// For an async stage: the share of its measured stalls spent on a core, telling a
+    /// computation (near 1) from a blocking call (near 0).
+    pub(crate) fn stall_cpu_share(&self) -> Option<f64> {
+        (!self.stalled_measured.is_zero())
+            .then(|| self.stalled_cpu.as_secs_f64() / self.stalled_measured.as_secs_f64())
     }
 
     /// The share of the workers' time (`workers × elapsed`) spent working.
@@ -111,6 +161,32 @@ impl StageMetrics {
     /// The share of the workers' time spent waiting to hand on outputs.
     pub fn blocked_share(&self, elapsed: Duration) -> f64 {
         share(self.blocked, self.workers, elapsed)
+    }
+
+    /// A stage that has done nothing yet.
+    pub(crate) fn empty(name: &str, kind: StageKind, workers: usize) -> Self {
+        StageMetrics {
+            name: name.to_owned(),
+            kind,
+            workers,
+            items_in: 0,
+            items_out: 0,
+            errors: 0,
+            queued: 0,
+            busy_workers: 0,
+            blocked_workers: 0,
+            expected_items: None,
+            busy: Duration::ZERO,
+            cpu: None,
+            runnable: Duration::ZERO,
+            starved: Duration::ZERO,
+            blocked: Duration::ZERO,
+            stalled: Duration::ZERO,
+            longest_stall: None,
+            stalled_measured: Duration::ZERO,
+            stalled_cpu: Duration::ZERO,
+            meters: 0,
+        }
     }
 
     /// The items it worked on: taken in, or for the input iterator, pulled.
@@ -142,35 +218,37 @@ impl Metrics {
             .iter()
             .map(|stage| {
                 let meters = stage.meters();
-                let mut metrics = StageMetrics {
-                    name: stage.name.to_string(),
-                    kind: stage.kind,
-                    workers: stage.workers,
-                    items_in: 0,
-                    items_out: 0,
-                    errors: stage.errors.load(std::sync::atomic::Ordering::Relaxed),
-                    queued: stage.queued.as_ref().map_or(0, |queued| queued()),
-                    busy_workers: 0,
-                    busy: Duration::ZERO,
-                    cpu: None,
-                    runnable: Duration::ZERO,
-                    starved: Duration::ZERO,
-                    blocked: Duration::ZERO,
-                };
+                let mut metrics = StageMetrics::empty(&stage.name, stage.kind, stage.workers);
+                metrics.errors = stage.errors.load(std::sync::atomic::Ordering::Relaxed);
+                metrics.queued = stage.queued.as_ref().map_or(0, |queued| queued());
+                metrics.expected_items = stage.expected_items();
+                metrics.meters = meters.len();
+                let nanos =
+                    |counter: &crate::engine::meter::Counter| Duration::from_nanos(counter.get());
                 for meter in &meters {
+                    let times = meter.times();
                     metrics.items_in += meter.items_in.get();
                     metrics.items_out += meter.items_out.get();
-                    metrics.busy += Duration::from_nanos(meter.busy.get());
-                    metrics.starved += meter.starved();
-                    metrics.runnable += Duration::from_nanos(meter.runnable.get());
-                    metrics.blocked += Duration::from_nanos(meter.blocked.get());
-                    if let Some(cpu) = meter.cpu_time() {
+                    metrics.busy += times.busy;
+                    metrics.starved += times.starved;
+                    metrics.runnable += times.runnable;
+                    metrics.blocked += times.blocked;
+                    if let Some(cpu) = times.cpu {
                         metrics.cpu = Some(metrics.cpu.unwrap_or_default() + cpu);
                     }
+                    metrics.stalled += nanos(&meter.stalled);
+                    metrics.stalled_measured += nanos(&meter.stalled_measured);
+                    metrics.stalled_cpu += nanos(&meter.stalled_cpu);
+                    let longest = nanos(&meter.longest_stall);
+                    if !longest.is_zero() {
+                        metrics.longest_stall = metrics.longest_stall.max(Some(longest));
+                    }
+                    let activity = meter.activity();
                     metrics.busy_workers += match stage.kind {
                         StageKind::Async => meter.in_flight.get() as usize,
-                        _ => usize::from(meter.activity() == Activity::Busy),
+                        _ => usize::from(activity == Activity::Busy),
                     };
+                    metrics.blocked_workers += usize::from(activity == Activity::Blocked);
                 }
                 metrics
             })

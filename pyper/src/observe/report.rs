@@ -1,6 +1,11 @@
 //! The end-of-run report: where the time went, which stage limits the pipeline, and what
 //! to change, in the terms of the concurrency guides' question: is this work CPU-bound or does it
 //! wait, and how many workers of which kind should it get?
+//!
+//! Each stage is classified from its measured times (see [`StageReport::bound`]), and the
+//! advice gives numbers computed from the run: the workers a CPU-bound stage can use (the
+//! cores), and the workers an IO-bound stage needs to keep up with the rest of the
+//! pipeline.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,11 +16,17 @@ use crate::observe::metrics::{Metrics, StageKind, StageMetrics};
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bound {
-    /// Busy, and on the CPU most of that time: more cores (or cheaper items) help.
+    /// Busy, and wanting a core most of that time (on one, or ready and waiting for one):
+    /// more cores, or cheaper items, help; more workers than cores don't.
     Cpu,
     /// Busy, but mostly off the CPU: waiting on IO, sleeps or locks. More workers, or an
     /// async task, help.
     Waiting,
+    /// An async stage whose polls block their runtime thread: a blocking call (a sync
+    /// sleep, sync IO, a lock) inside async code. Every other future on that thread
+    /// waits meanwhile, so more futures in flight don't help: the call belongs in an
+    /// async wait, or in a sync task with threads of its own.
+    BlocksExecutor,
     /// Mostly waiting for input: the limit is upstream.
     Starved,
     /// Mostly waiting to hand on outputs: the limit is downstream.
@@ -30,6 +41,7 @@ impl Bound {
         match self {
             Bound::Cpu => "CPU-bound",
             Bound::Waiting => "IO-bound / waiting",
+            Bound::BlocksExecutor => "blocks its executor",
             Bound::Starved => "starved by upstream",
             Bound::Blocked => "blocked by downstream",
             Bound::Idle => "idle",
@@ -37,9 +49,22 @@ impl Bound {
     }
 }
 
-/// A stage that wants the CPU (is on it, or ready and waiting for a core) for at least this
-/// share of its working time is CPU-bound.
+/// A stage that wants a core for at least this share of its busy time is CPU-bound (see
+/// [`StageMetrics::cpu_demand`]).
 const CPU_BOUND: f64 = 0.5;
+
+/// An async stage whose items stall their runtime thread for this long each, on average,
+/// blocks its executor: the length of a stall (see [`StageMetrics::stalled`]). A future
+/// that awaits its waits holds the thread for microseconds per item (a poll that only
+/// looks long because the thread was preempted is not counted, when the preemption is
+/// measured); one that makes a blocking call holds it for the whole call.
+const STALL_PER_ITEM: Duration = Duration::from_millis(1);
+
+/// Above this many workers, waiting in threads costs more than waiting in futures.
+const MANY_THREADS: usize = 256;
+
+/// The most workers the advice ever suggests.
+const MOST_WORKERS: usize = 4096;
 
 /// One stage's line of the report.
 #[non_exhaustive]
@@ -49,12 +74,25 @@ pub struct StageReport {
     pub metrics: StageMetrics,
     /// Items per second over the whole run.
     pub throughput: f64,
-    /// The share of the workers' time spent working (0 to 1).
+    /// The share of the workers' time spent busy (0 to 1): working, or ready to work and
+    /// waiting for a core.
     pub utilization: f64,
-    /// CPU time over working time (0 to 1), where the platform measures it.
+    /// The share of the busy time spent on a core (0 to 1), where the platform measures
+    /// it. For an async stage, the share of its items' time in flight spent being polled.
     pub cpu_ratio: Option<f64>,
-    /// What the workers mostly did.
+    /// What the workers mostly did. In order: a stage that did next to nothing is
+    /// [`Idle`](Bound::Idle); an async stage that stalls its runtime threads is
+    /// [`BlocksExecutor`](Bound::BlocksExecutor) (or [`Cpu`](Bound::Cpu) when its stalls
+    /// were spent computing); then whichever is largest of the blocked, starved and busy
+    /// shares of its time decides, and busy time is [`Cpu`](Bound::Cpu) or
+    /// [`Waiting`](Bound::Waiting) by its [CPU demand](StageMetrics::cpu_demand).
     pub bound: Bound,
+    /// How many workers the advice gives this stage, when it advises a change: the cores
+    /// for a CPU-bound stage that has more, or the workers an IO-bound bottleneck needs
+    /// to keep up with the rest of the pipeline.
+    pub suggested_workers: Option<usize>,
+    /// Whether it is an async stage whose polls stall their runtime threads.
+    stalls_executor: bool,
 }
 
 /// What a run's metrics say: per stage, how it spent its time and what bounds it; which
@@ -77,7 +115,13 @@ pub struct StageReport {
 /// let fetch = report.stage("fetch").unwrap();
 /// assert_eq!(fetch.bound, Bound::Waiting);
 /// assert_eq!(report.bottleneck().unwrap().metrics.name, "fetch");
+/// assert!(fetch.suggested_workers.unwrap() > 1); // raise workers, to a computed number
 /// ```
+///
+/// The table's columns: **busy**, **starved** and **blocked** split the workers' time
+/// (`workers × run time`) into working (or ready to work and waiting for a core), waiting
+/// for input, and waiting to hand outputs on; **cpu** is the share of the busy time spent
+/// on a core (`-` where not measured, and on rows with next to no busy time).
 #[derive(Clone, Debug)]
 pub struct Report {
     elapsed: Duration,
@@ -95,23 +139,54 @@ impl Report {
             .into_iter()
             .map(|stage| StageReport::new(stage, elapsed))
             .collect();
+        // A stage with a blocked stage below it is not the limit: that one waits on
+        // something further down.
+        let blocked_below = |at: usize| {
+            stages[at + 1..]
+                .iter()
+                .any(|stage| stage.bound == Bound::Blocked)
+        };
         let bottleneck = stages
             .iter()
             .enumerate()
-            .filter(|(_, stage)| matches!(stage.bound, Bound::Cpu | Bound::Waiting))
+            .filter(|(at, stage)| {
+                matches!(
+                    stage.bound,
+                    Bound::Cpu | Bound::Waiting | Bound::BlocksExecutor
+                ) && !blocked_below(*at)
+            })
             .max_by(|(_, a), (_, b)| a.utilization.total_cmp(&b.utilization))
             .map(|(at, _)| at);
+        // An async stage that stalls the runtime slows every async stage: they wait for a
+        // thread to poll their futures on. It is the limit, not its victims.
+        let bottleneck = match bottleneck {
+            Some(at) if stages[at].metrics.kind == StageKind::Async => stages
+                .iter()
+                .enumerate()
+                .filter(|(_, stage)| stage.stalls_executor)
+                .max_by(|(_, a), (_, b)| {
+                    let elapsed = metrics.elapsed;
+                    let share = |s: &StageReport| s.metrics.stalled_share(elapsed);
+                    share(a).total_cmp(&share(b))
+                })
+                .map_or(Some(at), |(stalling, _)| Some(stalling)),
+            other => other,
+        };
         let consumer_bound = bottleneck.is_none()
             && stages
                 .last()
                 .is_some_and(|last| last.bound == Bound::Blocked);
-        Report {
+        let mut report = Report {
             elapsed,
             cores: metrics.cores,
             stages,
             bottleneck,
             consumer_bound,
+        };
+        for at in 0..report.stages.len() {
+            report.stages[at].suggested_workers = report.suggest_workers(at);
         }
+        report
     }
 
     /// The run's wall time.
@@ -130,8 +205,11 @@ impl Report {
     }
 
     /// The stage that limits the pipeline: of the stages that are busy rather than
-    /// waiting on their neighbours, the busiest. `None` when every stage waits on the
-    /// consumer (see [`consumer_bound`](Report::consumer_bound)) or nothing ran.
+    /// waiting on their neighbours, and have no blocked stage below them, the busiest;
+    /// but if that is an async stage while
+    /// another blocks the executor, the one that blocks it (the other async stages wait
+    /// for the runtime threads it holds). `None` when every stage waits on the consumer
+    /// (see [`consumer_bound`](Report::consumer_bound)) or nothing ran.
     pub fn bottleneck(&self) -> Option<&StageReport> {
         self.bottleneck.map(|at| &self.stages[at])
     }
@@ -142,7 +220,18 @@ impl Report {
     }
 
     /// What to change, in words and numbers: one line for the bottleneck, then one for
-    /// each stage that waits on it.
+    /// each other stage that blocks its executor or waits on a neighbour.
+    ///
+    /// The seeds' rules, applied with the run's own figures:
+    ///
+    /// * a CPU-bound stage gains nothing from more workers than cores: with more, it is
+    ///   told to use as many as the cores; with fewer, to raise them to the cores free;
+    /// * an IO-bound stage gains from more workers, as many as it takes to keep up with
+    ///   the rest of the pipeline (computed from every stage's time per item and from
+    ///   the CPU the pipeline needs per item), and an async task suits hundreds of waits;
+    /// * blocking calls in an async task block its executor: they belong in an async
+    ///   wait, or in a sync task;
+    /// * a starved or blocked stage waits on a neighbour: more workers there won't help.
     pub fn advice(&self) -> Vec<String> {
         let mut advice = Vec::new();
         if let Some(at) = self.bottleneck {
@@ -161,6 +250,7 @@ impl Report {
             let name = &stage.metrics.name;
             let elapsed = self.elapsed;
             match stage.bound {
+                Bound::BlocksExecutor => advice.push(self.stall_advice(stage)),
                 Bound::Starved => advice.push(format!(
                     "`{name}` is starved: its workers waited for input {} of the time; \
                      more workers here won't help",
@@ -180,21 +270,13 @@ impl Report {
     fn bottleneck_advice(&self, stage: &StageReport) -> String {
         let m = &stage.metrics;
         let name = &m.name;
-        let on_cpu = stage.cpu_ratio.unwrap_or(0.0);
-        let waiting_for_core = m.cpu_demand().unwrap_or(0.0) - on_cpu;
-        let cpu = match (stage.cpu_ratio, stage.bound) {
-            (None, _) => "CPU time not measured here".to_owned(),
-            (Some(_), Bound::Cpu) if waiting_for_core >= 0.05 => format!(
-                "{} CPU per item, and {} more ready but waiting for a free core",
-                percent(on_cpu),
-                percent(waiting_for_core)
-            ),
-            (Some(ratio), _) => format!("{} CPU per item", percent(ratio)),
-        };
+        let cpu = stage.cpu_description();
         let cores = self.cores;
         let workers = m.workers;
         let busy = percent(stage.utilization);
+        let suggested = stage.suggested_workers.unwrap_or(workers);
         match (stage.bound, m.kind) {
+            (Bound::BlocksExecutor, _) | (Bound::Cpu, StageKind::Async) => self.stall_advice(stage),
             (Bound::Cpu, StageKind::Input) => format!(
                 "the input iterator is the bottleneck and CPU-bound ({cpu}): make it \
                  cheaper, or move its work into a task with workers"
@@ -203,13 +285,14 @@ impl Report {
                 "the input iterator is the bottleneck and waits ({cpu}): fetch ahead, \
                  or feed a cheap iterator and do the waiting in a task with workers"
             ),
-            (Bound::Cpu, StageKind::Async) => format!(
-                "`{name}` is CPU-bound ({cpu}) inside an async task, which \
-                 stalls the runtime: make it a sync task with {cores} workers"
+            (Bound::Cpu, _) if workers > cores => format!(
+                "`{name}` is CPU-bound ({cpu}) with {workers} workers on {cores} cores: \
+                 use {suggested}. More workers than cores only take turns on them; to go \
+                 faster, make each item cheaper"
             ),
-            (Bound::Cpu, _) if workers >= cores => format!(
-                "`{name}` is CPU-bound ({cpu}) and already has {workers} \
-                 workers on {cores} cores: more workers won't help; make each item cheaper"
+            (Bound::Cpu, _) if workers == cores => format!(
+                "`{name}` is CPU-bound ({cpu}) and already has {workers} workers on \
+                 {cores} cores: more workers won't help; make each item cheaper"
             ),
             (Bound::Cpu, _) if self.cpu_bound_workers() >= cores => format!(
                 "`{name}` is CPU-bound ({cpu}) with {workers} workers, but the CPU-bound \
@@ -218,25 +301,127 @@ impl Report {
                 self.cpu_bound_workers()
             ),
             (Bound::Cpu, _) => format!(
-                "`{name}` is CPU-bound ({cpu}) with {workers} workers on {cores} cores: \
-                 raise workers to {}",
-                workers + cores - self.cpu_bound_workers()
+                "`{name}` is CPU-bound ({cpu}) with {} on {cores} cores: raise workers to \
+                 {suggested}",
+                count(workers, "worker")
             ),
-            (Bound::Waiting, StageKind::Async) => format!(
-                "`{name}` is IO-bound ({cpu}) with its {workers} futures in \
-                 flight {busy} of the time: raise workers"
-            ),
-            (Bound::Waiting, _) => format!(
-                "`{name}` is IO-bound ({cpu}), with {workers} of {workers} \
-                 workers busy {busy} of the time: raise workers (to {}, say) or make it async",
-                (workers * 4).max(8)
-            ),
+            (Bound::Waiting, kind) => {
+                let what = match kind {
+                    StageKind::Async => format!("{} in flight", count(workers, "future")),
+                    _ => format!("{} busy", count(workers, "worker")),
+                };
+                let per_item = m
+                    .wall_per_item()
+                    .map_or_else(String::new, |wall| format!(", {} per item", millis(wall)));
+                let many = if kind != StageKind::Async && suggested > MANY_THREADS {
+                    "; that many waits suit an async task better than threads"
+                } else {
+                    ""
+                };
+                format!(
+                    "`{name}` is IO-bound ({cpu}), with {what} {busy} of the time{per_item}. \
+                     Waits overlap: raise workers to {suggested}, enough to keep up with {}{many}",
+                    self.limit_without(stage).1
+                )
+            }
             _ => format!("`{name}` is {}", stage.bound.label()),
         }
     }
-}
 
-impl Report {
+    /// The advice for an async stage that stalls its runtime threads.
+    fn stall_advice(&self, stage: &StageReport) -> String {
+        let m = &stage.metrics;
+        let name = &m.name;
+        let per_item = m.stalled / m.items().clamp(1, u32::MAX.into()) as u32;
+        let longest = m.longest_stall.map_or_else(String::new, |longest| {
+            format!(", and up to {} at once", millis(longest))
+        });
+        let held = format!(
+            "its items held a runtime thread for {} each on average{longest}",
+            millis(per_item)
+        );
+        if stage.bound == Bound::Cpu {
+            format!(
+                "`{name}` computes inside an async task: {held}, on a core, and every \
+                 future on that thread waited meanwhile: make it a sync `task()` with {} \
+                 workers",
+                self.cores
+            )
+        } else {
+            format!(
+                "`{name}` blocks its executor: {held} without computing, so it makes a \
+                 blocking call (a sync sleep, read or lock) inside async code, and every \
+                 future on that thread waited meanwhile; more futures in flight won't help. \
+                 Use an async wait (`tokio::time::sleep`, async IO), or move the call to a \
+                 sync `task()`"
+            )
+        }
+    }
+
+    /// The workers the advice gives the stage at `at`, if it advises a change.
+    fn suggest_workers(&self, at: usize) -> Option<usize> {
+        let stage = &self.stages[at];
+        let m = &stage.metrics;
+        let cores = self.cores;
+        match (stage.bound, m.kind) {
+            (_, StageKind::Input) => None,
+            (Bound::Cpu, StageKind::Threads | StageKind::Process) if m.workers > cores => {
+                Some(cores)
+            }
+            (Bound::Cpu, StageKind::Threads | StageKind::Process)
+                if Some(at) == self.bottleneck && self.cpu_bound_workers() < cores =>
+            {
+                Some(m.workers + cores - self.cpu_bound_workers())
+            }
+            (Bound::Waiting, _) if Some(at) == self.bottleneck => {
+                let needed =
+                    self.limit_without(stage).0 * m.busy.as_secs_f64() / (m.items().max(1) as f64);
+                let needed = if needed.is_finite() {
+                    needed.ceil() as usize
+                } else {
+                    m.workers * 4
+                };
+                Some(needed.clamp(m.workers + 1, MOST_WORKERS.max(m.workers + 1)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The most items per second (in `stage`'s items) that the rest of the pipeline could
+    /// take, and what sets that limit: the slowest other stage at full speed with its
+    /// workers, or the cores, given the CPU time the pipeline spends per item.
+    fn limit_without(&self, stage: &StageReport) -> (f64, String) {
+        let items = stage.metrics.items().max(1) as f64;
+        let cpu: Duration = self.stages.iter().filter_map(|s| s.metrics.cpu).sum();
+        let mut limit = (
+            self.cores as f64 * items / cpu.as_secs_f64(),
+            format!("the {} cores", self.cores),
+        );
+        for other in &self.stages {
+            let m = &other.metrics;
+            if m.name == stage.metrics.name || other.bound == Bound::Idle || m.busy.is_zero() {
+                continue;
+            }
+            let workers = match other.bound {
+                Bound::Cpu => m.workers.min(self.cores),
+                _ => m.workers,
+            };
+            let rate = workers as f64 * items / m.busy.as_secs_f64();
+            if rate < limit.0 {
+                limit = (rate, format!("`{}`", m.name));
+            }
+        }
+        let caveat = if limit.1.starts_with("the ") {
+            ", as far as this run can tell: what it waits on may give out first"
+        } else {
+            ""
+        };
+        (
+            limit.0,
+            format!("{} ({:.0} items/s){caveat}", limit.1, limit.0),
+        )
+    }
+
     /// The workers of the thread and process stages that are CPU-bound: the cores they
     /// compete for are the machine's, whichever stage is the bottleneck.
     fn cpu_bound_workers(&self) -> usize {
@@ -263,8 +448,16 @@ impl StageReport {
         let blocked = metrics.blocked_share(elapsed);
         let cpu_ratio = metrics.cpu_ratio();
         let cpu_demand = metrics.cpu_demand();
+        let stalls = metrics.kind == StageKind::Async
+            && metrics.longest_stall.is_some()
+            && metrics.stalled >= STALL_PER_ITEM * items.min(u32::MAX.into()) as u32;
         let bound = if items == 0 || utilization.max(starved).max(blocked) < 0.01 {
             Bound::Idle
+        } else if stalls {
+            match metrics.stall_cpu_share() {
+                Some(share) if share >= CPU_BOUND => Bound::Cpu,
+                _ => Bound::BlocksExecutor,
+            }
         } else if blocked >= utilization && blocked >= starved {
             Bound::Blocked
         } else if starved >= utilization {
@@ -280,12 +473,53 @@ impl StageReport {
             utilization,
             cpu_ratio,
             bound,
+            suggested_workers: None,
+            stalls_executor: stalls,
+        }
+    }
+
+    /// Where its busy time went, in words: on a core, and waiting for one.
+    fn cpu_description(&self) -> String {
+        let Some(on_core) = self.cpu_ratio else {
+            return "CPU time not measured here".to_owned();
+        };
+        let m = &self.metrics;
+        let waiting = if m.busy.is_zero() {
+            0.0
+        } else {
+            (m.runnable.as_secs_f64() / m.busy.as_secs_f64()).min(1.0 - on_core)
+        };
+        if self.bound == Bound::Cpu && waiting >= 0.05 {
+            format!(
+                "on a core {} of its busy time, and ready but waiting for a free core {}",
+                percent(on_core),
+                percent(waiting)
+            )
+        } else {
+            format!("on a core {} of its busy time", percent(on_core))
         }
     }
 }
 
 fn percent(share: f64) -> String {
     format!("{:.0}%", share * 100.0)
+}
+
+/// `1 worker`, `2 workers`.
+fn count(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
+fn millis(time: Duration) -> String {
+    let ms = time.as_secs_f64() * 1e3;
+    if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
 }
 
 impl fmt::Display for Report {
@@ -300,12 +534,17 @@ impl fmt::Display for Report {
             "{:<16} {:<8} {:>7} {:>9} {:>11} {:>6} {:>6} {:>8} {:>8}  bound",
             "stage", "kind", "workers", "items", "items/s", "busy", "cpu", "starved", "blocked",
         )?;
-        for stage in &self.stages {
+        for (at, stage) in self.stages.iter().enumerate() {
             let m = &stage.metrics;
-            let marker = match self.bottleneck() {
-                Some(b) if b.metrics.name == m.name => "  ← bottleneck",
-                _ => "",
+            let marker = if Some(at) == self.bottleneck {
+                "  ← bottleneck"
+            } else {
+                ""
             };
+            // A share of next to no busy time says nothing (a join that waited all run).
+            let cpu = stage
+                .cpu_ratio
+                .filter(|_| stage.bound != Bound::Idle && stage.utilization >= 0.005);
             writeln!(
                 f,
                 "{:<16} {:<8} {:>7} {:>9} {:>11.1} {:>6} {:>6} {:>8} {:>8}  {}{}",
@@ -315,7 +554,7 @@ impl fmt::Display for Report {
                 m.items(),
                 stage.throughput,
                 percent(stage.utilization),
-                stage.cpu_ratio.map_or("-".to_owned(), percent),
+                cpu.map_or("-".to_owned(), percent),
                 percent(m.starved_share(self.elapsed)),
                 percent(m.blocked_share(self.elapsed)),
                 stage.bound.label(),
@@ -342,7 +581,7 @@ fn truncate(name: &str, width: usize) -> String {
 mod tests {
     use super::*;
 
-    /// A thread stage that spent `busy` of 1 s per worker working, `cpu` of it on a core.
+    /// A thread stage that spent `busy` of 1 s per worker busy, `cpu` of it on a core.
     fn stage(name: &str, workers: usize, busy: f64, cpu: f64) -> StageMetrics {
         let per_worker = Duration::from_secs_f64(busy);
         let total = per_worker * workers as u32;
@@ -355,11 +594,18 @@ mod tests {
             errors: 0,
             queued: 0,
             busy_workers: 0,
+            blocked_workers: 0,
+            expected_items: None,
             busy: total,
             cpu: Some(total.mul_f64(cpu)),
             runnable: Duration::ZERO,
             starved: Duration::from_secs(workers as u64).saturating_sub(total),
             blocked: Duration::ZERO,
+            stalled: Duration::ZERO,
+            longest_stall: None,
+            stalled_measured: Duration::ZERO,
+            stalled_cpu: Duration::ZERO,
+            meters: workers,
         }
     }
 
@@ -376,6 +622,7 @@ mod tests {
         let alone = report(4, vec![stage("parse", 1, 0.95, 0.97)]);
         assert_eq!(alone.bottleneck().unwrap().bound, Bound::Cpu);
         assert!(alone.advice()[0].ends_with("raise workers to 4"), "{alone}");
+        assert_eq!(alone.stage("parse").unwrap().suggested_workers, Some(4));
 
         let shared = report(
             4,
@@ -400,10 +647,50 @@ mod tests {
             enough.advice()[0].contains("more workers won't help"),
             "{enough}"
         );
+        assert_eq!(enough.stage("parse").unwrap().suggested_workers, None);
     }
 
     #[test]
-    fn a_busy_stage_off_the_cpu_is_waiting_and_told_to_raise_workers() {
+    fn a_cpu_bound_stage_with_more_workers_than_cores_is_told_to_use_the_cores() {
+        let mut crowded = stage("long_computation", 10, 0.98, 0.2);
+        // On a core a fifth of the time, ready and waiting for one the rest.
+        crowded.runnable = crowded.busy.mul_f64(0.79);
+        let report = report(2, vec![crowded]);
+        let stage = report.stage("long_computation").unwrap();
+        assert_eq!(stage.bound, Bound::Cpu, "{report}");
+        assert_eq!(stage.suggested_workers, Some(2));
+        let advice = &report.advice()[0];
+        assert!(advice.contains("10 workers on 2 cores: use 2"), "{report}");
+        assert!(
+            advice.contains(
+                "on a core 20% of its busy time, and ready but waiting for a free core 79%"
+            ),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_core_counts_as_demand_only_in_proportion_to_the_cpu_used() {
+        // A stage that sleeps, on a crowded machine: its wake-ups wait for a core 60% of
+        // its busy time, but it is on one 1% of it.
+        let mut sleeper = stage("nap", 2, 0.99, 0.01);
+        sleeper.runnable = sleeper.busy.mul_f64(0.6);
+        assert!(sleeper.cpu_demand().unwrap() < 0.05, "{sleeper:?}");
+        let report = report(2, vec![sleeper]);
+        assert_eq!(
+            report.stage("nap").unwrap().bound,
+            Bound::Waiting,
+            "{report}"
+        );
+
+        // A computation that got a core a tenth of the time and waited for one the rest.
+        let mut crowded = stage("spin", 2, 0.99, 0.1);
+        crowded.runnable = crowded.busy.mul_f64(0.9);
+        assert!(crowded.cpu_demand().unwrap() > 0.95, "{crowded:?}");
+    }
+
+    #[test]
+    fn a_busy_stage_off_the_cpu_is_waiting_and_told_how_many_workers_keep_up() {
         let report = report(
             2,
             vec![stage("fetch", 4, 0.99, 0.02), stage("parse", 1, 0.1, 1.0)],
@@ -411,6 +698,68 @@ mod tests {
         let fetch = report.stage("fetch").unwrap();
         assert_eq!(fetch.bound, Bound::Waiting);
         assert_eq!(report.stage("parse").unwrap().bound, Bound::Starved);
-        assert!(report.advice()[0].contains("raise workers (to 16, say) or make it async"));
+        // `fetch` takes 39.6 ms per item; `parse`, with 1 worker, 1 ms: 1000 items/s, and
+        // the CPU would allow 2 cores / 1.08 ms. 1000 items/s × 39.6 ms = 39.6 workers.
+        assert_eq!(fetch.suggested_workers, Some(40), "{report}");
+        let advice = &report.advice()[0];
+        assert!(
+            advice.contains("raise workers to 40, enough to keep up with `parse`"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn idle_rows_show_no_cpu_figure() {
+        let mut idle = stage("later", 1, 0.0, 0.0);
+        idle.items_in = 0;
+        idle.cpu = Some(Duration::from_millis(1));
+        let report = report(2, vec![stage("work", 1, 0.9, 1.0), idle]);
+        assert_eq!(report.stage("later").unwrap().bound, Bound::Idle);
+        let table = report.to_string();
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("later"))
+            .unwrap();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!((columns[5], columns[6]), ("0%", "-"), "{table}");
+    }
+
+    #[test]
+    fn an_async_stage_that_stalls_blocks_its_executor() {
+        let mut blocking = stage("slow_func", 8, 0.9, 0.3);
+        blocking.kind = StageKind::Async;
+        blocking.meters = 2;
+        blocking.stalled = Duration::from_millis(1800);
+        blocking.longest_stall = Some(Duration::from_millis(40));
+        blocking.stalled_measured = Duration::from_millis(1500);
+        blocking.stalled_cpu = Duration::from_millis(15);
+        let blocks = report(2, vec![blocking.clone()]);
+        let stage = blocks.stage("slow_func").unwrap();
+        assert_eq!(stage.bound, Bound::BlocksExecutor, "{blocks}");
+        assert_eq!(blocks.bottleneck().unwrap().metrics.name, "slow_func");
+        let advice = &blocks.advice()[0];
+        assert!(advice.contains("blocks its executor"), "{blocks}");
+        assert!(
+            advice.contains("18 ms each on average, and up to 40 ms at once"),
+            "{blocks}"
+        );
+        assert!(
+            advice.contains("async wait") && advice.contains("`task()`"),
+            "{blocks}"
+        );
+
+        // The same stalls, spent computing.
+        blocking.stalled_cpu = Duration::from_millis(1450);
+        let computes = report(2, vec![blocking]);
+        assert_eq!(computes.stage("slow_func").unwrap().bound, Bound::Cpu);
+        let advice = &computes.advice()[0];
+        assert!(
+            advice.contains("computes inside an async task"),
+            "{computes}"
+        );
+        assert!(
+            advice.contains("sync `task()` with 2 workers"),
+            "{computes}"
+        );
     }
 }
