@@ -114,6 +114,34 @@ fn a_slow_source_starves_a_fast_stage() {
     });
 }
 
+/// A report taken while the run goes on reads the live workers' CPU time and waits for a
+/// core from the scheduler: CPU-bound workers on too few cores are CPU-bound mid-run too,
+/// not starved.
+#[test]
+fn a_live_report_sees_cpu_bound_workers_on_too_few_cores() {
+    let _serial = serial();
+    with_timeout(60, || {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut output = task(spin).name("spin").workers(4 * cores).feed(0..100_000);
+        let monitor = output.monitor();
+        let consumer = std::thread::spawn(move || {
+            // Enough items for the workers to settle, then stop.
+            output.by_ref().take(200).count()
+        });
+        common::wait_until("200 items", || {
+            monitor
+                .metrics()
+                .stage("spin")
+                .is_some_and(|s| s.items_out >= 100)
+        });
+        let report = monitor.report();
+        let stage = report.stage("spin").unwrap();
+        assert_eq!(stage.bound, Bound::Cpu, "{report}");
+        assert!(stage.metrics.starved < stage.metrics.busy, "{report}");
+        assert_eq!(consumer.join().unwrap(), 200);
+    });
+}
+
 #[test]
 fn a_slow_consumer_makes_every_stage_blocked() {
     let _serial = serial();
@@ -307,7 +335,8 @@ fn live_metrics_show_queue_depth_and_busy_workers() {
         });
         let fast = monitor.metrics().stage("fast").unwrap().clone();
         assert_eq!(
-            fast.busy_workers, 0,
+            (fast.busy_workers, fast.blocked_workers),
+            (0, 1),
             "fast waits on its full queue: {fast:?}"
         );
         gate.open();

@@ -187,28 +187,33 @@ fn cpu_bound_with_workers_up_to_the_cores() {
 }
 
 /// The guide's "Bad" example: `long_computation` with `workers(10)` on threads. More
-/// workers than cores only take turns on them: CPU-bound, use as many as the cores.
+/// workers than cores only take turns on them: CPU-bound, use as many as the cores. The
+/// same verdict with a trace recorded, which times the waits for input that are otherwise
+/// inferred: waiting for a core is not waiting for input.
 fn cpu_bound_with_more_workers_than_cores() {
     let cores = cores();
     let workers = 5 * cores;
-    let pipeline = task(|x: u64| burn(2) ^ x)
-        .name("long_computation")
-        .workers(workers)
-        | task(|x: u64| x).name("print_sum");
-    let report = finish(
-        pipeline.feed(0..ITEMS_PER_CORE * cores as u64),
-        ITEMS_PER_CORE as usize * cores,
-    );
-    let stage = report.stage("long_computation").unwrap();
-    assert_eq!(stage.bound, Bound::Cpu, "{report}");
-    assert_eq!(bottleneck(&report), "long_computation", "{report}");
-    assert_eq!(stage.suggested_workers, Some(cores), "{report}");
-    let advice = advice_for(&report, "long_computation");
-    assert!(advice.contains("CPU-bound (on a core"), "{report}");
-    assert!(
-        advice.contains(&format!("{workers} workers on {cores} cores: use {cores}")),
-        "{report}"
-    );
+    for traced in [false, true] {
+        let pipeline = task(|x: u64| burn(2) ^ x)
+            .name("long_computation")
+            .workers(workers)
+            | task(|x: u64| x).name("print_sum");
+        let mut output = pipeline.feed(0..ITEMS_PER_CORE * cores as u64);
+        if traced {
+            output = output.record_trace();
+        }
+        let report = finish(output, ITEMS_PER_CORE as usize * cores);
+        let stage = report.stage("long_computation").unwrap();
+        assert_eq!(stage.bound, Bound::Cpu, "traced: {traced}\n{report}");
+        assert_eq!(bottleneck(&report), "long_computation", "{report}");
+        assert_eq!(stage.suggested_workers, Some(cores), "{report}");
+        let advice = advice_for(&report, "long_computation");
+        assert!(advice.contains("CPU-bound (on a core"), "{report}");
+        assert!(
+            advice.contains(&format!("{workers} workers on {cores} cores: use {cores}")),
+            "{report}"
+        );
+    }
 }
 
 /// Blocking IO (a request, as a sleep) with too few workers: IO-bound, the bottleneck,

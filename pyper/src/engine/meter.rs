@@ -69,7 +69,8 @@ pub enum StageKind {
     /// A sync task: worker threads.
     Threads,
     /// An async task: futures on pyper's tokio runtime. Its `workers` are the futures it
-    /// may have in flight, and its CPU time is the time spent polling them.
+    /// may have in flight, and its CPU time is the time spent polling them (a poll that
+    /// holds its thread for over a millisecond is charged its measured CPU time).
     Async,
     /// A process task: worker processes, fed by a thread each.
     Process,
@@ -532,30 +533,32 @@ impl WorkerMeter {
             .then(|| Duration::from_nanos(self.cpu.get()))
     }
 
-    /// Records a poll that held its thread for `wall`, over [`STALL`]. With the thread's
-    /// scheduler readings from before and after the poll, the poll's wait for a core is
-    /// taken out (the thread was preempted: not the future's doing), and its CPU time
-    /// tells a computation from a blocking call.
+    /// Records a poll that held its thread for `wall`, over [`STALL`], and returns the
+    /// CPU time to charge for it. With the thread's scheduler readings from before and
+    /// after the poll, the poll's wait for a core is taken out (the thread was preempted:
+    /// not the future's doing), and its CPU time, which is what it is charged, tells a
+    /// computation from a blocking call. Without them, it is charged its wall time.
     #[cfg(feature = "async")]
     #[cold]
-    fn stall(&self, wall: Duration, readings: Option<(Sched, Sched)>) {
+    fn stall(&self, wall: Duration, readings: Option<(Sched, Sched)>) -> u64 {
         let wall = wall.as_nanos() as u64;
-        let held = match readings {
+        let (held, charged) = match readings {
             Some((before, after)) => {
                 let preempted = after.runnable.saturating_sub(before.runnable);
                 let held = wall.saturating_sub(preempted);
+                let cpu = after.cpu.saturating_sub(before.cpu).min(held);
                 if held <= STALL.as_nanos() as u64 {
-                    return;
+                    return cpu;
                 }
-                let cpu = after.cpu.saturating_sub(before.cpu);
                 self.stalled_measured.add(held);
-                self.stalled_cpu.add(cpu.min(held));
-                held
+                self.stalled_cpu.add(cpu);
+                (held, cpu)
             }
-            None => wall,
+            None => (wall, wall),
         };
         self.stalled.add(held);
         self.longest_stall.raise(held);
+        charged
     }
 
     pub(crate) fn span(&self, started: Instant, length: Duration, what: SpanKind, items: usize) {
@@ -832,7 +835,8 @@ fn thread_cpu_time() -> Option<Duration> {
 /// Times the polls of an async worker's future: their total is charged to the meter's CPU
 /// time (for an async driver, whose futures hop between runtime threads, poll time is the
 /// CPU time its items take: a future that waits costs next to nothing to poll), and a
-/// poll over [`STALL`] is recorded as a stall (see [`WorkerMeter::stall`]).
+/// poll over [`STALL`] is recorded as a stall, charged its measured CPU time (see
+/// [`WorkerMeter::stall`]).
 ///
 /// A stall's CPU time and wait for a core come from the thread's scheduler statistics,
 /// read after the stall and at a time before it: before a poll, at most once a
@@ -897,12 +901,14 @@ impl<F: std::future::Future> std::future::Future for PollTimed<F> {
         }
         let poll = this.future.as_mut().poll(cx);
         let wall = started.elapsed();
-        meter.cpu.add(wall.as_nanos() as u64);
-        if wall > STALL {
+        let charged = if wall > STALL {
             let (before, after) = read_sched(&mut this.last_sched);
-            meter.stall(wall, before.zip(after));
             this.next_sched_read = started; // measure the next poll from its start
-        }
+            meter.stall(wall, before.zip(after))
+        } else {
+            wall.as_nanos() as u64
+        };
+        meter.cpu.add(charged);
         poll
     }
 }

@@ -67,7 +67,8 @@ pub struct StageMetrics {
     /// Time its workers spent working, or ready to work but waiting for a free core.
     pub busy: Duration,
     /// CPU time its workers used, where the platform has a per-thread CPU clock (for an
-    /// async stage: the time its futures spent being polled).
+    /// async stage: the time its futures spent being polled, or for a poll of over a
+    /// millisecond, its measured CPU time).
     pub cpu: Option<Duration>,
     /// Time its worker threads were ready to run but waited for a free core (Linux):
     /// CPU-bound work on a crowded machine, or the wake-up of a thread that slept.

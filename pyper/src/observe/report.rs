@@ -334,7 +334,7 @@ impl Report {
         let name = &m.name;
         let per_item = m.stalled / m.items().clamp(1, u32::MAX.into()) as u32;
         let longest = m.longest_stall.map_or_else(String::new, |longest| {
-            format!(", and up to {} at once", millis(longest))
+            format!(" (up to {} at once)", millis(longest))
         });
         let held = format!(
             "its items held a runtime thread for {} each on average{longest}",
@@ -349,7 +349,7 @@ impl Report {
             )
         } else {
             format!(
-                "`{name}` blocks its executor: {held} without computing, so it makes a \
+                "`{name}` blocks its executor: {held}, without computing, so it makes a \
                  blocking call (a sync sleep, read or lock) inside async code, and every \
                  future on that thread waited meanwhile; more futures in flight won't help. \
                  Use an async wait (`tokio::time::sleep`, async IO), or move the call to a \
@@ -740,7 +740,7 @@ mod tests {
         let advice = &blocks.advice()[0];
         assert!(advice.contains("blocks its executor"), "{blocks}");
         assert!(
-            advice.contains("18 ms each on average, and up to 40 ms at once"),
+            advice.contains("18 ms each on average (up to 40 ms at once), without computing"),
             "{blocks}"
         );
         assert!(
