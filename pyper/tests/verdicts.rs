@@ -153,13 +153,13 @@ const ITEMS_PER_CORE: u64 = 20;
 const WAITS: u64 = 30;
 
 /// The guide's `long_computation` with as many workers as cores: CPU-bound and the
-/// bottleneck, and more workers won't help.
+/// bottleneck, and more workers won't help. (The guide's pipeline ends in a consumer,
+/// `> print_sum`: here, the test's loop.)
 fn cpu_bound_with_workers_up_to_the_cores() {
     let cores = cores();
     let pipeline = task(|x: u64| burn(2) ^ x)
         .name("long_computation")
-        .workers(cores)
-        | task(|x: u64| x).name("print_sum");
+        .workers(cores);
     let report = finish(
         pipeline.feed(0..ITEMS_PER_CORE * cores as u64),
         ITEMS_PER_CORE as usize * cores,
@@ -187,7 +187,8 @@ fn cpu_bound_with_workers_up_to_the_cores() {
 }
 
 /// The guide's "Bad" example: `long_computation` with `workers(10)` on threads. More
-/// workers than cores only take turns on them: CPU-bound, use as many as the cores. The
+/// workers than cores only take turns on them: CPU-bound, use fewer (as many as the
+/// cores, on an idle machine). The
 /// same verdict with a trace recorded, which times the waits for input that are otherwise
 /// inferred: waiting for a core is not waiting for input.
 fn cpu_bound_with_more_workers_than_cores() {
@@ -196,8 +197,7 @@ fn cpu_bound_with_more_workers_than_cores() {
     for traced in [false, true] {
         let pipeline = task(|x: u64| burn(2) ^ x)
             .name("long_computation")
-            .workers(workers)
-            | task(|x: u64| x).name("print_sum");
+            .workers(workers);
         let mut output = pipeline.feed(0..ITEMS_PER_CORE * cores as u64);
         if traced {
             output = output.record_trace();
@@ -206,11 +206,16 @@ fn cpu_bound_with_more_workers_than_cores() {
         let stage = report.stage("long_computation").unwrap();
         assert_eq!(stage.bound, Bound::Cpu, "traced: {traced}\n{report}");
         assert_eq!(bottleneck(&report), "long_computation", "{report}");
-        assert_eq!(stage.suggested_workers, Some(cores), "{report}");
+        // As many as the cores, or a few more if its workers also wait (on each other,
+        // when a crowded machine preempts one holding a queue's lock): fewer than now.
+        let suggested = stage.suggested_workers.expect("a number of workers");
+        assert!((cores..workers).contains(&suggested), "{report}");
         let advice = advice_for(&report, "long_computation");
         assert!(advice.contains("CPU-bound (on a core"), "{report}");
         assert!(
-            advice.contains(&format!("{workers} workers on {cores} cores: use {cores}")),
+            advice.contains(&format!(
+                "{workers} workers on {cores} cores: use {suggested}"
+            )),
             "{report}"
         );
     }
@@ -284,8 +289,9 @@ fn an_async_task_that_blocks_its_executor_next_to_one_that_awaits() {
         "{report}"
     );
 
-    // On its own, the task that awaits is the bottleneck, waiting, and may only be told
-    // to keep more futures in flight.
+    // On its own, the task that awaits waits, and may only be told to keep more futures
+    // in flight. (Or, on a crowded machine, its runtime threads may be so slow to poll
+    // it when input arrives that it waits for input most: starved, and told nothing.)
     let awaits = async_task(|x: u64| async move {
         tokio::time::sleep(Duration::from_millis(4)).await;
         x
@@ -294,10 +300,16 @@ fn an_async_task_that_blocks_its_executor_next_to_one_that_awaits() {
     .workers(8);
     let report = finish(awaits.feed(0..2 * WAITS), 2 * WAITS as usize);
     let stage = report.stage("awaits").unwrap();
-    assert_eq!(stage.bound, Bound::Waiting, "{report}");
-    let advice = advice_for(&report, "awaits");
-    assert!(advice.contains("raise workers to"), "{report}");
-    assert!(!advice.contains("blocks"), "{report}");
+    match stage.bound {
+        Bound::Waiting => {
+            assert_eq!(bottleneck(&report), "awaits", "{report}");
+            let advice = advice_for(&report, "awaits");
+            assert!(advice.contains("raise workers to"), "{report}");
+            assert!(!advice.contains("blocks"), "{report}");
+        }
+        Bound::Starved => assert!(report.bottleneck().is_none(), "{report}"),
+        _ => panic!("a task that awaits is waiting:\n{report}"),
+    }
 }
 
 /// A fast stage behind a slow one is starved, and told that more workers won't help;
@@ -510,8 +522,9 @@ fn verdicts_under_load_20_runs() {
     let started = Instant::now();
     for round in 1..=20 {
         for (name, case) in matrix() {
-            eprintln!("round {round}, under load: {name}");
+            let case_started = Instant::now();
             run(case, true);
+            eprintln!("round {round}, under load: {name} ({:.0?})", case_started.elapsed());
         }
     }
     eprintln!("20 rounds in {:.1?}", started.elapsed());

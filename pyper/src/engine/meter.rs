@@ -305,8 +305,12 @@ pub(crate) struct WorkerMeter {
     sched_at_start: SchedCounters,
     /// How many times the thread was put on a core, once it ended: see [`Sched`].
     slices: Counter,
-    /// How many times the worker parked on its queue for input, untimed.
+    /// How many workers a wait of this one stands for (an async driver's slots), as last
+    /// told.
+    slots: Counter,
+    /// How many times the worker parked on its queue for input, and to hand on.
     parks: Counter,
+    blocked_parks: Counter,
     /// When the worker began and, once it ended, how long it lived (0 until then), in
     /// nanoseconds since the run's start. `lifetime` is written last, with release
     /// ordering: once it reads non-zero, every other figure is final.
@@ -332,6 +336,12 @@ pub(crate) struct WorkerTimes {
     pub(crate) blocked: Duration,
     pub(crate) cpu: Option<Duration>,
     pub(crate) runnable: Duration,
+    /// The time spent on items (the batches: the user's code), and the waits for a core
+    /// that were not wake-ups from parking on the input queue. Together with the CPU
+    /// time they tell whether the items' code computes or sleeps: see
+    /// [`StageMetrics::cpu_demand`](crate::StageMetrics::cpu_demand).
+    pub(crate) working: Duration,
+    pub(crate) working_runnable: Duration,
 }
 
 impl WorkerMeter {
@@ -360,7 +370,9 @@ impl WorkerMeter {
             thread: Counter::default(),
             sched_at_start: SchedCounters::default(),
             slices: Counter::default(),
+            slots: Counter::default(),
             parks: Counter::default(),
+            blocked_parks: Counter::default(),
             began: Counter::default(),
             lifetime: AtomicU64::new(0),
             spans: spans.then(|| Mutex::new(Vec::new())),
@@ -375,10 +387,12 @@ impl WorkerMeter {
     #[inline]
     pub(crate) fn wait_begins(&self, activity: Activity) -> Option<Instant> {
         self.activity.store(activity as u8, Relaxed);
-        let untimed = activity == Activity::Starved && self.starved_is_the_rest.load(Relaxed);
-        if untimed {
-            self.parks.add(1);
+        let starved = activity == Activity::Starved;
+        match starved {
+            true => self.parks.add(1),
+            false => self.blocked_parks.add(1),
         }
+        let untimed = starved && self.starved_is_the_rest.load(Relaxed);
         (!untimed).then(Instant::now)
     }
 
@@ -405,46 +419,65 @@ impl WorkerMeter {
     /// as busy. Without this, CPU-bound workers on too few cores would look starved, and
     /// on a crowded machine a starved stage's slow wake-ups would look busy. Where the
     /// waits for a core are not measured (not Linux), the rest is all starved.
-    pub(crate) fn times(&self) -> WorkerTimes {
+    ///
+    /// The time before `input_began` (when the run's input thread first ran) is left
+    /// out: every worker waits for input until then, however fast the pipeline, for as
+    /// long as a crowded machine makes the input's thread wait for a core.
+    pub(crate) fn times(&self, input_began: Duration) -> WorkerTimes {
         let ended = self.lifetime.load(Acquire);
-        let (mut cpu, mut runnable) = self.sched_times(ended == 0);
+        let (mut cpu, sched) = self.sched_times(ended == 0);
+        // Each wake-up from parking waited for a core about as long as the thread's waits
+        // for one did on average.
+        let waking = |parks: u64| {
+            sched.map_or(Duration::ZERO, |(runnable, slices)| {
+                let per_wait = runnable / slices.clamp(1, u32::MAX.into()) as u32;
+                let parks = parks.min(u32::MAX.into()) as u32;
+                per_wait.saturating_mul(parks).min(runnable)
+            })
+        };
+        let waking_for_input = waking(self.parks.get());
+        let waking_at_all = waking(self.parks.get() + self.blocked_parks.get());
+        let mut runnable = sched.map(|(runnable, _)| runnable);
         if self.elsewhere.load(Relaxed) {
             // The work's CPU time is its process's. Its round trips wait for a core
             // there, and, for the answer, on this thread.
             cpu = self.cpu_time();
-            let here = runnable.map_or(Duration::ZERO, |(runnable, _)| runnable);
             let there = Duration::from_nanos(self.process_runnable.get());
-            runnable = Some((here + there, 0));
+            runnable = Some(runnable.unwrap_or_default() + there);
         }
+        let working = Duration::from_nanos(self.busy.get());
         let mut times = WorkerTimes {
-            busy: Duration::from_nanos(self.busy.get()),
+            busy: working,
             starved: Duration::from_nanos(self.starved.get()),
             blocked: Duration::from_nanos(self.blocked.get()),
             cpu,
-            runnable: runnable.map(|(runnable, _)| runnable).unwrap_or_default(),
+            runnable: runnable.unwrap_or_default(),
+            working,
+            working_runnable: runnable.unwrap_or_default().saturating_sub(waking_at_all),
         };
+        let began = Duration::from_nanos(self.began.get());
+        let before_input = input_began.saturating_sub(began);
         if !self.has_life.load(Relaxed) {
-            return times; // an async driver: its slots' times are all timed
+            // An async driver, from the run's start: its slots' times are all timed.
+            let slots = self.slots.get().clamp(1, u32::MAX.into()) as u32;
+            times.starved = times
+                .starved
+                .saturating_sub(before_input.saturating_mul(slots));
+            return times;
         }
+        times.starved = times.starved.saturating_sub(before_input);
         let life = match ended {
-            0 => self
-                .run_started
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(self.began.get())),
+            0 => self.run_started.elapsed().saturating_sub(began),
             ended => Duration::from_nanos(ended),
         };
+        let life = life.saturating_sub(before_input);
         if self.starved_is_the_rest.load(Relaxed) {
             let rest = life.saturating_sub(times.busy + times.blocked);
             times.starved = match runnable {
-                Some((runnable, slices)) => {
+                Some(runnable) => {
                     let asleep = life.saturating_sub(cpu.unwrap_or_default() + runnable);
                     let slept = rest.min(asleep);
-                    // Each wake-up from parking waited for a core, as long as the
-                    // thread's waits for one did on average: that is still starving.
-                    let per_wait = runnable / slices.clamp(1, u32::MAX.into()) as u32;
-                    let parks = self.parks.get().min(u32::MAX.into()) as u32;
-                    let waking = per_wait.saturating_mul(parks);
-                    slept + (rest - slept).min(waking)
+                    slept + (rest - slept).min(waking_for_input)
                 }
                 None => rest,
             };
@@ -498,10 +531,19 @@ impl WorkerMeter {
             _ => (&self.starved, SpanKind::Starved),
         };
         counter.add(total.as_nanos() as u64);
+        self.slots.set(slots as u64);
         self.activity.store(Activity::Busy as u8, Relaxed);
         if self.spans.is_some() {
             self.span(since, length, what, 0);
         }
+    }
+
+    /// When the worker began, since the run's start: `None` for an async driver, whose
+    /// life is not timed (it starts with the run).
+    pub(crate) fn began(&self) -> Option<Duration> {
+        self.has_life
+            .load(Relaxed)
+            .then(|| Duration::from_nanos(self.began.get()))
     }
 
     /// The CPU time and the wait for a core of the processes this worker ran its items in.

@@ -28,7 +28,9 @@ pub const METRICS_ENV: &str = "PYPER_METRICS";
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// From the start of the run to its end, or to now while it runs.
+    /// From the start of the run to its end, or to now while it runs. The run starts
+    /// when its input starts to be pulled (its thread's first moment on a core): until
+    /// then every stage waits, as long as a crowded machine keeps that thread waiting.
     pub elapsed: Duration,
     /// The cores the machine offers (`std::thread::available_parallelism`).
     pub cores: usize,
@@ -85,6 +87,11 @@ pub struct StageMetrics {
     pub stalled: Duration,
     /// For an async stage: the longest stall, if there was one.
     pub longest_stall: Option<Duration>,
+    /// The time its workers spent on items (its busy time, less the moments between
+    /// items), and their waits for a core that were not wake-ups from parking on a
+    /// queue: see [`cpu_demand`](Self::cpu_demand).
+    pub(crate) working: Duration,
+    pub(crate) working_runnable: Duration,
     /// Of the stalls whose CPU time was measured: their total, and their CPU time.
     pub(crate) stalled_measured: Duration,
     pub(crate) stalled_cpu: Duration,
@@ -94,9 +101,9 @@ pub struct StageMetrics {
 }
 
 impl StageMetrics {
-    /// Mean wall time per item.
+    /// Mean wall time per item: the time a worker spent on it.
     pub fn wall_per_item(&self) -> Option<Duration> {
-        per_item(self.busy, self.items())
+        per_item(self.working, self.items())
     }
 
     /// Mean CPU time per item.
@@ -112,21 +119,28 @@ impl StageMetrics {
         (!self.busy.is_zero()).then(|| (cpu.as_secs_f64() / self.busy.as_secs_f64()).min(1.0))
     }
 
-    /// The share of its busy time it wanted a core, whether it got one or not: what tells
-    /// CPU-bound work from waiting even when other programs crowd the machine.
+    /// The share of the time spent on its items that they wanted a core, whether they
+    /// got one or not: what tells CPU-bound work from waiting even when other programs
+    /// crowd the machine.
     ///
-    /// Busy time is spent on a core, ready and waiting for one, or asleep (on IO, a
-    /// sleep, a lock). A wait for a core follows either running (the thread was
-    /// preempted) or sleeping (it woke up, and found the cores taken), so it counts as
-    /// demand only in proportion to the CPU time: the demand is the CPU time over the
-    /// busy time less that wait. A stage that barely runs cannot be CPU-bound, however
-    /// long its wake-ups wait for a core.
+    /// An item's time is spent on a core, ready and waiting for one, or asleep (on IO, a
+    /// sleep, a lock). The demand is the CPU time over the time that was not a wait for a
+    /// core: the waits count as demand only in proportion to the CPU time, since a wait
+    /// for a core follows either running (the thread was preempted) or sleeping (it woke
+    /// up, and found the cores taken). A stage that barely runs cannot be CPU-bound,
+    /// however long its wake-ups wait for a core, and a computation that got a core a
+    /// tenth of the time is still CPU-bound. (The waits for a core are the worker
+    /// threads' all run long, less their wake-ups from waiting for input; for an async
+    /// stage, none are measured.)
     pub fn cpu_demand(&self) -> Option<f64> {
         let cpu = self.cpu?.as_secs_f64();
-        if self.busy.is_zero() {
+        if self.working.is_zero() {
             return None;
         }
-        let awake = self.busy.saturating_sub(self.runnable).as_secs_f64();
+        let awake = self
+            .working
+            .saturating_sub(self.working_runnable)
+            .as_secs_f64();
         Some(if awake > 0.0 {
             (cpu / awake).min(1.0)
         } else if cpu > 0.0 {
@@ -184,6 +198,8 @@ impl StageMetrics {
             blocked: Duration::ZERO,
             stalled: Duration::ZERO,
             longest_stall: None,
+            working: Duration::ZERO,
+            working_runnable: Duration::ZERO,
             stalled_measured: Duration::ZERO,
             stalled_cpu: Duration::ZERO,
             meters: 0,
@@ -213,9 +229,17 @@ fn share(time: Duration, workers: usize, elapsed: Duration) -> f64 {
 
 impl Metrics {
     pub(crate) fn collect(run: &RunMeter) -> Self {
-        let elapsed = run.elapsed();
-        let stages = run
-            .stages()
+        let stages = run.stages();
+        // The run is measured from when its input thread first ran: see
+        // `WorkerMeter::times`.
+        let input_began = stages
+            .iter()
+            .filter(|stage| stage.kind == StageKind::Input)
+            .flat_map(|stage| stage.meters())
+            .find_map(|meter| meter.began())
+            .unwrap_or_default();
+        let elapsed = run.elapsed().saturating_sub(input_began);
+        let stages = stages
             .iter()
             .map(|stage| {
                 let meters = stage.meters();
@@ -227,13 +251,15 @@ impl Metrics {
                 let nanos =
                     |counter: &crate::engine::meter::Counter| Duration::from_nanos(counter.get());
                 for meter in &meters {
-                    let times = meter.times();
+                    let times = meter.times(input_began);
                     metrics.items_in += meter.items_in.get();
                     metrics.items_out += meter.items_out.get();
                     metrics.busy += times.busy;
                     metrics.starved += times.starved;
                     metrics.runnable += times.runnable;
                     metrics.blocked += times.blocked;
+                    metrics.working += times.working;
+                    metrics.working_runnable += times.working_runnable;
                     if let Some(cpu) = times.cpu {
                         metrics.cpu = Some(metrics.cpu.unwrap_or_default() + cpu);
                     }

@@ -49,9 +49,15 @@ impl Bound {
     }
 }
 
-/// A stage that wants a core for at least this share of its busy time is CPU-bound (see
-/// [`StageMetrics::cpu_demand`]).
+/// A stage that wants a core for at least this share of the time it spends on items is
+/// CPU-bound (see [`StageMetrics::cpu_demand`]).
 const CPU_BOUND: f64 = 0.5;
+
+/// So is a stage that wants a core for at least this share, if its workers together want
+/// every core: they take turns on the cores, and their waits for one another (on a lock
+/// whose holder is waiting for a core, say) look like sleep. A stage that only waits
+/// wants a core a few percent of its time, however many workers it has.
+const CPU_SATURATING: f64 = 0.2;
 
 /// An async stage whose items stall their runtime thread for this long each, on average,
 /// blocks its executor: the length of a stall (see [`StageMetrics::stalled`]). A future
@@ -137,7 +143,7 @@ impl Report {
         let stages: Vec<StageReport> = metrics
             .stages
             .into_iter()
-            .map(|stage| StageReport::new(stage, elapsed))
+            .map(|stage| StageReport::new(stage, elapsed, metrics.cores))
             .collect();
         // A stage with a blocked stage below it is not the limit: that one waits on
         // something further down.
@@ -251,6 +257,15 @@ impl Report {
             let elapsed = self.elapsed;
             match stage.bound {
                 Bound::BlocksExecutor => advice.push(self.stall_advice(stage)),
+                Bound::Cpu => {
+                    if let Some(suggested) = stage.suggested_workers {
+                        advice.push(format!(
+                            "`{name}` is CPU-bound with {} workers on {} cores: use \
+                             {suggested}; more only take turns on the cores",
+                            stage.metrics.workers, self.cores
+                        ));
+                    }
+                }
                 Bound::Starved => advice.push(format!(
                     "`{name}` is starved: its workers waited for input {} of the time; \
                      more workers here won't help",
@@ -285,10 +300,10 @@ impl Report {
                 "the input iterator is the bottleneck and waits ({cpu}): fetch ahead, \
                  or feed a cheap iterator and do the waiting in a task with workers"
             ),
-            (Bound::Cpu, _) if workers > cores => format!(
+            (Bound::Cpu, _) if suggested < workers => format!(
                 "`{name}` is CPU-bound ({cpu}) with {workers} workers on {cores} cores: \
-                 use {suggested}. More workers than cores only take turns on them; to go \
-                 faster, make each item cheaper"
+                 use {suggested}. {suggested} keep the cores busy, and more only take turns \
+                 on them; to go faster, make each item cheaper"
             ),
             (Bound::Cpu, _) if workers == cores => format!(
                 "`{name}` is CPU-bound ({cpu}) and already has {workers} workers on \
@@ -365,8 +380,10 @@ impl Report {
         let cores = self.cores;
         match (stage.bound, m.kind) {
             (_, StageKind::Input) => None,
-            (Bound::Cpu, StageKind::Threads | StageKind::Process) if m.workers > cores => {
-                Some(cores)
+            (Bound::Cpu, StageKind::Threads | StageKind::Process)
+                if m.workers > stage.cpu_workers_enough(cores) =>
+            {
+                Some(stage.cpu_workers_enough(cores))
             }
             (Bound::Cpu, StageKind::Threads | StageKind::Process)
                 if Some(at) == self.bottleneck && self.cpu_bound_workers() < cores =>
@@ -374,8 +391,8 @@ impl Report {
                 Some(m.workers + cores - self.cpu_bound_workers())
             }
             (Bound::Waiting, _) if Some(at) == self.bottleneck => {
-                let needed =
-                    self.limit_without(stage).0 * m.busy.as_secs_f64() / (m.items().max(1) as f64);
+                let needed = self.limit_without(stage).0 * m.working.as_secs_f64()
+                    / (m.items().max(1) as f64);
                 let needed = if needed.is_finite() {
                     needed.ceil() as usize
                 } else {
@@ -399,14 +416,15 @@ impl Report {
         );
         for other in &self.stages {
             let m = &other.metrics;
-            if m.name == stage.metrics.name || other.bound == Bound::Idle || m.busy.is_zero() {
+            if m.name == stage.metrics.name || other.bound == Bound::Idle || m.working.is_zero() {
                 continue;
             }
             let workers = match other.bound {
                 Bound::Cpu => m.workers.min(self.cores),
                 _ => m.workers,
             };
-            let rate = workers as f64 * items / m.busy.as_secs_f64();
+            // At full speed, in `stage`'s items: each of its workers on item after item.
+            let rate = workers as f64 * items / m.working.as_secs_f64();
             if rate < limit.0 {
                 limit = (rate, format!("`{}`", m.name));
             }
@@ -435,7 +453,7 @@ impl Report {
 }
 
 impl StageReport {
-    fn new(metrics: StageMetrics, elapsed: Duration) -> Self {
+    fn new(metrics: StageMetrics, elapsed: Duration, cores: usize) -> Self {
         let items = metrics.items();
         let seconds = elapsed.as_secs_f64();
         let throughput = if seconds > 0.0 {
@@ -462,7 +480,10 @@ impl StageReport {
             Bound::Blocked
         } else if starved >= utilization {
             Bound::Starved
-        } else if cpu_demand.unwrap_or(0.0) >= CPU_BOUND {
+        } else if cpu_demand.is_some_and(|demand| {
+            demand >= CPU_BOUND
+                || (demand >= CPU_SATURATING && metrics.workers as f64 * demand >= cores as f64)
+        }) {
             Bound::Cpu
         } else {
             Bound::Waiting
@@ -476,6 +497,13 @@ impl StageReport {
             suggested_workers: None,
             stalls_executor: stalls,
         }
+    }
+
+    /// How many workers keep `cores` cores busy with this stage's work: as many as the
+    /// cores if its items want a core all the time, more if they also wait.
+    fn cpu_workers_enough(&self, cores: usize) -> usize {
+        let demand = self.metrics.cpu_demand().unwrap_or(1.0).max(CPU_SATURATING);
+        ((cores as f64 / demand).floor() as usize).max(cores)
     }
 
     /// Where its busy time went, in words: on a core, and waiting for one.
@@ -603,6 +631,8 @@ mod tests {
             blocked: Duration::ZERO,
             stalled: Duration::ZERO,
             longest_stall: None,
+            working: total,
+            working_runnable: Duration::ZERO,
             stalled_measured: Duration::ZERO,
             stalled_cpu: Duration::ZERO,
             meters: workers,
@@ -655,6 +685,7 @@ mod tests {
         let mut crowded = stage("long_computation", 10, 0.98, 0.2);
         // On a core a fifth of the time, ready and waiting for one the rest.
         crowded.runnable = crowded.busy.mul_f64(0.79);
+        crowded.working_runnable = crowded.runnable;
         let report = report(2, vec![crowded]);
         let stage = report.stage("long_computation").unwrap();
         assert_eq!(stage.bound, Bound::Cpu, "{report}");
@@ -670,11 +701,39 @@ mod tests {
     }
 
     #[test]
+    fn workers_that_compute_and_together_want_every_core_are_cpu_bound() {
+        // On a core 40% of the time they are not waiting for one (the rest: waiting on
+        // each other), 10 workers want 4 cores: CPU-bound on 2, and 5 keep them busy.
+        let mut crowded = stage("hash", 10, 0.99, 0.2);
+        crowded.runnable = crowded.busy.mul_f64(0.5);
+        crowded.working_runnable = crowded.runnable;
+        assert!((crowded.cpu_demand().unwrap() - 0.4).abs() < 1e-9);
+        let hashes = report(2, vec![crowded]);
+        let hash = hashes.stage("hash").unwrap();
+        assert_eq!(hash.bound, Bound::Cpu, "{hashes}");
+        assert_eq!(hash.suggested_workers, Some(5), "{hashes}");
+        assert!(hashes.advice()[0].contains("10 workers on 2 cores: use 5"));
+
+        // Waiting stages want a core a few percent of their time, however many workers
+        // they have.
+        let mut waits = stage("fetch", 100, 0.99, 0.05);
+        waits.runnable = waits.busy.mul_f64(0.3);
+        waits.working_runnable = waits.runnable;
+        let fetches = report(2, vec![waits]);
+        assert_eq!(
+            fetches.stage("fetch").unwrap().bound,
+            Bound::Waiting,
+            "{fetches}"
+        );
+    }
+
+    #[test]
     fn waiting_for_a_core_counts_as_demand_only_in_proportion_to_the_cpu_used() {
         // A stage that sleeps, on a crowded machine: its wake-ups wait for a core 60% of
         // its busy time, but it is on one 1% of it.
         let mut sleeper = stage("nap", 2, 0.99, 0.01);
         sleeper.runnable = sleeper.busy.mul_f64(0.6);
+        sleeper.working_runnable = sleeper.runnable;
         assert!(sleeper.cpu_demand().unwrap() < 0.05, "{sleeper:?}");
         let report = report(2, vec![sleeper]);
         assert_eq!(
@@ -686,6 +745,7 @@ mod tests {
         // A computation that got a core a tenth of the time and waited for one the rest.
         let mut crowded = stage("spin", 2, 0.99, 0.1);
         crowded.runnable = crowded.busy.mul_f64(0.9);
+        crowded.working_runnable = crowded.runnable;
         assert!(crowded.cpu_demand().unwrap() > 0.95, "{crowded:?}");
     }
 
