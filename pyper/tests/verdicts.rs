@@ -524,7 +524,10 @@ fn verdicts_under_load_20_runs() {
         for (name, case) in matrix() {
             let case_started = Instant::now();
             run(case, true);
-            eprintln!("round {round}, under load: {name} ({:.0?})", case_started.elapsed());
+            eprintln!(
+                "round {round}, under load: {name} ({:.0?})",
+                case_started.elapsed()
+            );
         }
     }
     eprintln!("20 rounds in {:.1?}", started.elapsed());

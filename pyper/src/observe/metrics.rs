@@ -75,15 +75,16 @@ pub struct StageMetrics {
     /// Time its worker threads were ready to run but waited for a free core (Linux):
     /// CPU-bound work on a crowded machine, or the wake-up of a thread that slept.
     pub runnable: Duration,
-    /// Time its workers waited for input.
+    /// Time its workers waited for input (and, once it came, for a core to wake up on).
     pub starved: Duration,
     /// Time its workers waited for room in a full output queue, or their turn to hand
     /// on outputs in order.
     pub blocked: Duration,
     /// For an async stage: the total time that polls of its futures held a runtime
-    /// thread for over a millisecond each ("stalls"). A future that awaits returns from
-    /// a poll in microseconds; one that blocks (a sync sleep or read, a long computation)
-    /// holds the thread, and every other future on it waits.
+    /// thread for over a millisecond each ("stalls"), less the time the thread was
+    /// preempted meanwhile (measured from its scheduler statistics, on Linux). A future
+    /// that awaits returns from a poll in microseconds; one that blocks (a sync sleep or
+    /// read, a long computation) holds the thread, and every other future on it waits.
     pub stalled: Duration,
     /// For an async stage: the longest stall, if there was one.
     pub longest_stall: Option<Duration>,

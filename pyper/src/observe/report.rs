@@ -3,9 +3,9 @@
 //! wait, and how many workers of which kind should it get?
 //!
 //! Each stage is classified from its measured times (see [`StageReport::bound`]), and the
-//! advice gives numbers computed from the run: the workers a CPU-bound stage can use (the
-//! cores), and the workers an IO-bound stage needs to keep up with the rest of the
-//! pipeline.
+//! advice gives numbers computed from the run: the workers that keep the cores busy with
+//! a CPU-bound stage's work (the cores, for work that only computes), and the workers an
+//! IO-bound stage needs to keep up with the rest of the pipeline.
 
 use std::fmt;
 use std::time::Duration;
@@ -16,8 +16,9 @@ use crate::observe::metrics::{Metrics, StageKind, StageMetrics};
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Bound {
-    /// Busy, and wanting a core most of that time (on one, or ready and waiting for one):
-    /// more cores, or cheaper items, help; more workers than cores don't.
+    /// Busy, and its items want a core (on one, or ready and waiting for one) most of
+    /// their time, or a good part of it with workers that together want every core: more
+    /// cores, or cheaper items, help; more workers than keep the cores busy don't.
     Cpu,
     /// Busy, but mostly off the CPU: waiting on IO, sleeps or locks. More workers, or an
     /// async task, help.
@@ -87,15 +88,19 @@ pub struct StageReport {
     /// it. For an async stage, the share of its items' time in flight spent being polled.
     pub cpu_ratio: Option<f64>,
     /// What the workers mostly did. In order: a stage that did next to nothing is
-    /// [`Idle`](Bound::Idle); an async stage that stalls its runtime threads is
-    /// [`BlocksExecutor`](Bound::BlocksExecutor) (or [`Cpu`](Bound::Cpu) when its stalls
-    /// were spent computing); then whichever is largest of the blocked, starved and busy
-    /// shares of its time decides, and busy time is [`Cpu`](Bound::Cpu) or
-    /// [`Waiting`](Bound::Waiting) by its [CPU demand](StageMetrics::cpu_demand).
+    /// [`Idle`](Bound::Idle); an async stage whose items stall their runtime thread for
+    /// over a millisecond each, on average, is [`BlocksExecutor`](Bound::BlocksExecutor)
+    /// (or [`Cpu`](Bound::Cpu) when its stalls were spent computing); then whichever is
+    /// largest of the blocked, starved and busy shares of its time decides, and busy time
+    /// is [`Cpu`](Bound::Cpu) or [`Waiting`](Bound::Waiting) by its
+    /// [CPU demand](StageMetrics::cpu_demand): at least one half, or at least a fifth
+    /// with workers that together want every core (`workers × demand ≥ cores`).
     pub bound: Bound,
-    /// How many workers the advice gives this stage, when it advises a change: the cores
-    /// for a CPU-bound stage that has more, or the workers an IO-bound bottleneck needs
-    /// to keep up with the rest of the pipeline.
+    /// How many workers the advice gives this stage, when it advises a change: for a
+    /// CPU-bound stage with more, as many as keep the cores busy (`cores / demand`: the
+    /// cores, for work that only computes); for a CPU-bound bottleneck with fewer than
+    /// the cores, the cores the other CPU-bound stages leave free; for an IO-bound
+    /// bottleneck, the workers it needs to keep up with the rest of the pipeline.
     pub suggested_workers: Option<usize>,
     /// Whether it is an async stage whose polls stall their runtime threads.
     stalls_executor: bool,
