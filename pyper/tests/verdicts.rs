@@ -188,9 +188,9 @@ fn cpu_bound_with_workers_up_to_the_cores() {
 
 /// The guide's "Bad" example: `long_computation` with `workers(10)` on threads. More
 /// workers than cores only take turns on them: CPU-bound, use fewer (as many as the
-/// cores, on an idle machine). The
-/// same verdict with a trace recorded, which times the waits for input that are otherwise
-/// inferred: waiting for a core is not waiting for input.
+/// cores, on an idle machine). The same verdict with a trace recorded, which times the
+/// waits for input that are otherwise inferred: waiting for a core is not waiting for
+/// input.
 fn cpu_bound_with_more_workers_than_cores() {
     let cores = cores();
     let workers = 5 * cores;
