@@ -15,12 +15,22 @@
 //! for over [`STALL`] is a *stall*: a blocking call or heavy computation inside async
 //! code, which stops every other future on that thread.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::sync::{lock_std as lock, Instant};
+use sched::{this_thread_id, thread_cpu_time, Sched};
+
+#[cfg(feature = "async")]
+mod poll;
+mod sched;
+mod times;
+
+#[cfg(feature = "async")]
+pub(crate) use poll::PollTimed;
+pub(crate) use sched::ProcessTimes;
 
 /// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
 const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
@@ -328,22 +338,6 @@ struct SchedCounters {
     slices: Counter,
 }
 
-/// A worker's times as a snapshot reads them: see [`WorkerMeter::times`].
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct WorkerTimes {
-    pub(crate) busy: Duration,
-    pub(crate) starved: Duration,
-    pub(crate) blocked: Duration,
-    pub(crate) cpu: Option<Duration>,
-    pub(crate) runnable: Duration,
-    /// The time spent on items (the batches: the user's code), and the waits for a core
-    /// that were not wake-ups from parking on the input queue. Together with the CPU
-    /// time they tell whether the items' code computes or sleeps: see
-    /// [`StageMetrics::cpu_demand`](crate::StageMetrics::cpu_demand).
-    pub(crate) working: Duration,
-    pub(crate) working_runnable: Duration,
-}
-
 impl WorkerMeter {
     fn new(index: usize, spans: bool, run_started: Instant) -> Self {
         WorkerMeter {
@@ -402,119 +396,6 @@ impl WorkerMeter {
         self.activity.store(Activity::Busy as u8, Relaxed);
     }
 
-    /// The worker's times, as a snapshot sees them.
-    ///
-    /// Over a worker's life, whatever is not timed as starved or blocked is busy: working,
-    /// or between batches (handing over, taking the next, or waiting for a core to do
-    /// so).
-    ///
-    /// A worker whose waits for input go untimed was starved for the part of its life it
-    /// spent neither working nor blocked, *less* its waits for a core in that part that
-    /// were not wake-ups from parking. A worker is starved while it sleeps on its queue,
-    /// and then while it waits for a core to wake up on; a thread's sleep is what its
-    /// life leaves once its CPU time and its waits for a core are taken out, and each
-    /// wake-up is counted as long as the thread's average wait for a core. What remains
-    /// is a wait for a core between batches that followed work (a hand-over wakes the
-    /// next stage, which may take the core): time the worker wanted to work, so it counts
-    /// as busy. Without this, CPU-bound workers on too few cores would look starved, and
-    /// on a crowded machine a starved stage's slow wake-ups would look busy. Where the
-    /// waits for a core are not measured (not Linux), the rest is all starved.
-    ///
-    /// The time before `input_began` (when the run's input thread first ran) is left
-    /// out: every worker waits for input until then, however fast the pipeline, for as
-    /// long as a crowded machine makes the input's thread wait for a core.
-    pub(crate) fn times(&self, input_began: Duration) -> WorkerTimes {
-        let ended = self.lifetime.load(Acquire);
-        let (mut cpu, sched) = self.sched_times(ended == 0);
-        // Each wake-up from parking waited for a core about as long as the thread's waits
-        // for one did on average.
-        let waking = |parks: u64| {
-            sched.map_or(Duration::ZERO, |(runnable, slices)| {
-                let per_wait = runnable / slices.clamp(1, u32::MAX.into()) as u32;
-                let parks = parks.min(u32::MAX.into()) as u32;
-                per_wait.saturating_mul(parks).min(runnable)
-            })
-        };
-        let waking_for_input = waking(self.parks.get());
-        let waking_at_all = waking(self.parks.get() + self.blocked_parks.get());
-        let mut runnable = sched.map(|(runnable, _)| runnable);
-        if self.elsewhere.load(Relaxed) {
-            // The work's CPU time is its process's. Its round trips wait for a core
-            // there, and, for the answer, on this thread.
-            cpu = self.cpu_time();
-            let there = Duration::from_nanos(self.process_runnable.get());
-            runnable = Some(runnable.unwrap_or_default() + there);
-        }
-        let working = Duration::from_nanos(self.busy.get());
-        let mut times = WorkerTimes {
-            busy: working,
-            starved: Duration::from_nanos(self.starved.get()),
-            blocked: Duration::from_nanos(self.blocked.get()),
-            cpu,
-            runnable: runnable.unwrap_or_default(),
-            working,
-            working_runnable: runnable.unwrap_or_default().saturating_sub(waking_at_all),
-        };
-        let began = Duration::from_nanos(self.began.get());
-        let before_input = input_began.saturating_sub(began);
-        if !self.has_life.load(Relaxed) {
-            // An async driver, from the run's start: its slots' times are all timed.
-            let slots = self.slots.get().clamp(1, u32::MAX.into()) as u32;
-            times.starved = times
-                .starved
-                .saturating_sub(before_input.saturating_mul(slots));
-            return times;
-        }
-        times.starved = times.starved.saturating_sub(before_input);
-        let life = match ended {
-            0 => self.run_started.elapsed().saturating_sub(began),
-            ended => Duration::from_nanos(ended),
-        };
-        let life = life.saturating_sub(before_input);
-        if self.starved_is_the_rest.load(Relaxed) {
-            let rest = life.saturating_sub(times.busy + times.blocked);
-            times.starved = match runnable {
-                Some(runnable) => {
-                    let asleep = life.saturating_sub(cpu.unwrap_or_default() + runnable);
-                    let slept = rest.min(asleep);
-                    slept + (rest - slept).min(waking_for_input)
-                }
-                None => rest,
-            };
-        }
-        // What is left between batches, neither timed nor starved, is the worker's own
-        // doing (handing over, taking the next batch) or a wait for a core: busy. So is a
-        // batch still in progress, for a snapshot while the worker runs.
-        times.busy = life
-            .saturating_sub(times.starved + times.blocked)
-            .max(times.busy);
-        times
-    }
-
-    /// The worker's CPU time and its wait for a core so far: read from the scheduler
-    /// while its thread runs, when it can be, else as last recorded. The wait for a core
-    /// is `None` where it is not measured.
-    fn sched_times(&self, running: bool) -> (Option<Duration>, Option<(Duration, u64)>) {
-        let thread = self.thread.get();
-        if running && thread != 0 {
-            if let Some(now) = Sched::of_thread(thread) {
-                let start = &self.sched_at_start;
-                let cpu = now.cpu.saturating_sub(start.cpu.get());
-                let runnable = now.runnable.saturating_sub(start.runnable.get());
-                let slices = now.slices.saturating_sub(start.slices.get());
-                return (
-                    Some(Duration::from_nanos(cpu)),
-                    Some((Duration::from_nanos(runnable), slices)),
-                );
-            }
-        }
-        // A thread's wait for a core is read when it ends; a process's as it goes.
-        let runnable_final = !running || thread == 0;
-        let runnable = (runnable_final && self.has_runnable.load(Relaxed))
-            .then(|| (Duration::from_nanos(self.runnable.get()), self.slices.get()));
-        (self.cpu_time(), runnable)
-    }
-
     /// The worker is back from parking since `since`.
     #[inline]
     pub(crate) fn wait_ends(&self, activity: Activity, since: Instant) {
@@ -567,6 +448,12 @@ impl WorkerMeter {
             2 => Activity::Blocked,
             _ => Activity::Done,
         }
+    }
+
+    /// An async worker: its CPU time is its futures' poll time.
+    #[cfg(feature = "async")]
+    fn measures_poll_time(&self) {
+        self.has_cpu.store(true, Relaxed);
     }
 
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
@@ -773,184 +660,5 @@ impl Drop for Recorder {
             .lifetime
             .store((lifetime.as_nanos() as u64).max(1), Release);
         self.meter.activity.store(Activity::Done as u8, Relaxed);
-    }
-}
-
-/// A process's CPU time and its time ready to run but waiting for a core, in nanoseconds.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ProcessTimes {
-    pub(crate) cpu: u64,
-    pub(crate) runnable: u64,
-}
-
-impl ProcessTimes {
-    /// Sums them over the threads of process `pid`, from `/proc/<pid>/task/*/schedstat`
-    /// (Linux), while the process lives. (The process's own `schedstat` covers only its
-    /// main thread, and the work may run on another: libtest's, in a test binary.)
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn of(pid: u32) -> Option<Self> {
-        let mut total = ProcessTimes::default();
-        for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-            let Some(sched) = Sched::read(&thread.ok()?.path().join("schedstat")) else {
-                continue; // the thread has just ended
-            };
-            total = total.plus(ProcessTimes {
-                cpu: sched.cpu,
-                runnable: sched.runnable,
-            });
-        }
-        Some(total)
-    }
-
-    #[cfg_attr(not(feature = "process"), allow(dead_code))]
-    pub(crate) fn plus(self, other: Self) -> Self {
-        ProcessTimes {
-            cpu: self.cpu + other.cpu,
-            runnable: self.runnable + other.runnable,
-        }
-    }
-}
-
-/// A thread's scheduler statistics since it started: its CPU time, how long it waited,
-/// ready to run, for a core (in nanoseconds), and how many times it was put on a core
-/// (each after a wait, however short). The three fields of Linux's `schedstat`. A file read, so read when a worker starts and ends, by snapshots, and
-/// around an async poll at most once a millisecond: never per batch. The wait for a core
-/// tells a CPU-bound stage on a crowded machine (ready, but no core free) from a stage
-/// that waits on IO.
-#[derive(Clone, Copy, Debug)]
-struct Sched {
-    cpu: u64,
-    runnable: u64,
-    slices: u64,
-}
-
-impl Sched {
-    fn read(path: &std::path::Path) -> Option<Sched> {
-        if !cfg!(target_os = "linux") {
-            return None;
-        }
-        let stat = std::fs::read_to_string(path).ok()?;
-        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
-        match (fields.next(), fields.next(), fields.next()) {
-            (Some(Ok(cpu)), Some(Ok(runnable)), slices) => Some(Sched {
-                cpu,
-                runnable,
-                slices: slices.and_then(Result::ok).unwrap_or(0),
-            }),
-            _ => None,
-        }
-    }
-
-    /// The calling thread's.
-    fn of_this_thread() -> Option<Sched> {
-        Sched::read("/proc/thread-self/schedstat".as_ref())
-    }
-
-    /// Thread `thread` of this process's.
-    fn of_thread(thread: u64) -> Option<Sched> {
-        Sched::read(format!("/proc/self/task/{thread}/schedstat").as_ref())
-    }
-}
-
-/// The calling thread's Linux thread id: `/proc/thread-self` links to `<pid>/task/<tid>`.
-fn this_thread_id() -> Option<u64> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let link = std::fs::read_link("/proc/thread-self").ok()?;
-    link.file_name()?.to_str()?.parse().ok()
-}
-
-/// The calling thread's CPU time, where the platform has a per-thread CPU clock.
-#[cfg(unix)]
-fn thread_cpu_time() -> Option<Duration> {
-    use nix::time::{clock_gettime, ClockId};
-    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
-    Some(Duration::from(now))
-}
-
-#[cfg(not(unix))]
-fn thread_cpu_time() -> Option<Duration> {
-    None
-}
-
-/// Times the polls of an async worker's future: their total is charged to the meter's CPU
-/// time (for an async driver, whose futures hop between runtime threads, poll time is the
-/// CPU time its items take: a future that waits costs next to nothing to poll), and a
-/// poll over [`STALL`] is recorded as a stall, charged its measured CPU time (see
-/// [`WorkerMeter::stall`]).
-///
-/// A stall's CPU time and wait for a core come from the thread's scheduler statistics,
-/// read after the stall and at a time before it: before a poll, at most once a
-/// millisecond, and after each stall (so every poll of a future that keeps blocking is
-/// measured). The earlier reading may precede the poll by up to a millisecond of other
-/// work on the thread; that only ever makes a stall look shorter.
-#[cfg(feature = "async")]
-pub(crate) struct PollTimed<F> {
-    future: std::pin::Pin<Box<F>>,
-    meter: Option<Arc<WorkerMeter>>,
-    /// The last reading of a thread's scheduler statistics, and which thread's.
-    last_sched: Option<(std::thread::ThreadId, Sched)>,
-    next_sched_read: Instant,
-}
-
-#[cfg(feature = "async")]
-impl<F: std::future::Future> PollTimed<F> {
-    pub(crate) fn new(future: F, meter: Option<Arc<WorkerMeter>>) -> Self {
-        if let Some(meter) = &meter {
-            meter.has_cpu.store(true, Relaxed);
-        }
-        PollTimed {
-            future: Box::pin(future),
-            meter,
-            last_sched: None,
-            next_sched_read: Instant::now(),
-        }
-    }
-}
-
-/// Reads this thread's scheduler statistics into `last`, returning the reading `last`
-/// held if it was this thread's, and the new one.
-#[cfg(feature = "async")]
-#[cold]
-fn read_sched(last: &mut Option<(std::thread::ThreadId, Sched)>) -> (Option<Sched>, Option<Sched>) {
-    let thread = std::thread::current().id();
-    let before = last
-        .filter(|(last, _)| *last == thread)
-        .map(|(_, sched)| sched);
-    let now = Sched::of_this_thread();
-    *last = now.map(|now| (thread, now));
-    (before, now)
-}
-
-#[cfg(feature = "async")]
-impl<F: std::future::Future> std::future::Future for PollTimed<F> {
-    type Output = F::Output;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = &mut *self;
-        let Some(meter) = &this.meter else {
-            return this.future.as_mut().poll(cx);
-        };
-        let mut started = Instant::now();
-        if started >= this.next_sched_read {
-            read_sched(&mut this.last_sched);
-            started = Instant::now(); // the reading is not the poll's
-            this.next_sched_read = started + STALL;
-        }
-        let poll = this.future.as_mut().poll(cx);
-        let wall = started.elapsed();
-        let charged = if wall > STALL {
-            let (before, after) = read_sched(&mut this.last_sched);
-            this.next_sched_read = started; // measure the next poll from its start
-            meter.stall(wall, before.zip(after))
-        } else {
-            wall.as_nanos() as u64
-        };
-        meter.cpu.add(charged);
-        poll
     }
 }

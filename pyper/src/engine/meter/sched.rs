@@ -1,0 +1,102 @@
+//! The scheduler's view of a thread or a process: its CPU time, and how long it waited,
+//! ready to run, for a free core (Linux's `schedstat`). File reads, so never per batch.
+
+use std::time::Duration;
+
+/// A process's CPU time and its time ready to run but waiting for a core, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ProcessTimes {
+    pub(crate) cpu: u64,
+    pub(crate) runnable: u64,
+}
+
+impl ProcessTimes {
+    /// Sums them over the threads of process `pid`, from `/proc/<pid>/task/*/schedstat`
+    /// (Linux), while the process lives. (The process's own `schedstat` covers only its
+    /// main thread, and the work may run on another: libtest's, in a test binary.)
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn of(pid: u32) -> Option<Self> {
+        let mut total = ProcessTimes::default();
+        for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Some(sched) = Sched::read(&thread.ok()?.path().join("schedstat")) else {
+                continue; // the thread has just ended
+            };
+            total = total.plus(ProcessTimes {
+                cpu: sched.cpu,
+                runnable: sched.runnable,
+            });
+        }
+        Some(total)
+    }
+
+    #[cfg_attr(not(feature = "process"), allow(dead_code))]
+    pub(crate) fn plus(self, other: Self) -> Self {
+        ProcessTimes {
+            cpu: self.cpu + other.cpu,
+            runnable: self.runnable + other.runnable,
+        }
+    }
+}
+
+/// A thread's scheduler statistics since it started: its CPU time, how long it waited,
+/// ready to run, for a core (in nanoseconds), and how many times it was put on a core
+/// (each after a wait, however short). The three fields of Linux's `schedstat`. A file read, so read when a worker starts and ends, by snapshots, and
+/// around an async poll at most once a millisecond: never per batch. The wait for a core
+/// tells a CPU-bound stage on a crowded machine (ready, but no core free) from a stage
+/// that waits on IO.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sched {
+    pub(super) cpu: u64,
+    pub(super) runnable: u64,
+    pub(super) slices: u64,
+}
+
+impl Sched {
+    pub(super) fn read(path: &std::path::Path) -> Option<Sched> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let stat = std::fs::read_to_string(path).ok()?;
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(cpu)), Some(Ok(runnable)), slices) => Some(Sched {
+                cpu,
+                runnable,
+                slices: slices.and_then(Result::ok).unwrap_or(0),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The calling thread's.
+    pub(super) fn of_this_thread() -> Option<Sched> {
+        Sched::read("/proc/thread-self/schedstat".as_ref())
+    }
+
+    /// Thread `thread` of this process's.
+    pub(super) fn of_thread(thread: u64) -> Option<Sched> {
+        Sched::read(format!("/proc/self/task/{thread}/schedstat").as_ref())
+    }
+}
+
+/// The calling thread's Linux thread id: `/proc/thread-self` links to `<pid>/task/<tid>`.
+pub(super) fn this_thread_id() -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// The calling thread's CPU time, where the platform has a per-thread CPU clock.
+#[cfg(unix)]
+pub(super) fn thread_cpu_time() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(Duration::from(now))
+}
+
+#[cfg(not(unix))]
+pub(super) fn thread_cpu_time() -> Option<Duration> {
+    None
+}
