@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::sync::{lock_std as lock, Instant};
-use sched::{this_thread_id, thread_cpu_time, Sched};
+use crate::engine::tuner::Tuner;
+pub(crate) use sched::{process_cpu_time, thread_cpu_time, thread_usage};
+use sched::{this_thread_id, Sched};
 
 #[cfg(feature = "async")]
 mod poll;
@@ -172,6 +174,7 @@ impl RunMeter {
             errors: AtomicU64::new(0),
             expected_items: AtomicU64::new(UNKNOWN),
             meters: Mutex::new(Vec::new()),
+            tuner: std::sync::OnceLock::new(),
             recording: self.is_enabled(),
             spans: self.records_spans(),
             run_started: self.started().unwrap_or_else(Instant::now),
@@ -197,6 +200,9 @@ pub(crate) struct StageMeter {
     /// input iterator's exact `size_hint`); [`UNKNOWN`] otherwise.
     expected_items: AtomicU64,
     pub(crate) meters: Mutex<Vec<Arc<WorkerMeter>>>,
+    /// For a stage whose worker count the run tunes (`auto_workers`): its tuner, which its
+    /// workers find here and the report reads.
+    tuner: std::sync::OnceLock<Arc<Tuner>>,
     recording: bool,
     spans: bool,
     run_started: Instant,
@@ -217,6 +223,16 @@ impl StageMeter {
     /// The meters of the stage's workers so far.
     pub(crate) fn meters(&self) -> Vec<Arc<WorkerMeter>> {
         lock(&self.meters).clone()
+    }
+
+    /// Makes `tuner` the stage's.
+    pub(crate) fn tune(&self, tuner: Arc<Tuner>) {
+        let _ = self.tuner.set(tuner);
+    }
+
+    /// The stage's tuner, if its worker count is tuned.
+    pub(crate) fn tuner(&self) -> Option<&Arc<Tuner>> {
+        self.tuner.get()
     }
 
     pub(crate) fn failed(&self) {
@@ -283,6 +299,9 @@ pub(crate) struct WorkerMeter {
     pub(crate) cpu: Counter,
     pub(crate) starved: Counter,
     pub(crate) blocked: Counter,
+    /// Nanoseconds parked by the stage's tuner (`auto_workers`): not part of the stage's
+    /// worker time at all, so neither busy nor starved.
+    pub(crate) parked: Counter,
     /// For async drivers: items in flight right now.
     pub(crate) in_flight: Counter,
     /// Nanoseconds the worker's thread was ready to run but waited for a core, read when
@@ -348,6 +367,7 @@ impl WorkerMeter {
             cpu: Counter::default(),
             starved: Counter::default(),
             blocked: Counter::default(),
+            parked: Counter::default(),
             in_flight: Counter::default(),
             runnable: Counter::default(),
             process_runnable: Counter::default(),

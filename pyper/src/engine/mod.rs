@@ -21,4 +21,5 @@ pub(crate) mod sequencer;
 pub(crate) mod shelf;
 pub(crate) mod source;
 pub(crate) mod sync;
+pub(crate) mod tuner;
 pub(crate) mod upstream;

@@ -345,6 +345,12 @@ impl<T> Sender<T> {
         self.shared.capacity
     }
 
+    /// Whether the queue is full, as last published (a hint: no lock is taken).
+    #[inline]
+    pub(crate) fn looks_full(&self) -> bool {
+        self.shared.gauge.len.load(Ordering::Relaxed) >= self.shared.capacity
+    }
+
     /// Whether the consumer has nothing queued, so an item handed over now is taken at
     /// once, or waits, parked, for items held back from it: either way, it wants more.
     #[inline]
@@ -474,6 +480,12 @@ impl<T> Sender<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Whether the queue is empty, as last published (a hint: no lock is taken).
+    #[inline]
+    pub(crate) fn looks_empty(&self) -> bool {
+        self.shared.gauge.len.load(Ordering::Relaxed) == 0
+    }
+
     /// Charges this handle's waits for items to `meter`.
     pub(crate) fn metered(mut self, meter: Option<&Arc<WorkerMeter>>) -> Self {
         self.meter = meter.cloned();

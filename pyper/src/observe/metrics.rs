@@ -47,8 +47,12 @@ pub struct StageMetrics {
     pub name: String,
     /// What runs it.
     pub kind: StageKind,
-    /// Its workers (threads, processes, or futures in flight for an async stage).
+    /// Its workers (threads, processes, or futures in flight for an async stage). For a
+    /// stage whose count the run tuned ([`auto_workers`](crate::Task::auto_workers)): how
+    /// many were active on average, which the time shares below are taken over.
     pub workers: usize,
+    /// For a stage whose count the run tuned: what the tuner chose, and why.
+    pub tuned: Option<Tuned>,
     /// Items its function was called with (for the input: items pulled).
     pub items_in: u64,
     /// Outputs it handed on downstream.
@@ -99,6 +103,21 @@ pub struct StageMetrics {
     /// How many workers were metered: for an async stage, its drivers (one per runtime
     /// thread it runs on).
     pub(crate) meters: usize,
+}
+
+/// What the run's tuner chose for a stage with [`auto_workers`](crate::Task::auto_workers).
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuned {
+    /// The workers active at the end of the run (or now, for a live snapshot).
+    pub workers: usize,
+    /// The most the stage was allowed.
+    pub max: usize,
+    /// The most that were active at once.
+    pub peak: usize,
+    /// Why the count is what it is, in words: "more workers did not raise throughput",
+    /// "its workers compute, and it has one per free core", and so on.
+    pub why: &'static str,
 }
 
 impl StageMetrics {
@@ -185,6 +204,7 @@ impl StageMetrics {
             name: name.to_owned(),
             kind,
             workers,
+            tuned: None,
             items_in: 0,
             items_out: 0,
             errors: 0,
@@ -249,6 +269,16 @@ impl Metrics {
                 metrics.queued = stage.queued.as_ref().map_or(0, |queued| queued());
                 metrics.expected_items = stage.expected_items();
                 metrics.meters = meters.len();
+                if let Some(tuner) = stage.tuner() {
+                    let choice = tuner.choice();
+                    metrics.workers = choice.mean;
+                    metrics.tuned = Some(Tuned {
+                        workers: choice.workers,
+                        max: choice.max,
+                        peak: choice.peak,
+                        why: choice.why,
+                    });
+                }
                 let nanos =
                     |counter: &crate::engine::meter::Counter| Duration::from_nanos(counter.get());
                 for meter in &meters {
@@ -277,6 +307,10 @@ impl Metrics {
                         _ => usize::from(activity == Activity::Busy),
                     };
                     metrics.blocked_workers += usize::from(activity == Activity::Blocked);
+                }
+                if let Some(tuned) = &metrics.tuned {
+                    // Parked workers are not busy, whatever they last did.
+                    metrics.busy_workers = metrics.busy_workers.min(tuned.workers);
                 }
                 metrics
             })

@@ -398,6 +398,7 @@ mod tests {
             name: name.to_owned(),
             kind: StageKind::Threads,
             workers,
+            tuned: None,
             items_in: 100,
             items_out: 100,
             errors: 0,

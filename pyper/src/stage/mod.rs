@@ -25,6 +25,7 @@ use crate::engine::queue::{queue, Receiver, Sender};
 use crate::engine::run::Launcher;
 use crate::engine::sequencer::Sequencer;
 use crate::engine::sync::{Arc, Instant};
+use crate::engine::tuner::Tuner;
 use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
 use policy::FaultPolicy;
@@ -42,6 +43,8 @@ pub(crate) mod thread;
 pub(crate) struct Spec {
     pub(crate) name: Option<Arc<str>>,
     pub(crate) workers: usize,
+    /// Whether `workers` is a most, the count being tuned by the run (`auto_workers`).
+    pub(crate) auto: bool,
     pub(crate) throttle: usize,
     pub(crate) ordered: bool,
     pub(crate) daemon: bool,
@@ -53,6 +56,7 @@ impl Spec {
         Spec {
             name,
             workers: 1,
+            auto: false,
             throttle: crate::engine::queue::DEFAULT_THROTTLE,
             ordered: false,
             daemon: false,
@@ -114,6 +118,17 @@ const PER_WORKER_TIMEOUT: &str =
     "a per-worker task cannot have a timeout: a call that overruns is abandoned, and would \
      keep the worker's state in use";
 
+/// Why a join task cannot have its workers tuned.
+const JOIN_AUTO: &str =
+    "auto_workers() does not apply to a join task: each worker owns a share of the stream, \
+     so workers cannot be parked and resumed; use workers(n)";
+
+/// Why a process task cannot have its workers tuned.
+#[cfg(feature = "process")]
+const PROCESS_AUTO: &str =
+    "auto_workers() does not apply to a process task yet: use workers(n), with n at most \
+     the number of cores for CPU-bound work";
+
 /// Why a join task cannot be ordered.
 const JOIN_ORDER: &str =
     "ordered() does not apply to a join task: each worker receives a share of the stream, \
@@ -151,12 +166,17 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "async")]
             Body::AsyncJoin(_) => true,
             #[cfg(feature = "process")]
+            Body::Process(_) if spec.auto => return Err(PROCESS_AUTO.into()),
+            #[cfg(feature = "process")]
             Body::Process(_) => {
                 process::may_spawn()?;
                 false
             }
             Body::Invalid(why) => return Err((*why).into()),
         };
+        if is_join && spec.auto {
+            return Err(JOIN_AUTO.into());
+        }
         if is_join && spec.faults.is_active() {
             return Err(JOIN_FAULTS.into());
         }
@@ -344,7 +364,14 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
     /// Registers the stage's meter, of `kind`, with the run.
     pub(crate) fn meter(&mut self, kind: StageKind) -> Arc<StageMeter> {
         let queued = Some(self.input.depth_gauge());
-        (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued)
+        let meter = (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued);
+        if self.spec.auto {
+            // The stage's workers find the tuner on their meter; a cancel wakes the parked.
+            let tuner = Tuner::new(self.spec.workers);
+            self.launcher.state.register(Box::new(Arc::clone(&tuner)));
+            meter.tune(tuner);
+        }
+        meter
     }
 
     /// What the workers of a thread or async stage share: its name, run, `body` and a

@@ -216,6 +216,47 @@ impl<I, O> Task<I, O> {
     /// call that may block.
     pub fn workers(mut self, n: usize) -> Self {
         self.options.workers = n;
+        self.options.auto = false;
+        self
+    }
+
+    /// Lets the run choose the stage's number of workers, up to `max`, from what it
+    /// measures as it goes, instead of a fixed [`workers`](Task::workers) count.
+    ///
+    /// The stage starts with one active worker. At the end of each short window (long
+    /// enough for every active worker to finish a few items, 20 to 500 ms), the run looks
+    /// at the stage's throughput, at its waits for input and for room downstream, and at
+    /// the CPU its workers use, and sets the count for the next window:
+    ///
+    /// * a stage whose workers compute gets no more workers than the cores the rest of the
+    ///   process leaves free (more would only take turns on them);
+    /// * a stage that mostly waits for input, or for the stage after it, does not grow;
+    /// * otherwise the count doubles while doubling raises throughput (by 10% or more),
+    ///   and settles at the last count that paid: hill-climbing on throughput, as .NET's
+    ///   thread pool does. A settled stage tries a quarter more, then a quarter fewer,
+    ///   every few windows, so it follows a workload that changes.
+    ///
+    /// All `max` workers are started with the run (threads are cheap while they wait);
+    /// those beyond the count park, holding no item, and are woken when it rises past them.
+    /// An async task's futures in flight are tuned the same way. What the tuner chose, and
+    /// why, is in [`StageMetrics::tuned`](crate::StageMetrics::tuned) and in the report.
+    ///
+    /// Join tasks and process tasks cannot be tuned: running one is a configuration error.
+    ///
+    /// ```
+    /// use pyper::task;
+    /// # fn fetch(id: u32) -> u32 { std::thread::sleep(std::time::Duration::from_millis(1)); id }
+    ///
+    /// let pipeline = task(fetch).auto_workers(64) | task(|id: u32| id * 2);
+    /// let mut output = pipeline.feed(0..500);
+    /// let total: u32 = output.by_ref().map(Result::unwrap).sum();
+    /// assert_eq!(total, 2 * (0..500).sum::<u32>());
+    /// let tuned = output.metrics().stage("fetch").unwrap().tuned.clone().unwrap();
+    /// assert!(tuned.workers >= 1 && tuned.workers <= 64);
+    /// ```
+    pub fn auto_workers(mut self, max: usize) -> Self {
+        self.options.workers = max;
+        self.options.auto = true;
         self
     }
 

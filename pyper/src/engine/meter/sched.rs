@@ -90,13 +90,46 @@ pub(super) fn this_thread_id() -> Option<u64> {
 
 /// The calling thread's CPU time, where the platform has a per-thread CPU clock.
 #[cfg(unix)]
-pub(super) fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
     use nix::time::{clock_gettime, ClockId};
     let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
     Some(Duration::from(now))
 }
 
 #[cfg(not(unix))]
-pub(super) fn thread_cpu_time() -> Option<Duration> {
+pub(crate) fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// The calling thread's CPU time, and how many times it gave up its core of its own
+/// accord (to sleep, to wait on IO or on a lock): `getrusage(RUSAGE_THREAD)`. A thread
+/// that only computes gives up its core only when preempted, which is not counted here.
+#[cfg(target_os = "linux")]
+pub(crate) fn thread_usage() -> Option<(Duration, u64)> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let micros = |time: nix::sys::time::TimeVal| {
+        Duration::from_secs(time.tv_sec().max(0) as u64)
+            + Duration::from_micros(time.tv_usec().max(0) as u64)
+    };
+    let cpu = micros(usage.user_time()) + micros(usage.system_time());
+    Some((cpu, usage.voluntary_context_switches().max(0) as u64))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn thread_usage() -> Option<(Duration, u64)> {
+    None
+}
+
+/// The CPU time of the whole process (every thread), where the platform has that clock.
+#[cfg(unix)]
+pub(crate) fn process_cpu_time() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
+    Some(Duration::from(now))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn process_cpu_time() -> Option<Duration> {
     None
 }

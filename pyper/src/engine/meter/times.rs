@@ -92,7 +92,8 @@ impl WorkerMeter {
             0 => self.run_started.elapsed().saturating_sub(began),
             ended => Duration::from_nanos(ended),
         };
-        let life = life.saturating_sub(before_input);
+        let parked = Duration::from_nanos(self.parked.get());
+        let life = life.saturating_sub(before_input).saturating_sub(parked);
         if self.starved_is_the_rest.load(Relaxed) {
             let rest = life.saturating_sub(times.busy + times.blocked);
             times.starved = match runnable {

@@ -21,17 +21,31 @@ impl Report {
     /// * a starved or blocked stage waits on a neighbour: more workers there won't help.
     pub fn advice(&self) -> Vec<String> {
         let mut advice = Vec::new();
-        if let Some(at) = self.bottleneck {
-            advice.push(self.bottleneck_advice(&self.stages[at]));
-        } else if self.consumer_bound {
-            advice.push(
+        // A tuned stage's count is the run's own choice: the report says what it chose
+        // and why, instead of advising a fixed count.
+        let tuned = |at: usize| self.stages[at].metrics.tuned.as_ref();
+        for stage in &self.stages {
+            if let Some(tuned) = &stage.metrics.tuned {
+                advice.push(tuned_advice(
+                    &stage.metrics.name,
+                    stage.metrics.workers,
+                    tuned,
+                ));
+            }
+        }
+        match self.bottleneck {
+            Some(at) if tuned(at).is_none() => {
+                advice.push(self.bottleneck_advice(&self.stages[at]));
+            }
+            None if self.consumer_bound => advice.push(
                 "the pipeline waits on its consumer: the code reading the output is the \
                  slowest part, so speed that up (or give its work to a stage with workers)"
                     .to_owned(),
-            );
+            ),
+            _ => {}
         }
         for (at, stage) in self.stages.iter().enumerate() {
-            if Some(at) == self.bottleneck {
+            if Some(at) == self.bottleneck || tuned(at).is_some() {
                 continue;
             }
             let name = &stage.metrics.name;
@@ -231,4 +245,17 @@ impl Report {
             .map(|stage| stage.metrics.workers)
             .sum()
     }
+}
+
+/// What the tuner chose for a stage with `auto_workers`, and why.
+fn tuned_advice(name: &str, mean: usize, tuned: &crate::Tuned) -> String {
+    let raise = match tuned.workers >= tuned.max {
+        true => "; if it is the bottleneck, raise its most",
+        false => "",
+    };
+    format!(
+        "`{name}`: the run tuned its workers to {} (at most {}, {} at the peak, {mean} on \
+         average): {}{raise}",
+        tuned.workers, tuned.max, tuned.peak, tuned.why
+    )
 }

@@ -26,6 +26,7 @@ use crate::engine::queue::{Receiver, Sender};
 use crate::engine::reorder::{Gate, Reorder};
 use crate::engine::sync::Arc;
 use crate::engine::sync::Instant;
+use crate::engine::tuner::Tuner;
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::stage::async_task::AsyncFn;
@@ -77,6 +78,7 @@ pub(crate) async fn drive<I, O>(
                 in_order: ordered.then(Reorder::new),
                 ready: Vec::new(),
                 meter: meter.clone(),
+                tuner: stage.meter.tuner().cloned(),
             };
             PollTimed::new(driver.run(&input), meter.clone()).await
         }
@@ -139,6 +141,8 @@ struct Driver<'a, I, O> {
     /// Outputs an ordered driver may release now.
     ready: Vec<O>,
     meter: Option<Arc<WorkerMeter>>,
+    /// For a stage whose worker count the run tunes: how many slots may be busy now.
+    tuner: Option<Arc<Tuner>>,
 }
 
 impl<I, O> Driver<'_, I, O>
@@ -152,6 +156,9 @@ where
         loop {
             if self.stage.run.is_cancelled() {
                 return Ok(());
+            }
+            if let Some(tuner) = &self.tuner {
+                tuner.look(input.looks_empty(), self.outlet.output.looks_full());
             }
             // Start whatever input is ready, without waiting.
             let free = self.free_slots();
@@ -226,7 +233,11 @@ where
             Some(in_order) => in_order.len().max(self.running.len()),
             None => self.running.len(),
         };
-        self.slots.saturating_sub(busy)
+        let slots = match &self.tuner {
+            Some(tuner) => tuner.active().min(self.slots),
+            None => self.slots,
+        };
+        slots.saturating_sub(busy)
     }
 
     fn start(&mut self, first: u64, batch: &mut Vec<I>) {
@@ -275,6 +286,10 @@ where
                 }
             }
             Event::Done(index, started) => {
+                if let Some(tuner) = &self.tuner {
+                    // An async item's CPU time is not its thread's: it is not measured.
+                    tuner.finished(1, None);
+                }
                 if let Some(meter) = &self.meter {
                     meter.busy.add(started.elapsed().as_nanos() as u64);
                     meter.in_flight.set(self.running.len() as u64);

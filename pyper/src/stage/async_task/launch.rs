@@ -17,7 +17,9 @@ where
     let ordered = stage.is_ordered();
     let guarded = retry::guard(each, stage.spec.faults, stage.clone_input);
     let shared = stage.shared(StageBody::AsyncEach(guarded, ordered), StageKind::Async);
-    for slots in driver::driver_slots(stage.spec.workers, ordered) {
+    // A tuned stage has one driver, whose slots the tuner opens and closes.
+    let one_driver = ordered || stage.spec.auto;
+    for slots in driver::driver_slots(stage.spec.workers, one_driver) {
         let (shared, input, output) = (
             Arc::clone(&shared),
             stage.input.clone(),

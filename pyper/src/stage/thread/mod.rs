@@ -17,6 +17,7 @@ use crate::engine::run::{discard, discard_or_resume};
 use crate::engine::sequencer::{InOrder, Sequencer};
 use crate::engine::shelf::{Gather, Hands, Shelf};
 use crate::engine::sync::{Arc, Instant};
+use crate::engine::tuner::Seat;
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
 
@@ -189,7 +190,22 @@ where
     let mut out = Gather::new(&hands, &stage.run);
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
-    while input.refill(&shelf, &mut scratch, limit.get()) == Refill::Items {
+    let meter = recorder.as_deref().map(|recorder| &recorder.meter);
+    let mut seat = stage.meter.tuner().map(|tuner| Seat::take(tuner, meter));
+    loop {
+        if let Some(seat) = seat.as_mut() {
+            let empty = input.looks_empty();
+            // A worker about to park hands on what it gathered first.
+            if !seat.admit(empty, output.looks_full(), || drop(out.flush())) {
+                break;
+            }
+        }
+        if input.refill(&shelf, &mut scratch, limit.get()) != Refill::Items {
+            break;
+        }
+        if let Some(seat) = seat.as_mut() {
+            seat.begin();
+        }
         let started = begin_batch(recorder.as_deref_mut());
         let mut called = 0;
         let result = loop {
@@ -208,6 +224,9 @@ where
             }
         };
         end_batch(recorder.as_deref_mut(), &mut limit, started, called, called);
+        if let Some(seat) = seat.as_mut() {
+            seat.finished(called);
+        }
         result?;
     }
     Ok(out.flush()?)
@@ -309,13 +328,24 @@ where
     let (mut none, mut ready) = (Vec::new(), Vec::new());
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
+    let meter = recorder.as_deref().map(|recorder| &recorder.meter);
+    let mut seat = stage.meter.tuner().map(|tuner| Seat::take(tuner, meter));
     loop {
         // Ends the run in hand (a worker waiting for input must not hold the turn), and
         // waits until what it handed in leaves room for more.
         let room = order.finish()?;
+        if let Some(seat) = seat.as_mut() {
+            let full = order.output().looks_full();
+            if !seat.admit(input.looks_empty(), full, || ()) {
+                return Ok(());
+            }
+        }
         let max = limit.get().min(room);
         if input.refill(&shelf, &mut scratch, max) == Refill::Over {
             return Ok(());
+        }
+        if let Some(seat) = seat.as_mut() {
+            seat.begin();
         }
         let started = begin_batch(recorder.as_deref_mut());
         let mut called = 0;
@@ -336,6 +366,9 @@ where
             }
         };
         end_batch(recorder.as_deref_mut(), &mut limit, started, called, called);
+        if let Some(seat) = seat.as_mut() {
+            seat.finished(called);
+        }
         result?;
     }
 }

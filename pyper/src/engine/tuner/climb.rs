@@ -1,0 +1,407 @@
+//! The tuner's decision: how many workers a stage should have next, from what the last
+//! window measured. Pure, so every rule is unit-tested on made-up windows.
+//!
+//! The rule is hill-climbing on throughput, as .NET's thread pool does, with three guards
+//! in front of it:
+//!
+//! 1. A stage that waited for input, or for room downstream, during most of the window
+//!    does not grow: its throughput is set by another stage, so a gain would be noise.
+//! 2. A stage whose workers compute (their items do not give up the core to sleep or
+//!    wait) gets no more workers than the cores the rest of the process leaves free.
+//! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
+//!    [`GAIN`]; the first step that does not pay is undone, and the count settles. A settled
+//!    stage probes every [`PROBE_EVERY`] windows, up a quarter, then down a quarter, and
+//!    keeps a probe only if it pays (up) or costs nothing (down), so the count follows a
+//!    workload that changes, and workers no longer needed park.
+
+/// What one window measured, for one stage.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    /// Items finished per second.
+    pub(crate) throughput: f64,
+    /// The share of its workers' looks at the input that found it empty (0 to 1).
+    pub(crate) starved: f64,
+    /// The share of its workers' looks at the output that found it full (0 to 1).
+    pub(crate) blocked: f64,
+    /// Whether the stage's workers compute: their items ran without giving up their
+    /// core (no sleep, no IO wait), however long they waited for one.
+    pub(crate) computes: bool,
+    /// Cores the rest of the process left free during the window.
+    pub(crate) free_cores: f64,
+}
+
+/// Why the count is what it is: said by the end-of-run report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Still climbing: each step has paid so far.
+    Growing,
+    /// The last step up did not raise throughput.
+    NoGain,
+    /// Workers compute, and this is as many as the free cores.
+    CpuBound,
+    /// The stage waits for its input: more workers would wait too.
+    Starved,
+    /// The stage waits for room downstream: more workers would wait too.
+    Blocked,
+    /// At the most workers it was allowed.
+    AtMax,
+}
+
+impl Reason {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Reason::Growing => "throughput was still rising when the run ended",
+            Reason::NoGain => "more workers did not raise throughput",
+            Reason::CpuBound => "its workers compute, and it has one per free core",
+            Reason::Starved => "it waited for input; more workers would wait too",
+            Reason::Blocked => "it waited on the stage after it; more workers would wait too",
+            Reason::AtMax => "it reached the most workers allowed",
+        }
+    }
+}
+
+/// A step must raise throughput by this share to count as a gain.
+pub(crate) const GAIN: f64 = 0.10;
+/// A probe down is kept when throughput stays above this share of the settled one.
+const KEEP_DOWN: f64 = 0.95;
+/// A guard holds when this share of looks found the queue empty (or full).
+const WAITING: f64 = 0.5;
+/// Settled windows between two probes.
+pub(crate) const PROBE_EVERY: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    /// Doubling; `from` is the count and throughput before the last step.
+    Growing { from: Option<(usize, f64)> },
+    /// Settled at the count, with its throughput, for `windows` windows.
+    Settled {
+        throughput: f64,
+        windows: u32,
+        next_probe_up: bool,
+    },
+    /// Trying `to` instead of `from`, which gave `throughput`.
+    Probing {
+        from: usize,
+        throughput: f64,
+        up: bool,
+    },
+}
+
+/// The climbing state of one stage.
+#[derive(Debug)]
+pub(crate) struct Climb {
+    active: usize,
+    max: usize,
+    phase: Phase,
+    reason: Reason,
+}
+
+impl Climb {
+    pub(crate) fn new(max: usize) -> Self {
+        Climb {
+            active: 1,
+            max: max.max(1),
+            phase: Phase::Growing { from: None },
+            reason: Reason::Growing,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn active(&self) -> usize {
+        self.active
+    }
+
+    pub(crate) fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    /// Takes one window's measurements, and returns the count for the next window.
+    pub(crate) fn step(&mut self, window: Window) -> usize {
+        let cpu_cap = window
+            .computes
+            .then(|| (window.free_cores.round() as usize).max(1));
+        let cap = cpu_cap.map_or(self.max, |cores| cores.min(self.max));
+        if self.active > cap {
+            // Computing workers beyond the free cores only take turns on them.
+            return self.settle(cap, window.throughput, Reason::CpuBound);
+        }
+        if window.starved >= WAITING || window.blocked >= WAITING {
+            let reason = match window.starved >= window.blocked {
+                true => Reason::Starved,
+                false => Reason::Blocked,
+            };
+            // A step up that left the stage waiting is undone: the new workers only wait.
+            let back = match self.phase {
+                Phase::Growing {
+                    from: Some((from, _)),
+                } => from,
+                Phase::Probing { from, up: true, .. } => from,
+                _ => self.active,
+            };
+            return self.settle(back, window.throughput, reason);
+        }
+        let (limit_reason, at_limit) = match cpu_cap {
+            Some(cores) if cores <= self.max => (Reason::CpuBound, self.active >= cores),
+            _ => (Reason::AtMax, self.active >= self.max),
+        };
+        match self.phase {
+            Phase::Growing { from } => {
+                let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));
+                if !paid {
+                    let (from, before) = from.expect("a step was taken");
+                    return self.settle(from, before, Reason::NoGain);
+                }
+                if at_limit {
+                    return self.settle(self.active, window.throughput, limit_reason);
+                }
+                let next = (self.active * 2).min(cap);
+                self.phase = Phase::Growing {
+                    from: Some((self.active, window.throughput)),
+                };
+                self.reason = Reason::Growing;
+                self.active = next;
+            }
+            Phase::Settled {
+                throughput,
+                windows,
+                next_probe_up,
+            } => {
+                // A settled window refreshes the reference throughput (the load may change).
+                let throughput = (throughput + window.throughput) / 2.0;
+                if windows + 1 < PROBE_EVERY {
+                    self.phase = Phase::Settled {
+                        throughput,
+                        windows: windows + 1,
+                        next_probe_up,
+                    };
+                    return self.active;
+                }
+                let step = (self.active / 4).max(1);
+                let (to, up) = match next_probe_up {
+                    true if !at_limit => ((self.active + step).min(cap), true),
+                    _ if self.active > 1 => (self.active - step, false),
+                    _ => {
+                        self.phase = Phase::Settled {
+                            throughput,
+                            windows: 0,
+                            next_probe_up: !next_probe_up,
+                        };
+                        return self.active;
+                    }
+                };
+                self.phase = Phase::Probing {
+                    from: self.active,
+                    throughput,
+                    up,
+                };
+                self.active = to;
+            }
+            Phase::Probing {
+                from,
+                throughput,
+                up,
+            } => {
+                let keep = match up {
+                    true => gained(throughput, window.throughput),
+                    false => window.throughput >= throughput * KEEP_DOWN,
+                };
+                match (keep, up) {
+                    (true, true) => {
+                        // The probe paid: climb again from here.
+                        self.phase = Phase::Growing {
+                            from: Some((from, throughput)),
+                        };
+                        self.reason = Reason::Growing;
+                        return self.step_growing(window, cap);
+                    }
+                    (true, false) => {
+                        self.phase = Phase::Settled {
+                            throughput: window.throughput,
+                            windows: 0,
+                            next_probe_up: true,
+                        };
+                    }
+                    (false, _) => {
+                        self.active = from;
+                        self.phase = Phase::Settled {
+                            throughput,
+                            windows: 0,
+                            next_probe_up: !up,
+                        };
+                    }
+                }
+            }
+        }
+        self.active
+    }
+
+    /// After a probe up paid: takes the next doubling step at once.
+    fn step_growing(&mut self, window: Window, cap: usize) -> usize {
+        if self.active >= cap {
+            let reason = match cap < self.max {
+                true => Reason::CpuBound,
+                false => Reason::AtMax,
+            };
+            return self.settle(self.active, window.throughput, reason);
+        }
+        self.phase = Phase::Growing {
+            from: Some((self.active, window.throughput)),
+        };
+        self.active = (self.active * 2).min(cap);
+        self.active
+    }
+
+    fn settle(&mut self, active: usize, throughput: f64, reason: Reason) -> usize {
+        self.active = active.clamp(1, self.max);
+        self.reason = reason;
+        self.phase = Phase::Settled {
+            throughput,
+            windows: 0,
+            next_probe_up: true,
+        };
+        self.active
+    }
+}
+
+fn gained(before: f64, after: f64) -> bool {
+    after > before * (1.0 + GAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window for a stage whose throughput is `curve(active)`, IO-bound on an idle
+    /// machine.
+    fn io(throughput: f64) -> Window {
+        Window {
+            throughput,
+            starved: 0.0,
+            blocked: 0.0,
+            computes: false,
+            free_cores: 2.0,
+        }
+    }
+
+    /// Runs `windows` steps against a throughput curve, returning the counts visited.
+    fn climb(max: usize, windows: usize, curve: impl Fn(usize) -> Window) -> (Climb, Vec<usize>) {
+        let mut climb = Climb::new(max);
+        let mut visited = vec![climb.active()];
+        for _ in 0..windows {
+            let window = curve(climb.active());
+            visited.push(climb.step(window));
+        }
+        (climb, visited)
+    }
+
+    #[test]
+    fn an_io_stage_doubles_up_to_its_max() {
+        // 10 ms per item: every worker adds 100 items/s.
+        let (climb, visited) = climb(64, 8, |n| io(100.0 * n as f64));
+        assert_eq!(&visited[..8], &[1, 2, 4, 8, 16, 32, 64, 64]);
+        assert_eq!(climb.reason(), Reason::AtMax);
+    }
+
+    #[test]
+    fn an_io_stage_stops_where_throughput_stops() {
+        // A server that serves at most 20 requests at once.
+        let (climb, _) = climb(256, 12, |n| io(100.0 * n.min(20) as f64));
+        assert!(
+            (16..=32).contains(&climb.active()),
+            "settled at {}",
+            climb.active()
+        );
+        assert_eq!(climb.reason(), Reason::NoGain);
+    }
+
+    #[test]
+    fn a_cpu_bound_stage_gets_the_free_cores() {
+        let cpu = |n: usize| Window {
+            throughput: 1000.0 * n.min(2) as f64,
+            computes: true,
+            free_cores: 2.0,
+            ..io(0.0)
+        };
+        let (climb, visited) = climb(16, 20, cpu);
+        assert_eq!(climb.active(), 2);
+        assert!(visited.iter().all(|&n| n <= 2), "visited {visited:?}");
+        assert_eq!(climb.reason(), Reason::CpuBound);
+    }
+
+    #[test]
+    fn a_cpu_bound_stage_gives_back_cores_others_take() {
+        let mut climb = Climb::new(8);
+        let busy = |n: usize, free_cores| Window {
+            throughput: 1000.0 * n as f64,
+            computes: true,
+            free_cores,
+            ..io(0.0)
+        };
+        climb.step(busy(1, 4.0));
+        climb.step(busy(2, 4.0));
+        assert_eq!(climb.active(), 4);
+        // Another stage now takes three of the four cores.
+        assert_eq!(climb.step(busy(4, 1.0)), 1);
+        assert_eq!(climb.reason(), Reason::CpuBound);
+    }
+
+    #[test]
+    fn a_stage_blocked_downstream_does_not_grow() {
+        let blocked = |n: usize| Window {
+            blocked: 0.9,
+            ..io(100.0 * n as f64)
+        };
+        let (climb, visited) = climb(64, 20, blocked);
+        assert!(visited.iter().all(|&n| n == 1), "visited {visited:?}");
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_starved_stage_undoes_the_step_that_starved_it() {
+        // The input arrives at 400 items/s: past 4 workers, the stage waits for it.
+        let curve = |n: usize| Window {
+            starved: if n > 4 { 0.8 } else { 0.0 },
+            ..io(100.0 * n.min(4) as f64)
+        };
+        let (climb, _) = climb(64, 6, curve);
+        assert_eq!(climb.active(), 4);
+        assert_eq!(climb.reason(), Reason::Starved);
+    }
+
+    #[test]
+    fn a_settled_stage_probes_and_follows_a_change() {
+        let mut climb = Climb::new(256);
+        // At first the server takes 8 at once...
+        for _ in 0..10 {
+            let n = climb.active();
+            climb.step(io(100.0 * n.min(8) as f64));
+        }
+        assert!((8..=16).contains(&climb.active()));
+        // ...then 64: a probe up finds the gain, and the climb resumes.
+        for _ in 0..40 {
+            let n = climb.active();
+            climb.step(io(100.0 * n.min(64) as f64));
+        }
+        assert!(
+            (48..=128).contains(&climb.active()),
+            "at {}",
+            climb.active()
+        );
+    }
+
+    #[test]
+    fn a_settled_stage_sheds_workers_it_does_not_need() {
+        let mut climb = Climb::new(256);
+        for _ in 0..10 {
+            let n = climb.active();
+            climb.step(io(100.0 * n.min(64) as f64));
+        }
+        let high = climb.active();
+        // The server now takes 8 at once: the extra workers gain nothing.
+        for _ in 0..80 {
+            let n = climb.active();
+            climb.step(io(100.0 * n.min(8) as f64));
+        }
+        assert!(climb.active() < high, "still at {}", climb.active());
+    }
+}

@@ -1,0 +1,322 @@
+//! Worker counts tuned by the run itself (`auto_workers(max)`).
+//!
+//! A tuned stage starts all `max` of its workers, but only the first `active` take input;
+//! the others park here, holding nothing, until the count rises past them. The count starts
+//! at one and changes at the end of each *window*: a stretch long enough for every active
+//! worker to finish a few items. What the window measured (throughput, waits for input and
+//! for room downstream, CPU used by the stage and by the rest of the process) goes to
+//! [`climb::Climb`], which decides the next count.
+//!
+//! No thread of its own: the worker that finds a window over, when it comes back for input,
+//! does the step (under a `try_lock`, so only one does and no one waits for it). Starting
+//! every worker up front, rather than spawning as the count grows, keeps the launch and the
+//! shutdown protocol exactly those of a fixed stage: the parked workers are ordinary
+//! workers, and the tuner is registered with the run so that a cancel wakes them.
+//!
+//! The tuner lives outside the model-checked protocol (a parked worker holds no item and
+//! no queue state), so it uses `std`'s primitives and clock, even under shuttle.
+
+pub(crate) mod climb;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::meter::{process_cpu_time, thread_usage, WorkerMeter};
+use crate::engine::queue::Close;
+use crate::engine::sync::lock_std;
+use climb::{Climb, Window};
+
+/// The shortest window.
+const WINDOW: Duration = Duration::from_millis(20);
+/// The longest window, however few items finished in it.
+const LONGEST_WINDOW: Duration = Duration::from_millis(500);
+/// A window ends once each active worker finished this many items (on average).
+const ITEMS_PER_WORKER: u64 = 4;
+/// Items that compute give up their core at most this often per item (a hand-over that
+/// finds the next queue full, say); items that wait give it up at least once each.
+const GAVE_UP_WHEN_COMPUTING: f64 = 0.25;
+/// A parked worker checks the stage's state at least this often (a cancel also wakes it).
+const PARKED_CHECK: Duration = Duration::from_millis(50);
+
+/// One tuned stage's shared state.
+pub(crate) struct Tuner {
+    max: usize,
+    cores: usize,
+    active: AtomicUsize,
+    closed: AtomicBool,
+    /// The index the next worker to take a [`Seat`] gets.
+    seats: AtomicUsize,
+    finished: AtomicU64,
+    cpu_nanos: AtomicU64,
+    /// Voluntary context switches during items (sleeps, IO and lock waits).
+    gave_up_core: AtomicU64,
+    /// Items whose CPU time and switches were measured.
+    measured: AtomicU64,
+    looks: AtomicU64,
+    starved_looks: AtomicU64,
+    blocked_looks: AtomicU64,
+    state: Mutex<State>,
+    parked: Condvar,
+}
+
+struct State {
+    climb: Climb,
+    window_began: Instant,
+    process_cpu_at: Option<Duration>,
+    peak: usize,
+    steps: u64,
+    /// Worker-seconds of active workers so far, and since when: the mean active count.
+    active_seconds: f64,
+    began: Instant,
+}
+
+/// What the tuner chose, for the end-of-run report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Choice {
+    /// The active count at the end.
+    pub(crate) workers: usize,
+    pub(crate) max: usize,
+    pub(crate) peak: usize,
+    /// The active count on average over the stage's life, rounded (at least 1).
+    pub(crate) mean: usize,
+    pub(crate) why: &'static str,
+}
+
+impl Tuner {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(Tuner {
+            max,
+            cores,
+            active: AtomicUsize::new(1),
+            closed: AtomicBool::new(false),
+            seats: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
+            cpu_nanos: AtomicU64::new(0),
+            gave_up_core: AtomicU64::new(0),
+            measured: AtomicU64::new(0),
+            looks: AtomicU64::new(0),
+            starved_looks: AtomicU64::new(0),
+            blocked_looks: AtomicU64::new(0),
+            state: Mutex::new(State {
+                climb: Climb::new(max),
+                window_began: Instant::now(),
+                process_cpu_at: process_cpu_time(),
+                peak: 1,
+                steps: 0,
+                active_seconds: 0.0,
+                began: Instant::now(),
+            }),
+            parked: Condvar::new(),
+        })
+    }
+
+    /// How many workers take input now.
+    #[inline]
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
+    /// Records a look at the queues by a worker about to take input: whether the input was
+    /// empty and whether the output was full. Ends the window if it is over.
+    pub(crate) fn look(&self, input_empty: bool, output_full: bool) {
+        self.looks.fetch_add(1, Relaxed);
+        if input_empty {
+            self.starved_looks.fetch_add(1, Relaxed);
+        }
+        if output_full {
+            self.blocked_looks.fetch_add(1, Relaxed);
+        }
+        self.maybe_step();
+    }
+
+    /// Records `items` finished. `usage` is what they took, when measured: CPU time, and
+    /// how many times the worker gave up its core meanwhile.
+    #[inline]
+    pub(crate) fn finished(&self, items: usize, usage: Option<(Duration, u64)>) {
+        self.finished.fetch_add(items as u64, Relaxed);
+        if let Some((cpu, gave_up)) = usage {
+            self.cpu_nanos.fetch_add(cpu.as_nanos() as u64, Relaxed);
+            self.gave_up_core.fetch_add(gave_up, Relaxed);
+            self.measured.fetch_add(items as u64, Relaxed);
+        }
+    }
+
+    /// Parks worker `index` while it is beyond the active count. Returns `false` when the
+    /// stage is ending, so the worker should leave.
+    pub(crate) fn admit(&self, index: usize) -> bool {
+        if index < self.active() {
+            return !self.closed.load(Relaxed);
+        }
+        let mut state = lock_std(&self.state);
+        loop {
+            if self.closed.load(Relaxed) {
+                return false;
+            }
+            if index < self.active() {
+                return true;
+            }
+            state = match self.parked.wait_timeout(state, PARKED_CHECK) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// What the tuner chose, and why.
+    pub(crate) fn choice(&self) -> Choice {
+        let state = lock_std(&self.state);
+        let active = self.active();
+        let since_step = state.window_began.elapsed().as_secs_f64();
+        let lived = state.began.elapsed().as_secs_f64();
+        let seconds = state.active_seconds + since_step * active as f64;
+        let mean = match lived > 0.0 {
+            true => (seconds / lived).round() as usize,
+            false => active,
+        };
+        Choice {
+            workers: active,
+            max: self.max,
+            peak: state.peak,
+            mean: mean.clamp(1, self.max.max(1)),
+            why: match state.steps {
+                0 => "the run ended before a first measurement",
+                _ => state.climb.reason().describe(),
+            },
+        }
+    }
+
+    fn maybe_step(&self) {
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let elapsed = state.window_began.elapsed();
+        let active = self.active() as u64;
+        let finished = self.finished.load(Relaxed);
+        let long_enough = finished >= ITEMS_PER_WORKER * active || elapsed >= LONGEST_WINDOW;
+        if elapsed < WINDOW || !long_enough {
+            return;
+        }
+        let window = self.take_window(&mut state, elapsed);
+        let before = self.active();
+        state.active_seconds += elapsed.as_secs_f64() * before as f64;
+        let next = state.climb.step(window);
+        state.steps += 1;
+        state.peak = state.peak.max(next);
+        self.active.store(next, Relaxed);
+        drop(state);
+        if next > before {
+            self.parked.notify_all();
+        }
+    }
+
+    /// Reads and resets the window's counters.
+    fn take_window(&self, state: &mut State, elapsed: Duration) -> Window {
+        let seconds = elapsed.as_secs_f64();
+        let finished = self.finished.swap(0, Relaxed);
+        let stage_cpu = Duration::from_nanos(self.cpu_nanos.swap(0, Relaxed)).as_secs_f64();
+        let gave_up_core = self.gave_up_core.swap(0, Relaxed);
+        let measured = self.measured.swap(0, Relaxed);
+        let looks = self.looks.swap(0, Relaxed).max(1) as f64;
+        let starved = self.starved_looks.swap(0, Relaxed) as f64 / looks;
+        let blocked = self.blocked_looks.swap(0, Relaxed) as f64 / looks;
+        let process_cpu = process_cpu_time();
+        let process_used = match (process_cpu, state.process_cpu_at) {
+            (Some(now), Some(before)) => now.saturating_sub(before).as_secs_f64(),
+            _ => stage_cpu,
+        };
+        state.process_cpu_at = process_cpu;
+        state.window_began = Instant::now();
+        let others = (process_used - stage_cpu).max(0.0) / seconds;
+        Window {
+            throughput: finished as f64 / seconds,
+            starved,
+            blocked,
+            // Items that used CPU and rarely gave up the core (an item that waits gives
+            // it up at least once): compute, however long they waited for a core.
+            computes: measured > 0
+                && stage_cpu > 0.0
+                && (gave_up_core as f64) < measured as f64 * GAVE_UP_WHEN_COMPUTING,
+            free_cores: (self.cores as f64 - others).max(1.0),
+        }
+    }
+}
+
+impl Close for Tuner {
+    /// The stage is ending: parked workers leave.
+    fn close(&self) {
+        self.closed.store(true, Relaxed);
+        let _state = lock_std(&self.state);
+        self.parked.notify_all();
+    }
+}
+
+/// One worker's place in a tuned stage: its index, and its CPU clock between batches.
+pub(crate) struct Seat {
+    tuner: Arc<Tuner>,
+    index: usize,
+    /// The worker thread's usage when its batch began.
+    usage_at: Option<(Duration, u64)>,
+    /// Where the worker's parked time goes, so its metrics leave it out.
+    meter: Option<Arc<WorkerMeter>>,
+}
+
+impl Seat {
+    /// A seat for one more worker of `tuner`'s stage.
+    pub(crate) fn take(tuner: &Arc<Tuner>, meter: Option<&Arc<WorkerMeter>>) -> Self {
+        Seat {
+            tuner: Arc::clone(tuner),
+            index: tuner.seats.fetch_add(1, Relaxed),
+            usage_at: None,
+            meter: meter.cloned(),
+        }
+    }
+
+    /// Before the worker takes input: records the look, then parks while the seat is
+    /// beyond the active count, after calling `before_parking` (to hand on what the worker
+    /// holds). Returns `false` when the worker should leave.
+    pub(crate) fn admit(
+        &mut self,
+        input_empty: bool,
+        output_full: bool,
+        before_parking: impl FnOnce(),
+    ) -> bool {
+        self.tuner.look(input_empty, output_full);
+        let parks = self.index >= self.tuner.active();
+        let parked_at = parks.then(|| {
+            before_parking();
+            Instant::now()
+        });
+        let admitted = self.tuner.admit(self.index);
+        if let (Some(meter), Some(since)) = (&self.meter, parked_at) {
+            meter.parked.add(since.elapsed().as_nanos() as u64);
+        }
+        admitted
+    }
+
+    /// The worker has its batch and begins it.
+    pub(crate) fn begin(&mut self) {
+        self.usage_at = thread_usage();
+    }
+
+    /// The worker finished `items` since its batch began.
+    pub(crate) fn finished(&mut self, items: usize) {
+        let usage = match (thread_usage(), self.usage_at.take()) {
+            (Some((cpu, gave_up)), Some((cpu_at, gave_up_at))) => Some((
+                cpu.saturating_sub(cpu_at),
+                gave_up.saturating_sub(gave_up_at),
+            )),
+            _ => None,
+        };
+        self.tuner.finished(items, usage);
+    }
+}
+
+impl Drop for Seat {
+    /// A worker leaves only when its stage ends (its input is over, or the run stopped):
+    /// the parked workers then leave too.
+    fn drop(&mut self) {
+        self.tuner.close();
+    }
+}
