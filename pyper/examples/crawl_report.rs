@@ -21,7 +21,8 @@
 //!    report.
 //!
 //! The same functions then run in a plain loop, for comparison, and the two reports must
-//! be identical.
+//! be identical. Last, the pipeline runs once more with its worker counts left to the run
+//! (`auto_workers`), which measures each stage as it goes and sets its workers.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -124,7 +125,32 @@ fn run(pages: usize, broken_link: bool) -> Result<(), Box<dyn Error>> {
     // Where the pipeline's time went, measured: which stage is CPU-bound, which waits,
     // which is the bottleneck, and what to change.
     println!("\n{}", output.report());
+
+    // The same crawl with the worker counts left to the run: it measures each stage as it
+    // goes and sets its workers (see `auto_workers`).
+    let started = Instant::now();
+    let mut tuned = crawl_tuned(Arc::clone(&site)).feed(urls).progress();
+    let tuned_report = tuned
+        .next()
+        .ok_or("the tuned run ended without a report")??;
+    if tuned.next().is_some() || tuned_report != report {
+        return Err("the tuned run produced a different report".into());
+    }
+    println!(
+        "Tuned by the run (auto_workers): {:.2} s, same report\n",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", tuned.report());
     Ok(())
+}
+
+/// [`crawl`] with no worker counts: `auto_workers(max)` lets the run choose them.
+fn crawl_tuned(site: Arc<Site>) -> Pipeline<String, Report> {
+    let fetch = try_task(move |url: String| site.fetch(&url))
+        .name("fetch")
+        .auto_workers(128)
+        .throttle(PAGES_AWAITING_ANALYSIS);
+    fetch | task(analyse).auto_workers(16) | task(summarise::<Upstream<PageStats>>).join()
 }
 
 /// The crawl as a pipeline from URLs to one report. A function that returns a pipeline is

@@ -8,6 +8,7 @@
 use crate::python::Script;
 use crate::report::Results;
 
+mod auto;
 mod common;
 mod considerations;
 mod cpu;
@@ -33,6 +34,7 @@ pub fn all() -> Vec<Case> {
         fanout_join::cases(),
         considerations::cases(),
         process::cases(),
+        auto::cases(),
     ]
     .into_iter()
     .flatten()

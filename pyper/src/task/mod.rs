@@ -223,8 +223,9 @@ impl<I, O> Task<I, O> {
     /// Lets the run choose the stage's number of workers, up to `max`, from what it
     /// measures as it goes, instead of a fixed [`workers`](Task::workers) count.
     ///
-    /// The stage starts with one active worker. At the end of each short window (long
-    /// enough for every active worker to finish a few items, 20 to 500 ms), the run looks
+    /// The stage starts with as many active workers as cores. At the end of each short
+    /// window (long enough for every active worker to finish two items, 20 to 500 ms), the
+    /// run looks
     /// at the stage's throughput, at its waits for input and for room downstream, and at
     /// the CPU its workers use, and sets the count for the next window:
     ///
@@ -232,8 +233,9 @@ impl<I, O> Task<I, O> {
     ///   process leaves free (more would only take turns on them);
     /// * a stage that mostly waits for input, or for the stage after it, does not grow;
     /// * otherwise the count doubles while doubling raises throughput (by 10% or more),
-    ///   and settles at the last count that paid: hill-climbing on throughput, as .NET's
-    ///   thread pool does. A settled stage tries a quarter more, then a quarter fewer,
+    ///   quadruples while each doubling nearly doubles it (waits that overlap, as IO's
+    ///   do), and settles at the last count that paid: hill-climbing on throughput, as
+    ///   .NET's thread pool does. A settled stage tries a quarter more, then a quarter fewer,
     ///   every few windows, so it follows a workload that changes.
     ///
     /// All `max` workers are started with the run (threads are cheap while they wait);

@@ -9,7 +9,10 @@
 //! 2. A stage whose workers compute (their items do not give up the core to sleep or
 //!    wait) gets no more workers than the cores the rest of the process leaves free.
 //! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
-//!    [`GAIN`]; the first step that does not pay is undone, and the count settles. A settled
+//!    [`GAIN`], and quadruples while each doubling nearly doubles throughput (waits that
+//!    all overlap, as IO does), so that a stage that needs a hundred workers has them
+//!    within a few windows. The first step that does not pay is undone (a quadrupling is
+//!    retried as a doubling first), and the count settles. A settled
 //!    stage probes every [`PROBE_EVERY`] windows, up a quarter, then down a quarter, and
 //!    keeps a probe only if it pays (up) or costs nothing (down), so the count follows a
 //!    workload that changes, and workers no longer needed park.
@@ -62,6 +65,9 @@ impl Reason {
 
 /// A step must raise throughput by this share to count as a gain.
 pub(crate) const GAIN: f64 = 0.10;
+/// A step that raised throughput by this share of its own growth was near-linear: the
+/// next step quadruples.
+const LINEAR: f64 = 0.8;
 /// A probe down is kept when throughput stays above this share of the settled one.
 const KEEP_DOWN: f64 = 0.95;
 /// A guard holds when this share of looks found the queue empty (or full).
@@ -71,7 +77,7 @@ pub(crate) const PROBE_EVERY: u32 = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
-    /// Doubling; `from` is the count and throughput before the last step.
+    /// Growing; `from` is the count and throughput before the last step.
     Growing { from: Option<(usize, f64)> },
     /// Settled at the count, with its throughput, for `windows` windows.
     Settled {
@@ -97,10 +103,12 @@ pub(crate) struct Climb {
 }
 
 impl Climb {
-    pub(crate) fn new(max: usize) -> Self {
+    /// A climb from `start` workers (the cores, say) up to `max`.
+    pub(crate) fn new(start: usize, max: usize) -> Self {
+        let max = max.max(1);
         Climb {
-            active: 1,
-            max: max.max(1),
+            active: start.clamp(1, max),
+            max,
             phase: Phase::Growing { from: None },
             reason: Reason::Growing,
         }
@@ -130,6 +138,19 @@ impl Climb {
                 true => Reason::Starved,
                 false => Reason::Blocked,
             };
+            if let Phase::Growing {
+                from: Some((from, before)),
+            } = self.phase
+            {
+                if self.active > from * 2 {
+                    // A quadrupling overshot: a doubling may not.
+                    self.active = from * 2;
+                    self.phase = Phase::Growing {
+                        from: Some((from, before)),
+                    };
+                    return self.active;
+                }
+            }
             // A step up that left the stage waiting is undone: the new workers only wait.
             let back = match self.phase {
                 Phase::Growing {
@@ -149,12 +170,25 @@ impl Climb {
                 let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));
                 if !paid {
                     let (from, before) = from.expect("a step was taken");
+                    if self.active > from * 2 {
+                        // A quadrupling overshot: the count that pays may lie between.
+                        self.active = from * 2;
+                        self.phase = Phase::Growing {
+                            from: Some((from, before)),
+                        };
+                        return self.active;
+                    }
                     return self.settle(from, before, Reason::NoGain);
                 }
                 if at_limit {
                     return self.settle(self.active, window.throughput, limit_reason);
                 }
-                let next = (self.active * 2).min(cap);
+                let linear = from.is_some_and(|(count, before)| {
+                    let grew = self.active as f64 / count as f64 - 1.0;
+                    window.throughput >= before * (1.0 + LINEAR * grew)
+                });
+                let factor = if linear { 4 } else { 2 };
+                let next = (self.active * factor).min(cap);
                 self.phase = Phase::Growing {
                     from: Some((self.active, window.throughput)),
                 };
@@ -285,7 +319,7 @@ mod tests {
 
     /// Runs `windows` steps against a throughput curve, returning the counts visited.
     fn climb(max: usize, windows: usize, curve: impl Fn(usize) -> Window) -> (Climb, Vec<usize>) {
-        let mut climb = Climb::new(max);
+        let mut climb = Climb::new(1, max);
         let mut visited = vec![climb.active()];
         for _ in 0..windows {
             let window = curve(climb.active());
@@ -297,8 +331,9 @@ mod tests {
     #[test]
     fn an_io_stage_doubles_up_to_its_max() {
         // 10 ms per item: every worker adds 100 items/s.
-        let (climb, visited) = climb(64, 8, |n| io(100.0 * n as f64));
-        assert_eq!(&visited[..8], &[1, 2, 4, 8, 16, 32, 64, 64]);
+        let (climb, visited) = climb(64, 6, |n| io(100.0 * n as f64));
+        // Doubling, then quadrupling once each doubling has doubled throughput.
+        assert_eq!(&visited[..6], &[1, 2, 8, 32, 64, 64]);
         assert_eq!(climb.reason(), Reason::AtMax);
     }
 
@@ -330,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_cpu_bound_stage_gives_back_cores_others_take() {
-        let mut climb = Climb::new(8);
+        let mut climb = Climb::new(1, 8);
         let busy = |n: usize, free_cores| Window {
             throughput: 1000.0 * n as f64,
             computes: true,
@@ -370,7 +405,7 @@ mod tests {
 
     #[test]
     fn a_settled_stage_probes_and_follows_a_change() {
-        let mut climb = Climb::new(256);
+        let mut climb = Climb::new(1, 256);
         // At first the server takes 8 at once...
         for _ in 0..10 {
             let n = climb.active();
@@ -391,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_settled_stage_sheds_workers_it_does_not_need() {
-        let mut climb = Climb::new(256);
+        let mut climb = Climb::new(1, 256);
         for _ in 0..10 {
             let n = climb.active();
             climb.step(io(100.0 * n.min(64) as f64));

@@ -2,7 +2,7 @@
 //!
 //! A tuned stage starts all `max` of its workers, but only the first `active` take input;
 //! the others park here, holding nothing, until the count rises past them. The count starts
-//! at one and changes at the end of each *window*: a stretch long enough for every active
+//! at the number of cores and changes at the end of each *window*: a stretch long enough for every active
 //! worker to finish a few items. What the window measured (throughput, waits for input and
 //! for room downstream, CPU used by the stage and by the rest of the process) goes to
 //! [`climb::Climb`], which decides the next count.
@@ -32,7 +32,7 @@ const WINDOW: Duration = Duration::from_millis(20);
 /// The longest window, however few items finished in it.
 const LONGEST_WINDOW: Duration = Duration::from_millis(500);
 /// A window ends once each active worker finished this many items (on average).
-const ITEMS_PER_WORKER: u64 = 4;
+const ITEMS_PER_WORKER: u64 = 2;
 /// Items that compute give up their core at most this often per item (a hand-over that
 /// finds the next queue full, say); items that wait give it up at least once each.
 const GAVE_UP_WHEN_COMPUTING: f64 = 0.25;
@@ -86,10 +86,13 @@ pub(crate) struct Choice {
 impl Tuner {
     pub(crate) fn new(max: usize) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // As many as the cores to begin with: right for work that computes, and a first
+        // step for work that waits.
+        let start = cores.clamp(1, max.max(1));
         Arc::new(Tuner {
             max,
             cores,
-            active: AtomicUsize::new(1),
+            active: AtomicUsize::new(start),
             closed: AtomicBool::new(false),
             seats: AtomicUsize::new(0),
             finished: AtomicU64::new(0),
@@ -100,10 +103,10 @@ impl Tuner {
             starved_looks: AtomicU64::new(0),
             blocked_looks: AtomicU64::new(0),
             state: Mutex::new(State {
-                climb: Climb::new(max),
+                climb: Climb::new(start, max),
                 window_began: Instant::now(),
                 process_cpu_at: process_cpu_time(),
-                peak: 1,
+                peak: start,
                 steps: 0,
                 active_seconds: 0.0,
                 began: Instant::now(),
