@@ -7,7 +7,7 @@
 //! 1. A stage that waited for input, or for room downstream, during most of the window
 //!    does not grow: its throughput is set by another stage, so a gain would be noise.
 //! 2. A stage whose workers compute (their items do not give up the core to sleep or
-//!    wait) gets no more workers than the cores the rest of the process leaves free.
+//!    wait) gets one worker per core the rest of the process leaves free: no climb.
 //! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
 //!    [`GAIN`], and quadruples while each doubling nearly doubles throughput (waits that
 //!    all overlap, as IO does), so that a stage that needs a hundred workers has them
@@ -125,9 +125,11 @@ impl Climb {
 
     /// Takes one window's measurements, and returns the count for the next window.
     pub(crate) fn step(&mut self, window: Window) -> usize {
+        // A core counts as free when at least a fifth of it is: two workers on 1.3 free
+        // cores get more done than one.
         let cpu_cap = window
             .computes
-            .then(|| (window.free_cores.round() as usize).max(1));
+            .then(|| ((window.free_cores - 0.2).ceil() as usize).max(1));
         let cap = cpu_cap.map_or(self.max, |cores| cores.min(self.max));
         if self.active > cap {
             // Computing workers beyond the free cores only take turns on them.
@@ -161,10 +163,16 @@ impl Climb {
             };
             return self.settle(back, window.throughput, reason);
         }
-        let (limit_reason, at_limit) = match cpu_cap {
-            Some(cores) if cores <= self.max => (Reason::CpuBound, self.active >= cores),
-            _ => (Reason::AtMax, self.active >= self.max),
-        };
+        if let Some(cores) = cpu_cap {
+            // Work that computes needs a core per worker, and gains nothing from more: the
+            // guides' rule, applied without a climb that noise could mislead.
+            let reason = match cores < self.max {
+                true => Reason::CpuBound,
+                false => Reason::AtMax,
+            };
+            return self.settle(cores, window.throughput, reason);
+        }
+        let (limit_reason, at_limit) = (Reason::AtMax, self.active >= self.max);
         match self.phase {
             Phase::Growing { from } => {
                 let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));

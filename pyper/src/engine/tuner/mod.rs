@@ -64,6 +64,8 @@ struct State {
     climb: Climb,
     window_began: Instant,
     process_cpu_at: Option<Duration>,
+    /// Cores used by the rest of the process, smoothed over windows.
+    others: Option<f64>,
     peak: usize,
     steps: u64,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
@@ -106,6 +108,7 @@ impl Tuner {
                 climb: Climb::new(start, max),
                 window_began: Instant::now(),
                 process_cpu_at: process_cpu_time(),
+                others: None,
                 peak: start,
                 steps: 0,
                 active_seconds: 0.0,
@@ -205,6 +208,7 @@ impl Tuner {
         let before = self.active();
         state.active_seconds += elapsed.as_secs_f64() * before as f64;
         let next = state.climb.step(window);
+
         state.steps += 1;
         state.peak = state.peak.max(next);
         self.active.store(next, Relaxed);
@@ -231,7 +235,11 @@ impl Tuner {
         };
         state.process_cpu_at = process_cpu;
         state.window_began = Instant::now();
-        let others = (process_used - stage_cpu).max(0.0) / seconds;
+        let others_now = (process_used - stage_cpu).max(0.0) / seconds;
+        let others = state
+            .others
+            .map_or(others_now, |before| (before + others_now) / 2.0);
+        state.others = Some(others);
         Window {
             throughput: finished as f64 / seconds,
             starved,
