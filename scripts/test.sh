@@ -3,7 +3,8 @@
 # with the `async` feature (async tests, async doc tests and the README's examples), the
 # same with the `process` feature (process tasks: worker processes, crashes, timeouts) and
 # the process tests once more with async stages around process stages, the reliability
-# tests and the chaos suite with every kind of stage, the benchmark harness's own tests,
+# tests and the chaos suite with every kind of stage, the report's verdicts in a stress loop
+# under competing load, the benchmark harness's own tests,
 # the README's dependency line in a fresh project, and the shuttle model check of the
 # queue and shutdown protocol (a build of its own, since shuttle replaces the engine's
 # locks and threads).
@@ -19,6 +20,8 @@ cargo test -p pyperflow --features process
 cargo test -p pyperflow --features async,process --test process
 cargo test -p pyperflow --features async,process --test reliability
 cargo test -p pyperflow --features async,process --test chaos
+# The report's verdicts on the guides' cases, 20 times over, with threads hogging every core.
+cargo test -p pyperflow --features async,process --test verdicts -- --ignored
 cargo test -p pyper-bench
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release

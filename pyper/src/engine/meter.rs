@@ -340,6 +340,11 @@ pub(crate) struct WorkerMeter {
     /// How many times the worker parked on its queue for input, and to hand on.
     parks: Counter,
     blocked_parks: Counter,
+    /// In the batches where it was measured (slow ones: see [`Recorder::batch`]), how
+    /// many times the worker's thread gave up its core of its own accord (Linux), and
+    /// the items of those batches.
+    gave_up_core: Counter,
+    gave_up_core_items: Counter,
     /// When the worker began and, once it ended, how long it lived (0 until then), in
     /// nanoseconds since the run's start. `lifetime` is written last, with release
     /// ordering: once it reads non-zero, every other figure is final.
@@ -387,6 +392,8 @@ impl WorkerMeter {
             slots: Counter::default(),
             parks: Counter::default(),
             blocked_parks: Counter::default(),
+            gave_up_core: Counter::default(),
+            gave_up_core_items: Counter::default(),
             began: Counter::default(),
             lifetime: AtomicU64::new(0),
             spans: spans.then(|| Mutex::new(Vec::new())),
@@ -476,6 +483,15 @@ impl WorkerMeter {
         self.has_cpu.store(true, Relaxed);
     }
 
+    /// The times its thread gave up its core of its own accord inside items (sleeps, IO,
+    /// locks), and the items measured: about once per item for work that waits, next to
+    /// never for work that computes. Measured in slow batches only (see
+    /// [`Recorder::batch`]); `None` where nothing was measured.
+    pub(crate) fn gave_up_core_in_items(&self) -> Option<(u64, u64)> {
+        let items = self.gave_up_core_items.get();
+        (items > 0).then(|| (self.gave_up_core.get(), items))
+    }
+
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         self.has_cpu
             .load(Relaxed)
@@ -540,11 +556,21 @@ pub(crate) struct Recorder {
     /// The thread's scheduler statistics when it began (Linux), for its wait for a core.
     sched_at_start: Option<Sched>,
     cpu_at_start: Option<Duration>,
+    /// Whether this thread's voluntary context switches are counted in its batches (a
+    /// worker that runs its items on its own thread), and the count when the current
+    /// batch began, if it is measured.
+    counts_switches: bool,
+    switches_at_batch: Option<u64>,
+    /// Whether the last batch was slow enough to measure the next one.
+    slow: bool,
     /// When the CPU clock is due to be read again.
     next_cpu_read: Instant,
     /// The meter's blocked time when the current batch began.
     blocked_seen: u64,
 }
+
+/// A batch this long is followed by one whose voluntary context switches are counted.
+const SLOW_BATCH: Duration = Duration::from_millis(1);
 
 impl Recorder {
     /// Starts recording; call it on the worker's own thread, which zeroes its CPU clock.
@@ -552,7 +578,9 @@ impl Recorder {
         let cpu_at_start = thread_cpu_time();
         meter.has_cpu.store(cpu_at_start.is_some(), Relaxed);
         let sched_at_start = Self::read_sched_at_start(&meter);
-        Self::start(meter, cpu_at_start, sched_at_start)
+        let mut recorder = Self::start(meter, cpu_at_start, sched_at_start);
+        recorder.counts_switches = true;
+        recorder
     }
 
     /// Reads the thread's scheduler statistics as it starts, so a snapshot can read them
@@ -583,6 +611,9 @@ impl Recorder {
             meter,
             sched_at_start,
             cpu_at_start,
+            counts_switches: false,
+            switches_at_batch: None,
+            slow: true,
             next_cpu_read: now + CPU_SAMPLE_EVERY,
             blocked_seen: 0,
         }
@@ -612,6 +643,9 @@ impl Recorder {
     #[inline]
     pub(crate) fn batch_begins(&mut self) -> Instant {
         self.blocked_seen = self.meter.blocked.get();
+        if self.counts_switches && self.slow {
+            self.switches_at_batch = thread_usage().map(|(_, switches)| switches);
+        }
         Instant::now()
     }
 
@@ -631,6 +665,16 @@ impl Recorder {
                 meter.span(started, length, SpanKind::Work, items);
             }
         }
+        if let Some(before) = self.switches_at_batch.take() {
+            if let Some((_, after)) = thread_usage() {
+                let meter = &*self.meter;
+                meter.gave_up_core.add(after.saturating_sub(before));
+                meter.gave_up_core_items.add(items as u64);
+            }
+        }
+        // Only slow batches are measured: two system calls are nothing next to a
+        // millisecond, and items that wait or compute for long are the ones to tell apart.
+        self.slow = took >= SLOW_BATCH;
         if now >= self.next_cpu_read {
             self.read_cpu(now);
         }

@@ -103,6 +103,9 @@ pub struct StageMetrics {
     /// How many workers were metered: for an async stage, its drivers (one per runtime
     /// thread it runs on).
     pub(crate) meters: usize,
+    /// Where measured (thread stages' slow batches, on Linux): the times their threads
+    /// gave up their core inside items, and the items measured.
+    pub(crate) gave_up_core: Option<(u64, u64)>,
 }
 
 /// What the run's tuner chose for a stage with [`auto_workers`](crate::Task::auto_workers).
@@ -170,6 +173,15 @@ impl StageMetrics {
         })
     }
 
+    /// How many times, per item, its worker threads gave up their core of their own
+    /// accord inside items: at least once for an item that sleeps or waits on IO, next
+    /// to never for one that computes, however crowded the machine. Measured in thread
+    /// stages' batches of a millisecond or more, on Linux.
+    pub(crate) fn gave_up_core_per_item(&self) -> Option<f64> {
+        let (gave_up, items) = self.gave_up_core?;
+        (items > 0).then(|| gave_up as f64 / items as f64)
+    }
+
     /// For an async stage: the share of its runtime threads' time (one per driver) that
     /// its polls held them in stalls (see [`stalled`](Self::stalled)).
     pub fn stalled_share(&self, elapsed: Duration) -> f64 {
@@ -224,6 +236,7 @@ impl StageMetrics {
             stalled_measured: Duration::ZERO,
             stalled_cpu: Duration::ZERO,
             meters: 0,
+            gave_up_core: None,
         }
     }
 
@@ -282,6 +295,10 @@ impl Metrics {
                 let nanos =
                     |counter: &crate::engine::meter::Counter| Duration::from_nanos(counter.get());
                 for meter in &meters {
+                    if let Some((gave_up, took)) = meter.gave_up_core_in_items() {
+                        let (total, items) = metrics.gave_up_core.unwrap_or_default();
+                        metrics.gave_up_core = Some((total + gave_up, items + took));
+                    }
                     let times = meter.times(input_began);
                     metrics.items_in += meter.items_in.get();
                     metrics.items_out += meter.items_out.get();

@@ -62,6 +62,10 @@ const CPU_BOUND: f64 = 0.5;
 /// wants a core a few percent of its time, however many workers it has.
 const CPU_SATURATING: f64 = 0.2;
 
+/// A thread stage whose items gave up their core this often each, on average, waits (on
+/// IO, sleeps or locks) rather than computes: see [`StageMetrics::gave_up_core_per_item`].
+const WAITS_PER_ITEM: f64 = 0.5;
+
 /// An async stage whose items stall their runtime thread for this long each, on average,
 /// blocks its executor: the length of a stall (see [`StageMetrics::stalled`]). A future
 /// that awaits its waits holds the thread for microseconds per item (a poll that only
@@ -261,6 +265,13 @@ impl StageReport {
             Bound::Blocked
         } else if starved >= utilization {
             Bound::Starved
+        } else if metrics
+            .gave_up_core_per_item()
+            .is_some_and(|per_item| per_item >= WAITS_PER_ITEM)
+        {
+            // Its items gave up the core to wait: whatever the timings say (on a crowded
+            // machine every wake-up waits for a core), this is not computing.
+            Bound::Waiting
         } else if cpu_demand.is_some_and(|demand| {
             demand >= CPU_BOUND
                 || (demand >= CPU_SATURATING && metrics.workers as f64 * demand >= cores as f64)
@@ -418,6 +429,7 @@ mod tests {
             stalled_measured: Duration::ZERO,
             stalled_cpu: Duration::ZERO,
             meters: workers,
+            gave_up_core: None,
         }
     }
 
@@ -548,6 +560,25 @@ mod tests {
             advice.contains("raise workers to 40, enough to keep up with `parse`"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_stage_whose_items_gave_up_the_core_waits_however_crowded_the_machine() {
+        // A sleeper on a machine so crowded that its wake-ups waited for a core nearly all
+        // of its busy time, and the little it was awake it computed: by the clocks alone,
+        // CPU-bound. But each item gave up the core once, to sleep.
+        let mut sleeper = stage("fetch", 2, 0.99, 0.001);
+        sleeper.runnable = sleeper.busy.mul_f64(0.999);
+        sleeper.working_runnable = sleeper.runnable;
+        assert!(sleeper.cpu_demand().unwrap() > 0.5, "{sleeper:?}");
+        sleeper.gave_up_core = Some((100, 100));
+        let waits = report(2, vec![sleeper.clone()]);
+        assert_eq!(waits.stage("fetch").unwrap().bound, Bound::Waiting);
+
+        // The same clocks from items that never gave up the core: a computation.
+        sleeper.gave_up_core = Some((1, 100));
+        let computes = report(2, vec![sleeper]);
+        assert_eq!(computes.stage("fetch").unwrap().bound, Bound::Cpu);
     }
 
     #[test]
