@@ -151,5 +151,8 @@ pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
 pub use stage::process::{init, RemoteError, WorkerDied};
 #[cfg(feature = "process")]
+#[doc(hidden)]
+pub use task::__function_name;
+#[cfg(feature = "process")]
 pub use task::{process_task, try_process_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

@@ -286,6 +286,27 @@ fn many_items_over_several_worker_processes() {
     serial.done();
 }
 
+mod codec {
+    pub fn parse(text: String) -> Result<u64, std::num::ParseIntError> {
+        text.parse()
+    }
+}
+
+#[test]
+fn the_macros_name_a_process_stage_after_its_function() {
+    let serial = serial();
+    with_timeout(60, || {
+        let mut output = pyper::process_task!(square).feed(0..10u64);
+        assert_eq!(output.by_ref().map(Result::unwrap).count(), 10);
+        assert!(output.metrics().stage("square").is_some());
+
+        let parse = pyper::try_process_task!(codec::parse);
+        let error = parse.run("x".to_owned()).next().unwrap().unwrap_err();
+        assert_eq!(error.stage(), Some("parse"));
+    });
+    serial.done();
+}
+
 /// About a millisecond of pure CPU work.
 fn spin(x: u64) -> u64 {
     let mut h = x;

@@ -26,7 +26,7 @@ use crate::Output;
 pub use async_task::{async_task, try_async_task};
 pub use per_worker::{task_per_worker, try_task_per_worker};
 #[cfg(feature = "process")]
-pub use process::{process_task, try_process_task};
+pub use process::{__function_name, process_task, try_process_task};
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,

@@ -26,7 +26,7 @@ use crate::task::Task;
 /// and the worker process goes on. The program must call [`init`](crate::init) first thing in `main`.
 ///
 /// The stage is named `stage N` unless [`named`](crate::Task::name): a function pointer
-/// has no name.
+/// has no name. [`process_task!(f)`](crate::process_task!) names it after `f`.
 ///
 /// ```no_run
 /// // `no_run`: a doctest's `main` is generated, so it cannot call `pyper::init()` first;
@@ -99,4 +99,49 @@ where
     E: Into<BoxError> + 'static,
 {
     Task::new(Body::Process(process::try_each(f)), None)
+}
+
+/// [`process_task`], with the stage named after the function, as a thread task's is.
+///
+/// A function pointer has no name at run time, so `process_task(parse)` is named
+/// `stage N`. This macro reads the name where it is written: `process_task!(parse)` is
+/// `process_task(parse).name("parse")`, and `process_task!(codec::parse)` is named
+/// `parse` too. It takes a function's path; a closure, having no name, goes to
+/// [`process_task`] itself.
+///
+/// ```no_run
+/// // `no_run`: see `process_task`.
+/// fn checksum(data: Vec<u8>) -> u32 {
+///     data.iter().map(|&b| u32::from(b)).sum()
+/// }
+///
+/// fn main() {
+///     pyper::init();
+///     let sums = pyper::process_task!(checksum).workers(2);
+///     let mut output = sums.feed((0..10u8).map(|n| vec![n; 3]));
+///     assert_eq!(output.by_ref().count(), 10);
+///     assert!(output.metrics().stage("checksum").is_some());
+/// }
+/// ```
+#[macro_export]
+macro_rules! process_task {
+    ($function:path) => {
+        $crate::process_task($function).name($crate::__function_name(stringify!($function)))
+    };
+}
+
+/// [`try_process_task`], with the stage named after the function: see
+/// [`process_task!`](crate::process_task!).
+#[macro_export]
+macro_rules! try_process_task {
+    ($function:path) => {
+        $crate::try_process_task($function).name($crate::__function_name(stringify!($function)))
+    };
+}
+
+/// The last segment of a stringified path (`codec :: parse` → `parse`), for the macros.
+#[doc(hidden)]
+pub fn __function_name(path: &str) -> String {
+    let last = path.rsplit("::").next().unwrap_or(path);
+    last.trim().to_owned()
 }
