@@ -29,6 +29,21 @@ pub(crate) enum Fault {
     Failed(BoxError),
 }
 
+/// Why a worker ended before its input did, once its failure is known as the run's error:
+/// the run stopped (a cancel, or nobody reads any more: not an error), or it failed with
+/// this error, which already names the stage and the item. `Fault` is the same thing before
+/// the stage and the item are attached.
+pub(crate) enum Halt {
+    Stop,
+    Failed(crate::error::Error),
+}
+
+impl From<Stop> for Halt {
+    fn from(_: Stop) -> Self {
+        Halt::Stop
+    }
+}
+
 impl From<Stop> for Fault {
     fn from(_: Stop) -> Self {
         Fault::Stop

@@ -20,7 +20,7 @@ use futures_util::future::{select, Either};
 use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
-use crate::engine::batch::{Fault, Outlet, Stop};
+use crate::engine::batch::{Fault, Halt, Outlet, Stop};
 use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
 use crate::engine::reorder::{Gate, Reorder};
@@ -318,19 +318,6 @@ where
             meter.in_flight.set(self.running.len() as u64);
         }
         Ok(self.outlet.flush_async().await?)
-    }
-}
-
-/// Why a driver stops early.
-enum Halt {
-    /// The run was cancelled, or nobody reads any more: not an error.
-    Stopped,
-    Failed(Error),
-}
-
-impl From<Stop> for Halt {
-    fn from(_: Stop) -> Self {
-        Halt::Stopped
     }
 }
 

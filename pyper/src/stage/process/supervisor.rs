@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::protocol::Reply;
 use super::worker::{Children, Gone, Worker};
 use super::{ProcessFn, RemoteError, WorkerDied};
-use crate::engine::batch::{Collect, Emit, Fault, Outlet, MAX_BATCH};
+use crate::engine::batch::{Collect, Emit, Fault, Halt, Outlet, MAX_BATCH};
 use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
 use crate::engine::queue::{Receiver, Sender};
 use crate::engine::run::RunState;
@@ -62,20 +62,6 @@ pub(crate) struct ProcessStage<I, O> {
     pub(crate) meter: Arc<StageMeter>,
 }
 
-/// Why a worker thread stops early. (Unlike the engine's `Fault`, a failure is already the
-/// run's finished `Error`: a configuration error, a panic or a failure, naming the item.)
-pub(super) enum Halt {
-    /// The run was cancelled or nobody reads any more.
-    Stop,
-    Fail(Error),
-}
-
-impl From<crate::engine::batch::Stop> for Halt {
-    fn from(_: crate::engine::batch::Stop) -> Self {
-        Halt::Stop
-    }
-}
-
 /// Runs one worker of a process stage until its input ends, the run stops, or it fails.
 pub(crate) fn work<I, O>(stage: Arc<ProcessStage<I, O>>, input: Receiver<I>, output: Sender<O>) {
     let recorder = stage.meter.worker().map(Recorder::begin_elsewhere);
@@ -94,7 +80,7 @@ pub(crate) fn work<I, O>(stage: Arc<ProcessStage<I, O>>, input: Receiver<I>, out
     // Reported while `output` is still alive: see the module docs of `run`.
     let error = match result {
         Ok(Ok(())) | Ok(Err(Halt::Stop)) => None,
-        Ok(Err(Halt::Fail(error))) => Some(error),
+        Ok(Err(Halt::Failed(error))) => Some(error),
         Err(payload) => Some(Error::panicked(
             &stage.name,
             supervisor.current_item,
@@ -178,7 +164,7 @@ impl<I, O> Supervisor<'_, I, O> {
         for (index, item) in (first..).zip(batch.drain(..)) {
             self.current_item = Some(index);
             let bytes = (stage.body.encode)(&item)
-                .map_err(|error| Halt::Fail(Error::failed(&stage.name, Some(index), error)))?;
+                .map_err(|error| Halt::Failed(Error::failed(&stage.name, Some(index), error)))?;
             todo.push_back(Attempt {
                 index,
                 bytes,
@@ -349,8 +335,8 @@ impl<I, O> Supervisor<'_, I, O> {
                 later.push(attempt);
                 Ok(())
             }
-            Verdict::Fail(error) => Err(Halt::Fail(Error::failed(name, item, error))),
-            Verdict::Panic(payload) => Err(Halt::Fail(Error::panicked(name, item, payload))),
+            Verdict::Fail(error) => Err(Halt::Failed(Error::failed(name, item, error))),
+            Verdict::Panic(payload) => Err(Halt::Failed(Error::panicked(name, item, payload))),
         }
     }
 
@@ -363,7 +349,7 @@ impl<I, O> Supervisor<'_, I, O> {
         };
         self.idle_deaths += 1;
         if self.idle_deaths >= IDLE_DEATHS {
-            return Err(Halt::Fail(Error::failed(&self.stage.name, None, error)));
+            return Err(Halt::Failed(Error::failed(&self.stage.name, None, error)));
         }
         Ok(())
     }
@@ -412,7 +398,7 @@ fn decode_into<O>(
     match decode(bytes, out) {
         Ok(()) => Ok(()),
         Err(Fault::Stop) => Err(Halt::Stop),
-        Err(Fault::Failed(error)) => Err(Halt::Fail(Error::failed(stage, Some(index), error))),
+        Err(Fault::Failed(error)) => Err(Halt::Failed(Error::failed(stage, Some(index), error))),
     }
 }
 

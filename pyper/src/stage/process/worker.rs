@@ -17,8 +17,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::protocol::{self, FrameReader, Reply, ADDRESS_ENV, TOKEN_ENV};
-use super::supervisor::{Halt, ProcessStage};
+use super::supervisor::ProcessStage;
 use super::WORKER_ARGS;
+use crate::engine::batch::Halt;
 use crate::engine::meter::ProcessTimes;
 use crate::engine::queue::Close;
 use crate::engine::run::RunState;
@@ -113,9 +114,9 @@ static NEXT_WORKER: AtomicU64 = AtomicU64::new(0);
 impl Worker {
     /// Starts a worker process for `stage` and waits until it is ready to serve.
     pub(super) fn spawn<I, O>(stage: &ProcessStage<I, O>) -> Result<Worker, Halt> {
-        let setup_error = |why: String| Halt::Fail(Error::config(Some(&stage.name), why));
+        let setup_error = |why: String| Halt::Failed(Error::config(Some(&stage.name), why));
         let io_error =
-            |error: io::Error| Halt::Fail(Error::failed(&stage.name, None, error.into()));
+            |error: io::Error| Halt::Failed(Error::failed(&stage.name, None, error.into()));
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         let token = random_token(id);
         let (listener, address) = super::listen(&format!("{id}-{token:016x}")).map_err(io_error)?;
