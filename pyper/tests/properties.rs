@@ -1,4 +1,5 @@
-//! Property tests over random pipelines: 1–6 stages, each with 1–8 workers, throttle 0–4,
+//! Property tests over random pipelines: 1–6 stages, each with 1–8 workers (fixed, or tuned
+//! by the run in 30% of the stages), throttle 0–4,
 //! an optional branch with fan-out 0–5 per item, ordered or not, and an optional final
 //! join.
 //!
@@ -25,6 +26,9 @@ struct StageSpec {
     /// `Some(m)`, m in 1..=5: a branch giving 0 to m elements per item (so also a filter).
     fanout: Option<u64>,
     ordered: bool,
+    /// `workers` is a most, and the run tunes the count (`auto_workers`): the workers
+    /// beyond it park, and must leave with the stage however the run ends.
+    auto: bool,
     mul: u64,
     add: u64,
 }
@@ -98,10 +102,11 @@ impl PipelineSpec {
                 Some(_) => pyper::try_task(apply).branch(),
                 None => pyper::try_task(move |x: u64| apply(x).map(|v| v[0])),
             };
-            let mut task = task
-                .workers(spec.workers)
-                .throttle(spec.throttle)
-                .name(format!("s{index}"));
+            let task = match spec.auto {
+                true => task.auto_workers(spec.workers),
+                false => task.workers(spec.workers),
+            };
+            let mut task = task.throttle(spec.throttle).name(format!("s{index}"));
             if spec.ordered {
                 task = task.ordered();
             }
@@ -136,17 +141,21 @@ fn stage_spec() -> impl Strategy<Value = StageSpec> {
         // A branch in 40% of the stages; each item then gives 0 to m elements.
         prop::option::weighted(0.4, 1u64..=5),
         any::<bool>(),
+        prop::bool::weighted(0.3),
         1u64..1000,
         0u64..1000,
     )
-        .prop_map(|(workers, throttle, fanout, ordered, mul, add)| StageSpec {
-            workers,
-            throttle,
-            fanout,
-            ordered,
-            mul,
-            add,
-        })
+        .prop_map(
+            |(workers, throttle, fanout, ordered, auto, mul, add)| StageSpec {
+                workers,
+                throttle,
+                fanout,
+                ordered,
+                auto,
+                mul,
+                add,
+            },
+        )
 }
 
 fn pipeline_spec() -> impl Strategy<Value = PipelineSpec> {
