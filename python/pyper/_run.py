@@ -1,0 +1,84 @@
+"""Running a pipeline on the engine: the stages it is given, and the outputs it yields."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import SimpleNamespace
+
+from . import _engine
+from ._aio import Bridge, bridged
+from ._process import process_worker
+
+
+def _name(func) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) \
+        or type(func).__name__
+
+
+def _check_first(task):
+    if task.workers > 1:
+        raise RuntimeError(f"The first task in a pipeline ({task.func}) cannot have more than 1 worker")
+    if task.join:
+        raise RuntimeError(f"The first task in a pipeline ({task.func}) cannot join previous results")
+
+
+def _stages(tasks, bridge=None):
+    """The engine's description of each task."""
+    stages = []
+    for position, task in enumerate(tasks):
+        first = position == 0
+        func = task.func
+        if task.is_async:
+            func = bridged(func, task, bridge)
+        per_worker = task.multiprocess
+        if per_worker:
+            func = functools.partial(process_worker, func, task.branch, first, _name(task.func))
+        stages.append(SimpleNamespace(
+            function=func,
+            name=_name(task.func),
+            workers=task.workers,
+            throttle=task.throttle,
+            branch=task.branch and not per_worker,
+            join=task.join,
+            star_args=first and not per_worker,
+            per_worker=per_worker,
+        ))
+    return stages
+
+
+def outputs(tasks, args, kwargs):
+    """The generator a `Pipeline` call returns."""
+    _check_first(tasks[0])
+    run = _engine.Engine(_stages(tasks)).run((args, kwargs))
+    try:
+        yield from run
+    finally:
+        run.close()
+
+
+_END = object()
+
+
+async def async_outputs(tasks, args, kwargs):
+    """The async generator an `AsyncPipeline` call returns."""
+    _check_first(tasks[0])
+    loop = asyncio.get_running_loop()
+    bridge = Bridge(loop)
+    run = _engine.Engine(_stages(tasks, bridge)).run((args, kwargs))
+    try:
+        while True:
+            for item in run.ready():
+                yield item
+            # Waits on a thread of the loop's executor: the loop goes on running the
+            # pipeline's async tasks meanwhile.
+            item = await loop.run_in_executor(None, run.next_or, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        bridge.stop()
+        # Detached from the loop too: the run's workers may be waiting for it.
+        await loop.run_in_executor(None, run.close)
