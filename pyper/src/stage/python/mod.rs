@@ -150,6 +150,7 @@ impl Worker {
                     output: Out::new(&output, &self.run),
                     recorder: recorder.as_mut(),
                     current: &mut current,
+                    held_since: Instant::now(),
                 };
                 let shape = self.callable.shape;
                 let result = match (shape.join, shape.per_worker) {
@@ -183,6 +184,8 @@ struct Turn<'a, 'py> {
     output: Out<'a>,
     recorder: Option<&'a mut Recorder>,
     current: &'a mut Option<u64>,
+    /// Since when the worker has held the GIL without a pause.
+    held_since: Instant,
 }
 
 impl<'py> Turn<'_, 'py> {
@@ -192,8 +195,7 @@ impl<'py> Turn<'_, 'py> {
         let shape = self.worker.callable.shape;
         let mut batch = Vec::new();
         let mut limit = BatchLimit::new();
-        let mut held_since = Instant::now();
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get(), &mut held_since)? {
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
             let started = self.begin_batch();
             let count = batch.len();
             for (index, item) in (first..).zip(batch.drain(..)) {
@@ -213,6 +215,7 @@ impl<'py> Turn<'_, 'py> {
                 if self.output.is_full() {
                     self.flush()?;
                 }
+                self.pause_if_due()?;
             }
             self.end_batch(started, &mut limit, count);
         }
@@ -270,8 +273,7 @@ impl<'py> Turn<'_, 'py> {
         let mut batch = Vec::new();
         // A batch costs the callable a round trip: aim for batches that take longer.
         let mut limit = BatchLimit::with_target(Duration::from_millis(2));
-        let mut held_since = Instant::now();
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get(), &mut held_since)? {
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
             if self.worker.run.is_cancelled() {
                 return Err(Fault::Stop);
             }
@@ -297,9 +299,8 @@ impl<'py> Turn<'_, 'py> {
         input: &Receiver<PyItem>,
         batch: &mut Vec<PyItem>,
         max: usize,
-        held_since: &mut Instant,
     ) -> Result<Option<u64>, Fault> {
-        if held_since.elapsed() < BUDGET {
+        if self.held_since.elapsed() < BUDGET {
             match input.try_pop_batch(batch, max) {
                 Popped::Items(first) => return Ok(Some(first)),
                 Popped::Over => return Ok(None),
@@ -311,8 +312,22 @@ impl<'py> Turn<'_, 'py> {
         let first = self
             .py
             .detach(|| input.pop_batch_then(batch, max, || output.announce()));
-        *held_since = Instant::now();
+        self.held_since = Instant::now();
         Ok(first)
+    }
+
+    /// Lets go of the GIL for a moment once the worker has held it for its budget:
+    /// Python code the worker calls gives it up when others wait, but a loop here (a
+    /// generator resumed with `yield from` never checks) would not. What is gathered goes
+    /// downstream first.
+    fn pause_if_due(&mut self) -> Result<(), Fault> {
+        if self.held_since.elapsed() < BUDGET {
+            return Ok(());
+        }
+        self.flush()?;
+        self.py.detach(std::thread::yield_now);
+        self.held_since = Instant::now();
+        Ok(())
     }
 
     /// Emits every element of an iterable, a generator's included, advancing it here.
@@ -333,6 +348,7 @@ impl<'py> Turn<'_, 'py> {
             if self.output.is_full() {
                 self.flush()?;
             }
+            self.pause_if_due()?;
         }
     }
 
