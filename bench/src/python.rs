@@ -211,7 +211,13 @@ if __name__ == "__main__":
 "#,
 };
 
-const SCRIPTS: [&Script; 5] = [&OVERHEAD, &CONSIDERATIONS, &PROCESS, &IO_BLOCKING, &ASYNC_IO];
+const SCRIPTS: [&Script; 5] = [
+    &OVERHEAD,
+    &CONSIDERATIONS,
+    &PROCESS,
+    &IO_BLOCKING,
+    &ASYNC_IO,
+];
 
 /// A ready venv with python-pyper and the scripts written out.
 pub struct Python {

@@ -30,6 +30,21 @@ class Pipeline:
 
         return outputs(self.tasks, args, kwargs)
 
+    def start(self, *args, **kwargs):
+        """Extension (not in Pyper): starts a run and returns it, where a call returns a
+        bare generator. The run is an iterator of the outputs, starts on the first
+        ``next``, and has ``report()``: the engine's end-of-run report (each stage
+        classified as CPU-bound, waiting, starved or blocked, the bottleneck, advice),
+        live while it goes on. ``close()``, or leaving a ``with`` block, ends it.
+
+            with (task(get_data, branch=True) | task(work, workers=4)).start(100) as run:
+                total = sum(run)
+            print(run.report())
+        """
+        from ._run import start
+
+        return start(self.tasks, args, kwargs)
+
     def pipe(self, other: "Pipeline") -> "Pipeline":
         """Connects two pipelines, returning a new one."""
         if not isinstance(other, Pipeline):
@@ -63,6 +78,9 @@ class AsyncPipeline(Pipeline):
         from ._run import async_outputs
 
         return async_outputs(self.tasks, args, kwargs)
+
+    def start(self, *args, **kwargs):
+        raise TypeError("start() runs a Pipeline; an AsyncPipeline is run by calling it")
 
     def consume(self, other: Callable):
         """An async function that runs the pipeline and hands its output to ``other``."""

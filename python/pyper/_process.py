@@ -1,4 +1,5 @@
-"""`multiprocess=True`: worker processes started with multiprocessing's spawn context.
+"""`multiprocess=True`: worker processes started with multiprocessing's forkserver context
+(spawn where there is none): never a plain `fork`, as the process has Rust threads.
 
 Each engine worker of the stage starts one process when it starts, sends it the function
 once, then lists of items (pickled), and receives lists of outputs or the exception. A
@@ -60,9 +61,18 @@ def _serve(connection, payload):
         connection.send_bytes(answer)
 
 
+def _context():
+    # The fork server is a fresh single-threaded process (started with exec), so forking
+    # from it is safe; once it runs, a worker starts in milliseconds rather than the
+    # hundred of a spawned interpreter.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
 class _Worker:
     def __init__(self, func, branch, star_args, stage):
-        context = multiprocessing.get_context("spawn")
+        context = _context()
         self._stage = stage
         self._connection, child = context.Pipe()
         payload = pickle.dumps((func, branch, star_args))

@@ -45,14 +45,20 @@ def _stages(tasks, bridge=None):
             join=task.join,
             star_args=first and not per_worker,
             per_worker=per_worker,
+            retries=task.retries if not per_worker else 0,
         ))
     return stages
 
 
+def start(tasks, args, kwargs):
+    """The engine's run of a `Pipeline` (`Pipeline.start`)."""
+    _check_first(tasks[0])
+    return _engine.Engine(_stages(tasks)).run((args, kwargs))
+
+
 def outputs(tasks, args, kwargs):
     """The generator a `Pipeline` call returns."""
-    _check_first(tasks[0])
-    run = _engine.Engine(_stages(tasks)).run((args, kwargs))
+    run = start(tasks, args, kwargs)
     try:
         yield from run
     finally:

@@ -24,11 +24,11 @@ class Task:
     """One function of a pipeline, with its options."""
 
     __slots__ = ("func", "branch", "join", "workers", "throttle", "multiprocess",
-                 "is_async", "is_gen")
+                 "is_async", "is_gen", "retries")
 
     def __init__(self, func: Callable, branch: bool = False, join: bool = False,
                  workers: int = 1, throttle: int = 0, multiprocess: bool = False,
-                 bind: Optional[Tuple[Tuple, Dict]] = None):
+                 bind: Optional[Tuple[Tuple, Dict]] = None, retries: int = 0):
         # `bool` is an `int` in Python, and Pyper accepts it too.
         if not isinstance(workers, int):
             raise TypeError("workers must be an integer")
@@ -38,6 +38,10 @@ class Task:
             raise TypeError("throttle must be an integer")
         if throttle < 0:
             raise ValueError("throttle cannot be less than 0")
+        if not isinstance(retries, int):
+            raise TypeError("retries must be an integer")
+        if retries < 0:
+            raise ValueError("retries cannot be less than 0")
         if not callable(func):
             raise TypeError("A task function must be a callable object")
         self.is_gen = _is_gen(func)
@@ -58,6 +62,7 @@ class Task:
         self.workers = workers
         self.throttle = throttle
         self.multiprocess = multiprocess
+        self.retries = retries
 
     def __repr__(self):
         return f"<Task {self.func!r}>"
@@ -75,18 +80,23 @@ class task:
         throttle: the most outputs waiting for the next task (0: no limit).
         multiprocess: run the function in worker processes (it must be picklable).
         bind: extra arguments, from ``task.bind(*args, **kwargs)``.
+        retries: extension (not in Pyper): how many times a call that raised is made
+            again (after 10 ms, doubling up to 1 s) before its exception stops the run.
+            Not for ``multiprocess`` tasks.
     """
 
     def __new__(cls, func: Optional[Callable] = None, /, *, branch: bool = False,
                 join: bool = False, workers: int = 1, throttle: int = 0,
-                multiprocess: bool = False, bind=None):
+                multiprocess: bool = False, bind=None, retries: int = 0):
         from ._pipeline import Pipeline
 
         if func is None:
             return functools.partial(cls, branch=branch, join=join, workers=workers,
-                                     throttle=throttle, multiprocess=multiprocess, bind=bind)
+                                     throttle=throttle, multiprocess=multiprocess, bind=bind,
+                                     retries=retries)
         return Pipeline([Task(func=func, branch=branch, join=join, workers=workers,
-                              throttle=throttle, multiprocess=multiprocess, bind=bind)])
+                              throttle=throttle, multiprocess=multiprocess, bind=bind,
+                              retries=retries)])
 
     @staticmethod
     def bind(*args, **kwargs):

@@ -40,6 +40,7 @@ struct StageSpec {
     join: bool,
     star_args: bool,
     per_worker: bool,
+    retries: u32,
 }
 
 #[pymethods]
@@ -53,6 +54,7 @@ impl Engine {
                 join: stage.join,
                 star_args: stage.star_args,
                 per_worker: stage.per_worker,
+                retries: stage.retries,
             };
             python_task(stage.function, shape)
                 .name(stage.name)
@@ -116,6 +118,16 @@ enum Next {
 impl Run {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// Leaving a `with` block ends the run, whatever happened in it.
+    #[pyo3(signature = (*_exception))]
+    fn __exit__(&mut self, py: Python<'_>, _exception: &Bound<'_, pyo3::types::PyTuple>) {
+        self.end(py);
     }
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<PyItem>> {

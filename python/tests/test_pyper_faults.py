@@ -120,3 +120,40 @@ def test_no_thread_is_left_behind_by_many_runs(no_threads_left):
     for _ in range(5):
         with pytest.raises(Early):
             list((task(endless, branch=True) | task(fail_at_five, workers=3))(None))
+
+
+def test_start_gives_the_run_and_its_report(no_threads_left):
+    # An extension: `start` returns the run itself, with the engine's report.
+    p = task(numbers, branch=True) | task(slow_identity, workers=2)
+    with p.start(50) as run:
+        assert sorted(run) == list(range(50))
+    report = run.report()
+    assert "slow_identity" in report and "numbers" in report
+
+
+class Flaky:
+    """Raises the first `failures` times it sees each item."""
+
+    def __init__(self, failures):
+        self.failures = failures
+        self.seen = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, x):
+        with self.lock:
+            self.seen[x] = self.seen.get(x, 0) + 1
+            if self.seen[x] <= self.failures:
+                raise Early(f"attempt {self.seen[x]} at {x}")
+        return x
+
+
+def test_retries_make_a_call_again(no_threads_left):
+    # An extension: `retries=n`.
+    p = task(numbers, branch=True) | task(Flaky(2), workers=2, retries=2)
+    assert sorted(p(10)) == list(range(10))
+
+
+def test_the_last_attempt_raises_the_original_exception(no_threads_left):
+    p = task(numbers, branch=True) | task(Flaky(2), retries=1)
+    with pytest.raises(Early, match="attempt 2"):
+        list(p(3))

@@ -24,7 +24,12 @@ fn pair(
 ) -> Vec<Impl> {
     vec![
         Impl::pyperflow(about, script, args),
-        Impl::python("python-pyper", "python-pyper 0.4.4, the same script", script, args),
+        Impl::python(
+            "python-pyper",
+            "python-pyper 0.4.4, the same script",
+            script,
+            args,
+        ),
     ]
 }
 
@@ -52,7 +57,11 @@ pub fn cases() -> Vec<Case> {
             about: "Python: the same with `multiprocess=True`, `workers=2`",
             items: Sizes::new(40, 4),
             expected: considerations_sum,
-            impls: pair("the Python package", &python::CONSIDERATIONS, &["processes"]),
+            impls: pair(
+                "the Python package",
+                &python::CONSIDERATIONS,
+                &["processes"],
+            ),
             notes: no_notes,
         },
         Case {

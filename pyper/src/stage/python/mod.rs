@@ -67,6 +67,10 @@ pub struct PyShape {
     /// callable, which takes a list of items and returns a list of outputs (a `branch`
     /// already flattened). Its `close()`, if it has one, is called when the worker ends.
     pub per_worker: bool,
+    /// How many times a call that raised is made again, after the engine's default
+    /// backoff (10 ms, doubling up to 1 s), before its exception is the run's error. A
+    /// `branch` function's generator is not retried once it has produced an element.
+    pub retries: u32,
 }
 
 /// A Python stage's function, and how to call it.
@@ -204,7 +208,7 @@ impl<'py> Turn<'_, 'py> {
                 }
                 *self.current = Some(index);
                 let called = Instant::now();
-                let result = call(&function, item, shape.star_args).map_err(failed)?;
+                let result = self.call(&function, item, shape)?;
                 match shape.branch {
                     true => self.emit_all(result)?,
                     false => self.output.add(result.unbind())?,
@@ -220,6 +224,53 @@ impl<'py> Turn<'_, 'py> {
             self.end_batch(started, &mut limit, count);
         }
         Ok(())
+    }
+
+    /// Calls the function on `item`, again after a pause if it raises, up to
+    /// `shape.retries` times.
+    fn call(
+        &mut self,
+        function: &Bound<'py, PyAny>,
+        item: PyItem,
+        shape: PyShape,
+    ) -> Result<Bound<'py, PyAny>, Fault> {
+        let mut retry = 0;
+        loop {
+            let attempt = match retry < shape.retries {
+                true => item.clone_ref(self.py),
+                false => return call(function, item, shape.star_args).map_err(failed),
+            };
+            match call(function, attempt, shape.star_args) {
+                Ok(result) => return Ok(result),
+                Err(_) if self.worker.run.is_cancelled() => return Err(Fault::Stop),
+                Err(_) => {
+                    retry += 1;
+                    let delay = crate::stage::policy::Backoff::default().delay(retry);
+                    self.pause_for(delay)?;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` detached, in short steps so a stopped run does not wait for it.
+    fn pause_for(&mut self, delay: Duration) -> Result<(), Fault> {
+        self.flush()?;
+        let run = &self.worker.run;
+        let stopped = self.py.detach(|| {
+            let until = std::time::Instant::now() + delay;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if run.is_cancelled() || left.is_zero() {
+                    return run.is_cancelled();
+                }
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+        });
+        self.held_since = Instant::now();
+        match stopped {
+            true => Err(Fault::Stop),
+            false => Ok(()),
+        }
     }
 
     /// One call per worker, with an iterator over the input.
