@@ -1,87 +1,165 @@
-"""Async tasks in an `AsyncPipeline`: coroutines on the caller's event loop, called by
-the engine's worker threads through a `Bridge`."""
+"""Async tasks in an `AsyncPipeline`: asyncio tasks on the caller's event loop.
+
+An async stage has one engine worker, which feeds a `Driver`: it submits batches of ready
+items (one hand-off to the loop per batch), and the driver starts one asyncio task per
+item, up to the stage's `workers` at once; outputs and completions come back through a
+deque the worker drains, ringing it awake only when it waits. So the loop and the engine
+cross threads only when nothing is ready, never once per item and per await."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
+import collections
+from collections.abc import Iterable
 
-# How often a worker waiting for a coroutine looks whether the run has stopped.
-_POLL = 0.05
+OUTPUT, DONE, ERROR, JOIN_DONE = 0, 1, 2, 3
 
-
-class _Stopped(Exception):
-    """The run stopped, or its event loop closed, while a worker waited for a coroutine."""
+# How many items a join stage's coroutines may have waiting for them on the loop.
+_JOIN_BUFFER = 256
 
 
-class Bridge:
-    """Runs coroutines on one event loop for threads that wait for their results."""
+class _Upstream:
+    """A join coroutine's input: an async iterator over the stage's items."""
 
-    def __init__(self, loop):
-        self.loop = loop
-        self._stopped = threading.Event()
-
-    def stop(self):
-        self._stopped.set()
-
-    def wait(self, coroutine):
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        while True:
-            try:
-                return future.result(timeout=_POLL)
-            except concurrent.futures.TimeoutError:
-                if self._stopped.is_set() or self.loop.is_closed():
-                    future.cancel()
-                    raise _Stopped() from None
-
-
-async def _anext(iterator):
-    return await iterator.__anext__()
-
-
-class _AsyncUpstream:
-    """A join task's input as an async iterator: each wait for the next item happens on
-    a thread of the loop's executor."""
-
-    def __init__(self, upstream, loop):
-        self._upstream = upstream
-        self._loop = loop
+    def __init__(self, driver):
+        self._driver = driver
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        item = await self._loop.run_in_executor(None, next, self._upstream, _END)
-        if item is _END:
-            raise StopAsyncIteration
+        driver = self._driver
+        while not driver.inputs:
+            if driver.input_over:
+                raise StopAsyncIteration
+            driver.input_ready.clear()
+            await driver.input_ready.wait()
+        item = driver.inputs.popleft()
+        driver.event(DONE, None)
         return item
 
 
-_END = object()
+class Driver:
+    """Runs one async stage's coroutines on `loop`, for the engine worker that feeds it."""
+
+    def __init__(self, loop, task, star_args, ring):
+        self.loop = loop
+        self.func = task.func
+        self.branch = task.branch
+        self.is_gen = task.is_gen
+        self.star_args = star_args
+        self.join = task.join
+        self.capacity = _JOIN_BUFFER if task.join else task.workers
+        self.joins = task.workers if task.join else 0
+        self._ring = ring
+        self._events = collections.deque()
+        self._tasks = set()
+        self.inputs = collections.deque()
+        self.input_over = False
+        self.input_ready = None
+        if self.join:
+            self._call_soon(self._start_joins)
+
+    # Called by the engine's worker thread.
+
+    def submit(self, items):
+        self._call_soon(self._start, items)
+
+    def end_input(self):
+        self._call_soon(self._end_input)
+
+    def drain(self):
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    def stop(self):
+        self._call_soon(self._cancel)
+
+    # On the loop.
+
+    def event(self, kind, value):
+        self._events.append((kind, value))
+        self._ring()
+
+    def _call_soon(self, callback, *args):
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            # The loop is closed: nobody waits for these outputs any more.
+            self.event(ERROR, RuntimeError("the event loop of this AsyncPipeline closed"))
+
+    def _spawn(self, coroutine):
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start(self, items):
+        if self.join:
+            self.inputs.extend(items)
+            self.input_ready.set()
+            return
+        for item in items:
+            self._spawn(self._one(item))
+
+    def _end_input(self):
+        self.input_over = True
+        if self.input_ready is not None:
+            self.input_ready.set()
+
+    def _start_joins(self):
+        self.input_ready = asyncio.Event()
+        for _ in range(self.joins):
+            self._spawn(self._join())
+
+    def _cancel(self):
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _emit(self, result):
+        if self.is_gen:
+            async for output in result:
+                self.event(OUTPUT, output)
+            return
+        result = await result
+        if not self.branch:
+            self.event(OUTPUT, result)
+            return
+        if not isinstance(result, Iterable):
+            raise TypeError(
+                f"got object of type {type(result)} from branching task {self.func} which"
+                " could not be iterated over. (the task should be a generator, or return an"
+                " iterable)")
+        for output in result:
+            self.event(OUTPUT, output)
+
+    async def _one(self, item):
+        try:
+            if self.star_args:
+                args, kwargs = item
+                await self._emit(self.func(*args, **kwargs))
+            else:
+                await self._emit(self.func(item))
+            self.event(DONE, None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: B902 - the run's error, whatever it is
+            self.event(ERROR, error)
+
+    async def _join(self):
+        try:
+            await self._emit(self.func(_Upstream(self)))
+            self.event(JOIN_DONE, None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: B902
+            self.event(ERROR, error)
 
 
-def bridged(func, task, bridge):
-    """A sync function the engine's threads call for the async `func`."""
-    if bridge is None:
-        raise RuntimeError("an async task runs only in an AsyncPipeline")
-    loop = bridge.loop
-
-    def upstream(args):
-        if not task.join:
-            return args
-        return (_AsyncUpstream(args[0], loop),) + tuple(args[1:])
-
-    if task.is_gen:
-        def generator(*args, **kwargs):
-            agen = func(*upstream(args), **kwargs)
-            while True:
-                try:
-                    yield bridge.wait(_anext(agen))
-                except StopAsyncIteration:
-                    return
-        return generator
-
-    def call(*args, **kwargs):
-        return bridge.wait(func(*upstream(args), **kwargs))
-    return call
+def driver_factory(task, star_args, loop):
+    """What the engine's worker of an async stage calls, with its `ring`, to get its
+    driver."""
+    def make(ring):
+        return Driver(loop, task, star_args, ring)
+    return make

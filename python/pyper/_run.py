@@ -7,7 +7,7 @@ import functools
 from types import SimpleNamespace
 
 from . import _engine
-from ._aio import Bridge, bridged
+from ._aio import driver_factory
 from ._process import process_worker
 
 
@@ -25,27 +25,31 @@ def _check_first(task):
         raise RuntimeError(f"The first task in a pipeline ({task.func}) cannot join previous results")
 
 
-def _stages(tasks, bridge=None):
+def _stages(tasks, loop=None):
     """The engine's description of each task."""
     stages = []
     for position, task in enumerate(tasks):
         first = position == 0
-        func = task.func
-        if task.is_async:
-            func = bridged(func, task, bridge)
+        func, workers, plain = task.func, task.workers, True
+        driver = task.is_async
+        if driver:
+            # One engine worker feeds the stage's coroutines, `workers` at once.
+            func, workers, plain = driver_factory(task, first, loop), 1, False
         per_worker = task.multiprocess
         if per_worker:
-            func = functools.partial(process_worker, func, task.branch, first, _name(task.func))
+            func, plain = functools.partial(process_worker, func, task.branch, first,
+                                            _name(task.func)), False
         stages.append(SimpleNamespace(
             function=func,
             name=_name(task.func),
-            workers=task.workers,
+            workers=workers,
             throttle=task.throttle,
-            branch=task.branch and not per_worker,
-            join=task.join,
-            star_args=first and not per_worker,
+            branch=task.branch and plain,
+            join=task.join and plain,
+            star_args=first and plain,
             per_worker=per_worker,
-            retries=task.retries if not per_worker else 0,
+            retries=task.retries if plain else 0,
+            driver=driver,
         ))
     return stages
 
@@ -72,8 +76,7 @@ async def async_outputs(tasks, args, kwargs):
     """The async generator an `AsyncPipeline` call returns."""
     _check_first(tasks[0])
     loop = asyncio.get_running_loop()
-    bridge = Bridge(loop)
-    run = _engine.Engine(_stages(tasks, bridge)).run((args, kwargs))
+    run = _engine.Engine(_stages(tasks, loop)).run((args, kwargs))
     try:
         while True:
             for item in run.ready():
@@ -85,6 +88,5 @@ async def async_outputs(tasks, args, kwargs):
                 return
             yield item
     finally:
-        bridge.stop()
         # Detached from the loop too: the run's workers may be waiting for it.
         await loop.run_in_executor(None, run.close)

@@ -41,6 +41,7 @@ struct StageSpec {
     star_args: bool,
     per_worker: bool,
     retries: u32,
+    driver: bool,
 }
 
 #[pymethods]
@@ -55,6 +56,7 @@ impl Engine {
                 star_args: stage.star_args,
                 per_worker: stage.per_worker,
                 retries: stage.retries,
+                driver: stage.driver,
             };
             python_task(stage.function, shape)
                 .name(stage.name)
