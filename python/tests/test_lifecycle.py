@@ -1,5 +1,6 @@
 """The interpreter's exit and garbage collection never hang, whatever a run is doing."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -64,3 +65,15 @@ def test_garbage_collection_of_a_run_in_a_cycle():
     """)
     assert done.returncode == 0, done.stderr
     assert "collected" in done.stdout
+
+
+def test_the_engine_trace_switch_applies_to_python_runs(tmp_path):
+    trace = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-c", "from pyper import task; print(sum(task(range, branch=True)(10)))"],
+        capture_output=True, text=True, timeout=30,
+        env={**__import__("os").environ, "PYPER_TRACE": str(trace)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "45"
+    json.loads(trace.read_text())  # valid JSON
+    assert "range" in trace.read_text()  # the stage, named after its function
