@@ -157,3 +157,12 @@ def test_the_last_attempt_raises_the_original_exception(no_threads_left):
     p = task(numbers, branch=True) | task(Flaky(2), retries=1)
     with pytest.raises(Early, match="attempt 2"):
         list(p(3))
+
+
+def first_three(items):
+    return [next(items) for _ in range(3)]
+
+
+def test_a_join_that_returns_early_stops_an_endless_source(no_threads_left):
+    p = task(endless, branch=True) | task(first_three, join=True)
+    assert list(p(None)) == [[0, 1, 2]]

@@ -27,6 +27,7 @@ use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyList, PyTuple};
 
@@ -303,8 +304,8 @@ impl<'py> Turn<'_, 'py> {
             });
         // The function is done with its input, even if it kept the iterator: the stages
         // above learn that nobody needs more items.
-        let left = sync::lock(&upstream).take();
-        self.py.detach(|| drop(left));
+        // Detached: a thread the function handed its iterator to may hold it, waiting.
+        self.py.detach(|| drop(sync::lock(&upstream).take()));
         result?;
         if let Some(recorder) = self.recorder.as_deref_mut() {
             recorder.whole_life_busy(started);
@@ -673,12 +674,18 @@ fn upstream_iterator<'py>(
     const NAME: &CStr = c"upstream";
     let next = PyCFunction::new_closure(py, Some(NAME), None, move |args, _kwargs| {
         let py = args.py();
-        let mut state = sync::lock(&upstream);
+        // Never waits for the lock with the GIL held: a second reader is refused, as a
+        // generator that is already running refuses a second `next`.
+        let Ok(mut state) = upstream.try_lock() else {
+            return Err(PyValueError::new_err(
+                "this input iterator is already being read",
+            ));
+        };
         let Some(state) = state.as_mut() else {
-            return end.clone_ref(py);
+            return Ok(end.clone_ref(py));
         };
         if let Some(item) = state.ready.pop() {
-            return item;
+            return Ok(item);
         }
         let UpstreamState { input, ready } = state;
         let popped = match input.try_pop_batch(ready, MAX_BATCH) {
@@ -687,10 +694,10 @@ fn upstream_iterator<'py>(
             Popped::Over => None,
         };
         if popped.is_none() {
-            return end.clone_ref(py);
+            return Ok(end.clone_ref(py));
         }
         ready.reverse();
-        ready.pop().unwrap_or_else(|| end.clone_ref(py))
+        Ok(ready.pop().unwrap_or_else(|| end.clone_ref(py)))
     })?;
     py.import("builtins")?
         .getattr("iter")?
