@@ -41,24 +41,36 @@ def _serve(connection, payload):
     """A worker process's loop."""
     # Ctrl-C is the parent's to handle: it stops the run, which ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    func, branch, star_args = pickle.loads(payload)
+    try:
+        func, branch, star_args = pickle.loads(payload)
+        broken = None
+    except BaseException as error:  # noqa: B902 - e.g. a function this process cannot find
+        broken = _failure(error)
     while True:
         try:
             items = pickle.loads(connection.recv_bytes())
         except (EOFError, OSError):
             return
+        if broken is not None:
+            connection.send_bytes(broken)
+            continue
         try:
             outputs = []
             for item in items:
                 outputs.extend(_call(func, item, branch, star_args))
             answer = pickle.dumps((True, outputs))
         except BaseException as error:  # noqa: B902 - every failure goes to the parent
-            text = traceback.format_exc()
-            try:
-                answer = pickle.dumps((False, error, text))
-            except Exception:
-                answer = pickle.dumps((False, None, text))
+            answer = _failure(error)
         connection.send_bytes(answer)
+
+
+def _failure(error):
+    """The answer that carries `error` (being handled) to the parent."""
+    text = traceback.format_exc()
+    try:
+        return pickle.dumps((False, error, text))
+    except Exception:
+        return pickle.dumps((False, None, text))
 
 
 def _context():

@@ -11,6 +11,13 @@ def run_script(source, limit=30):
                           capture_output=True, text=True, timeout=limit)
 
 
+def run_file(folder, source, limit=30):
+    script = folder / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=limit)
+
+
 def test_interpreter_exit_mid_run():
     done = run_script("""
         import itertools, time
@@ -77,3 +84,25 @@ def test_the_engine_trace_switch_applies_to_python_runs(tmp_path):
     assert done.stdout.strip() == "45"
     json.loads(trace.read_text())  # valid JSON
     assert "range" in trace.read_text()  # the stage, named after its function
+
+
+def test_interpreter_exit_mid_run_with_worker_processes(tmp_path):
+    # A script file: worker processes find the functions of `__main__` by its path.
+    done = run_file(tmp_path, """
+        import itertools
+        from pyper import task
+
+        def endless(_):
+            yield from itertools.count()
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            outputs = (task(endless, branch=True, throttle=1)
+                       | task(square, workers=2, multiprocess=True, throttle=1))(None)
+            print(next(outputs), next(outputs))
+    """)
+    assert done.returncode == 0, done.stderr
+    outputs = [int(x) for x in done.stdout.split()]
+    assert len(outputs) == 2 and all(round(x ** 0.5) ** 2 == x for x in outputs)

@@ -73,3 +73,29 @@ def test_a_crashed_worker_process_is_an_error_naming_the_stage(crash, no_threads
     p = task(numbers, branch=True) | task(crash, workers=2, multiprocess=True)
     with pytest.raises(WorkerDied, match=crash.__name__):
         list(p(10))
+
+
+def test_no_worker_process_is_left_behind(no_threads_left):
+    import multiprocessing
+
+    p = task(numbers, branch=True) | task(square, workers=3, multiprocess=True)
+    assert sum(p(30)) == sum(x * x for x in range(30))
+    with pytest.raises(WorkerDied):
+        list((task(numbers, branch=True) | task(exit_abruptly, workers=2, multiprocess=True))(5))
+    assert multiprocessing.active_children() == []
+
+
+def test_a_function_the_worker_process_cannot_find_is_reported(tmp_path):
+    # `python -c` has no main module file: its functions cannot be found by a worker
+    # process, and the error says so, rather than only that the process died.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", (
+        "from pyper import task\n"
+        "def square(x):\n"
+        "    return x * x\n"
+        "print(list(task(square, multiprocess=True)(3)))\n")],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "AttributeError" in done.stderr and "square" in done.stderr
