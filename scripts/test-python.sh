@@ -16,7 +16,15 @@ venv=$root/target/python-venv
 python=$venv/bin/python
 
 if [ ! -x "$python" ]; then
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv"; then
+        # Debian and Ubuntu ship venv's pip bootstrap as a package of its own.
+        rm -rf "$venv"
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get install -y -q python3-venv >/dev/null ||
+                { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
+        fi
+        python3 -m venv "$venv"
+    fi
 fi
 "$python" -m pip install -q --disable-pip-version-check maturin pytest pytest-asyncio pytest-timeout
 
