@@ -50,6 +50,7 @@ def _stages(tasks, loop=None):
             per_worker=per_worker,
             retries=task.retries if plain else 0,
             driver=driver,
+            ordered=task.ordered,
         ))
     return stages
 

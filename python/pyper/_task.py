@@ -24,11 +24,12 @@ class Task:
     """One function of a pipeline, with its options."""
 
     __slots__ = ("func", "branch", "join", "workers", "throttle", "multiprocess",
-                 "is_async", "is_gen", "retries")
+                 "is_async", "is_gen", "retries", "ordered")
 
     def __init__(self, func: Callable, branch: bool = False, join: bool = False,
                  workers: int = 1, throttle: int = 0, multiprocess: bool = False,
-                 bind: Optional[Tuple[Tuple, Dict]] = None, retries: int = 0):
+                 bind: Optional[Tuple[Tuple, Dict]] = None, retries: int = 0,
+                 ordered: bool = False):
         # `bool` is an `int` in Python, and Pyper accepts it too.
         if not isinstance(workers, int):
             raise TypeError("workers must be an integer")
@@ -61,8 +62,12 @@ class Task:
         self.join = join
         self.workers = workers
         self.throttle = throttle
+        if ordered and (join or multiprocess or self.is_async):
+            raise ValueError("ordered applies to a sync task called once per item in threads"
+                             " (not to a join, multiprocess or async task)")
         self.multiprocess = multiprocess
         self.retries = retries
+        self.ordered = ordered
 
     def __repr__(self):
         return f"<Task {self.func!r}>"
@@ -83,20 +88,24 @@ class task:
         retries: extension (not in Pyper): how many times a call that raised is made
             again (after 10 ms, doubling up to 1 s) before its exception stops the run.
             Not for ``multiprocess`` tasks.
+        ordered: extension (not in Pyper): with several workers, outputs leave in the
+            order of their inputs (each batch's outputs are collected, then released in
+            turn). Not for ``join``, ``multiprocess`` or async tasks.
     """
 
     def __new__(cls, func: Optional[Callable] = None, /, *, branch: bool = False,
                 join: bool = False, workers: int = 1, throttle: int = 0,
-                multiprocess: bool = False, bind=None, retries: int = 0):
+                multiprocess: bool = False, bind=None, retries: int = 0,
+                ordered: bool = False):
         from ._pipeline import Pipeline
 
         if func is None:
             return functools.partial(cls, branch=branch, join=join, workers=workers,
                                      throttle=throttle, multiprocess=multiprocess, bind=bind,
-                                     retries=retries)
+                                     retries=retries, ordered=ordered)
         return Pipeline([Task(func=func, branch=branch, join=join, workers=workers,
                               throttle=throttle, multiprocess=multiprocess, bind=bind,
-                              retries=retries)])
+                              retries=retries, ordered=ordered)])
 
     @staticmethod
     def bind(*args, **kwargs):

@@ -42,6 +42,7 @@ struct StageSpec {
     per_worker: bool,
     retries: u32,
     driver: bool,
+    ordered: bool,
 }
 
 #[pymethods]
@@ -58,10 +59,14 @@ impl Engine {
                 retries: stage.retries,
                 driver: stage.driver,
             };
-            python_task(stage.function, shape)
+            let task = python_task(stage.function, shape)
                 .name(stage.name)
                 .workers(stage.workers)
-                .throttle(stage.throttle)
+                .throttle(stage.throttle);
+            match stage.ordered {
+                true => task.ordered(),
+                false => task,
+            }
         });
         let first: Task<PyItem, PyItem> = tasks
             .next()

@@ -166,3 +166,24 @@ def first_three(items):
 def test_a_join_that_returns_early_stops_an_endless_source(no_threads_left):
     p = task(endless, branch=True) | task(first_three, join=True)
     assert list(p(None)) == [[0, 1, 2]]
+
+
+def jittery(x):
+    time.sleep(0.001 * (x % 3))
+    return x
+
+
+def test_ordered_keeps_the_input_order_through_several_workers(no_threads_left):
+    # An extension: `ordered=True`.
+    p = task(numbers, branch=True) | task(jittery, workers=4, ordered=True) \
+        | task(pairs_of, branch=True, workers=3, ordered=True)
+    assert list(p(300)) == [y for x in range(300) for y in (x, x)]
+
+
+def pairs_of(x):
+    return [x, x]
+
+
+def test_ordered_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError):
+        task(identity, join=True, ordered=True)

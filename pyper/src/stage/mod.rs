@@ -144,7 +144,9 @@ const PYTHON_AUTO: &str = "auto_workers() does not apply to a Python task yet: u
 
 /// Why a Python task cannot be ordered.
 #[cfg(feature = "python")]
-const PYTHON_ORDER: &str = "ordered() is not available on Python tasks yet";
+const PYTHON_ORDER: &str =
+    "ordered() applies to a Python task called once per item in this process (not to a \
+     join, a task per worker or an async task)";
 
 /// Why a Python task is not adapted by the engine.
 #[cfg(feature = "python")]
@@ -200,7 +202,9 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "python")]
             Body::Python(_) if spec.auto => return Err(PYTHON_AUTO.into()),
             #[cfg(feature = "python")]
-            Body::Python(_) if spec.ordered => return Err(PYTHON_ORDER.into()),
+            Body::Python(body) if spec.ordered && !body.may_order() => {
+                return Err(PYTHON_ORDER.into())
+            }
             #[cfg(feature = "python")]
             Body::Python(body) => body.is_join(),
             Body::Invalid(why) => return Err((*why).into()),

@@ -39,6 +39,10 @@ use crate::engine::sync::{self, Arc, Instant, Mutex};
 use crate::error::Error;
 use crate::stage::Launch;
 
+mod reorder;
+
+use reorder::Reorder;
+
 /// A Python object owned by the engine: any item of a Python stage.
 pub type PyItem = Py<PyAny>;
 
@@ -123,17 +127,30 @@ impl<I, O> PythonBody<I, O> {
     pub(crate) fn is_join(&self) -> bool {
         self.callable.shape.join
     }
+
+    /// Whether `ordered()` applies: one call per item, in this process.
+    pub(crate) fn may_order(&self) -> bool {
+        let shape = self.callable.shape;
+        !(shape.join || shape.per_worker || shape.driver)
+    }
 }
 
 /// Starts the stage's workers: `workers(n)` threads.
 fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
     let meter = stage.meter(StageKind::Threads);
+    let reorder = stage.is_ordered().then(|| {
+        let reorder = Arc::new(Reorder::default());
+        // A cancel wakes the workers that wait for room.
+        (stage.launcher.state).register(Box::new(Arc::clone(&reorder)));
+        reorder
+    });
     for number in 1..=stage.spec.workers {
         let worker = Worker {
             name: Arc::clone(&stage.name),
             run: Arc::clone(&stage.launcher.state),
             callable: Arc::clone(callable),
             meter: Arc::clone(&meter),
+            reorder: reorder.clone(),
         };
         let (input, output) = (stage.input.clone(), stage.output.clone());
         stage.spawn_thread(number, move || worker.work(input, output));
@@ -145,6 +162,8 @@ struct Worker {
     run: Arc<RunState>,
     callable: Arc<Callable>,
     meter: Arc<StageMeter>,
+    /// An ordered stage's runs waiting for their turn, shared by its workers.
+    reorder: Option<Arc<Reorder>>,
 }
 
 impl Worker {
@@ -171,7 +190,10 @@ impl Worker {
                 let result = match (shape.driver, shape.join, shape.per_worker) {
                     (true, _, _) => turn.drive(&input),
                     (false, true, _) => turn.join(input),
-                    (false, false, false) => turn.each(&input),
+                    (false, false, false) => match self.reorder.clone() {
+                        Some(reorder) => turn.each_ordered(&input, &reorder),
+                        None => turn.each(&input),
+                    },
                     (false, false, true) => turn.per_worker(&input),
                 };
                 result.and_then(|()| turn.flush())
@@ -234,6 +256,41 @@ impl<'py> Turn<'_, 'py> {
                 self.pause_if_due()?;
             }
             self.end_batch(started, &mut limit, count);
+        }
+        Ok(())
+    }
+
+    /// [`each`](Turn::each) for an ordered stage: a batch's outputs are collected, then
+    /// handed in to leave in input order (see `reorder.rs`).
+    fn each_ordered(&mut self, input: &Receiver<PyItem>, reorder: &Reorder) -> Result<(), Fault> {
+        let function = self.worker.callable.function.bind(self.py).clone();
+        let shape = self.worker.callable.shape;
+        let (mut batch, mut collected) = (Vec::new(), Vec::new());
+        let mut limit = BatchLimit::new();
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+            let started = self.begin_batch();
+            let count = batch.len();
+            for (index, item) in (first..).zip(batch.drain(..)) {
+                if self.worker.run.is_cancelled() {
+                    return Err(Fault::Stop);
+                }
+                *self.current = Some(index);
+                let result = self.call(&function, item, shape)?;
+                match shape.branch {
+                    true => {
+                        for element in result.try_iter().map_err(failed)? {
+                            collected.push(element.map_err(failed)?.unbind());
+                        }
+                    }
+                    false => collected.push(result.unbind()),
+                }
+            }
+            self.end_batch(started, &mut limit, count);
+            let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
+            let end = first + count as u64;
+            self.py
+                .detach(|| reorder.hand_in((first, end), outputs, output))?;
+            self.held_since = Instant::now();
         }
         Ok(())
     }
