@@ -23,22 +23,22 @@
 //! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
 //! worker process per worker); its `close()` is called when the worker ends.
 
-use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyCFunction, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::engine::batch::{BatchLimit, Fault, Stop, MAX_BATCH};
+use crate::engine::batch::{BatchLimit, Fault, Stop};
 use crate::engine::meter::{Recorder, StageKind, StageMeter};
 use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
-use crate::engine::sync::{self, Arc, Instant, Mutex};
+use crate::engine::sync::{Arc, Instant};
 use crate::error::Error;
 use crate::stage::Launch;
 
+mod driver;
+mod join;
 mod reorder;
 
 use reorder::Reorder;
@@ -342,139 +342,6 @@ impl<'py> Turn<'_, 'py> {
         }
     }
 
-    /// One call per worker, with an iterator over the input.
-    fn join(&mut self, input: Receiver<PyItem>) -> Result<(), Fault> {
-        let upstream = Arc::new(Mutex::new(Some(UpstreamState {
-            input,
-            ready: Vec::new(),
-        })));
-        let iterator = upstream_iterator(self.py, &upstream).map_err(failed)?;
-        let started = Instant::now();
-        let function = self.worker.callable.function.bind(self.py).clone();
-        let result = function
-            .call1((iterator,))
-            .map_err(failed)
-            .and_then(|result| match self.worker.callable.shape.branch {
-                // A generator reads its input as it goes.
-                true => self.emit_all(result),
-                false => Ok(self.output.add(result.unbind())?),
-            });
-        // The function is done with its input, even if it kept the iterator: the stages
-        // above learn that nobody needs more items.
-        // Detached: a thread the function handed its iterator to may hold it, waiting.
-        self.py.detach(|| drop(sync::lock(&upstream).take()));
-        result?;
-        if let Some(recorder) = self.recorder.as_deref_mut() {
-            recorder.whole_life_busy(started);
-        }
-        Ok(())
-    }
-
-    /// Feeds a driver of async work: it runs coroutines on an event loop (the caller's),
-    /// and this worker moves items to it and its outputs on, waiting (detached) only when
-    /// there is nothing to move. The driver has `submit(items)`, `drain()` (the events
-    /// since the last call: `(0, output)`, `(1, None)` for an item done, `(2, exception)`,
-    /// `(3, None)` for a join coroutine done), `end_input()`, `stop()`, and the ints
-    /// `capacity` (items in flight at most) and `joins` (join coroutines to wait for).
-    /// It calls `ring()` after each event, which wakes this worker.
-    fn drive(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
-        let bell = Arc::new(Bell::default());
-        let ringer = Arc::clone(&bell);
-        const NAME: &CStr = c"ring";
-        let ring = PyCFunction::new_closure(self.py, Some(NAME), None, move |_args, _kwargs| {
-            ringer.ring()
-        })
-        .map_err(failed)?;
-        let function = self.worker.callable.function.bind(self.py);
-        let driver = function.call1((ring,)).map_err(failed)?;
-        let result = self.feed(&driver, input, &bell);
-        let stopped = driver.call_method0("stop").map(drop);
-        result?;
-        stopped.map_err(failed)
-    }
-
-    fn feed(
-        &mut self,
-        driver: &Bound<'py, PyAny>,
-        input: &Receiver<PyItem>,
-        bell: &Bell,
-    ) -> Result<(), Fault> {
-        let capacity: usize = attribute(driver, "capacity")?.max(1);
-        let mut joins_left: usize = attribute(driver, "joins")?;
-        let (mut in_flight, mut input_over, mut batch) = (0usize, false, Vec::new());
-        let mut told_end = false;
-        loop {
-            if self.worker.run.is_cancelled() {
-                return Err(Fault::Stop);
-            }
-            for event in driver
-                .call_method0("drain")
-                .map_err(failed)?
-                .try_iter()
-                .map_err(failed)?
-            {
-                let (kind, value): (u8, Bound<'py, PyAny>) =
-                    event.and_then(|event| event.extract()).map_err(failed)?;
-                match kind {
-                    0 => self.output.add(value.unbind())?,
-                    1 => in_flight = in_flight.saturating_sub(1),
-                    3 => joins_left = joins_left.saturating_sub(1),
-                    _ => return Err(failed(PyErr::from_value(value))),
-                }
-            }
-            if !batch.is_empty() || (!input_over && in_flight < capacity) {
-                if batch.is_empty() {
-                    match input.try_pop_batch(&mut batch, capacity - in_flight) {
-                        Popped::Items(first) => *self.current = Some(first),
-                        Popped::Over => input_over = true,
-                        Popped::Empty => {}
-                    }
-                }
-                if !batch.is_empty() {
-                    in_flight += batch.len();
-                    let items = PyList::new(self.py, batch.drain(..)).map_err(failed)?;
-                    driver.call_method1("submit", (items,)).map_err(failed)?;
-                    continue;
-                }
-            }
-            if input_over && !told_end {
-                told_end = true;
-                driver.call_method0("end_input").map_err(failed)?;
-            }
-            if input_over && in_flight == 0 && joins_left == 0 {
-                return Ok(());
-            }
-            // Nothing to move: outputs go on, then wait for input or for an event.
-            self.flush()?;
-            let run = &self.worker.run;
-            let room = capacity.saturating_sub(in_flight);
-            let wait_input = !input_over && room > 0;
-            let popped = self.py.detach(|| {
-                if wait_input && in_flight == 0 && joins_left == 0 {
-                    return Some(input.pop_batch(&mut batch, room).is_some());
-                }
-                loop {
-                    if bell.take() || run.is_cancelled() {
-                        return None;
-                    }
-                    if !wait_input {
-                        bell.wait(Duration::from_millis(50));
-                        continue;
-                    }
-                    match input.pop_batch_timeout(&mut batch, room, Duration::from_micros(500)) {
-                        Popped::Items(_) => return Some(true),
-                        Popped::Over => return Some(false),
-                        Popped::Empty => {}
-                    }
-                }
-            });
-            if popped == Some(false) {
-                input_over = true;
-            }
-            self.held_since = Instant::now();
-        }
-    }
-
     /// A callable of the worker's own, called with lists of items.
     fn per_worker(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
         let function = self.worker.callable.function.bind(self.py);
@@ -675,88 +542,4 @@ impl<'a> Out<'a> {
         self.since = Instant::now();
         Ok(())
     }
-}
-
-/// Reads an integer attribute of a Python object.
-fn attribute(object: &Bound<'_, PyAny>, name: &str) -> Result<usize, Fault> {
-    object
-        .getattr(name)
-        .and_then(|value| value.extract())
-        .map_err(failed)
-}
-
-/// What a driver of async work rings when it has events for its worker.
-#[derive(Default)]
-struct Bell {
-    rung: Mutex<bool>,
-    ringing: sync::Condvar,
-}
-
-impl Bell {
-    fn ring(&self) {
-        *sync::lock(&self.rung) = true;
-        self.ringing.notify_one();
-    }
-
-    /// Whether it was rung since the last look; clears it.
-    fn take(&self) -> bool {
-        std::mem::take(&mut *sync::lock(&self.rung))
-    }
-
-    /// Waits until it is rung, at most `limit`.
-    fn wait(&self, limit: Duration) {
-        let rung = sync::lock(&self.rung);
-        if !*rung {
-            drop(sync::wait_timeout(&self.ringing, rung, limit));
-        }
-    }
-}
-
-/// What a join function's iterator reads: the stage's input, until the function returns.
-struct UpstreamState {
-    input: Receiver<PyItem>,
-    /// Items taken from the queue and not yet returned, in reverse order.
-    ready: Vec<PyItem>,
-}
-
-/// A Python iterator over a join worker's input: `iter(next, end)`, where `next` takes
-/// the ready items without waiting, and waits detached for more.
-fn upstream_iterator<'py>(
-    py: Python<'py>,
-    upstream: &Arc<Mutex<Option<UpstreamState>>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let end = py.import("builtins")?.getattr("object")?.call0()?.unbind();
-    let marker = end.clone_ref(py);
-    let upstream = Arc::clone(upstream);
-    const NAME: &CStr = c"upstream";
-    let next = PyCFunction::new_closure(py, Some(NAME), None, move |args, _kwargs| {
-        let py = args.py();
-        // Never waits for the lock with the GIL held: a second reader is refused, as a
-        // generator that is already running refuses a second `next`.
-        let Ok(mut state) = upstream.try_lock() else {
-            return Err(PyValueError::new_err(
-                "this input iterator is already being read",
-            ));
-        };
-        let Some(state) = state.as_mut() else {
-            return Ok(end.clone_ref(py));
-        };
-        if let Some(item) = state.ready.pop() {
-            return Ok(item);
-        }
-        let UpstreamState { input, ready } = state;
-        let popped = match input.try_pop_batch(ready, MAX_BATCH) {
-            Popped::Empty => py.detach(|| input.pop_batch(ready, MAX_BATCH)),
-            Popped::Items(first) => Some(first),
-            Popped::Over => None,
-        };
-        if popped.is_none() {
-            return Ok(end.clone_ref(py));
-        }
-        ready.reverse();
-        Ok(ready.pop().unwrap_or_else(|| end.clone_ref(py)))
-    })?;
-    py.import("builtins")?
-        .getattr("iter")?
-        .call1((next, marker))
 }
