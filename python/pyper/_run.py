@@ -89,5 +89,8 @@ async def async_outputs(tasks, args, kwargs):
                 return
             yield item
     finally:
+        # A wait for the next output may still be under way on an executor thread (this
+        # generator was cancelled while it awaited it): the cancel ends it.
+        run.cancel()
         # Detached from the loop too: the run's workers may be waiting for it.
         await loop.run_in_executor(None, run.close)

@@ -11,14 +11,14 @@
 //! * closing it, dropping it (garbage collection) or the interpreter's exit cancels the
 //!   run and waits for its workers, always detached.
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use pyper::{python_task, Output, Pipeline, PyItem, PyShape, Task};
+use pyper::{python_task, Canceller, Output, Pipeline, PyItem, PyShape, Task};
 
 /// How long a wait for outputs lasts before it looks for signals again.
 const SIGNAL_CHECK: Duration = Duration::from_millis(20);
@@ -92,23 +92,32 @@ impl Engine {
 type Shared = Arc<Mutex<Option<Output<PyItem>>>>;
 
 /// The outputs of one run, a Python iterator.
-#[pyclass(module = "pyper._engine")]
+///
+/// Frozen, with its state behind locks it never waits for while holding the GIL: a thread
+/// may cancel or close a run while another waits for its next output (an async
+/// pipeline's reader waits on an executor thread while the loop closes the run).
+#[pyclass(frozen, module = "pyper._engine")]
 struct Run {
     output: Shared,
+    /// Cancels the run without its lock, which a waiting reader holds.
+    canceller: Canceller,
     /// The end-of-run report, kept once the run is over.
-    report: Option<String>,
+    report: Mutex<Option<String>>,
 }
 
 impl Run {
     fn new(output: Output<PyItem>) -> Self {
-        let output = Arc::new(Mutex::new(Some(output)));
+        let output: Shared = Arc::new(Mutex::new(Some(output)));
         let mut runs = live_runs().lock().unwrap();
         // Forgets the runs dropped since, so the list stays short.
-        runs.retain(|run| run.strong_count() > 0);
-        runs.push(Arc::downgrade(&output));
+        runs.retain(|(run, _)| run.strong_count() > 0);
+        let canceller = output.lock().unwrap().as_ref().map(Output::canceller);
+        let canceller = canceller.expect("a new run has its output");
+        runs.push((Arc::downgrade(&output), canceller.clone()));
         Run {
             output,
-            report: None,
+            canceller,
+            report: Mutex::new(None),
         }
     }
 }
@@ -133,11 +142,11 @@ impl Run {
 
     /// Leaving a `with` block ends the run, whatever happened in it.
     #[pyo3(signature = (*_exception))]
-    fn __exit__(&mut self, py: Python<'_>, _exception: &Bound<'_, pyo3::types::PyTuple>) {
+    fn __exit__(&self, py: Python<'_>, _exception: &Bound<'_, pyo3::types::PyTuple>) {
         self.end(py);
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<PyItem>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyItem>> {
         match self.wait_next(py, true)? {
             Next::Item(item) => Ok(Some(item)),
             Next::End => Ok(None),
@@ -148,12 +157,12 @@ impl Run {
 
     /// The next output, or `default` at the end: for a caller on another thread (an
     /// async pipeline's reader), where `StopIteration` cannot travel.
-    fn next_or(&mut self, py: Python<'_>, default: PyItem) -> PyResult<PyItem> {
+    fn next_or(&self, py: Python<'_>, default: PyItem) -> PyResult<PyItem> {
         Ok(self.__next__(py)?.unwrap_or(default))
     }
 
     /// Every output already handed over, without waiting.
-    fn ready<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    fn ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut items = Vec::new();
         if let Ok(mut guard) = self.output.try_lock() {
             if let Some(output) = guard.as_mut() {
@@ -164,14 +173,20 @@ impl Run {
     }
 
     /// Cancels the run if it is still going, and waits for its workers.
-    fn close(&mut self, py: Python<'_>) {
+    fn close(&self, py: Python<'_>) {
         self.end(py);
+    }
+
+    /// Cancels the run at once, without waiting for anything: a reader waiting for its
+    /// next output on another thread sees the end.
+    fn cancel(&self) {
+        self.canceller.cancel();
     }
 
     /// The end-of-run report: each stage classified, the bottleneck, advice. The same
     /// table as the Rust engine's `Output::report`; live while the run goes on.
     fn report(&self) -> String {
-        if let Some(report) = &self.report {
+        if let Some(report) = &*self.report.lock().unwrap() {
             return report.clone();
         }
         match self.output.try_lock() {
@@ -185,7 +200,7 @@ impl Run {
 }
 
 impl Run {
-    fn wait_next(&mut self, py: Python<'_>, check_signals: bool) -> PyResult<Next> {
+    fn wait_next(&self, py: Python<'_>, check_signals: bool) -> PyResult<Next> {
         let mut guard = self
             .output
             .try_lock()
@@ -218,17 +233,24 @@ impl Run {
 
     /// Ends the run: cancels it if it is going, waits for its workers (detached), and
     /// keeps its report.
-    fn end(&mut self, py: Python<'_>) {
-        let output = match self.output.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+    fn end(&self, py: Python<'_>) {
+        let output = loop {
+            match self.output.try_lock() {
+                Ok(mut guard) => break guard.take(),
+                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner().take(),
+                // Another thread reads the run: the cancel ends its wait soon.
+                Err(TryLockError::WouldBlock) => {
+                    self.canceller.cancel();
+                    py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+                }
+            }
         };
         if let Some(mut output) = output {
             let report = py.detach(|| {
                 output.cancel();
                 output.report().to_string()
             });
-            self.report = Some(report);
+            *self.report.lock().unwrap() = Some(report);
         }
     }
 }
@@ -250,7 +272,20 @@ impl Drop for Run {
     }
 }
 
-type LiveRun = Weak<Mutex<Option<Output<PyItem>>>>;
+/// A run that may still have workers, and what cancels it without its lock.
+type LiveRun = (Weak<Mutex<Option<Output<PyItem>>>>, Canceller);
+
+/// Takes a run's output once no other thread holds it (a reader of a cancelled run lets go
+/// within a wait). Call it detached.
+fn take_output(run: &Mutex<Option<Output<PyItem>>>) -> Option<Output<PyItem>> {
+    loop {
+        match run.try_lock() {
+            Ok(mut guard) => return guard.take(),
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner().take(),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
 
 /// The runs that may still have workers: what the interpreter's exit ends.
 fn live_runs() -> &'static Mutex<Vec<LiveRun>> {
@@ -263,12 +298,13 @@ fn live_runs() -> &'static Mutex<Vec<LiveRun>> {
 #[pyfunction]
 fn end_all_runs(py: Python<'_>) {
     let runs = std::mem::take(&mut *live_runs().lock().unwrap());
-    for run in runs.iter().filter_map(Weak::upgrade) {
-        let output = match run.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(output) = output {
+    // First every cancel, which ends the waits of readers on other threads.
+    for (_, canceller) in &runs {
+        canceller.cancel();
+    }
+    for run in runs.iter().filter_map(|(run, _)| run.upgrade()) {
+        // Detached: a reader on another thread may hold the lock until its wait ends.
+        if let Some(output) = py.detach(|| take_output(&run)) {
             py.detach(|| drop(output));
         }
     }

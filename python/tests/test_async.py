@@ -58,3 +58,20 @@ async def test_leaving_early_stops_the_run():
     outputs = p(10**9)
     assert await outputs.__anext__() == 0
     await outputs.aclose()
+
+
+def slow(x):
+    import time
+    time.sleep(0.3)
+    return x
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_wait_for_the_next_output_ends_the_run():
+    # The reader waits on an executor thread; cancelling it must end that wait too, or
+    # closing the run (and the loop's executor at exit) would wait forever.
+    p = task(numbers, branch=True) | task(sleepy) | task(slow)
+    outputs = p(10**9)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(outputs.__anext__(), 0.05)
+    await outputs.aclose()
