@@ -7,7 +7,7 @@
 # under competing load, the benchmark harness's own tests,
 # the README's dependency line in a fresh project, and the shuttle model check of the
 # queue and shutdown protocol (a build of its own, since shuttle replaces the engine's
-# locks and threads).
+# locks and threads), and the Python package's tests (scripts/test-python.sh).
 #
 # Each package is tested on its own: in a workspace build, the harness's use of `async`
 # would switch it on for the library too, and the sync-only build would go untested.
@@ -25,3 +25,5 @@ cargo test -p pyperflow --features async,process --test verdicts -- --ignored
 cargo test -p pyper-bench
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release
+# The Python package: a venv under target/, Pyper 0.4.4's own suite and ours (pytest).
+bash scripts/test-python.sh

@@ -246,6 +246,7 @@ fn measure_case(
         .impls
         .iter()
         .filter(|imp| !imp.is_python() || python.is_some())
+        .filter(|imp| !imp.is_pyperflow() || python.is_some_and(Python::has_pyperflow))
         .collect();
     let mut reports: Vec<Vec<ChildReport>> = vec![Vec::new(); impls.len()];
     for rep in 0..options.reps {
@@ -290,9 +291,9 @@ fn measure_once(
                 .arg(items.to_string());
             command
         }
-        Runner::Python { script, args } => python
+        Runner::Python { script, args, ours } => python
             .expect("Python impls are filtered out without a venv")
-            .command(script, args, items),
+            .command(script, args, items, *ours),
     };
     let timeout = Duration::from_secs(if options.quick { 60 } else { 600 });
     let output = run_child(&mut command, timeout).map_err(|error| format!("{who}: {error}"))?;

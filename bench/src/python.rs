@@ -148,11 +148,82 @@ if __name__ == "__main__":
 "#,
 };
 
-const SCRIPTS: [&Script; 3] = [&OVERHEAD, &CONSIDERATIONS, &PROCESS];
+/// `io`: blocking 10 ms calls (`time.sleep`) on 100 workers.
+pub static IO_BLOCKING: Script = Script {
+    file: "io_blocking.py",
+    body: r#"
+import time
+from pyper import task
+
+
+def source(limit):
+    for i in range(limit):
+        yield i
+
+
+def wait_io(x):
+    time.sleep(0.01)
+    return x
+
+
+def run(items):
+    pipeline = task(source, branch=True) | task(wait_io, workers=100)
+    return sum(pipeline(items))
+
+
+if __name__ == "__main__":
+    measure(run)
+"#,
+};
+
+/// `async`: an AsyncPipeline of 10 ms awaits (`asyncio.sleep`) on 1,000 workers.
+pub static ASYNC_IO: Script = Script {
+    file: "async_io.py",
+    body: r#"
+import asyncio
+from pyper import task
+
+
+def source(limit):
+    for i in range(limit):
+        yield i
+
+
+async def wait_io(x):
+    await asyncio.sleep(0.01)
+    return x
+
+
+async def total(outputs):
+    result = 0
+    async for x in outputs:
+        result += x
+    return result
+
+
+def run(items):
+    pipeline = task(source, branch=True) | task(wait_io, workers=1000)
+    return asyncio.run((pipeline > total)(items))
+
+
+if __name__ == "__main__":
+    measure(run)
+"#,
+};
+
+const SCRIPTS: [&Script; 5] = [
+    &OVERHEAD,
+    &CONSIDERATIONS,
+    &PROCESS,
+    &IO_BLOCKING,
+    &ASYNC_IO,
+];
 
 /// A ready venv with python-pyper and the scripts written out.
 pub struct Python {
     interpreter: PathBuf,
+    /// The interpreter of this repository's Python package's venv, if it is built.
+    pyperflow: Option<PathBuf>,
     scripts: PathBuf,
 }
 
@@ -207,16 +278,27 @@ impl Python {
             std::fs::write(&path, format!("{PRELUDE}{}", script.body))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
         }
+        let pyperflow = find_pyperflow(bench_dir);
         Ok(Python {
             interpreter,
+            pyperflow,
             scripts,
         })
     }
 
+    /// Whether the rows of this repository's Python package can run.
+    pub fn has_pyperflow(&self) -> bool {
+        self.pyperflow.is_some()
+    }
+
     /// The command that measures `script` once: a warm-up run, then `items`.
-    pub fn command(&self, script: &Script, args: &[&str], items: u64) -> Command {
+    pub fn command(&self, script: &Script, args: &[&str], items: u64, ours: bool) -> Command {
         let warm_up = (items / 10).max(1);
-        let mut command = Command::new(&self.interpreter);
+        let interpreter = match (&self.pyperflow, ours) {
+            (Some(pyperflow), true) => pyperflow,
+            _ => &self.interpreter,
+        };
+        let mut command = Command::new(interpreter);
         command
             .arg(self.scripts.join(script.file))
             .arg(items.to_string())
@@ -224,6 +306,27 @@ impl Python {
             .args(args);
         command
     }
+}
+
+/// The venv of this repository's Python package, `target/python-venv` (made by
+/// `scripts/test-python.sh`), if its `pyper` is ours; else the rows that run it are left out,
+/// with the reason printed.
+fn find_pyperflow(bench_dir: &Path) -> Option<PathBuf> {
+    let interpreter = bench_dir.parent()?.join("python-venv/bin/python");
+    let ready = interpreter.exists()
+        && Command::new(&interpreter)
+            .args(["-c", "import pyper._engine"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    if !ready {
+        eprintln!(
+            "python: no pyperflow package in {} (run scripts/test-python.sh to build it):              its rows are left out",
+            interpreter.display()
+        );
+    }
+    ready.then_some(interpreter)
 }
 
 /// Whether `interpreter` exists and imports the right python-pyper.

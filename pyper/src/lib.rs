@@ -150,9 +150,13 @@ pub use pipeline::{Consumer, IntoPipeline, Pipeline};
 pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
 pub use stage::process::{init, RemoteError, WorkerDied};
+#[cfg(feature = "python")]
+pub use stage::python::{PyItem, PyShape};
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub use task::__function_name;
+#[cfg(feature = "python")]
+pub use task::python_task;
 #[cfg(feature = "process")]
 pub use task::{process_task, try_process_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

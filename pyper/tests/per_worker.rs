@@ -202,7 +202,7 @@ fn a_timeout_on_a_per_worker_task_is_a_configuration_error() {
 fn per_worker_tasks_compose_with_others() {
     let pipeline = task(|n: u64| 0..n).branch() | task_per_worker(|| |x: u64| x + 1).workers(2);
     let total: u64 = pipeline.run(100).map(Result::unwrap).sum();
-    assert_eq!(total, (1..=100).sum());
+    assert_eq!(total, (1..=100).sum::<u64>());
 }
 
 trait SourceString {

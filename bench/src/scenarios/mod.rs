@@ -19,6 +19,7 @@ mod memory;
 mod overhead;
 mod overhead_w4;
 mod process;
+mod python_package;
 mod straggler;
 
 /// Every scenario, in the order the harness runs and reports them.
@@ -35,6 +36,7 @@ pub fn all() -> Vec<Case> {
         considerations::cases(),
         process::cases(),
         auto::cases(),
+        python_package::cases(),
     ]
     .into_iter()
     .flatten()
@@ -96,10 +98,13 @@ pub enum Runner {
     /// This binary re-executed with `--child`: one run over the given source count,
     /// returning its checksum (`Err` if the pipeline failed).
     Rust(fn(u64) -> Result<u64, String>),
-    /// A python-pyper script run by the venv's interpreter, with these extra arguments.
+    /// A Pyper script run by a venv's interpreter, with these extra arguments: python-pyper
+    /// 0.4.4's venv, or, when `ours`, the venv of this repository's Python package
+    /// (`target/python-venv`, made by `scripts/test-python.sh`).
     Python {
         script: &'static Script,
         args: &'static [&'static str],
+        ours: bool,
     },
 }
 
@@ -127,7 +132,31 @@ impl Impl {
         Impl {
             name,
             about,
-            runner: Runner::Python { script, args },
+            runner: Runner::Python {
+                script,
+                args,
+                ours: false,
+            },
+            items: None,
+            warm_up: None,
+        }
+    }
+
+    /// The same script run by this repository's Python package (`pyperflow`, imported as
+    /// `pyper`): the row named "pyper" of a Python scenario.
+    pub fn pyperflow(
+        about: &'static str,
+        script: &'static Script,
+        args: &'static [&'static str],
+    ) -> Self {
+        Impl {
+            name: "pyper",
+            about,
+            runner: Runner::Python {
+                script,
+                args,
+                ours: true,
+            },
             items: None,
             warm_up: None,
         }
@@ -152,6 +181,11 @@ impl Impl {
 
     pub fn is_python(&self) -> bool {
         matches!(self.runner, Runner::Python { .. })
+    }
+
+    /// Whether it runs on this repository's Python package.
+    pub fn is_pyperflow(&self) -> bool {
+        matches!(self.runner, Runner::Python { ours: true, .. })
     }
 
     pub fn items(&self, case: &Case, quick: bool) -> u64 {

@@ -219,8 +219,8 @@ enum Pushed {
     Disconnected,
 }
 
-/// What a pop achieved without waiting.
-enum Popped {
+/// What a pop achieved without waiting (or, for a timed pop, within its time).
+pub(crate) enum Popped {
     /// Items were taken; the stage-input index of the first.
     Items(u64),
     Empty,
@@ -391,6 +391,26 @@ impl<T> Sender<T> {
         self.push(batch, false)
     }
 
+    /// Moves as much of `batch` as fits now, without waiting; the rest stays in `batch`.
+    /// For a worker that must not block where it is (a Python worker holding the GIL).
+    #[cfg(feature = "python")]
+    pub(crate) fn try_push_all(&self, batch: &mut Vec<T>) -> Result<(), Disconnected> {
+        let shared = &*self.shared;
+        let mut state = sync::lock(&shared.state);
+        let offered = batch.len();
+        let pushed = shared.try_push(&mut state, batch, false);
+        if let Some(meter) = &self.meter {
+            meter.items_out.add((offered - batch.len()) as u64);
+        }
+        if let Pushed::Disconnected = pushed {
+            // User values may run arbitrary code on drop: never under the lock.
+            drop(state);
+            discard_or_resume(batch.drain(..));
+            return Err(Disconnected);
+        }
+        Ok(())
+    }
+
     fn push(&self, batch: &mut Vec<T>, lazy: bool) -> Result<(), Disconnected> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
@@ -523,6 +543,42 @@ impl<T> Receiver<T> {
                 Popped::Over => return None,
                 Popped::Empty => state = self.park(state, max),
             }
+        }
+    }
+
+    /// Moves up to `max` ready items into `out`, without waiting.
+    #[cfg(feature = "python")]
+    pub(crate) fn try_pop_batch(&self, out: &mut Vec<T>, max: usize) -> Popped {
+        let shared = &*self.shared;
+        shared.try_pop(&mut sync::lock(&shared.state), out, max)
+    }
+
+    /// [`pop_batch`](Receiver::pop_batch) that waits at most `timeout` for an item: a
+    /// caller that must look at something else now and then (Python's signals).
+    /// [`Popped::Empty`] means the time ran out.
+    pub(crate) fn pop_batch_timeout(
+        &self,
+        out: &mut Vec<T>,
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Popped {
+        let shared = &*self.shared;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = sync::lock(&shared.state);
+        loop {
+            match shared.try_pop(&mut state, out, max) {
+                Popped::Empty => {}
+                popped => return popped,
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Popped::Empty;
+            }
+            // Not a timed receiver in the sense of `HOLD`: producers wake it for any item.
+            state.want = max.max(1);
+            state.parked_receivers.park();
+            state = sync::wait_timeout(&shared.not_empty, state, left).0;
+            state.parked_receivers.unpark();
         }
     }
 

@@ -221,6 +221,79 @@ impl<O> Iterator for Output<O> {
     }
 }
 
+impl<O> Output<O> {
+    /// The next output already handed over to this `Output`, if any: it never waits,
+    /// never starts the run and never ends it. For a caller that must not block where it
+    /// is (a Python caller holding the GIL), before it calls
+    /// [`next_within`](Output::next_within) elsewhere.
+    ///
+    /// ```
+    /// use pyper::task;
+    ///
+    /// let mut outputs = task(|x: u64| x + 1).feed(0..3);
+    /// assert!(outputs.next_ready().is_none()); // not started
+    /// assert_eq!(outputs.next().unwrap().unwrap(), 1);
+    /// ```
+    pub fn next_ready(&mut self) -> Option<O> {
+        self.ready.next()
+    }
+
+    /// [`next`](Iterator::next) that waits at most about `timeout` for the next output:
+    /// `Poll::Pending` if none came in that time, else what `next` would return. For a
+    /// caller that has something else to look at while it waits (Python's Ctrl-C). The
+    /// end of the run is waited for in full, as in `next`.
+    ///
+    /// ```
+    /// use std::task::Poll;
+    /// use std::time::Duration;
+    /// use pyper::task;
+    ///
+    /// let mut outputs = task(|x: u64| x * 2).run(21);
+    /// let first = loop {
+    ///     if let Poll::Ready(item) = outputs.next_within(Duration::from_millis(10)) {
+    ///         break item;
+    ///     }
+    /// };
+    /// assert_eq!(first.unwrap().unwrap(), 42);
+    /// ```
+    pub fn next_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> std::task::Poll<Option<Result<O, Error>>> {
+        use crate::engine::queue::Popped;
+        use std::task::Poll;
+        if let Some(item) = self.ready.next() {
+            return Poll::Ready(Some(Ok(item)));
+        }
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        if !self.ensure_started() {
+            return Poll::Ready(self.finish().map(Err));
+        }
+        #[cfg(feature = "async")]
+        if let Some(error) = self.run.blocking_refused() {
+            // As in `next`: waiting would hold a thread of the runtime the run needs.
+            self.run.cancel();
+            drop(self.begin_finish());
+            return Poll::Ready(Some(Err(error)));
+        }
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let popped = match &self.receiver {
+            Some(receiver) => receiver.pop_batch_timeout(&mut batch, MAX_BATCH, timeout),
+            None => Popped::Over,
+        };
+        match popped {
+            Popped::Items(_) => {
+                self.ready = batch.into_iter();
+                Poll::Ready(self.ready.next().map(Ok))
+            }
+            Popped::Empty => Poll::Pending,
+            Popped::Over => Poll::Ready(self.finish().map(Err)),
+        }
+    }
+}
+
 impl<O> Drop for Output<O> {
     fn drop(&mut self) {
         if self.finished {

@@ -36,6 +36,8 @@ pub(crate) mod async_task;
 pub(crate) mod policy;
 #[cfg(feature = "process")]
 pub(crate) mod process;
+#[cfg(feature = "python")]
+pub(crate) mod python;
 pub(crate) mod thread;
 
 /// Everything about a stage but its function.
@@ -104,6 +106,9 @@ pub(crate) enum Body<I, O> {
     /// Worker processes.
     #[cfg(feature = "process")]
     Process(process::ProcessFn<I, O>),
+    /// Python callables, on threads that hold the GIL while input is ready.
+    #[cfg(feature = "python")]
+    Python(python::PythonBody<I, O>),
     /// A task whose configuration is wrong; running it is a configuration error that
     /// says why.
     Invalid(&'static str),
@@ -128,6 +133,24 @@ const JOIN_AUTO: &str =
 const PROCESS_AUTO: &str =
     "auto_workers() does not apply to a process task yet: use workers(n), with n at most \
      the number of cores for CPU-bound work";
+/// Why a Python task has no engine timeout or retries (its own `retries` is in `PyShape`).
+#[cfg(feature = "python")]
+const PYTHON_FAULTS: &str =
+    "timeouts and engine retries are not available on Python tasks: use PyShape::retries";
+
+/// Why a Python task cannot have its workers tuned.
+#[cfg(feature = "python")]
+const PYTHON_AUTO: &str = "auto_workers() does not apply to a Python task yet: use workers(n)";
+
+/// Why a Python task cannot be ordered.
+#[cfg(feature = "python")]
+const PYTHON_ORDER: &str =
+    "ordered() applies to a Python task called once per item in this process (not to a \
+     join, a task per worker or an async task)";
+
+/// Why a Python task is not adapted by the engine.
+#[cfg(feature = "python")]
+const PYTHON_SHAPE: &str = "a Python task branches and joins through its own options";
 
 /// Why a join task cannot be ordered.
 const JOIN_ORDER: &str =
@@ -147,6 +170,8 @@ impl<I, O> Body<I, O> {
             Body::AsyncJoin(_) => "async join",
             #[cfg(feature = "process")]
             Body::Process(_) => "process",
+            #[cfg(feature = "python")]
+            Body::Python(_) => "python",
             Body::Invalid(_) => "invalid",
         }
     }
@@ -172,6 +197,16 @@ impl<I, O> Body<I, O> {
                 process::may_spawn()?;
                 false
             }
+            #[cfg(feature = "python")]
+            Body::Python(_) if spec.faults.is_active() => return Err(PYTHON_FAULTS.into()),
+            #[cfg(feature = "python")]
+            Body::Python(_) if spec.auto => return Err(PYTHON_AUTO.into()),
+            #[cfg(feature = "python")]
+            Body::Python(body) if spec.ordered && !body.may_order() => {
+                return Err(PYTHON_ORDER.into())
+            }
+            #[cfg(feature = "python")]
+            Body::Python(body) => body.is_join(),
             Body::Invalid(why) => return Err((*why).into()),
         };
         if is_join && spec.auto {
@@ -210,6 +245,8 @@ impl<I, O> Body<I, O> {
                 let decode = adapt(Arc::clone(&process.decode), adapters.each);
                 Body::Process(process.with_decode(decode))
             }
+            #[cfg(feature = "python")]
+            Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -251,6 +288,8 @@ impl<I, O> Body<I, O> {
             Body::AsyncJoin(join) => async_task::launch_join(join, stage),
             #[cfg(feature = "process")]
             Body::Process(body) => process::launch(body, stage),
+            #[cfg(feature = "python")]
+            Body::Python(body) => body.launch(stage),
             // `check` refuses it before any launch; should one happen, it fails the run
             // with the same reason rather than start anything.
             Body::Invalid(why) => {
@@ -277,6 +316,8 @@ impl<I, O> Body<Upstream<I>, O> {
             Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
             #[cfg(feature = "process")]
             Body::Process(_) => Body::Invalid("a process task cannot join"),
+            #[cfg(feature = "python")]
+            Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -299,6 +340,8 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
             Body::Join(_) | Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
             #[cfg(feature = "process")]
             Body::Process(_) => Body::Invalid("a process task cannot join"),
+            #[cfg(feature = "python")]
+            Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -316,6 +359,8 @@ impl<I, O> Clone for Body<I, O> {
             Body::AsyncJoin(join) => Body::AsyncJoin(Arc::clone(join)),
             #[cfg(feature = "process")]
             Body::Process(process) => Body::Process(process.clone()),
+            #[cfg(feature = "python")]
+            Body::Python(body) => Body::Python(body.clone()),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }

@@ -1,0 +1,156 @@
+//! An async stage's worker: it feeds a driver of asyncio tasks on the caller's event
+//! loop (`python/pyper/_aio.py`), moving items to it and its outputs on, and waits,
+//! detached, only when there is nothing to move.
+
+use std::ffi::CStr;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyList};
+
+use super::{failed, PyItem, Turn};
+use crate::engine::batch::Fault;
+use crate::engine::queue::{Popped, Receiver};
+use crate::engine::sync::{self, Arc, Instant, Mutex};
+
+impl<'py> Turn<'_, 'py> {
+    /// Feeds a driver of async work: it runs coroutines on an event loop (the caller's),
+    /// and this worker moves items to it and its outputs on, waiting (detached) only when
+    /// there is nothing to move. The driver has `submit(items)`, `drain()` (the events
+    /// since the last call: `(0, output)`, `(1, None)` for an item done, `(2, exception)`,
+    /// `(3, None)` for a join coroutine done), `end_input()`, `stop()`, and the ints
+    /// `capacity` (items in flight at most) and `joins` (join coroutines to wait for).
+    /// It calls `ring()` after each event, which wakes this worker.
+    pub(super) fn drive(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
+        let bell = Arc::new(Bell::default());
+        let ringer = Arc::clone(&bell);
+        const NAME: &CStr = c"ring";
+        let ring = PyCFunction::new_closure(self.py, Some(NAME), None, move |_args, _kwargs| {
+            ringer.ring()
+        })
+        .map_err(failed)?;
+        let function = self.worker.callable.function.bind(self.py);
+        let driver = function.call1((ring,)).map_err(failed)?;
+        let result = self.feed(&driver, input, &bell);
+        let stopped = driver.call_method0("stop").map(drop);
+        result?;
+        stopped.map_err(failed)
+    }
+
+    fn feed(
+        &mut self,
+        driver: &Bound<'py, PyAny>,
+        input: &Receiver<PyItem>,
+        bell: &Bell,
+    ) -> Result<(), Fault> {
+        let capacity: usize = attribute(driver, "capacity")?.max(1);
+        let mut joins_left: usize = attribute(driver, "joins")?;
+        let (mut in_flight, mut input_over, mut batch) = (0usize, false, Vec::new());
+        let mut told_end = false;
+        loop {
+            if self.worker.run.is_cancelled() {
+                return Err(Fault::Stop);
+            }
+            for event in driver
+                .call_method0("drain")
+                .map_err(failed)?
+                .try_iter()
+                .map_err(failed)?
+            {
+                let (kind, value): (u8, Bound<'py, PyAny>) =
+                    event.and_then(|event| event.extract()).map_err(failed)?;
+                match kind {
+                    0 => self.output.add(value.unbind())?,
+                    1 => in_flight = in_flight.saturating_sub(1),
+                    3 => joins_left = joins_left.saturating_sub(1),
+                    _ => return Err(failed(PyErr::from_value(value))),
+                }
+            }
+            if !batch.is_empty() || (!input_over && in_flight < capacity) {
+                if batch.is_empty() {
+                    match input.try_pop_batch(&mut batch, capacity - in_flight) {
+                        Popped::Items(first) => *self.current = Some(first),
+                        Popped::Over => input_over = true,
+                        Popped::Empty => {}
+                    }
+                }
+                if !batch.is_empty() {
+                    in_flight += batch.len();
+                    let items = PyList::new(self.py, batch.drain(..)).map_err(failed)?;
+                    driver.call_method1("submit", (items,)).map_err(failed)?;
+                    continue;
+                }
+            }
+            if input_over && !told_end {
+                told_end = true;
+                driver.call_method0("end_input").map_err(failed)?;
+            }
+            if input_over && in_flight == 0 && joins_left == 0 {
+                return Ok(());
+            }
+            // Nothing to move: outputs go on, then wait for input or for an event.
+            self.flush()?;
+            let run = &self.worker.run;
+            let room = capacity.saturating_sub(in_flight);
+            let wait_input = !input_over && room > 0;
+            let popped = self.py.detach(|| {
+                if wait_input && in_flight == 0 && joins_left == 0 {
+                    return Some(input.pop_batch(&mut batch, room).is_some());
+                }
+                loop {
+                    if bell.take() || run.is_cancelled() {
+                        return None;
+                    }
+                    if !wait_input {
+                        bell.wait(Duration::from_millis(50));
+                        continue;
+                    }
+                    match input.pop_batch_timeout(&mut batch, room, Duration::from_micros(500)) {
+                        Popped::Items(_) => return Some(true),
+                        Popped::Over => return Some(false),
+                        Popped::Empty => {}
+                    }
+                }
+            });
+            if popped == Some(false) {
+                input_over = true;
+            }
+            self.held_since = Instant::now();
+        }
+    }
+}
+
+/// Reads an integer attribute of a Python object.
+fn attribute(object: &Bound<'_, PyAny>, name: &str) -> Result<usize, Fault> {
+    object
+        .getattr(name)
+        .and_then(|value| value.extract())
+        .map_err(failed)
+}
+
+/// What a driver of async work rings when it has events for its worker.
+#[derive(Default)]
+struct Bell {
+    rung: Mutex<bool>,
+    ringing: sync::Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        *sync::lock(&self.rung) = true;
+        self.ringing.notify_one();
+    }
+
+    /// Whether it was rung since the last look; clears it.
+    fn take(&self) -> bool {
+        std::mem::take(&mut *sync::lock(&self.rung))
+    }
+
+    /// Waits until it is rung, at most `limit`.
+    fn wait(&self, limit: Duration) {
+        let rung = sync::lock(&self.rung);
+        if !*rung {
+            drop(sync::wait_timeout(&self.ringing, rung, limit));
+        }
+    }
+}

@@ -1,0 +1,545 @@
+//! Python callables as a stage kind (feature `python`), for the `pyperflow` Python
+//! package.
+//!
+//! Each worker is an OS thread that attaches to the interpreter once, for its whole life,
+//! and holds the GIL only while it has work in hand:
+//!
+//! * it takes a batch of ready items, calls the function on them one by one, and keeps
+//!   taking ready items without waiting, for up to [`BUDGET`] of holding;
+//! * it never blocks while it holds the GIL: waits for input or for room downstream
+//!   happen detached ([`Python::detach`]), so the other stages' workers, and the thread
+//!   that reads the output, get the GIL meanwhile;
+//! * a call that took a while (I/O, a sleep: the GIL was released inside it anyway) hands
+//!   its outputs over at once, so items still move one at a time where that matters.
+//!
+//! Taking the GIL once per item costs a hand-over per item, and loses to Python's own
+//! threads; holding it while input is ready is what makes the package many times faster
+//! than Pyper (see the figures and `docs/benchmarks.md`).
+//!
+//! A generator returned by a `branch` function is advanced by the worker that called
+//! the function, across its own waits. A `join` function receives an iterator over the
+//! stage's input, whose waits are detached too. A `per_worker` function is called once by
+//! each worker, on its thread, and returns the worker's own callable, which receives
+//! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
+//! worker process per worker); its `close()` is called when the worker ends.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::engine::batch::{BatchLimit, Fault, Stop};
+use crate::engine::meter::{Recorder, StageKind, StageMeter};
+use crate::engine::queue::{Popped, Receiver, Sender};
+use crate::engine::run::RunState;
+use crate::engine::sync::{Arc, Instant};
+use crate::error::Error;
+use crate::stage::Launch;
+
+mod driver;
+mod join;
+mod reorder;
+
+use reorder::Reorder;
+
+/// A Python object owned by the engine: any item of a Python stage.
+pub type PyItem = Py<PyAny>;
+
+/// How long a worker keeps the GIL while input is ready before it lets go for a moment.
+const BUDGET: Duration = Duration::from_micros(500);
+
+/// How long a worker lets go of the GIL once it has held it for its budget. Letting go and
+/// taking it straight back (a yield) mostly hands it to nobody: a thread waiting for the
+/// GIL must first wake up. 20 µs measured best on 2 cores (the source-only pipeline went
+/// from about 1 µs to 0.5 µs per item), for a cost of 4% of a worker that nobody waits for.
+const PAUSE: Duration = Duration::from_micros(20);
+
+/// A call or an element that took this long hands its outputs over at once, rather than
+/// at the end of the worker's turn: it was slow, so what follows may be too.
+const SLOW: Duration = Duration::from_micros(50);
+
+/// Outputs gathered for this long are offered downstream.
+const HAND_OVER: Duration = Duration::from_micros(200);
+
+/// How a Python function is called. The defaults are Pyper's: one call per item, one
+/// output per call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyShape {
+    /// The function returns an iterable, whose every element is an output.
+    pub branch: bool,
+    /// The function is called once per worker with an iterator over its share of the
+    /// stage's input.
+    pub join: bool,
+    /// Each item is a pair `(args, kwargs)` the function is called with: the first stage,
+    /// called with the run's arguments.
+    pub star_args: bool,
+    /// The function is called once per worker, with no argument, and returns the worker's
+    /// callable, which takes a list of items and returns a list of outputs (a `branch`
+    /// already flattened). Its `close()`, if it has one, is called when the worker ends.
+    pub per_worker: bool,
+    /// How many times a call that raised is made again, after the engine's default
+    /// backoff (10 ms, doubling up to 1 s), before its exception is the run's error. A
+    /// `branch` function's generator is not retried once it has produced an element.
+    pub retries: u32,
+    /// The function is called once, by the stage's one worker, with a `ring` callable,
+    /// and returns a driver of async work on an event loop (see [`Turn::drive`]): the
+    /// stage's `workers` should then be 1, the driver's `capacity` its concurrency.
+    pub driver: bool,
+}
+
+/// A Python stage's function, and how to call it.
+pub(crate) struct Callable {
+    pub(crate) function: PyItem,
+    pub(crate) shape: PyShape,
+}
+
+/// The body of a Python stage. Only stages of Python objects have one; the launch
+/// function, fixed by the constructor for those types, is what lets `Body` stay generic.
+pub(crate) struct PythonBody<I, O> {
+    pub(crate) callable: Arc<Callable>,
+    launch: fn(&Arc<Callable>, Launch<'_, I, O>),
+}
+
+impl<I, O> Clone for PythonBody<I, O> {
+    fn clone(&self) -> Self {
+        PythonBody {
+            callable: Arc::clone(&self.callable),
+            launch: self.launch,
+        }
+    }
+}
+
+impl PythonBody<PyItem, PyItem> {
+    pub(crate) fn new(function: PyItem, shape: PyShape) -> Self {
+        PythonBody {
+            callable: Arc::new(Callable { function, shape }),
+            launch,
+        }
+    }
+}
+
+impl<I, O> PythonBody<I, O> {
+    pub(crate) fn launch(&self, stage: Launch<'_, I, O>) {
+        (self.launch)(&self.callable, stage)
+    }
+
+    pub(crate) fn is_join(&self) -> bool {
+        self.callable.shape.join
+    }
+
+    /// Whether `ordered()` applies: one call per item, in this process.
+    pub(crate) fn may_order(&self) -> bool {
+        let shape = self.callable.shape;
+        !(shape.join || shape.per_worker || shape.driver)
+    }
+}
+
+/// Starts the stage's workers: `workers(n)` threads.
+fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
+    let meter = stage.meter(StageKind::Threads);
+    let reorder = stage.is_ordered().then(|| {
+        let reorder = Arc::new(Reorder::default());
+        // A cancel wakes the workers that wait for room.
+        (stage.launcher.state).register(Box::new(Arc::clone(&reorder)));
+        reorder
+    });
+    for number in 1..=stage.spec.workers {
+        let worker = Worker {
+            name: Arc::clone(&stage.name),
+            run: Arc::clone(&stage.launcher.state),
+            callable: Arc::clone(callable),
+            meter: Arc::clone(&meter),
+            reorder: reorder.clone(),
+        };
+        let (input, output) = (stage.input.clone(), stage.output.clone());
+        stage.spawn_thread(number, move || worker.work(input, output));
+    }
+}
+
+struct Worker {
+    name: Arc<str>,
+    run: Arc<RunState>,
+    callable: Arc<Callable>,
+    meter: Arc<StageMeter>,
+    /// An ordered stage's runs waiting for their turn, shared by its workers.
+    reorder: Option<Arc<Reorder>>,
+}
+
+impl Worker {
+    fn work(self, input: Receiver<PyItem>, output: Sender<PyItem>) {
+        let mut recorder = self
+            .meter
+            .worker()
+            .map(|meter| Recorder::begin(meter).starved_is_the_rest());
+        let meter = recorder.as_ref().map(|recorder| &recorder.meter);
+        let (input, output) = (input.metered(meter), output.metered(meter));
+        let mut current = None;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            // An interpreter that is shutting down cannot be attached to: nothing to do.
+            Python::try_attach(|py| {
+                let mut turn = Turn {
+                    py,
+                    worker: &self,
+                    output: Out::new(&output, &self.run),
+                    recorder: recorder.as_mut(),
+                    current: &mut current,
+                    held_since: Instant::now(),
+                };
+                let shape = self.callable.shape;
+                let result = match (shape.driver, shape.join, shape.per_worker) {
+                    (true, _, _) => turn.drive(&input),
+                    (false, true, _) => turn.join(input),
+                    (false, false, false) => match self.reorder.clone() {
+                        Some(reorder) => turn.each_ordered(&input, &reorder),
+                        None => turn.each(&input),
+                    },
+                    (false, false, true) => turn.per_worker(&input),
+                };
+                result.and_then(|()| turn.flush())
+            })
+            .unwrap_or(Ok(()))
+        }));
+        // Reported while `output` is still alive: see the module docs of `run`.
+        let error = match result {
+            Ok(Ok(())) | Ok(Err(Fault::Stop)) => None,
+            Ok(Err(Fault::Failed(error))) => Some(Error::failed(&self.name, current, error)),
+            Err(payload) => Some(Error::panicked(&self.name, current, payload)),
+        };
+        if let Some(error) = error {
+            self.meter.failed();
+            self.run.fail(error);
+        }
+        drop(recorder);
+        drop(output);
+    }
+}
+
+/// A worker at work: attached to the interpreter, with its output buffer.
+struct Turn<'a, 'py> {
+    py: Python<'py>,
+    worker: &'a Worker,
+    output: Out<'a>,
+    recorder: Option<&'a mut Recorder>,
+    current: &'a mut Option<u64>,
+    /// Since when the worker has held the GIL without a pause.
+    held_since: Instant,
+}
+
+impl<'py> Turn<'_, 'py> {
+    /// One call per item.
+    fn each(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
+        let function = self.worker.callable.function.bind(self.py).clone();
+        let shape = self.worker.callable.shape;
+        let mut batch = Vec::new();
+        let mut limit = BatchLimit::new();
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+            let started = self.begin_batch();
+            let count = batch.len();
+            for (index, item) in (first..).zip(batch.drain(..)) {
+                if self.worker.run.is_cancelled() {
+                    return Err(Fault::Stop);
+                }
+                *self.current = Some(index);
+                let called = Instant::now();
+                let result = self.call(&function, item, shape)?;
+                match shape.branch {
+                    true => self.emit_all(result)?,
+                    false => self.output.add(result.unbind())?,
+                }
+                if called.elapsed() >= SLOW {
+                    self.output.offer()?;
+                }
+                if self.output.is_full() {
+                    self.flush()?;
+                }
+                self.pause_if_due()?;
+            }
+            self.end_batch(started, &mut limit, count);
+        }
+        Ok(())
+    }
+
+    /// [`each`](Turn::each) for an ordered stage: a batch's outputs are collected, then
+    /// handed in to leave in input order (see `reorder.rs`).
+    fn each_ordered(&mut self, input: &Receiver<PyItem>, reorder: &Reorder) -> Result<(), Fault> {
+        let function = self.worker.callable.function.bind(self.py).clone();
+        let shape = self.worker.callable.shape;
+        let (mut batch, mut collected) = (Vec::new(), Vec::new());
+        let mut limit = BatchLimit::new();
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+            let started = self.begin_batch();
+            let count = batch.len();
+            for (index, item) in (first..).zip(batch.drain(..)) {
+                if self.worker.run.is_cancelled() {
+                    return Err(Fault::Stop);
+                }
+                *self.current = Some(index);
+                let result = self.call(&function, item, shape)?;
+                match shape.branch {
+                    true => {
+                        for element in result.try_iter().map_err(failed)? {
+                            collected.push(element.map_err(failed)?.unbind());
+                        }
+                    }
+                    false => collected.push(result.unbind()),
+                }
+            }
+            self.end_batch(started, &mut limit, count);
+            let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
+            let end = first + count as u64;
+            self.py
+                .detach(|| reorder.hand_in((first, end), outputs, output))?;
+            self.held_since = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Calls the function on `item`, again after a pause if it raises, up to
+    /// `shape.retries` times.
+    fn call(
+        &mut self,
+        function: &Bound<'py, PyAny>,
+        item: PyItem,
+        shape: PyShape,
+    ) -> Result<Bound<'py, PyAny>, Fault> {
+        let mut retry = 0;
+        loop {
+            let attempt = match retry < shape.retries {
+                true => item.clone_ref(self.py),
+                false => return call(function, item, shape.star_args).map_err(failed),
+            };
+            match call(function, attempt, shape.star_args) {
+                Ok(result) => return Ok(result),
+                Err(_) if self.worker.run.is_cancelled() => return Err(Fault::Stop),
+                Err(_) => {
+                    retry += 1;
+                    let delay = crate::stage::policy::Backoff::default().delay(retry);
+                    self.pause_for(delay)?;
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` detached, in short steps so a stopped run does not wait for it.
+    fn pause_for(&mut self, delay: Duration) -> Result<(), Fault> {
+        self.flush()?;
+        let run = &self.worker.run;
+        let stopped = self.py.detach(|| {
+            let until = std::time::Instant::now() + delay;
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if run.is_cancelled() || left.is_zero() {
+                    return run.is_cancelled();
+                }
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+        });
+        self.held_since = Instant::now();
+        match stopped {
+            true => Err(Fault::Stop),
+            false => Ok(()),
+        }
+    }
+
+    /// A callable of the worker's own, called with lists of items.
+    fn per_worker(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
+        let function = self.worker.callable.function.bind(self.py);
+        let handle = function.call0().map_err(failed)?;
+        let result = self.batches(&handle, input);
+        // Closed however the worker ends; its own failure comes second to the worker's.
+        let closed = match handle.hasattr("close") {
+            Ok(true) => handle.call_method0("close").map(drop),
+            Ok(false) => Ok(()),
+            Err(error) => Err(error),
+        };
+        result?;
+        closed.map_err(failed)
+    }
+
+    fn batches(
+        &mut self,
+        handle: &Bound<'py, PyAny>,
+        input: &Receiver<PyItem>,
+    ) -> Result<(), Fault> {
+        let mut batch = Vec::new();
+        // A batch costs the callable a round trip: aim for batches that take longer.
+        let mut limit = BatchLimit::with_target(Duration::from_millis(2));
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+            if self.worker.run.is_cancelled() {
+                return Err(Fault::Stop);
+            }
+            let started = self.begin_batch();
+            let count = batch.len();
+            *self.current = Some(first);
+            let items = PyList::new(self.py, batch.drain(..)).map_err(failed)?;
+            let outputs = handle.call1((items,)).map_err(failed)?;
+            for output in outputs.try_iter().map_err(failed)? {
+                self.output.add(output.map_err(failed)?.unbind())?;
+            }
+            self.output.offer()?;
+            self.end_batch(started, &mut limit, count);
+        }
+        Ok(())
+    }
+
+    /// Takes the next batch of input: at once if some is ready and the worker has not
+    /// held the GIL for its whole budget; else after handing over its outputs and waiting,
+    /// detached. `None` once the input has ended.
+    fn next_batch(
+        &mut self,
+        input: &Receiver<PyItem>,
+        batch: &mut Vec<PyItem>,
+        max: usize,
+    ) -> Result<Option<u64>, Fault> {
+        if self.held_since.elapsed() < BUDGET {
+            match input.try_pop_batch(batch, max) {
+                Popped::Items(first) => return Ok(Some(first)),
+                Popped::Over => return Ok(None),
+                Popped::Empty => {}
+            }
+        }
+        self.flush()?;
+        let output = self.output.output;
+        let first = self
+            .py
+            .detach(|| input.pop_batch_then(batch, max, || output.announce()));
+        self.held_since = Instant::now();
+        Ok(first)
+    }
+
+    /// Lets go of the GIL for [`PAUSE`] once the worker has held it for its budget:
+    /// Python code the worker calls gives it up when others wait, but a loop here (a
+    /// generator resumed with `yield from` never checks) would not. What is gathered goes
+    /// downstream first.
+    fn pause_if_due(&mut self) -> Result<(), Fault> {
+        if self.held_since.elapsed() < BUDGET {
+            return Ok(());
+        }
+        self.flush()?;
+        self.py.detach(|| std::thread::sleep(PAUSE));
+        self.held_since = Instant::now();
+        Ok(())
+    }
+
+    /// Emits every element of an iterable, a generator's included, advancing it here.
+    fn emit_all(&mut self, iterable: Bound<'py, PyAny>) -> Result<(), Fault> {
+        let mut elements = iterable.try_iter().map_err(failed)?;
+        let mut slow = true;
+        loop {
+            if slow {
+                // The next element may be long in coming: what is gathered goes first.
+                self.output.offer()?;
+            }
+            let asked = Instant::now();
+            let Some(element) = elements.next() else {
+                return Ok(());
+            };
+            slow = asked.elapsed() >= SLOW;
+            self.output.add(element.map_err(failed)?.unbind())?;
+            if self.output.is_full() {
+                self.flush()?;
+            }
+            self.pause_if_due()?;
+        }
+    }
+
+    /// Hands over every gathered output, waiting for room detached if it must.
+    fn flush(&mut self) -> Result<(), Fault> {
+        self.output.offer()?;
+        if self.output.buffer.is_empty() {
+            return Ok(());
+        }
+        let Out { output, buffer, .. } = &mut self.output;
+        let pushed = self.py.detach(|| output.push_all(buffer));
+        pushed.map_err(|_| Fault::Stop)
+    }
+
+    fn begin_batch(&mut self) -> Instant {
+        match self.recorder.as_deref_mut() {
+            Some(recorder) => recorder.batch_begins(),
+            None => Instant::now(),
+        }
+    }
+
+    fn end_batch(&mut self, started: Instant, limit: &mut BatchLimit, count: usize) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            recorder.batch(started, now, took, count);
+        }
+        limit.adapt(took, count);
+    }
+}
+
+/// Calls `function` on one item.
+fn call<'py>(
+    function: &Bound<'py, PyAny>,
+    item: PyItem,
+    star_args: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = function.py();
+    if !star_args {
+        return function.call1((item,));
+    }
+    let (args, kwargs): (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>) =
+        item.bind(py).extract()?;
+    function.call(args, kwargs.as_ref())
+}
+
+fn failed(error: PyErr) -> Fault {
+    Fault::Failed(Box::new(error))
+}
+
+/// A worker's outputs not yet handed over.
+struct Out<'a> {
+    output: &'a Sender<PyItem>,
+    run: &'a RunState,
+    buffer: Vec<PyItem>,
+    /// When the oldest output in `buffer` was gathered.
+    since: Instant,
+    max: usize,
+}
+
+impl<'a> Out<'a> {
+    fn new(output: &'a Sender<PyItem>, run: &'a RunState) -> Self {
+        Out {
+            output,
+            run,
+            buffer: Vec::new(),
+            since: Instant::now(),
+            max: crate::engine::batch::hand_over_size(output),
+        }
+    }
+
+    /// Gathers an output, and offers what is gathered if it has waited long enough.
+    fn add(&mut self, item: PyItem) -> Result<(), Stop> {
+        if self.run.is_cancelled() {
+            return Err(Stop);
+        }
+        if self.buffer.is_empty() {
+            self.since = Instant::now();
+        }
+        self.buffer.push(item);
+        if self.buffer.len() >= self.max || self.since.elapsed() >= HAND_OVER {
+            self.offer()?;
+        }
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.buffer.len() >= self.max
+    }
+
+    /// Hands over what fits downstream now, without waiting.
+    fn offer(&mut self) -> Result<(), Stop> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.output
+            .try_push_all(&mut self.buffer)
+            .map_err(|_| Stop)?;
+        self.since = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,329 @@
+//! `pyper._engine`: the compiled half of the `pyperflow` Python package.
+//!
+//! The Python half (`python/pyper/`) validates tasks and provides Pyper's operators; this
+//! module turns a list of stages into an engine [`Pipeline`] of Python tasks and runs it.
+//! A [`Run`] is the output of one run, iterated from Python:
+//!
+//! * it never waits while holding the GIL: it takes outputs already handed over at once,
+//!   and waits for more detached, a little at a time, checking for signals between waits,
+//!   so Ctrl-C raises `KeyboardInterrupt` promptly and stops the run;
+//! * the first error in time reaches the caller as the original Python exception;
+//! * closing it, dropping it (garbage collection) or the interpreter's exit cancels the
+//!   run and waits for its workers, always detached.
+
+use std::sync::{Arc, Mutex, OnceLock, TryLockError, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use pyper::{python_task, Canceller, Output, Pipeline, PyItem, PyShape, Task};
+
+/// How long a wait for outputs lasts before it looks for signals again.
+const SIGNAL_CHECK: Duration = Duration::from_millis(20);
+
+/// A pipeline of Python stages, built once and run any number of times.
+#[pyclass(frozen, module = "pyper._engine")]
+struct Engine {
+    pipeline: Pipeline<PyItem, PyItem>,
+}
+
+/// One stage, as the Python half describes it.
+#[derive(FromPyObject)]
+struct StageSpec {
+    function: PyItem,
+    name: String,
+    workers: usize,
+    throttle: usize,
+    branch: bool,
+    join: bool,
+    star_args: bool,
+    per_worker: bool,
+    retries: u32,
+    driver: bool,
+    ordered: bool,
+}
+
+#[pymethods]
+impl Engine {
+    /// `stages`: a non-empty list of stage specs (see `pyper/_run.py`).
+    #[new]
+    fn new(stages: Vec<StageSpec>) -> PyResult<Self> {
+        let mut tasks = stages.into_iter().map(|stage| {
+            let shape = PyShape {
+                branch: stage.branch,
+                join: stage.join,
+                star_args: stage.star_args,
+                per_worker: stage.per_worker,
+                retries: stage.retries,
+                driver: stage.driver,
+            };
+            let task = python_task(stage.function, shape)
+                .name(stage.name)
+                .workers(stage.workers)
+                .throttle(stage.throttle);
+            match stage.ordered {
+                true => task.ordered(),
+                false => task,
+            }
+        });
+        let first: Task<PyItem, PyItem> = tasks
+            .next()
+            .ok_or_else(|| PyValueError::new_err("a pipeline needs at least one task"))?;
+        let pipeline = tasks.fold(Pipeline::from(first), |pipeline, task| pipeline | task);
+        Ok(Engine { pipeline })
+    }
+
+    /// Starts a run (lazily: it starts on the first `next`) with one input: for the
+    /// first stage, the pair `(args, kwargs)`.
+    #[pyo3(signature = (input, metrics = true))]
+    fn run(&self, input: PyItem, metrics: bool) -> Run {
+        let output = self.pipeline.run(input);
+        let output = match metrics {
+            true => output,
+            false => output.without_metrics(),
+        };
+        Run::new(output)
+    }
+}
+
+/// A run's output, shared with the list of live runs; `None` once the run has ended.
+type Shared = Arc<Mutex<Option<Output<PyItem>>>>;
+
+/// The outputs of one run, a Python iterator.
+///
+/// Frozen, with its state behind locks it never waits for while holding the GIL: a thread
+/// may cancel or close a run while another waits for its next output (an async
+/// pipeline's reader waits on an executor thread while the loop closes the run).
+#[pyclass(frozen, module = "pyper._engine")]
+struct Run {
+    output: Shared,
+    /// Cancels the run without its lock, which a waiting reader holds.
+    canceller: Canceller,
+    /// The end-of-run report, kept once the run is over.
+    report: Mutex<Option<String>>,
+}
+
+impl Run {
+    fn new(output: Output<PyItem>) -> Self {
+        let output: Shared = Arc::new(Mutex::new(Some(output)));
+        let mut runs = live_runs().lock().unwrap();
+        // Forgets the runs dropped since, so the list stays short.
+        runs.retain(|(run, _)| run.strong_count() > 0);
+        let canceller = output.lock().unwrap().as_ref().map(Output::canceller);
+        let canceller = canceller.expect("a new run has its output");
+        runs.push((Arc::downgrade(&output), canceller.clone()));
+        Run {
+            output,
+            canceller,
+            report: Mutex::new(None),
+        }
+    }
+}
+
+/// What a wait for the next output came to.
+enum Next {
+    Item(PyItem),
+    End,
+    Failed(pyper::Error),
+    Interrupted(PyErr),
+}
+
+#[pymethods]
+impl Run {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// Leaving a `with` block ends the run, whatever happened in it.
+    #[pyo3(signature = (*_exception))]
+    fn __exit__(&self, py: Python<'_>, _exception: &Bound<'_, pyo3::types::PyTuple>) {
+        self.end(py);
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyItem>> {
+        match self.wait_next(py, true)? {
+            Next::Item(item) => Ok(Some(item)),
+            Next::End => Ok(None),
+            Next::Failed(error) => Err(into_pyerr(error)),
+            Next::Interrupted(error) => Err(error),
+        }
+    }
+
+    /// The next output, or `default` at the end: for a caller on another thread (an
+    /// async pipeline's reader), where `StopIteration` cannot travel.
+    fn next_or(&self, py: Python<'_>, default: PyItem) -> PyResult<PyItem> {
+        Ok(self.__next__(py)?.unwrap_or(default))
+    }
+
+    /// Every output already handed over, without waiting.
+    fn ready<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut items = Vec::new();
+        if let Ok(mut guard) = self.output.try_lock() {
+            if let Some(output) = guard.as_mut() {
+                items.extend(std::iter::from_fn(|| output.next_ready()));
+            }
+        }
+        PyList::new(py, items)
+    }
+
+    /// Cancels the run if it is still going, and waits for its workers.
+    fn close(&self, py: Python<'_>) {
+        self.end(py);
+    }
+
+    /// Cancels the run at once, without waiting for anything: a reader waiting for its
+    /// next output on another thread sees the end.
+    fn cancel(&self) {
+        self.canceller.cancel();
+    }
+
+    /// The end-of-run report: each stage classified, the bottleneck, advice. The same
+    /// table as the Rust engine's `Output::report`; live while the run goes on.
+    fn report(&self) -> String {
+        if let Some(report) = &*self.report.lock().unwrap() {
+            return report.clone();
+        }
+        match self.output.try_lock() {
+            Ok(guard) => guard
+                .as_ref()
+                .map(|output| output.report().to_string())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Run {
+    fn wait_next(&self, py: Python<'_>, check_signals: bool) -> PyResult<Next> {
+        let mut guard = self
+            .output
+            .try_lock()
+            .map_err(|_| PyValueError::new_err("this run is already being read"))?;
+        let Some(output) = guard.as_mut() else {
+            return Ok(Next::End);
+        };
+        if let Some(item) = output.next_ready() {
+            return Ok(Next::Item(item));
+        }
+        let next = loop {
+            match py.detach(|| output.next_within(SIGNAL_CHECK)) {
+                Poll::Ready(Some(Ok(item))) => break Next::Item(item),
+                Poll::Ready(Some(Err(error))) => break Next::Failed(error),
+                Poll::Ready(None) => break Next::End,
+                Poll::Pending if check_signals => {
+                    if let Err(error) = py.check_signals() {
+                        break Next::Interrupted(error);
+                    }
+                }
+                Poll::Pending => {}
+            }
+        };
+        drop(guard);
+        if !matches!(next, Next::Item(_)) {
+            self.end(py);
+        }
+        Ok(next)
+    }
+
+    /// Ends the run: cancels it if it is going, waits for its workers (detached), and
+    /// keeps its report.
+    fn end(&self, py: Python<'_>) {
+        let output = loop {
+            match self.output.try_lock() {
+                Ok(mut guard) => break guard.take(),
+                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner().take(),
+                // Another thread reads the run: the cancel ends its wait soon.
+                Err(TryLockError::WouldBlock) => {
+                    self.canceller.cancel();
+                    py.detach(|| std::thread::sleep(Duration::from_millis(1)));
+                }
+            }
+        };
+        if let Some(mut output) = output {
+            let report = py.detach(|| {
+                output.cancel();
+                output.report().to_string()
+            });
+            *self.report.lock().unwrap() = Some(report);
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let output = match self.output.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(output) = output {
+            // Never wait for the workers while holding the GIL: they may need it.
+            let waited = Python::try_attach(|py| py.detach(|| drop(output)));
+            if waited.is_none() {
+                // The interpreter is going away (the exit handler ended every run before
+                // that): nothing left to wait for.
+            }
+        }
+    }
+}
+
+/// A run that may still have workers, and what cancels it without its lock.
+type LiveRun = (Weak<Mutex<Option<Output<PyItem>>>>, Canceller);
+
+/// Takes a run's output once no other thread holds it (a reader of a cancelled run lets go
+/// within a wait). Call it detached.
+fn take_output(run: &Mutex<Option<Output<PyItem>>>) -> Option<Output<PyItem>> {
+    loop {
+        match run.try_lock() {
+            Ok(mut guard) => return guard.take(),
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner().take(),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// The runs that may still have workers: what the interpreter's exit ends.
+fn live_runs() -> &'static Mutex<Vec<LiveRun>> {
+    static RUNS: OnceLock<Mutex<Vec<LiveRun>>> = OnceLock::new();
+    RUNS.get_or_init(Mutex::default)
+}
+
+/// Cancels every run still going and waits for its workers: registered with `atexit`,
+/// so the interpreter never finalizes under a worker that is using it.
+#[pyfunction]
+fn end_all_runs(py: Python<'_>) {
+    let runs = std::mem::take(&mut *live_runs().lock().unwrap());
+    // First every cancel, which ends the waits of readers on other threads.
+    for (_, canceller) in &runs {
+        canceller.cancel();
+    }
+    for run in runs.iter().filter_map(|(run, _)| run.upgrade()) {
+        // Detached: a reader on another thread may hold the lock until its wait ends.
+        if let Some(output) = py.detach(|| take_output(&run)) {
+            py.detach(|| drop(output));
+        }
+    }
+}
+
+/// The Python exception a run's error stands for: the original one if a Python callable
+/// raised it, else a `RuntimeError` that says what went wrong and where.
+fn into_pyerr(error: pyper::Error) -> PyErr {
+    let message = error.to_string();
+    match error.into_source().map(|source| source.downcast::<PyErr>()) {
+        Some(Ok(original)) => *original,
+        _ => PyRuntimeError::new_err(message),
+    }
+}
+
+#[pymodule]
+fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Engine>()?;
+    module.add_class::<Run>()?;
+    module.add_function(wrap_pyfunction!(end_all_runs, module)?)?;
+    Ok(())
+}
