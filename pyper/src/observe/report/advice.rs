@@ -248,7 +248,7 @@ impl Report {
 }
 
 /// What the tuner chose for a stage with `auto_workers`, and why.
-fn tuned_advice(name: &str, mean: usize, tuned: &crate::Tuned) -> String {
+fn tuned_advice(name: &str, mean: usize, tuned: &crate::observe::metrics::Tuned) -> String {
     let raise = match tuned.workers >= tuned.max {
         true => "; if it is the bottleneck, raise its most",
         false => "",
