@@ -152,6 +152,8 @@ pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 pub use stage::process::{init, RemoteError, WorkerDied};
 #[cfg(feature = "python")]
 pub use stage::python::{PyItem, PyShape};
+#[cfg(feature = "remote")]
+pub use stage::remote::{Cluster, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
 #[cfg(feature = "process")]
 #[doc(hidden)]
 pub use task::__function_name;
@@ -159,4 +161,6 @@ pub use task::__function_name;
 pub use task::python_task;
 #[cfg(feature = "process")]
 pub use task::{process_task, try_process_task};
+#[cfg(feature = "remote")]
+pub use task::{remote_task, try_remote_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

@@ -86,16 +86,20 @@ pub enum StageKind {
     Async,
     /// A process task: worker processes, fed by a thread each.
     Process,
+    /// A remote task: worker processes on any host, fed through NATS JetStream. Its
+    /// `workers` are the items each worker process runs at once.
+    Remote,
 }
 
 impl StageKind {
-    /// A short lowercase label: `input`, `threads`, `async`, `process`.
+    /// A short lowercase label: `input`, `threads`, `async`, `process`, `remote`.
     pub fn label(self) -> &'static str {
         match self {
             StageKind::Input => "input",
             StageKind::Threads => "threads",
             StageKind::Async => "async",
             StageKind::Process => "process",
+            StageKind::Remote => "remote",
         }
     }
 }
@@ -178,6 +182,8 @@ impl RunMeter {
             recording: self.is_enabled(),
             spans: self.records_spans(),
             run_started: self.started().unwrap_or_else(Instant::now),
+            remote: (kind == StageKind::Remote && self.is_enabled())
+                .then(|| Arc::new(RemoteGauges::default())),
         });
         lock(&self.stages).push(Arc::clone(&stage));
         stage
@@ -206,9 +212,41 @@ pub(crate) struct StageMeter {
     recording: bool,
     spans: bool,
     run_started: Instant,
+    /// What only a remote stage records (when metrics are on).
+    remote: Option<Arc<RemoteGauges>>,
+}
+
+/// What a remote stage's coordinator records besides its items: read from the server and
+/// from the outcomes' envelopes.
+#[derive(Default)]
+pub(crate) struct RemoteGauges {
+    /// Items in the stage's stream: waiting for a worker, or held by one.
+    pub(crate) queue_depth: AtomicU64,
+    /// Outcomes of items delivered more than once (a worker died or vanished holding them).
+    pub(crate) redeliveries: AtomicU64,
+    /// Redeliveries the server counts (`num_redelivered` of the stage's consumer).
+    pub(crate) server_redeliveries: AtomicU64,
+    /// Worker processes seen per host.
+    workers: Mutex<Vec<(String, usize)>>,
+}
+
+impl RemoteGauges {
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn set_workers(&self, per_host: Vec<(String, usize)>) {
+        *lock(&self.workers) = per_host;
+    }
+
+    pub(crate) fn workers(&self) -> Vec<(String, usize)> {
+        lock(&self.workers).clone()
+    }
 }
 
 impl StageMeter {
+    /// A remote stage's gauges, or `None` for another kind or when metrics are off.
+    pub(crate) fn remote_gauges(&self) -> Option<Arc<RemoteGauges>> {
+        self.remote.clone()
+    }
+
     /// A meter for one more worker, or `None` when metrics are off.
     pub(crate) fn worker(&self) -> Option<Arc<WorkerMeter>> {
         if !self.recording {

@@ -38,6 +38,8 @@ pub(crate) mod policy;
 pub(crate) mod process;
 #[cfg(feature = "python")]
 pub(crate) mod python;
+#[cfg(feature = "remote")]
+pub(crate) mod remote;
 pub(crate) mod thread;
 
 /// Everything about a stage but its function.
@@ -109,6 +111,9 @@ pub(crate) enum Body<I, O> {
     /// Python callables, on threads that hold the GIL while input is ready.
     #[cfg(feature = "python")]
     Python(python::PythonBody<I, O>),
+    /// Worker processes on any host, through NATS JetStream.
+    #[cfg(feature = "remote")]
+    Remote(remote::RemoteFn<I, O>),
     /// A task whose configuration is wrong; running it is a configuration error that
     /// says why.
     Invalid(&'static str),
@@ -152,6 +157,18 @@ const PYTHON_ORDER: &str =
 #[cfg(feature = "python")]
 const PYTHON_SHAPE: &str = "a Python task branches and joins through its own options";
 
+/// Why a remote task cannot have its workers tuned.
+#[cfg(feature = "remote")]
+const REMOTE_AUTO: &str =
+    "auto_workers() does not apply to a remote task: its workers are processes on other \
+     hosts, started and stopped by you; workers(n) is how many items each runs at once";
+
+/// Why a remote task cannot be ordered.
+#[cfg(feature = "remote")]
+const REMOTE_ORDER: &str =
+    "ordered() does not apply to a remote task yet: its items finish on other hosts in any \
+     order; put an ordered task after it, or sort the outputs";
+
 /// Why a join task cannot be ordered.
 const JOIN_ORDER: &str =
     "ordered() does not apply to a join task: each worker receives a share of the stream, \
@@ -172,6 +189,8 @@ impl<I, O> Body<I, O> {
             Body::Process(_) => "process",
             #[cfg(feature = "python")]
             Body::Python(_) => "python",
+            #[cfg(feature = "remote")]
+            Body::Remote(_) => "remote",
             Body::Invalid(_) => "invalid",
         }
     }
@@ -207,6 +226,12 @@ impl<I, O> Body<I, O> {
             }
             #[cfg(feature = "python")]
             Body::Python(body) => body.is_join(),
+            #[cfg(feature = "remote")]
+            Body::Remote(_) if spec.ordered => return Err(REMOTE_ORDER.into()),
+            #[cfg(feature = "remote")]
+            Body::Remote(_) if spec.auto => return Err(REMOTE_AUTO.into()),
+            #[cfg(feature = "remote")]
+            Body::Remote(_) => false,
             Body::Invalid(why) => return Err((*why).into()),
         };
         if is_join && spec.auto {
@@ -247,6 +272,11 @@ impl<I, O> Body<I, O> {
             }
             #[cfg(feature = "python")]
             Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
+            #[cfg(feature = "remote")]
+            Body::Remote(remote) => {
+                let decode = adapt(Arc::clone(&remote.decode), adapters.each);
+                Body::Remote(remote.with_decode(decode))
+            }
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -290,6 +320,8 @@ impl<I, O> Body<I, O> {
             Body::Process(body) => process::launch(body, stage),
             #[cfg(feature = "python")]
             Body::Python(body) => body.launch(stage),
+            #[cfg(feature = "remote")]
+            Body::Remote(body) => remote::launch(body, stage),
             // `check` refuses it before any launch; should one happen, it fails the run
             // with the same reason rather than start anything.
             Body::Invalid(why) => {
@@ -318,6 +350,8 @@ impl<I, O> Body<Upstream<I>, O> {
             Body::Process(_) => Body::Invalid("a process task cannot join"),
             #[cfg(feature = "python")]
             Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
+            #[cfg(feature = "remote")]
+            Body::Remote(_) => Body::Invalid("a remote task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -342,6 +376,8 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
             Body::Process(_) => Body::Invalid("a process task cannot join"),
             #[cfg(feature = "python")]
             Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
+            #[cfg(feature = "remote")]
+            Body::Remote(_) => Body::Invalid("a remote task cannot join"),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -361,6 +397,8 @@ impl<I, O> Clone for Body<I, O> {
             Body::Process(process) => Body::Process(process.clone()),
             #[cfg(feature = "python")]
             Body::Python(body) => Body::Python(body.clone()),
+            #[cfg(feature = "remote")]
+            Body::Remote(remote) => Body::Remote(remote.clone()),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }

@@ -28,6 +28,8 @@ use crate::error::{panic_message, BoxError};
 /// assert_eq!(Backoff::none().delay(5), Duration::ZERO);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// A remote task's workers apply the stage's backoff: it travels in the run's setup.
+#[cfg_attr(feature = "remote", derive(serde::Serialize, serde::Deserialize))]
 pub struct Backoff {
     first: Duration,
     factor: u32,

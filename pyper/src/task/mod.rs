@@ -21,6 +21,8 @@ mod per_worker;
 mod process;
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "remote")]
+mod remote;
 
 use crate::stage::{self, Adapters, Spec};
 use crate::Output;
@@ -31,6 +33,8 @@ pub use per_worker::{task_per_worker, try_task_per_worker};
 pub use process::{__function_name, process_task, try_process_task};
 #[cfg(feature = "python")]
 pub use python::python_task;
+#[cfg(feature = "remote")]
+pub use remote::{remote_task, try_remote_task};
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,

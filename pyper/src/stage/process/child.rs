@@ -41,6 +41,8 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 // The example is about `main` itself.
 #[allow(clippy::needless_doctest_main)]
 pub fn init() {
+    #[cfg(feature = "remote")]
+    crate::stage::remote::serve_if_worker();
     let Some(address) = std::env::var_os(protocol::ADDRESS_ENV) else {
         return;
     };
@@ -217,7 +219,7 @@ where
     serve.run(|f: fn(I) -> Result<O, E>, item| call(item, f))
 }
 
-fn call<I, O, E>(item: &[u8], f: impl FnOnce(I) -> Result<O, E>) -> Reply
+pub(crate) fn call<I, O, E>(item: &[u8], f: impl FnOnce(I) -> Result<O, E>) -> Reply
 where
     I: DeserializeOwned,
     O: Serialize,

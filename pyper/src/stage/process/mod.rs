@@ -71,7 +71,7 @@
 
 mod child;
 mod codec;
-mod entry;
+pub(crate) mod entry;
 mod launch;
 mod protocol;
 mod supervisor;
@@ -87,8 +87,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use child::init;
-pub(crate) use child::may_spawn;
+pub(crate) use child::{call, may_spawn, panic_message};
 pub(crate) use launch::launch;
+pub(crate) use protocol::Reply;
 pub(crate) use supervisor::{work, ProcessStage};
 pub(crate) use worker::Children;
 
@@ -142,6 +143,12 @@ where
 
 fn encode<I: Serialize>(item: &I) -> Result<Vec<u8>, BoxError> {
     codec::encode(item, "the item").map_err(BoxError::from)
+}
+
+/// Encodes `value`, which is `what` in errors, as a process task's items are encoded.
+#[cfg(feature = "remote")]
+pub(crate) fn encode_value<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, String> {
+    codec::encode(value, what)
 }
 
 /// Defines the entry point that lets an integration test's binary serve as a worker of

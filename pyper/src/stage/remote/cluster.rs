@@ -1,0 +1,275 @@
+//! The public face of remote tasks: the [`Cluster`] handle and the [`DeadLetter`] error.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream;
+
+use crate::engine::sync::Arc;
+use crate::error::Error;
+
+/// The environment variable that makes a program a remote-task worker: its value is the
+/// NATS server's URL, as the `--pyper-worker <url>` argument gives it. (Either way,
+/// [`init`](crate::init) must be the first line of `main`.)
+pub const WORKER_ENV: &str = "PYPER_WORKER";
+
+/// The stream that keeps the items that failed for good: an item whose function failed
+/// after its retries, or whose workers kept dying on it. Subjects `pyper.dead.<run id>`;
+/// each message is the item's envelope, with the headers `Pyper-Stage`, `Pyper-Item` and
+/// `Pyper-Reason`. It is shared by all runs and kept for a week.
+pub const DEAD_LETTER_STREAM: &str = "PYPER_DEAD_LETTERS";
+
+/// How long an item may go unacknowledged before the server delivers it again, unless
+/// the cluster says otherwise: long enough for a busy worker's progress acks, short
+/// enough that the items of a dead worker are not long in coming back.
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// How many times an item is delivered before it is dead-lettered, unless the cluster
+/// says otherwise.
+const DEFAULT_MAX_DELIVER: u32 = 5;
+
+/// A connection to a NATS server with JetStream, on which [`remote_task`](crate::remote_task)s
+/// run. (Requires the `remote` feature.)
+///
+/// The workers are the same executable, started on any host with the server's URL:
+/// `my_program --pyper-worker nats://host:4222`, or with [`WORKER_ENV`] set. Their `main`
+/// must call [`init`](crate::init) first thing, which makes them serve remote tasks for
+/// ever. A handle is cheap to clone; its clones share the connection.
+///
+/// ```no_run
+/// // `no_run`: it needs a NATS server, and workers started beside it.
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// fn main() -> Result<(), pyper::Error> {
+///     pyper::init();
+///     let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
+///     let doubled = pyper::remote_task(&cluster, double).name("double");
+///     let total: u64 = doubled.feed(1..=100).map(Result::unwrap).sum();
+///     assert_eq!(total, 10_100);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) url: String,
+    pub(super) client: async_nats::Client,
+    pub(super) jetstream: jetstream::Context,
+    pub(super) ack_wait: Duration,
+    pub(super) max_deliver: u32,
+}
+
+impl Cluster {
+    /// Connects to the NATS server at `url` (`nats://host:4222`, or `host:4222`).
+    ///
+    /// Fails with a clear [`Error`] if the server cannot be reached or has no JetStream
+    /// (start it with `nats-server -js`).
+    pub fn connect(url: &str) -> Result<Cluster, Error> {
+        let runtime = crate::engine::runtime::handle()
+            .map_err(|error| Error::config(None, error.to_string()))?;
+        let url = url.to_owned();
+        let target = url.clone();
+        let (client, jetstream) = block_on(&runtime, async move {
+            let client = connect(target).await?;
+            // Inside the runtime: the context starts a task of its own.
+            let jetstream = jetstream::new(client.clone());
+            // Making the dead-letter stream checks that the server has JetStream.
+            super::coordinator::dead_letter_stream(&jetstream)
+                .await
+                .map_err(|error| {
+                    Error::config(
+                        None,
+                        format!(
+                            "the NATS server has no JetStream (start it with `nats-server -js`): \
+                         {error}"
+                        ),
+                    )
+                })?;
+            Ok::<_, Error>((client, jetstream))
+        })?;
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                url,
+                client,
+                jetstream,
+                ack_wait: DEFAULT_ACK_WAIT,
+                max_deliver: DEFAULT_MAX_DELIVER,
+            }),
+        })
+    }
+
+    /// The URL this handle connected to.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// How long an item may go unacknowledged before the server gives it to another
+    /// worker (default 10 s). Workers send progress acks on long items, three times per
+    /// `ack_wait`, so this bounds how long the items of a dead worker wait, not how long
+    /// an item may take.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?
+    ///     .ack_wait(std::time::Duration::from_secs(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn ack_wait(self, ack_wait: Duration) -> Cluster {
+        self.with(|inner| inner.ack_wait = ack_wait.max(Duration::from_millis(100)))
+    }
+
+    /// How many times an item is delivered to workers before it is dead-lettered and the
+    /// run fails with [`DeadLetter`] (default 5, at least 1). Each delivery but the first
+    /// follows a worker that died or vanished holding the item.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?.max_deliver(3);
+    /// # Ok(()) }
+    /// ```
+    pub fn max_deliver(self, max_deliver: u32) -> Cluster {
+        self.with(|inner| inner.max_deliver = max_deliver.max(1))
+    }
+
+    fn with(self, change: impl FnOnce(&mut Inner)) -> Cluster {
+        let mut inner = Inner {
+            url: self.inner.url.clone(),
+            client: self.inner.client.clone(),
+            jetstream: self.inner.jetstream.clone(),
+            ack_wait: self.inner.ack_wait,
+            max_deliver: self.inner.max_deliver,
+        };
+        change(&mut inner);
+        Cluster {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The names of the streams of remote-task runs on the server right now (the
+    /// dead-letter stream aside): empty when no run is under way. For tests and
+    /// monitoring.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
+    /// assert!(cluster.run_streams()?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn run_streams(&self) -> Result<Vec<String>, Error> {
+        let runtime = crate::engine::runtime::handle()
+            .map_err(|error| Error::config(None, error.to_string()))?;
+        let jetstream = self.inner.jetstream.clone();
+        block_on(&runtime, async move {
+            let names = super::worker::run_stream_names(&jetstream, "")
+                .await
+                .map_err(|error| Error::config(None, format!("cannot list streams: {error}")))?;
+            Ok(names)
+        })
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.inner.url)
+            .field("ack_wait", &self.inner.ack_wait)
+            .field("max_deliver", &self.inner.max_deliver)
+            .finish()
+    }
+}
+
+/// Connects to `url`, failing clearly if the server cannot be reached.
+pub(super) async fn connect(url: String) -> Result<async_nats::Client, Error> {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url.as_str())
+        .await
+        .map_err(|error| Error::config(None, format!("cannot connect to NATS at {url}: {error}")))
+}
+
+/// Runs `future` to its end on pyper's runtime from a thread outside it.
+pub(super) fn block_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    // A task rather than `Handle::block_on`, so that the future runs on the runtime's
+    // threads, whatever thread waits.
+    let task = runtime.spawn(future);
+    match futures_executor_block_on(task) {
+        Ok(value) => value,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => panic!("a task of pyper's runtime was cancelled: {error}"),
+    }
+}
+
+/// Waits for a future on the current thread, parking it between polls.
+fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            Poll::Ready(value) => return value,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// An item that was delivered [`Cluster::max_deliver`] times without ever being
+/// acknowledged: each worker that took it died or vanished before it was done. The item
+/// is in the [`DEAD_LETTER_STREAM`]; this is the [`source`](std::error::Error::source) of
+/// the run's error, which names the item.
+///
+/// ```
+/// let dead = pyper::DeadLetter::new(3);
+/// assert_eq!(dead.deliveries(), 3);
+/// assert_eq!(
+///     dead.to_string(),
+///     "the item was delivered 3 times and no worker finished it (each died or vanished \
+///      holding it); it is in the dead-letter stream PYPER_DEAD_LETTERS"
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    deliveries: u64,
+}
+
+impl DeadLetter {
+    /// A dead letter after `deliveries` deliveries. Pyper makes these itself; this
+    /// constructor is for tests.
+    pub fn new(deliveries: u64) -> Self {
+        DeadLetter { deliveries }
+    }
+
+    /// How many times the item was delivered.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries
+    }
+}
+
+impl fmt::Display for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the item was delivered {} times and no worker finished it (each died or \
+             vanished holding it); it is in the dead-letter stream {DEAD_LETTER_STREAM}",
+            self.deliveries
+        )
+    }
+}
+
+impl std::error::Error for DeadLetter {}

@@ -1,0 +1,642 @@
+//! The coordinator's side of a remote stage: it makes the run's streams, pumps the stage's
+//! input into one, collects outcomes from the other, watches for dead letters, and
+//! removes everything from the server when the run ends, however it ends.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::cluster::{block_on, DeadLetter, DEAD_LETTER_STREAM};
+use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
+use crate::engine::batch::{Collect, Fault};
+use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
+use crate::engine::queue::{Close, Receiver, Sender};
+use crate::engine::run::RunState;
+use crate::engine::sync::Arc;
+use crate::error::{BoxError, Error};
+use crate::stage::policy::TimedOut;
+use crate::stage::process::RemoteError;
+use crate::stage::Launch;
+
+/// How many items the coordinator has published and not yet seen acknowledged, at most.
+const PUBLISH_WINDOW: usize = 512;
+/// How many outcomes the coordinator takes from the server at once, at most.
+const COLLECT_BATCH: usize = 512;
+/// How long a publish may keep failing (the server unreachable, say) before the run fails.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
+/// Starts the coordinator of a remote stage: one thread, driving its work on pyper's
+/// runtime.
+pub(crate) fn launch<I, O>(body: &RemoteFn<I, O>, mut stage: Launch<'_, I, O>)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+{
+    let meter = stage.meter(StageKind::Remote);
+    let gauges = meter.remote_gauges();
+    let (stop, stopped) = watch::channel(false);
+    stage.launcher.state.register(Box::new(StopSignal(stop)));
+    let cluster = &body.cluster.inner;
+    let spec = stage.spec;
+    let id = run_id();
+    let setup = Setup {
+        version: super::VERSION,
+        id: id.clone(),
+        stage: stage.name.to_string(),
+        fingerprint: crate::stage::process::entry::fingerprint(),
+        entry: body.entry,
+        user: body.user,
+        slots: spec.workers,
+        timeout_nanos: spec.faults.timeout.map(|t| t.as_nanos() as u64),
+        retries: spec.faults.retries,
+        backoff: spec.faults.backoff,
+        ack_wait_nanos: cluster.ack_wait.as_nanos() as u64,
+    };
+    let coordinator = Coordinator {
+        name: Arc::clone(&stage.name),
+        run: Arc::clone(&stage.launcher.state),
+        body: body.clone(),
+        setup,
+        throttle: spec.throttle,
+        meter: meter.worker(),
+        gauges,
+        seen: Mutex::new(Seen::default()),
+        published: AtomicU64::new(0),
+    };
+    let (input, output) = (stage.input.clone(), stage.output.clone());
+    stage.spawn_thread(1, move || {
+        let runtime = match crate::engine::runtime::handle() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                return coordinator
+                    .run
+                    .fail(Error::failed(&coordinator.name, None, error))
+            }
+        };
+        let coordinator = Arc::new(coordinator);
+        let run = Arc::clone(&coordinator.run);
+        let result = block_on(
+            &runtime,
+            Arc::clone(&coordinator).coordinate(input, output, stopped),
+        );
+        // Reported before the output queue's last handle goes: see `engine::run`.
+        if let Err(error) = result {
+            run.fail(error);
+        }
+    });
+}
+
+/// What a cancel of the run tells the coordinator.
+struct StopSignal(watch::Sender<bool>);
+
+impl Close for StopSignal {
+    fn close(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A fresh id for one stage's run: unique across hosts and time, and a valid part of a
+/// stream name.
+fn run_id() -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    let host = super::worker::host_name();
+    let mut hash = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&(host, std::process::id(), nanos), &mut hash);
+    let count = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}{count:x}", std::hash::Hasher::finish(&hash))
+}
+
+struct Coordinator<I, O> {
+    name: Arc<str>,
+    run: Arc<RunState>,
+    body: RemoteFn<I, O>,
+    setup: Setup,
+    throttle: usize,
+    meter: Option<Arc<WorkerMeter>>,
+    gauges: Option<Arc<RemoteGauges>>,
+    seen: Mutex<Seen>,
+    published: AtomicU64,
+}
+
+/// The items whose outcome has arrived: one bit each.
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+    count: u64,
+}
+
+impl Seen {
+    /// Records `seq`; false if it was already recorded.
+    fn insert(&mut self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let fresh = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        self.count += u64::from(fresh);
+        fresh
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        let word = (seq / 64) as usize;
+        word < self.bits.len() && self.bits[word] & (1 << (seq % 64)) != 0
+    }
+}
+
+/// Why the run's part on the server ended early.
+enum Halt {
+    Stop,
+    Fail(Error),
+}
+
+impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
+    async fn coordinate(
+        self: Arc<Self>,
+        input: Receiver<I>,
+        output: Sender<O>,
+        mut stopped: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let cluster = Arc::clone(&self.body.cluster.inner);
+        let js = cluster.jetstream.clone();
+        let (total, total_known) = watch::channel(None);
+        let result = match self.prepare(&cluster).await {
+            Err(error) => Err(Halt::Fail(error)),
+            Ok((work, advisories)) => {
+                tokio::select! {
+                    biased;
+                    _ = stopped.wait_for(|stop| *stop) => Err(Halt::Stop),
+                    result = self.dead_letters(advisories) => result,
+                    result = self.watch_depth(&js) => result,
+                    result = async {
+                        let (pumped, collected) = tokio::join!(
+                            self.pump(&js, &input, total),
+                            self.collect(work, &output, total_known),
+                        );
+                        pumped.and(collected)
+                    } => result,
+                }
+            }
+        };
+        self.clean_up(&cluster).await;
+        match result {
+            Ok(()) | Err(Halt::Stop) => Ok(()),
+            Err(Halt::Fail(error)) => Err(error),
+        }
+    }
+
+    /// Makes the run's streams and consumers, listens for dead letters, and announces
+    /// the run to the workers.
+    async fn prepare(
+        &self,
+        cluster: &super::cluster::Inner,
+    ) -> Result<(consumer::PullConsumer, async_nats::Subscriber), Error> {
+        let js = &cluster.jetstream;
+        let id = &self.setup.id;
+        let fail = |doing: &str, error: &dyn std::fmt::Display| {
+            Error::failed(&self.name, None, format!("cannot {doing}: {error}").into())
+        };
+        let max_messages = match self.throttle {
+            0 => -1,
+            n => n as i64,
+        };
+        let description =
+            serde_json::to_string(&self.setup).map_err(|error| fail("describe the run", &error))?;
+        let stream_config =
+            |name: String, subject: String, description: Option<String>| stream::Config {
+                name,
+                subjects: vec![subject],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_messages,
+                discard: stream::DiscardPolicy::New,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                description,
+                ..Default::default()
+            };
+        let consumer_config = |max_deliver: i64| consumer::pull::Config {
+            durable_name: Some(CONSUMER.to_owned()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: cluster.ack_wait,
+            max_deliver,
+            max_ack_pending: -1,
+            ..Default::default()
+        };
+        dead_letter_stream(js)
+            .await
+            .map_err(|error| fail("make the dead-letter stream", &error))?;
+        let advisories = cluster
+            .client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{CONSUMER}",
+                in_stream(id)
+            ))
+            .await
+            .map_err(|error| fail("listen for dead letters", &error))?;
+        let outcomes = js
+            .create_stream(stream_config(out_stream(id), out_subject(id), None))
+            .await
+            .map_err(|error| fail("make the run's outcome stream", &error))?;
+        let work = outcomes
+            .create_consumer(consumer_config(-1))
+            .await
+            .map_err(|error| fail("make the run's outcome consumer", &error))?;
+        let items = js
+            .create_stream(stream_config(
+                in_stream(id),
+                in_subject(id),
+                Some(description),
+            ))
+            .await
+            .map_err(|error| fail("make the run's item stream", &error))?;
+        items
+            .create_consumer(consumer_config(i64::from(cluster.max_deliver)))
+            .await
+            .map_err(|error| fail("make the run's item consumer", &error))?;
+        // Workers also look for runs every second; this makes them start at once.
+        let _ = cluster
+            .client
+            .publish(super::ANNOUNCE, in_stream(id).into())
+            .await;
+        Ok((work, advisories))
+    }
+
+    /// Publishes the stage's input into the item stream, each item until the server
+    /// acknowledges it, then says how many there were.
+    async fn pump(
+        &self,
+        js: &jetstream::Context,
+        input: &Receiver<I>,
+        total: watch::Sender<Option<u64>>,
+    ) -> Result<(), Halt> {
+        let subject = in_subject(&self.setup.id);
+        let mut batch = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut count = 0;
+        while let Some(first) = input.pop_batch_async(&mut batch, PUBLISH_WINDOW).await {
+            for (seq, item) in (first..).zip(batch.drain(..)) {
+                let item = (self.body.encode)(&item)
+                    .map_err(|error| Halt::Fail(Error::failed(&self.name, Some(seq), error)))?;
+                let envelope = envelope::encode(&ItemEnvelope::V1 { seq, item });
+                let id = format!("{}.in.{seq}", self.setup.id);
+                in_flight.push(publish(
+                    js,
+                    subject.clone(),
+                    id,
+                    envelope.into(),
+                    &self.name,
+                ));
+                count += 1;
+                while in_flight.len() >= PUBLISH_WINDOW {
+                    self.published(in_flight.next().await)?;
+                }
+            }
+        }
+        if self.run.is_cancelled() {
+            return Err(Halt::Stop);
+        }
+        while let Some(result) = in_flight.next().await {
+            self.published(Some(result))?;
+        }
+        total.send_replace(Some(count));
+        Ok(())
+    }
+
+    fn published(&self, result: Option<Result<(), Error>>) -> Result<(), Halt> {
+        match result {
+            Some(Ok(())) | None => {
+                self.published.fetch_add(1, Ordering::Relaxed);
+                if let Some(meter) = &self.meter {
+                    meter.items_in.add(1);
+                }
+                Ok(())
+            }
+            Some(Err(error)) => Err(Halt::Fail(error)),
+        }
+    }
+
+    /// Takes outcomes from the outcome stream and hands the outputs on, each item's once,
+    /// until every item published has one.
+    async fn collect(
+        &self,
+        work: consumer::PullConsumer,
+        output: &Sender<O>,
+        total: watch::Receiver<Option<u64>>,
+    ) -> Result<(), Halt> {
+        let mut outputs = Vec::new();
+        let mut hosts: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
+        loop {
+            let done = total
+                .borrow()
+                .is_some_and(|total| self.seen.lock().expect("never poisoned").count >= total);
+            if done {
+                return Ok(());
+            }
+            let messages = match fetch(&work, COLLECT_BATCH, Duration::from_millis(50)).await {
+                Ok(messages) => messages,
+                Err(_) => {
+                    // The server restarts, say: the client reconnects by itself.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            for message in &messages {
+                let envelope: OutcomeEnvelope = envelope::decode(&message.payload, "an outcome")
+                    .map_err(|why| Halt::Fail(Error::failed(&self.name, None, why.into())))?;
+                let OutcomeEnvelope::V1 {
+                    seq,
+                    host,
+                    pid,
+                    delivered,
+                    outcome,
+                } = envelope;
+                if !self.seen.lock().expect("never poisoned").insert(seq) {
+                    continue;
+                }
+                if let Some(gauges) = &self.gauges {
+                    if delivered > 1 {
+                        gauges.redeliveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if hosts.entry(host).or_default().insert(pid) {
+                        gauges.set_workers(
+                            hosts
+                                .iter()
+                                .map(|(host, pids)| (host.clone(), pids.len()))
+                                .collect(),
+                        );
+                    }
+                }
+                self.outcome(seq, outcome, &mut outputs)?;
+            }
+            let handed = outputs.len() as u64;
+            if output.push_all_async(&mut outputs).await.is_err() {
+                return Err(Halt::Stop);
+            }
+            if let Some(meter) = &self.meter {
+                meter.items_out.add(handed);
+            }
+            for message in messages {
+                let _ = message.ack().await;
+            }
+        }
+    }
+
+    /// Turns one item's outcome into its outputs, or into the run's error.
+    fn outcome(&self, seq: u64, outcome: Outcome, outputs: &mut Vec<O>) -> Result<(), Halt> {
+        let name = &self.name;
+        let error = match outcome {
+            Outcome::Done(bytes) => {
+                let mut collect = Collect {
+                    items: std::mem::take(outputs),
+                    run: &self.run,
+                };
+                let result = (self.body.decode)(bytes, &mut collect);
+                *outputs = collect.items;
+                return match result {
+                    Ok(()) => Ok(()),
+                    Err(Fault::Stop) => Err(Halt::Stop),
+                    Err(Fault::Failed(error)) => {
+                        Err(Halt::Fail(Error::failed(name, Some(seq), error)))
+                    }
+                };
+            }
+            Outcome::Failed(chain) => {
+                let chain = match chain.is_empty() {
+                    true => vec!["the worker reported an error without a message".to_owned()],
+                    false => chain,
+                };
+                Error::failed(name, Some(seq), Box::new(RemoteError::new(chain)))
+            }
+            Outcome::Panicked(message) => Error::panicked(name, Some(seq), Box::new(message)),
+            Outcome::TimedOut(nanos) => Error::failed(
+                name,
+                Some(seq),
+                Box::new(TimedOut::new(Duration::from_nanos(nanos))),
+            ),
+        };
+        Err(Halt::Fail(error))
+    }
+
+    /// Waits for the server to say an item was delivered too often, then dead-letters it
+    /// and fails the run, naming it; an item that has its outcome after all is let be.
+    async fn dead_letters(&self, mut advisories: async_nats::Subscriber) -> Result<(), Halt> {
+        #[derive(serde::Deserialize)]
+        struct Advisory {
+            stream_seq: u64,
+            deliveries: u64,
+        }
+        let js = &self.body.cluster.inner.jetstream;
+        while let Some(message) = advisories.next().await {
+            let Ok(advisory) = serde_json::from_slice::<Advisory>(&message.payload) else {
+                continue;
+            };
+            let items = js.get_stream_no_info(in_stream(&self.setup.id)).await;
+            let stored = match items {
+                Ok(items) => items.get_raw_message(advisory.stream_seq).await,
+                Err(_) => continue,
+            };
+            let Ok(stored) = stored else { continue };
+            let Ok(ItemEnvelope::V1 { seq, .. }) = envelope::decode(&stored.payload, "an item")
+            else {
+                continue;
+            };
+            if self.seen.lock().expect("never poisoned").contains(seq) {
+                continue;
+            }
+            let reason = DeadLetter::new(advisory.deliveries);
+            dead_letter(js, &self.setup, seq, &reason.to_string(), stored.payload).await;
+            return Err(Halt::Fail(Error::failed(
+                &self.name,
+                Some(seq),
+                Box::new(reason),
+            )));
+        }
+        std::future::pending().await
+    }
+
+    /// Reads the depth of the item stream into the metrics, a few times a second.
+    async fn watch_depth(&self, js: &jetstream::Context) -> Result<(), Halt> {
+        let Some(gauges) = &self.gauges else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(mut consumer) = js
+                .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                    CONSUMER,
+                    in_stream(&self.setup.id),
+                )
+                .await
+            {
+                if let Ok(info) = consumer.info().await {
+                    let depth = info.num_pending + info.num_ack_pending as u64;
+                    gauges.queue_depth.store(depth, Ordering::Relaxed);
+                    gauges
+                        .server_redeliveries
+                        .store(info.num_redelivered as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Deletes the run's streams, with their consumers, and tells the workers the run is
+    /// over. Bounded in time, so a server that is gone cannot hold the run up.
+    async fn clean_up(&self, cluster: &super::cluster::Inner) {
+        let id = &self.setup.id;
+        let js = &cluster.jetstream;
+        let work = async {
+            for name in [in_stream(id), out_stream(id)] {
+                for _ in 0..50 {
+                    match js.delete_stream(&name).await {
+                        Ok(_) => break,
+                        Err(error) if is_not_found(&error) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+            let _ = cluster.client.publish(super::STOP, id.clone().into()).await;
+            let _ = cluster.client.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+    }
+}
+
+fn is_not_found(error: &jetstream::context::DeleteStreamError) -> bool {
+    use std::error::Error as _;
+    let code = error
+        .source()
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(|error| error.error_code());
+    code == Some(jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// The error code of a publish refused because the stream is full (`max_msgs` with
+/// `discard=new`).
+const STREAM_FULL: u64 = 10077;
+
+/// Publishes `payload` with the dedup id `id` until the server acknowledges it: a full
+/// stream is waited out with a growing back-off, a server away (a restart) is waited for
+/// up to [`GIVE_UP_AFTER`]. Publishing again is safe: the id makes the server drop a copy.
+pub(super) async fn publish(
+    js: &jetstream::Context,
+    subject: String,
+    id: String,
+    payload: Bytes,
+    stage: &str,
+) -> Result<(), Error> {
+    let mut backoff = Duration::from_micros(500);
+    let mut failing_since = None;
+    loop {
+        let message = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id.as_str());
+        let sent = js.send_publish(subject.clone(), message).await;
+        let result = match sent {
+            Ok(ack) => ack.await.map(drop),
+            Err(error) => Err(error),
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if publish_error_code(&error) == Some(STREAM_FULL) {
+            // Backpressure: the stream holds `throttle` items. Not a failure.
+            failing_since = None;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+            continue;
+        }
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > GIVE_UP_AFTER {
+            let why: BoxError = format!("cannot publish to {subject}: {error}").into();
+            return Err(Error::failed(stage, None, why));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub(super) fn publish_error_code(error: &jetstream::context::PublishError) -> Option<u64> {
+    use std::error::Error as _;
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(|error| error.error_code().0)
+}
+
+/// Takes up to `max` messages from `consumer`: those ready at once, or else the first to
+/// arrive within `wait`.
+pub(super) async fn fetch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<jetstream::Message>, BoxError> {
+    let mut messages = Vec::new();
+    let mut ready = consumer.fetch().max_messages(max).messages().await?;
+    while let Some(message) = ready.next().await {
+        messages.push(message?);
+    }
+    if !messages.is_empty() {
+        return Ok(messages);
+    }
+    let mut next = consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait)
+        .messages()
+        .await?;
+    while let Some(message) = next.next().await {
+        messages.push(message?);
+    }
+    Ok(messages)
+}
+
+/// Makes the dead-letter stream, unless it is there already.
+pub(super) async fn dead_letter_stream(
+    js: &jetstream::Context,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    js.get_or_create_stream(stream::Config {
+        name: DEAD_LETTER_STREAM.to_owned(),
+        subjects: vec!["pyper.dead.>".to_owned()],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map(drop)
+}
+
+/// Copies an item to the dead-letter stream, saying why. Best effort: the run's error
+/// says the same.
+pub(super) async fn dead_letter(
+    js: &jetstream::Context,
+    setup: &Setup,
+    seq: u64,
+    reason: &str,
+    payload: Bytes,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Pyper-Stage", setup.stage.as_str());
+    headers.insert("Pyper-Item", seq.to_string().as_str());
+    headers.insert("Pyper-Reason", reason.replace(['\r', '\n'], " ").as_str());
+    let message = jetstream::message::PublishMessage::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(format!("{}.dead.{seq}", setup.id));
+    if let Ok(ack) = js
+        .send_publish(format!("pyper.dead.{}", setup.id), message)
+        .await
+    {
+        let _ = ack.await;
+    }
+}

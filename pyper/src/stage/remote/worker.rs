@@ -1,0 +1,467 @@
+//! The worker side of remote tasks: a process started with `--pyper-worker <url>` (or
+//! [`WORKER_ENV`](super::WORKER_ENV)) finds the runs on the server that its executable
+//! can serve, and serves each until its streams go.
+//!
+//! Each run is served by `workers(n)` threads of the process, each with a tokio runtime
+//! of its own (the user's function is called on that thread, so it may block). A thread
+//! takes a few items at a time with a pull request of its own: there is no long-lived
+//! subscription whose heartbeats could go missing, and any failed pull (a server restart,
+//! missing heartbeats, a timeout) is followed by a fresh one. While it holds items, a
+//! task sends progress acks for them three times per `ack_wait`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+
+use super::cluster::{block_on, connect, WORKER_ENV};
+use super::coordinator::{dead_letter, fetch, publish};
+use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::{Call, Setup, CONSUMER, STREAM_PREFIX, VERSION};
+use crate::error::BoxError;
+use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
+use crate::stage::process::{entry, panic_message, RemoteError, Reply};
+
+/// The NATS URL this process was started to serve, if it was started as a worker:
+/// `--pyper-worker <url>`, `--pyper-worker=<url>`, or [`WORKER_ENV`].
+pub(crate) fn worker_url() -> Option<String> {
+    let mut args = std::env::args();
+    while let Some(arg) = args.next() {
+        if arg == "--pyper-worker" {
+            return args.next();
+        }
+        if let Some(url) = arg.strip_prefix("--pyper-worker=") {
+            return Some(url.to_owned());
+        }
+    }
+    std::env::var(WORKER_ENV).ok().filter(|url| !url.is_empty())
+}
+
+/// Serves remote tasks for ever if this process was started as a worker; returns at once
+/// otherwise.
+pub(crate) fn serve_if_worker() {
+    let Some(url) = worker_url() else { return };
+    // Programs that the task's function starts must not take themselves for workers.
+    std::env::remove_var(WORKER_ENV);
+    let code = match serve(&url) {
+        Ok(never) => match never {},
+        Err(why) => {
+            eprintln!("pyper remote worker {}: {why}", std::process::id());
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// This host's name, for metrics and run ids.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The names of the streams of runs on the server that end in `suffix`.
+pub(crate) async fn run_stream_names(
+    js: &jetstream::Context,
+    suffix: &str,
+) -> Result<Vec<String>, BoxError> {
+    let mut names = Vec::new();
+    let mut listed = js.stream_names();
+    while let Some(name) = listed.next().await {
+        let name = name?;
+        if name.starts_with(STREAM_PREFIX)
+            && name != super::DEAD_LETTER_STREAM
+            && name.ends_with(suffix)
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+enum Never {}
+
+/// Finds runs and serves them, for ever.
+fn serve(url: &str) -> Result<Never, String> {
+    let runtime = crate::engine::runtime::handle().map_err(|error| error.to_string())?;
+    let client = block_on(&runtime, connect(url.to_owned())).map_err(|error| error.to_string())?;
+    eprintln!(
+        "pyper remote worker {} on {}: serving remote tasks from {url}",
+        std::process::id(),
+        host_name()
+    );
+    block_on(&runtime, discover(client))
+}
+
+/// One run this process serves.
+struct Served {
+    stopped: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Watches for runs: announced ones at once, and every second the streams on the server
+/// (for runs that began before this worker did, or whose announcement it missed).
+async fn discover(client: async_nats::Client) -> Result<Never, String> {
+    let js = jetstream::new(client.clone());
+    let subscribe = |subject: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .subscribe(subject)
+                .await
+                .map_err(|error| format!("cannot subscribe to {subject}: {error}"))
+        }
+    };
+    let mut announced = subscribe(super::ANNOUNCE).await?;
+    let mut stops = subscribe(super::STOP).await?;
+    let mut served: HashMap<String, Served> = HashMap::new();
+    // Runs this process has served or cannot serve: never looked at again.
+    let mut done: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let candidates = tokio::select! {
+            Some(message) = announced.next() => {
+                vec![String::from_utf8_lossy(&message.payload).into_owned()]
+            }
+            Some(message) = stops.next() => {
+                let id = String::from_utf8_lossy(&message.payload).into_owned();
+                if let Some(run) = served.get(&super::in_stream(&id)) {
+                    run.stopped.store(true, Ordering::SeqCst);
+                }
+                continue;
+            }
+            _ = tick.tick() => run_stream_names(&js, "_IN").await.unwrap_or_default(),
+        };
+        served.retain(|name, run| {
+            let finished = run.threads.iter().all(|thread| thread.is_finished());
+            if finished {
+                done.insert(name.clone());
+            }
+            !finished
+        });
+        for name in candidates {
+            if served.contains_key(&name) || done.contains(&name) {
+                continue;
+            }
+            match setup_of(&js, &name).await {
+                Ok(Some(setup)) => {
+                    served.insert(name, start(&client, &js, setup));
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    eprintln!(
+                        "pyper remote worker {}: not serving {name}: {why}",
+                        std::process::id()
+                    );
+                    done.insert(name);
+                }
+            }
+        }
+    }
+}
+
+/// The setup of the run whose item stream is `name`, if it is still there; an error if
+/// this executable cannot serve it.
+async fn setup_of(js: &jetstream::Context, name: &str) -> Result<Option<Setup>, String> {
+    let Ok(mut stream) = js.get_stream(name).await else {
+        return Ok(None);
+    };
+    let Ok(info) = stream.info().await else {
+        return Ok(None);
+    };
+    let description = info.config.description.clone().unwrap_or_default();
+    let setup: Setup = serde_json::from_str(&description)
+        .map_err(|error| format!("cannot read the run's setup: {error}"))?;
+    if setup.version != VERSION {
+        return Err(format!(
+            "the run speaks version {} of pyper's remote protocol, this worker {VERSION}",
+            setup.version
+        ));
+    }
+    if setup.fingerprint != entry::fingerprint() {
+        return Err(
+            "the run was started by another executable (a worker must run the very \
+                    same build as the program that runs the pipeline)"
+                .into(),
+        );
+    }
+    Ok(Some(setup))
+}
+
+/// Starts the threads that serve one run.
+fn start(client: &async_nats::Client, js: &jetstream::Context, setup: Setup) -> Served {
+    let stopped = Arc::new(AtomicBool::new(false));
+    let setup = Arc::new(setup);
+    let threads = (0..setup.slots.max(1))
+        .filter_map(|slot| {
+            let (client, js) = (client.clone(), js.clone());
+            let (setup, stopped) = (Arc::clone(&setup), Arc::clone(&stopped));
+            std::thread::Builder::new()
+                .name(format!("pyper-remote-{slot}"))
+                .spawn(move || serve_run(client, js, &setup, &stopped))
+                .ok()
+        })
+        .collect();
+    Served { stopped, threads }
+}
+
+/// Serves one run on this thread until its streams go or it is stopped.
+fn serve_run(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    setup: &Setup,
+    stopped: &AtomicBool,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("pyper remote worker: cannot start a runtime: {error}");
+            return;
+        }
+    };
+    let Ok(call) = entry::resolve::<Call, Reply>(setup.entry, setup.fingerprint) else {
+        eprintln!("pyper remote worker: the run's function is not in this executable");
+        return;
+    };
+    let mut server = Server {
+        client,
+        js,
+        setup,
+        stopped,
+        call,
+        host: host_name(),
+        held: Arc::default(),
+    };
+    runtime.block_on(server.serve());
+}
+
+struct Server<'a> {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    setup: &'a Setup,
+    stopped: &'a AtomicBool,
+    call: fn(Call) -> Reply,
+    host: String,
+    /// The reply subjects of the items this thread holds, for progress acks.
+    held: Arc<Mutex<Vec<async_nats::Subject>>>,
+}
+
+/// How long the items of one pull should take, at most: quick items come many at a time,
+/// slow ones one by one, so they spread over the workers.
+const PULL_TIME: Duration = Duration::from_millis(5);
+const MAX_PULL: usize = 256;
+
+impl Server<'_> {
+    async fn serve(&mut self) {
+        let in_stream = self.setup.in_stream();
+        let consumer: consumer::PullConsumer = match self
+            .js
+            .get_consumer_from_stream(CONSUMER, in_stream.as_str())
+            .await
+        {
+            Ok(consumer) => consumer,
+            Err(_) => return,
+        };
+        let ack_wait = Duration::from_nanos(self.setup.ack_wait_nanos);
+        // On pyper's runtime, not this thread's: this thread is busy in the user's
+        // function while the acks are most needed.
+        let Ok(runtime) = crate::engine::runtime::handle() else {
+            return;
+        };
+        let progress = runtime.spawn(progress_acks(
+            self.client.clone(),
+            Arc::clone(&self.held),
+            ack_wait / 3,
+        ));
+        let mut limit = 1;
+        while !self.stopped.load(Ordering::SeqCst) {
+            let messages = match fetch(&consumer, limit, Duration::from_secs(1)).await {
+                Ok(messages) => messages,
+                Err(_) => {
+                    if !self.run_exists().await {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            *self.held.lock().expect("never poisoned") = messages
+                .iter()
+                .filter_map(|message| message.reply.clone())
+                .collect();
+            let started = Instant::now();
+            let count = messages.len();
+            let finished = self.run_items(&messages).await;
+            self.held.lock().expect("never poisoned").clear();
+            if !finished {
+                break;
+            }
+            // Acknowledged only now that every outcome is on the server.
+            for message in &messages {
+                let _ = message.ack().await;
+            }
+            let per_item = started.elapsed() / count as u32;
+            let fits = (PULL_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
+            limit = fits.clamp(1, MAX_PULL).min(limit * 2);
+        }
+        progress.abort();
+    }
+
+    /// Whether the run's item stream is still on the server.
+    async fn run_exists(&self) -> bool {
+        match self.js.get_stream_no_info(self.setup.in_stream()).await {
+            Ok(_) => true,
+            Err(error) => !matches!(
+                error.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ),
+        }
+    }
+
+    /// Runs the items and publishes their outcomes; false if the run is over.
+    async fn run_items(&self, messages: &[jetstream::Message]) -> bool {
+        let mut published = futures_util::stream::FuturesUnordered::new();
+        for message in messages {
+            if self.stopped.load(Ordering::SeqCst) {
+                return false;
+            }
+            let delivered = message
+                .info()
+                .map_or(1, |info| info.delivered.max(1) as u64);
+            let (seq, outcome) = match envelope::decode::<ItemEnvelope>(&message.payload, "an item")
+            {
+                Ok(ItemEnvelope::V1 { seq, item }) => (seq, self.attempt(item)),
+                // No item number to name: the run fails on an item it cannot place.
+                Err(why) => (u64::MAX, Outcome::Failed(vec![why])),
+            };
+            if !matches!(outcome, Outcome::Done(_)) {
+                let reason = match &outcome {
+                    Outcome::Failed(chain) => chain.join(": "),
+                    Outcome::Panicked(message) => format!("panicked: {message}"),
+                    Outcome::TimedOut(nanos) => {
+                        TimedOut::new(Duration::from_nanos(*nanos)).to_string()
+                    }
+                    Outcome::Done(_) => unreachable!(),
+                };
+                dead_letter(&self.js, self.setup, seq, &reason, message.payload.clone()).await;
+            }
+            let envelope = envelope::encode(&OutcomeEnvelope::V1 {
+                seq,
+                host: self.host.clone(),
+                pid: std::process::id(),
+                delivered,
+                outcome,
+            });
+            let id = format!("{}.{seq}.0", self.setup.id);
+            published.push(publish(
+                &self.js,
+                self.setup.out_subject(),
+                id,
+                envelope.into(),
+                &self.setup.stage,
+            ));
+        }
+        while let Some(result) = published.next().await {
+            if result.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Calls the function on `item` as the stage's timeout and retries say.
+    fn attempt(&self, item: Vec<u8>) -> Outcome {
+        let timeout = self.setup.timeout_nanos.map(Duration::from_nanos);
+        let mut attempts = Attempts::new(FaultPolicy {
+            timeout,
+            retries: self.setup.retries,
+            backoff: self.setup.backoff,
+        });
+        loop {
+            let call = Call {
+                fingerprint: self.setup.fingerprint,
+                user: self.setup.user,
+                item: item.clone(),
+            };
+            let failure = match call_within(self.call, call, timeout) {
+                Some(Reply::Done(bytes)) => return Outcome::Done(bytes),
+                Some(Reply::Failed(chain)) => {
+                    AttemptFailure::Failed(Box::new(RemoteError::new(match chain.is_empty() {
+                        true => vec!["an error without a message".to_owned()],
+                        false => chain,
+                    })))
+                }
+                Some(Reply::Panicked(message)) => AttemptFailure::Panicked(Box::new(message)),
+                None => AttemptFailure::TimedOut(timeout.expect("only a timeout gives none")),
+            };
+            match attempts.failed(failure, false) {
+                Verdict::Retry(delay) => std::thread::sleep(delay),
+                Verdict::Fail(error) => {
+                    if let Some(timed_out) = error.downcast_ref::<TimedOut>() {
+                        return Outcome::TimedOut(timed_out.limit().as_nanos() as u64);
+                    }
+                    let mut chain = Vec::new();
+                    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+                    while let Some(error) = cause {
+                        chain.push(error.to_string());
+                        cause = error.source();
+                    }
+                    return Outcome::Failed(chain);
+                }
+                Verdict::Panic(payload) => return Outcome::Panicked(panic_message(payload)),
+            }
+        }
+    }
+}
+
+/// Calls `call`, on this thread without a timeout, or on a thread of its own that is
+/// abandoned if it overruns (`None`): a call cannot be stopped from outside, and its
+/// result is refused anyway.
+fn call_within(entry: fn(Call) -> Reply, call: Call, timeout: Option<Duration>) -> Option<Reply> {
+    let Some(timeout) = timeout else {
+        return Some(entry(call));
+    };
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pyper-remote-call".into())
+        .spawn(move || {
+            let _ = sender.send(entry(call));
+        });
+    if spawned.is_err() {
+        return Some(Reply::Failed(vec![
+            "cannot start a thread for the call".into()
+        ]));
+    }
+    receiver.recv_timeout(timeout).ok()
+}
+
+/// Tells the server, every `every`, that the items this thread holds are still being
+/// worked on, so they are not given to another worker while a long one runs.
+async fn progress_acks(
+    client: async_nats::Client,
+    held: Arc<Mutex<Vec<async_nats::Subject>>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(30)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let subjects = held.lock().expect("never poisoned").clone();
+        for subject in subjects {
+            let _ = client.publish(subject, "+WPI".into()).await;
+        }
+    }
+}
