@@ -162,3 +162,283 @@ fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
         assert!(cluster.run_streams().unwrap().is_empty());
     });
 }
+
+/// Sleeps a little, so a run lasts long enough for something to happen in the middle.
+fn slow(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(5));
+    tagged(x)
+}
+
+#[test]
+fn a_worker_that_joins_mid_run_gets_items() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        let first = workers.start();
+        let mut output = remote_task(&cluster, slow).feed(0..20_000u64);
+        // The first outputs come from the only worker there is.
+        for result in output.by_ref().take(50) {
+            assert_eq!(result.unwrap().1, first);
+        }
+        let joiner = workers.start();
+        let joined = output.by_ref().any(|result| result.unwrap().1 == joiner);
+        assert!(joined, "the worker that joined took items");
+        drop(output);
+        assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_restarted_server_loses_nothing() {
+    let _serial = serial();
+    const N: u64 = 4_000;
+    with_timeout(240, move || {
+        let dir = tempdir("restart");
+        let run_script = |args: &[&str]| {
+            let out = Command::new("bash")
+                .arg(script())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let dir_arg = dir.to_str().unwrap();
+        let url = run_script(&["start", dir_arg]);
+        let port = url.rsplit(':').next().unwrap().to_owned();
+        let cluster = Cluster::connect(&url)
+            .unwrap()
+            .ack_wait(Duration::from_secs(2));
+        let workers = Workers::new(&url);
+        workers.start();
+        workers.start();
+        let mut output = remote_task(&cluster, slow).feed(0..N);
+        let (mut count, mut checksum) = (0u64, 0u64);
+        for result in output.by_ref() {
+            let (value, _) = result.unwrap();
+            count += 1;
+            checksum = checksum.wrapping_add(value);
+            if count == N / 4 {
+                run_script(&["stop", dir_arg]);
+                run_script(&["start", dir_arg, &port]);
+            }
+        }
+        assert_eq!(count, N, "every input's output, once");
+        assert_eq!(checksum, expected_checksum(N));
+        assert!(cluster.run_streams().unwrap().is_empty());
+        drop(workers);
+        run_script(&["stop", dir_arg]);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pyper-remote-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Kills its worker on item 13, every time.
+fn fragile(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(10));
+    if x == 13 {
+        std::process::abort();
+    }
+    x
+}
+
+/// Fails on item 7, every time.
+fn picky(x: u64) -> Result<u64, String> {
+    match x {
+        7 => Err("7 is not welcome".to_owned()),
+        x => Ok(x),
+    }
+}
+
+/// The last message of the dead-letter stream: its subject and headers.
+fn last_dead_letter(url: &str) -> (String, HashMap<String, String>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(pyper::DEAD_LETTER_STREAM).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let message = stream.get_raw_message(last).await.unwrap();
+        let headers = message
+            .headers
+            .iter()
+            .map(|(key, values)| (key.to_string(), values[0].to_string()))
+            .collect();
+        (message.subject.to_string(), headers)
+    })
+}
+
+#[test]
+fn an_item_that_keeps_killing_its_worker_is_dead_lettered_and_named() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url)
+            .unwrap()
+            .ack_wait(Duration::from_millis(500))
+            .max_deliver(2);
+        let workers = Arc::new(Workers::new(&url));
+        workers.start();
+        workers.start();
+        // A supervisor, as systemd would be: a worker that dies is started again.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = {
+            let (workers, done) = (Arc::clone(&workers), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut restarted = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    restarted += workers.restart_dead();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                restarted
+            })
+        };
+        let stage = remote_task(&cluster, fragile).name("fragile");
+        let error: Error = stage
+            .feed(0..40u64)
+            .find_map(Result::err)
+            .expect("the run fails");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            supervisor.join().unwrap() >= 2,
+            "item 13 killed a worker per delivery"
+        );
+        assert_eq!(error.stage(), Some("fragile"));
+        assert_eq!(error.item(), Some(13), "{error}");
+        let dead = error.downcast_ref::<DeadLetter>().expect("a dead letter");
+        assert_eq!(dead.deliveries(), 2);
+        let (subject, headers) = last_dead_letter(&url);
+        assert!(subject.starts_with("pyper.dead."), "{subject}");
+        assert_eq!(headers["Pyper-Item"], "13");
+        assert_eq!(headers["Pyper-Stage"], "fragile");
+        assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn an_item_whose_function_fails_is_dead_lettered_and_is_the_error() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        let stage = try_remote_task(&cluster, picky).name("picky").retries(1);
+        let error = stage.feed(0..20u64).find_map(Result::err).expect("fails");
+        assert_eq!(error.item(), Some(7));
+        let remote = error
+            .downcast_ref::<RemoteError>()
+            .expect("the worker's error");
+        assert!(remote.message().contains("2 attempts"), "{remote}");
+        let (_, headers) = last_dead_letter(&url);
+        assert_eq!(headers["Pyper-Item"], "7");
+        assert!(
+            headers["Pyper-Reason"].contains("7 is not welcome"),
+            "{headers:?}"
+        );
+        assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
+
+/// Sleeps, and notes the call in the file the worker was given.
+fn logged(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(5));
+    if let Ok(path) = std::env::var("PYPER_TEST_CALLS") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        writeln!(file, "{x}").unwrap();
+    }
+    x
+}
+
+fn calls(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |calls| calls.lines().count())
+}
+
+/// Stops a run mid-way with `stop`, then checks that the workers stopped its items and
+/// that the server holds nothing of it.
+fn stopping_mid_run_stops_the_workers(stop: impl FnOnce(pyper::Output<u64>)) {
+    let url = server_url();
+    let dir = tempdir("stop");
+    let log = dir.join("calls");
+    let cluster = Cluster::connect(&url).unwrap();
+    let workers = Workers::new(&url).env("PYPER_TEST_CALLS", log.to_str().unwrap());
+    workers.start();
+    workers.start();
+    let mut output = remote_task(&cluster, logged).feed(0..1_000_000u64);
+    for result in output.by_ref().take(100) {
+        result.unwrap();
+    }
+    stop(output);
+    assert!(
+        cluster.run_streams().unwrap().is_empty(),
+        "nothing of the run is left"
+    );
+    // A worker finishes the item it is on; after that, nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = calls(&log);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(calls(&log), settled, "the workers stopped the run's items");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dropping_the_output_mid_run_stops_the_workers_and_leaves_nothing() {
+    let _serial = serial();
+    with_timeout(120, || stopping_mid_run_stops_the_workers(drop));
+}
+
+#[test]
+fn cancelling_mid_run_stops_the_workers_and_leaves_nothing() {
+    let _serial = serial();
+    with_timeout(120, || {
+        stopping_mid_run_stops_the_workers(|mut output| {
+            output.canceller().cancel();
+            for result in output.by_ref() {
+                result.unwrap();
+            }
+        })
+    });
+}
+
+#[test]
+fn an_ordered_remote_task_is_a_configuration_error() {
+    let url = server_url();
+    let cluster = Cluster::connect(&url).unwrap();
+    let error = remote_task(&cluster, tagged)
+        .workers(2)
+        .ordered()
+        .run(1)
+        .next()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.kind(), pyper::ErrorKind::Config, "{error}");
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_clear_error() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let error = Cluster::connect(&format!("nats://127.0.0.1:{port}")).unwrap_err();
+    assert!(error.to_string().contains("cannot connect"), "{error}");
+}

@@ -75,7 +75,7 @@ impl Cluster {
         let url = url.to_owned();
         let target = url.clone();
         let (client, jetstream) = block_on(&runtime, async move {
-            let client = connect(target).await?;
+            let client = connect(target, false).await?;
             // Inside the runtime: the context starts a task of its own.
             let jetstream = jetstream::new(client.clone());
             // Making the dead-letter stream checks that the server has JetStream.
@@ -183,11 +183,15 @@ impl fmt::Debug for Cluster {
     }
 }
 
-/// Connects to `url`, failing clearly if the server cannot be reached.
-pub(super) async fn connect(url: String) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
+/// Connects to `url`, failing clearly if the server cannot be reached, or, with
+/// `patient`, waiting until it can be (a worker started before its server).
+pub(super) async fn connect(url: String, patient: bool) -> Result<async_nats::Client, Error> {
+    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    let options = match patient {
+        true => options.retry_on_initial_connect(),
+        false => options,
+    };
+    options
         .connect(url.as_str())
         .await
         .map_err(|error| Error::config(None, format!("cannot connect to NATS at {url}: {error}")))

@@ -90,7 +90,8 @@ enum Never {}
 /// Finds runs and serves them, for ever.
 fn serve(url: &str) -> Result<Never, String> {
     let runtime = crate::engine::runtime::handle().map_err(|error| error.to_string())?;
-    let client = block_on(&runtime, connect(url.to_owned())).map_err(|error| error.to_string())?;
+    let client =
+        block_on(&runtime, connect(url.to_owned(), true)).map_err(|error| error.to_string())?;
     eprintln!(
         "pyper remote worker {} on {}: serving remote tasks from {url}",
         std::process::id(),
