@@ -576,7 +576,23 @@ pub(super) fn publish_error_code(error: &jetstream::context::PublishError) -> Op
 
 /// Takes up to `max` messages from `consumer`: those ready at once, or else the first to
 /// arrive within `wait`.
+///
+/// Bounded in time: a pull request sent while the server restarts is never answered, and
+/// a request without `expires` would wait for ever. A pull that times out is an error, and
+/// the caller makes a fresh one.
 pub(super) async fn fetch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<jetstream::Message>, BoxError> {
+    let bound = wait + Duration::from_secs(2);
+    match tokio::time::timeout(bound, pull(consumer, max, wait)).await {
+        Ok(result) => result,
+        Err(_) => Err("a pull request went unanswered".into()),
+    }
+}
+
+async fn pull(
     consumer: &consumer::PullConsumer,
     max: usize,
     wait: Duration,
