@@ -4,7 +4,9 @@
 # same with the `process` feature (process tasks: worker processes, crashes, timeouts) and
 # the process tests once more with async stages around process stages, the reliability
 # tests and the chaos suite with every kind of stage, the report's verdicts in a stress loop
-# under competing load, the benchmark harness's own tests,
+# under competing load, the benchmark harness's own tests, the remote tasks against a real
+# nats-server with JetStream (installed with apt if missing, started on a free loopback port
+# with a store of its own, stopped at the end),
 # the README's dependency line in a fresh project, and the shuttle model check of the
 # queue and shutdown protocol (a build of its own, since shuttle replaces the engine's
 # locks and threads), and the Python package's tests (scripts/test-python.sh).
@@ -23,6 +25,13 @@ cargo test -p pyperflow --features async,process --test chaos
 # The report's verdicts on the guides' cases, 20 times over, with threads hogging every core.
 cargo test -p pyperflow --features async,process --test verdicts -- --ignored
 cargo test -p pyper-bench
+
+nats_dir=$(mktemp -d)
+trap 'bash scripts/nats-server.sh stop "$nats_dir"; rm -rf "$nats_dir"' EXIT
+PYPER_NATS_URL=$(bash scripts/nats-server.sh start "$nats_dir")
+export PYPER_NATS_URL
+cargo test -p pyperflow --features remote --lib --test remote
+cargo test -p pyperflow --features remote --doc
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release
 # The Python package: a venv under target/, Pyper 0.4.4's own suite and ours (pytest).

@@ -137,7 +137,7 @@ pub use engine::async_upstream::UpstreamStream;
 pub use engine::queue::DEFAULT_THROTTLE;
 pub use engine::upstream::Upstream;
 pub use error::{BoxError, Error, ErrorKind};
-pub use observe::metrics::{Metrics, StageKind, StageMetrics, Tuned, METRICS_ENV};
+pub use observe::metrics::{Metrics, RemoteMetrics, StageKind, StageMetrics, Tuned, METRICS_ENV};
 pub use observe::progress::PROGRESS_ENV;
 pub use observe::report::{Bound, Report, StageReport};
 pub use observe::trace::TRACE_ENV;

@@ -159,6 +159,13 @@ fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
             seen.len() >= 2,
             "the items spread over the workers: {seen:?}"
         );
+        let metrics = output.metrics();
+        let stage = metrics.stage("tagged").unwrap();
+        assert_eq!((stage.items_in, stage.items_out), (N, N));
+        let remote = stage.remote.clone().expect("a remote stage's metrics");
+        let workers: usize = remote.workers_per_host.iter().map(|(_, n)| n).sum();
+        assert_eq!(workers, seen.len(), "{remote:?}");
+        println!("{}", output.report());
         assert!(cluster.run_streams().unwrap().is_empty());
     });
 }
@@ -441,4 +448,52 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         .port();
     let error = Cluster::connect(&format!("nats://127.0.0.1:{port}")).unwrap_err();
     assert!(error.to_string().contains("cannot connect"), "{error}");
+}
+
+/// How many messages each item stream of a run holds right now.
+fn item_stream_sizes(url: &str) -> Vec<u64> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut names = js.stream_names();
+        let mut sizes = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.unwrap();
+            if name.starts_with("PYPER_") && name.ends_with("_IN") {
+                if let Ok(mut stream) = js.get_stream(&name).await {
+                    sizes.push(stream.info().await.unwrap().state.messages);
+                }
+            }
+        }
+        sizes
+    })
+}
+
+#[test]
+fn throttle_bounds_the_servers_queue() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        let stage = remote_task(&cluster, slow).throttle(20);
+        let mut output = stage.feed(0..600u64);
+        let (mut count, mut largest) = (0u64, 0u64);
+        for result in output.by_ref() {
+            result.unwrap();
+            count += 1;
+            if count % 50 == 0 {
+                largest = largest.max(item_stream_sizes(&url).into_iter().max().unwrap_or(0));
+            }
+        }
+        assert_eq!(count, 600);
+        assert!(largest > 0, "the stream was seen with items in it");
+        assert!(
+            largest <= 20,
+            "the stream held {largest} items, its bound is 20"
+        );
+    });
 }

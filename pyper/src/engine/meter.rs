@@ -243,6 +243,7 @@ impl RemoteGauges {
 
 impl StageMeter {
     /// A remote stage's gauges, or `None` for another kind or when metrics are off.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub(crate) fn remote_gauges(&self) -> Option<Arc<RemoteGauges>> {
         self.remote.clone()
     }

@@ -1,6 +1,7 @@
 //! Live per-stage metrics of a run: what [`Output::metrics`](crate::Output::metrics)
 //! returns.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -106,6 +107,8 @@ pub struct StageMetrics {
     /// Where measured (thread stages' slow batches, on Linux): the times their threads
     /// gave up their core inside items, and the items measured.
     pub(crate) gave_up_core: Option<(u64, u64)>,
+    /// What a remote stage adds: `None` for any other kind.
+    pub remote: Option<RemoteMetrics>,
 }
 
 /// What the run's tuner chose for a stage with [`auto_workers`](crate::Task::auto_workers).
@@ -121,6 +124,24 @@ pub struct Tuned {
     /// Why the count is what it is, in words: "more workers did not raise throughput",
     /// "its workers compute, and it has one per free core", and so on.
     pub why: &'static str,
+}
+
+/// What a remote stage's metrics add: the server's view of its queue, its redeliveries,
+/// and the worker processes that served it, per host.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteMetrics {
+    /// Items in the stage's stream on the server: waiting for a worker, or held by one
+    /// (read a few times a second).
+    pub queue_depth: u64,
+    /// Items whose outcome came from a second or later delivery: their first worker died
+    /// or vanished holding them.
+    pub redeliveries: u64,
+    /// Redeliveries as the server counts them (its consumer's `num_redelivered`), which
+    /// also counts deliveries whose outcome was a duplicate.
+    pub server_redeliveries: u64,
+    /// Worker processes that sent outcomes, per host name, sorted by host.
+    pub workers_per_host: Vec<(String, usize)>,
 }
 
 impl StageMetrics {
@@ -237,6 +258,7 @@ impl StageMetrics {
             stalled_cpu: Duration::ZERO,
             meters: 0,
             gave_up_core: None,
+            remote: None,
         }
     }
 
@@ -294,6 +316,12 @@ impl Metrics {
                 }
                 let nanos =
                     |counter: &crate::engine::meter::Counter| Duration::from_nanos(counter.get());
+                metrics.remote = stage.remote_gauges().map(|gauges| RemoteMetrics {
+                    queue_depth: gauges.queue_depth.load(Relaxed),
+                    redeliveries: gauges.redeliveries.load(Relaxed),
+                    server_redeliveries: gauges.server_redeliveries.load(Relaxed),
+                    workers_per_host: gauges.workers(),
+                });
                 for meter in &meters {
                     if let Some((gave_up, took)) = meter.gave_up_core_in_items() {
                         let (total, items) = metrics.gave_up_core.unwrap_or_default();

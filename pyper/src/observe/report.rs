@@ -381,6 +381,24 @@ impl fmt::Display for Report {
                 marker
             )?;
         }
+        for stage in &self.stages {
+            if let Some(remote) = &stage.metrics.remote {
+                let hosts: Vec<String> = (remote.workers_per_host.iter())
+                    .map(|(host, workers)| format!("{host} ×{workers}"))
+                    .collect();
+                writeln!(
+                    f,
+                    "{}: remote workers {}; {} in the server's queue; {} redelivered",
+                    stage.metrics.name,
+                    match hosts.is_empty() {
+                        true => "none seen".to_owned(),
+                        false => hosts.join(", "),
+                    },
+                    remote.queue_depth,
+                    remote.redeliveries,
+                )?;
+            }
+        }
         for line in self.advice() {
             writeln!(f, "- {line}")?;
         }
@@ -430,6 +448,7 @@ mod tests {
             stalled_cpu: Duration::ZERO,
             meters: workers,
             gave_up_core: None,
+            remote: None,
         }
     }
 
