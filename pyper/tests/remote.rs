@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{serial, wait_until, with_timeout};
+use common::{serial, with_timeout};
 use pyper::{remote_task, try_remote_task, Cluster, DeadLetter, Error, RemoteError};
 
 pyper::process_test_support!();
