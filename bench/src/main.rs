@@ -57,8 +57,8 @@ struct Options {
 }
 
 fn main() -> ExitCode {
-    // The `process` scenario's worker processes are this binary again: they serve here
-    // and never return.
+    // The worker processes of the `process` and `remote` scenarios are this binary again:
+    // they serve here and never return.
     pyper::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
@@ -141,6 +141,19 @@ fn run(options: &Options) -> Result<(), String> {
     }
 
     let mut skipped = Vec::new();
+    let remote = [scenarios::remote::TRIVIAL, scenarios::remote::MS];
+    if std::env::var_os(scenarios::remote::URL_ENV).is_none()
+        && cases.iter().any(|case| remote.contains(&case.name))
+    {
+        let why = format!(
+            "{} is not set (start a server with `scripts/nats-server.sh start DIR` and set it \
+             to the URL printed)",
+            scenarios::remote::URL_ENV
+        );
+        eprintln!("\nWARNING: no remote scenarios this run: {why}\n");
+        skipped.push(format!("the remote scenarios, because {why}"));
+        cases.retain(|case| !remote.contains(&case.name));
+    }
     let python = if cases
         .iter()
         .any(|case| case.impls.iter().any(Impl::is_python))

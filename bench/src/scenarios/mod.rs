@@ -20,6 +20,7 @@ mod overhead;
 mod overhead_w4;
 mod process;
 mod python_package;
+pub mod remote;
 mod straggler;
 
 /// Every scenario, in the order the harness runs and reports them.
@@ -37,6 +38,7 @@ pub fn all() -> Vec<Case> {
         process::cases(),
         auto::cases(),
         python_package::cases(),
+        remote::cases(),
     ]
     .into_iter()
     .flatten()
