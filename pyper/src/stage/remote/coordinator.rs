@@ -282,6 +282,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
     ) -> Result<(), Halt> {
         let subject = in_subject(&self.setup.id);
         let mut batch = Vec::new();
+        let stopped = || self.run.is_cancelled();
         let mut in_flight = FuturesUnordered::new();
         let mut count = 0;
         while let Some(first) = input.pop_batch_async(&mut batch, PUBLISH_WINDOW).await {
@@ -296,6 +297,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     id,
                     envelope.into(),
                     &self.name,
+                    &stopped,
                 ));
                 count += 1;
                 while in_flight.len() >= PUBLISH_WINDOW {
@@ -528,16 +530,23 @@ const STREAM_FULL: u64 = 10077;
 /// Publishes `payload` with the dedup id `id` until the server acknowledges it: a full
 /// stream is waited out with a growing back-off, a server away (a restart) is waited for
 /// up to [`GIVE_UP_AFTER`]. Publishing again is safe: the id makes the server drop a copy.
+///
+/// `stopped` says whether the run is over, which ends the attempts (with an error).
 pub(super) async fn publish(
     js: &jetstream::Context,
     subject: String,
     id: String,
     payload: Bytes,
     stage: &str,
+    stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), Error> {
     let mut backoff = Duration::from_micros(500);
     let mut failing_since = None;
     loop {
+        if stopped() {
+            let why: BoxError = "the run is over".into();
+            return Err(Error::failed(stage, None, why));
+        }
         let message = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .message_id(id.as_str());

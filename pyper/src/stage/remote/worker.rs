@@ -10,7 +10,7 @@
 //! task sends progress acks for them three times per `ack_wait`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -213,174 +213,243 @@ fn start(client: &async_nats::Client, js: &jetstream::Context, setup: Setup) -> 
 }
 
 /// Serves one run on this thread until its streams go or it is stopped.
+///
+/// The thread only calls the function. Two tasks on pyper's runtime do the talking, so
+/// that the calls never wait for the network while there is work: a fetcher keeps one
+/// batch of items ready ahead of the one being worked on, and a publisher publishes each
+/// outcome and, once the server has it, acknowledges the item.
 fn serve_run(
     client: async_nats::Client,
     js: jetstream::Context,
-    setup: &Setup,
-    stopped: &AtomicBool,
+    setup: &Arc<Setup>,
+    stopped: &Arc<AtomicBool>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("pyper remote worker: cannot start a runtime: {error}");
-            return;
-        }
+    let Ok(runtime) = crate::engine::runtime::handle() else {
+        return;
     };
     let Ok(call) = entry::resolve::<Call, Reply>(setup.entry, setup.fingerprint) else {
         eprintln!("pyper remote worker: the run's function is not in this executable");
         return;
     };
-    let mut server = Server {
-        client,
+    let consumer = {
+        let (js, stream) = (js.clone(), setup.in_stream());
+        block_on(&runtime, async move {
+            js.get_consumer_from_stream::<consumer::pull::Config, _, _>(CONSUMER, stream)
+                .await
+        })
+    };
+    let Ok(consumer) = consumer else { return };
+    let held: Held = Arc::default();
+    let limit = Arc::new(AtomicUsize::new(1));
+    let (batches, mut ready) = tokio::sync::mpsc::channel(1);
+    let (outcomes, to_publish) = tokio::sync::mpsc::unbounded_channel();
+    let fetcher = runtime.spawn(fetch_ahead(
+        consumer,
+        js.clone(),
+        Arc::clone(setup),
+        Arc::clone(stopped),
+        Arc::clone(&limit),
+        Arc::clone(&held),
+        batches,
+    ));
+    let publisher = runtime.spawn(publish_outcomes(
+        js.clone(),
+        Arc::clone(setup),
+        Arc::clone(stopped),
+        Arc::clone(&held),
+        to_publish,
+    ));
+    let ack_wait = Duration::from_nanos(setup.ack_wait_nanos);
+    let progress = runtime.spawn(progress_acks(client, Arc::clone(&held), ack_wait / 3));
+    let worker = Worker {
         js,
         setup,
-        stopped,
         call,
         host: host_name(),
-        held: Arc::default(),
     };
-    runtime.block_on(server.serve());
+    while let Some(batch) = ready.blocking_recv() {
+        let started = Instant::now();
+        let count = batch.len();
+        for message in batch {
+            if stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            let outcome = worker.run(&message, &runtime);
+            if outcomes.send((message, outcome)).is_err() {
+                break;
+            }
+        }
+        if stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let per_item = started.elapsed() / count.max(1) as u32;
+        let fits = (PULL_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
+        let current = limit.load(Ordering::Relaxed);
+        limit.store(fits.clamp(1, MAX_PULL).min(current * 2), Ordering::Relaxed);
+    }
+    // Whatever was worked on is published (unless the run is over) before the thread
+    // ends; what was fetched and not worked on goes back to the server after `ack_wait`.
+    fetcher.abort();
+    drop(ready);
+    drop(outcomes);
+    let _ = block_on(&runtime, publisher);
+    progress.abort();
 }
 
-struct Server<'a> {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    setup: &'a Setup,
-    stopped: &'a AtomicBool,
-    call: fn(Call) -> Reply,
-    host: String,
-    /// The reply subjects of the items this thread holds, for progress acks.
-    held: Arc<Mutex<Vec<async_nats::Subject>>>,
-}
+/// The reply subjects of the items a serving thread holds, for progress acks.
+type Held = Arc<Mutex<HashSet<String>>>;
 
 /// How long the items of one pull should take, at most: quick items come many at a time,
-/// slow ones one by one, so they spread over the workers.
+/// slow ones a few at a time, so they spread over the workers.
 const PULL_TIME: Duration = Duration::from_millis(5);
 const MAX_PULL: usize = 256;
 
-impl Server<'_> {
-    async fn serve(&mut self) {
-        let in_stream = self.setup.in_stream();
-        let consumer: consumer::PullConsumer = match self
-            .js
-            .get_consumer_from_stream(CONSUMER, in_stream.as_str())
-            .await
-        {
-            Ok(consumer) => consumer,
-            Err(_) => return,
-        };
-        let ack_wait = Duration::from_nanos(self.setup.ack_wait_nanos);
-        // On pyper's runtime, not this thread's: this thread is busy in the user's
-        // function while the acks are most needed.
-        let Ok(runtime) = crate::engine::runtime::handle() else {
+/// Pulls batches of items, one ahead of the thread that works on them, until the run's
+/// streams go or the run stops.
+async fn fetch_ahead(
+    consumer: consumer::PullConsumer,
+    js: jetstream::Context,
+    setup: Arc<Setup>,
+    stopped: Arc<AtomicBool>,
+    limit: Arc<AtomicUsize>,
+    held: Held,
+    batches: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+) {
+    while !stopped.load(Ordering::SeqCst) {
+        // Waits while a batch is ready and unclaimed: one ahead is enough.
+        let Ok(permit) = batches.reserve().await else {
             return;
         };
-        let progress = runtime.spawn(progress_acks(
-            self.client.clone(),
-            Arc::clone(&self.held),
-            ack_wait / 3,
-        ));
-        let mut limit = 1;
-        while !self.stopped.load(Ordering::SeqCst) {
-            let messages = match fetch(&consumer, limit, Duration::from_secs(1)).await {
-                Ok(messages) => messages,
-                Err(_) => {
-                    if !self.run_exists().await {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+        let max = limit.load(Ordering::Relaxed);
+        let messages = match fetch(&consumer, max, Duration::from_secs(1)).await {
+            Ok(messages) => messages,
+            Err(_) => {
+                if !run_exists(&js, &setup).await {
+                    stopped.store(true, Ordering::SeqCst);
+                    return;
                 }
-            };
-            if messages.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            *self.held.lock().expect("never poisoned") = messages
-                .iter()
-                .filter_map(|message| message.reply.clone())
-                .collect();
-            let started = Instant::now();
-            let count = messages.len();
-            let finished = self.run_items(&messages).await;
-            self.held.lock().expect("never poisoned").clear();
-            if !finished {
-                break;
-            }
-            // Acknowledged only now that every outcome is on the server.
-            for message in &messages {
-                let _ = message.ack().await;
-            }
-            let per_item = started.elapsed() / count as u32;
-            let fits = (PULL_TIME.as_nanos() / per_item.as_nanos().max(1)) as usize;
-            limit = fits.clamp(1, MAX_PULL).min(limit * 2);
+        };
+        if messages.is_empty() {
+            continue;
         }
-        progress.abort();
+        let mut subjects = held.lock().expect("never poisoned");
+        subjects.extend(
+            (messages.iter())
+                .filter_map(|message| message.reply.as_ref().map(|reply| reply.to_string())),
+        );
+        drop(subjects);
+        permit.send(messages);
     }
+}
 
-    /// Whether the run's item stream is still on the server.
-    async fn run_exists(&self) -> bool {
-        match self.js.get_stream_no_info(self.setup.in_stream()).await {
-            Ok(_) => true,
-            Err(error) => !matches!(
-                error.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ),
-        }
+/// Whether the run's item stream is still on the server.
+async fn run_exists(js: &jetstream::Context, setup: &Setup) -> bool {
+    match js.get_stream_no_info(setup.in_stream()).await {
+        Ok(_) => true,
+        Err(error) => !matches!(
+            error.kind(),
+            jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
     }
+}
 
-    /// Runs the items and publishes their outcomes; false if the run is over.
-    async fn run_items(&self, messages: &[jetstream::Message]) -> bool {
-        let mut published = futures_util::stream::FuturesUnordered::new();
-        for message in messages {
-            if self.stopped.load(Ordering::SeqCst) {
-                return false;
-            }
-            let delivered = message
-                .info()
-                .map_or(1, |info| info.delivered.max(1) as u64);
-            let (seq, outcome) = match envelope::decode::<ItemEnvelope>(&message.payload, "an item")
-            {
-                Ok(ItemEnvelope::V1 { seq, item }) => (seq, self.attempt(item)),
-                // No item number to name: the run fails on an item it cannot place.
-                Err(why) => (u64::MAX, Outcome::Failed(vec![why])),
-            };
-            if !matches!(outcome, Outcome::Done(_)) {
-                let reason = match &outcome {
-                    Outcome::Failed(chain) => chain.join(": "),
-                    Outcome::Panicked(message) => format!("panicked: {message}"),
-                    Outcome::TimedOut(nanos) => {
-                        TimedOut::new(Duration::from_nanos(*nanos)).to_string()
+/// Publishes each outcome with its dedup id, many at a time, and acknowledges its item
+/// once the server has the outcome.
+async fn publish_outcomes(
+    js: jetstream::Context,
+    setup: Arc<Setup>,
+    stopped: Arc<AtomicBool>,
+    held: Held,
+    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<(jetstream::Message, Vec<u8>)>,
+) {
+    let is_stopped = || stopped.load(Ordering::SeqCst);
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            next = outcomes.recv(), if open => match next {
+                Some((message, envelope)) => {
+                    let (js, setup) = (&js, &setup);
+                    in_flight.push(async move {
+                        let seq = seq_of(&envelope);
+                        let id = format!("{}.{seq}.0", setup.id);
+                        let subject = setup.out_subject();
+                        let result =
+                            publish(js, subject, id, envelope.into(), &setup.stage, &is_stopped)
+                                .await;
+                        (message, result)
+                    });
+                }
+                None => open = false,
+            },
+            Some((message, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Some(reply) = &message.reply {
+                    held.lock().expect("never poisoned").remove(reply.as_str());
+                }
+                match result {
+                    Ok(()) => {
+                        let _ = message.ack().await;
                     }
-                    Outcome::Done(_) => unreachable!(),
-                };
-                dead_letter(&self.js, self.setup, seq, &reason, message.payload.clone()).await;
+                    // The run is over, or the server is gone for good.
+                    Err(_) => stopped.store(true, Ordering::SeqCst),
+                }
             }
-            let envelope = envelope::encode(&OutcomeEnvelope::V1 {
-                seq,
-                host: self.host.clone(),
-                pid: std::process::id(),
-                delivered,
-                outcome,
+        }
+    }
+}
+
+/// The item number of an outcome envelope (published right after being made here).
+fn seq_of(envelope: &[u8]) -> u64 {
+    match envelope::decode::<OutcomeEnvelope>(envelope, "an outcome") {
+        Ok(OutcomeEnvelope::V1 { seq, .. }) => seq,
+        Err(_) => u64::MAX,
+    }
+}
+
+/// What a serving thread needs to work on an item.
+struct Worker<'a> {
+    js: jetstream::Context,
+    setup: &'a Setup,
+    call: fn(Call) -> Reply,
+    host: String,
+}
+
+impl Worker<'_> {
+    /// Runs one item and returns its outcome envelope; an item that failed for good is
+    /// dead-lettered first.
+    fn run(&self, message: &jetstream::Message, runtime: &tokio::runtime::Handle) -> Vec<u8> {
+        let delivered = message
+            .info()
+            .map_or(1, |info| info.delivered.max(1) as u64);
+        let (seq, outcome) = match envelope::decode::<ItemEnvelope>(&message.payload, "an item") {
+            Ok(ItemEnvelope::V1 { seq, item }) => (seq, self.attempt(item)),
+            // No item number to name: the run fails on an item it cannot place.
+            Err(why) => (u64::MAX, Outcome::Failed(vec![why])),
+        };
+        if !matches!(outcome, Outcome::Done(_)) {
+            let reason = match &outcome {
+                Outcome::Failed(chain) => chain.join(": "),
+                Outcome::Panicked(message) => format!("panicked: {message}"),
+                Outcome::TimedOut(nanos) => TimedOut::new(Duration::from_nanos(*nanos)).to_string(),
+                Outcome::Done(_) => unreachable!("checked above"),
+            };
+            let (js, setup, payload) =
+                (self.js.clone(), self.setup.clone(), message.payload.clone());
+            block_on(runtime, async move {
+                dead_letter(&js, &setup, seq, &reason, payload).await;
             });
-            let id = format!("{}.{seq}.0", self.setup.id);
-            published.push(publish(
-                &self.js,
-                self.setup.out_subject(),
-                id,
-                envelope.into(),
-                &self.setup.stage,
-            ));
         }
-        while let Some(result) = published.next().await {
-            if result.is_err() {
-                return false;
-            }
-        }
-        true
+        envelope::encode(&OutcomeEnvelope::V1 {
+            seq,
+            host: self.host.clone(),
+            pid: std::process::id(),
+            delivered,
+            outcome,
+        })
     }
 
     /// Calls the function on `item` as the stage's timeout and retries say.
@@ -451,16 +520,17 @@ fn call_within(entry: fn(Call) -> Reply, call: Call, timeout: Option<Duration>) 
 
 /// Tells the server, every `every`, that the items this thread holds are still being
 /// worked on, so they are not given to another worker while a long one runs.
-async fn progress_acks(
-    client: async_nats::Client,
-    held: Arc<Mutex<Vec<async_nats::Subject>>>,
-    every: Duration,
-) {
+async fn progress_acks(client: async_nats::Client, held: Held, every: Duration) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(30)));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let subjects = held.lock().expect("never poisoned").clone();
+        let subjects: Vec<_> = held
+            .lock()
+            .expect("never poisoned")
+            .iter()
+            .cloned()
+            .collect();
         for subject in subjects {
             let _ = client.publish(subject, "+WPI".into()).await;
         }
