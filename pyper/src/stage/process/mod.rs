@@ -87,8 +87,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use child::init;
-pub(crate) use child::{call, may_spawn, panic_message};
+pub(crate) use child::may_spawn;
+// What remote workers share with process workers: calling the user's function on an item.
+#[cfg(feature = "remote")]
+pub(crate) use child::{call, panic_message};
 pub(crate) use launch::launch;
+#[cfg(feature = "remote")]
 pub(crate) use protocol::Reply;
 pub(crate) use supervisor::{work, ProcessStage};
 pub(crate) use worker::Children;
