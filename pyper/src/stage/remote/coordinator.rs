@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::cluster::{block_on, DeadLetter, DEAD_LETTER_STREAM};
 use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
-use crate::engine::batch::{Collect, Fault};
+use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
 use crate::engine::queue::{Close, Receiver, Sender};
 use crate::engine::run::RunState;
@@ -155,12 +155,6 @@ impl Seen {
     }
 }
 
-/// Why the run's part on the server ended early.
-enum Halt {
-    Stop,
-    Fail(Error),
-}
-
 impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
     async fn coordinate(
         self: Arc<Self>,
@@ -172,7 +166,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         let js = cluster.jetstream.clone();
         let (total, total_known) = watch::channel(None);
         let result = match self.prepare(&cluster).await {
-            Err(error) => Err(Halt::Fail(error)),
+            Err(error) => Err(Halt::Failed(error)),
             Ok((work, advisories)) => {
                 tokio::select! {
                     biased;
@@ -192,7 +186,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         self.clean_up(&cluster).await;
         match result {
             Ok(()) | Err(Halt::Stop) => Ok(()),
-            Err(Halt::Fail(error)) => Err(error),
+            Err(Halt::Failed(error)) => Err(error),
         }
     }
 
@@ -288,7 +282,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         while let Some(first) = input.pop_batch_async(&mut batch, PUBLISH_WINDOW).await {
             for (seq, item) in (first..).zip(batch.drain(..)) {
                 let item = (self.body.encode)(&item)
-                    .map_err(|error| Halt::Fail(Error::failed(&self.name, Some(seq), error)))?;
+                    .map_err(|error| Halt::Failed(Error::failed(&self.name, Some(seq), error)))?;
                 let envelope = envelope::encode(&ItemEnvelope::V1 { seq, item });
                 let id = format!("{}.in.{seq}", self.setup.id);
                 in_flight.push(publish(
@@ -324,7 +318,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 }
                 Ok(())
             }
-            Some(Err(error)) => Err(Halt::Fail(error)),
+            Some(Err(error)) => Err(Halt::Failed(error)),
         }
     }
 
@@ -355,7 +349,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             };
             for message in &messages {
                 let envelope: OutcomeEnvelope = envelope::decode(&message.payload, "an outcome")
-                    .map_err(|why| Halt::Fail(Error::failed(&self.name, None, why.into())))?;
+                    .map_err(|why| Halt::Failed(Error::failed(&self.name, None, why.into())))?;
                 let OutcomeEnvelope::V1 {
                     seq,
                     host,
@@ -409,7 +403,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     Ok(()) => Ok(()),
                     Err(Fault::Stop) => Err(Halt::Stop),
                     Err(Fault::Failed(error)) => {
-                        Err(Halt::Fail(Error::failed(name, Some(seq), error)))
+                        Err(Halt::Failed(Error::failed(name, Some(seq), error)))
                     }
                 };
             }
@@ -427,7 +421,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 Box::new(TimedOut::new(Duration::from_nanos(nanos))),
             ),
         };
-        Err(Halt::Fail(error))
+        Err(Halt::Failed(error))
     }
 
     /// Waits for the server to say an item was delivered too often, then dead-letters it
@@ -458,7 +452,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             }
             let reason = DeadLetter::new(advisory.deliveries);
             dead_letter(js, &self.setup, seq, &reason.to_string(), stored.payload).await;
-            return Err(Halt::Fail(Error::failed(
+            return Err(Halt::Failed(Error::failed(
                 &self.name,
                 Some(seq),
                 Box::new(reason),
