@@ -33,7 +33,7 @@ pub(crate) enum Fault {
 /// the run stopped (a cancel, or nobody reads any more: not an error), or it failed with
 /// this error, which already names the stage and the item. `Fault` is the same thing before
 /// the stage and the item are attached.
-// Used by the async driver and the process supervisor only.
+// Used by the async driver and the process and remote kinds only.
 #[cfg_attr(not(any(feature = "async", feature = "process")), allow(dead_code))]
 pub(crate) enum Halt {
     Stop,
