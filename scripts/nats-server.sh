@@ -3,8 +3,10 @@
 # apt if it is missing, and runs it on loopback with a store directory of its own.
 #
 #   scripts/nats-server.sh install          install nats-server if missing
-#   scripts/nats-server.sh start DIR [PORT] start a server storing in DIR (a free port
-#                                           unless PORT is given); prints its URL
+#   scripts/nats-server.sh start DIR [PORT] [ADDRESS]
+#                                           start a server storing in DIR (on a free port
+#                                           unless PORT is given, on 127.0.0.1 unless
+#                                           ADDRESS is given); prints its URL
 #   scripts/nats-server.sh stop DIR         stop the server started with DIR
 #
 # `start` returns once the server accepts clients; its pid is in DIR/pid, its log in
@@ -23,13 +25,13 @@ install() {
 }
 
 start() {
-    local dir=$1 port=${2:--1}
+    local dir=$1 port=${2:--1} address=${3:-127.0.0.1}
     install
     mkdir -p "$dir/store"
     : >"$dir/log"
     # `-p -1`: a free port, chosen by the server and read back from its log.
     # Its own output goes to the log: a caller reading ours must not wait for the server.
-    nats-server -js -a 127.0.0.1 -p "$port" -sd "$dir/store" -l "$dir/log" \
+    nats-server -js -a "$address" -p "$port" -sd "$dir/store" -l "$dir/log" \
         </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/pid"
     disown
@@ -66,10 +68,10 @@ stop() {
 
 case "${1:-}" in
     install) install ;;
-    start) start "${2:?a store directory}" "${3:-}" ;;
+    start) start "${2:?a store directory}" "${3:-}" "${4:-}" ;;
     stop) stop "${2:?the store directory}" ;;
     *)
-        echo "usage: $0 install | start DIR [PORT] | stop DIR" >&2
+        echo "usage: $0 install | start DIR [PORT] [ADDRESS] | stop DIR" >&2
         exit 2
         ;;
 esac

@@ -129,7 +129,7 @@ where
     ///
     /// let pipeline = task(|x: u64| x * x).workers(4) | task(|x: u64| x + 1);
     /// let total: u64 = pipeline.feed(0..1000).map(Result::unwrap).sum();
-    /// assert_eq!(total, (0..1000u64).map(|x| x * x + 1).sum());
+    /// assert_eq!(total, (0..1000u64).map(|x| x * x + 1).sum::<u64>());
     /// ```
     pub fn feed<It>(&self, inputs: It) -> Output<O>
     where

@@ -497,3 +497,133 @@ fn throttle_bounds_the_servers_queue() {
         );
     });
 }
+
+/// Runs `ip` with `args`; the error says what failed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run ip: {error}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: the host side has `host_ip`,
+/// the namespace `guest_ip`. Removed when dropped.
+struct Namespace {
+    name: String,
+    link: String,
+}
+
+impl Namespace {
+    fn new(tag: u32) -> Result<(Namespace, String), String> {
+        let name = format!("pyper-{tag}");
+        let (link, peer) = (format!("pyh{tag}"), format!("pyg{tag}"));
+        let subnet = 100 + tag % 100;
+        let (host_ip, guest_ip) = (format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2"));
+        ip(&["netns", "add", &name])?;
+        let namespace = Namespace { name, link };
+        let guest = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &namespace.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        ip(&[
+            "link",
+            "add",
+            &namespace.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &namespace.name])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host_ip}/24"),
+            "dev",
+            &namespace.link,
+        ])?;
+        ip(&["link", "set", &namespace.link, "up"])?;
+        guest(&["addr", "add", &format!("{guest_ip}/24"), "dev", &peer])?;
+        guest(&["link", "set", &peer, "up"])?;
+        guest(&["link", "set", "lo", "up"])?;
+        Ok((namespace, host_ip))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.link]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[test]
+fn workers_in_another_network_namespace_serve_the_run() {
+    let _serial = serial();
+    // Optional: only where this process may make network namespaces (root, `ip`).
+    let (namespace, host_ip) = match Namespace::new(std::process::id()) {
+        Ok(made) => made,
+        Err(why) => {
+            println!("skipped: no network namespace for the remote workers: {why}");
+            return;
+        }
+    };
+    with_timeout(120, move || {
+        let dir = tempdir("netns");
+        let dir_arg = dir.to_str().unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["start", dir_arg, "", &host_ip])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let cluster = Cluster::connect(&url).unwrap();
+        // The workers reach the server only through the veth pair, as another host would.
+        let mut workers: Vec<Child> = (0..2)
+            .map(|_| {
+                Command::new("ip")
+                    .args(["netns", "exec", &namespace.name])
+                    .arg(std::env::current_exe().unwrap())
+                    .args(["__pyper_process_worker", "--exact", "--nocapture", "-q"])
+                    .env(pyper::WORKER_ENV, &url)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let (mut count, mut checksum) = (0u64, 0u64);
+        for result in remote_task(&cluster, tagged).feed(0..2_000u64) {
+            let (value, _) = result.unwrap();
+            count += 1;
+            checksum = checksum.wrapping_add(value);
+        }
+        assert_eq!(count, 2_000);
+        assert_eq!(checksum, expected_checksum(2_000));
+        for worker in &mut workers {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", dir_arg])
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(namespace);
+    });
+}

@@ -39,7 +39,7 @@ use crate::task::Task;
 ///     pyper::init();
 ///     let sums = pyper::process_task(checksum).workers(2).name("checksum");
 ///     let total: u32 = sums.feed((0..100u8).map(|n| vec![n; 3])).map(Result::unwrap).sum();
-///     assert_eq!(total, (0..100u32).map(|n| 3 * n).sum());
+///     assert_eq!(total, (0..100u32).map(|n| 3 * n).sum::<u32>());
 /// }
 /// ```
 ///

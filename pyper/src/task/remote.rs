@@ -39,7 +39,7 @@ use crate::task::Task;
 ///     let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
 ///     let sums = pyper::remote_task(&cluster, checksum).name("checksum");
 ///     let total: u32 = sums.feed((0..100u8).map(|n| vec![n; 3])).map(Result::unwrap).sum();
-///     assert_eq!(total, (0..100u32).map(|n| 3 * n).sum());
+///     assert_eq!(total, (0..100u32).map(|n| 3 * n).sum::<u32>());
 ///     Ok(())
 /// }
 /// ```
