@@ -32,6 +32,7 @@ PYPER_NATS_URL=$(bash scripts/nats-server.sh start "$nats_dir")
 export PYPER_NATS_URL
 cargo test -p pyperflow --features remote --lib --test remote
 cargo test -p pyperflow --features remote --doc
+cargo run -p pyperflow --features remote --example remote_crawl -- --pages 40
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release
 # The Python package: a venv under target/, Pyper 0.4.4's own suite and ours (pytest).

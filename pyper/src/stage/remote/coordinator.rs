@@ -184,6 +184,10 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             }
         };
         self.clean_up(&cluster).await;
+        if let (Ok(()), Some(gauges)) = (&result, &self.gauges) {
+            // A complete run's queue is empty, whatever the last reading said.
+            gauges.queue_depth.store(0, Ordering::Relaxed);
+        }
         match result {
             Ok(()) | Err(Halt::Stop) => Ok(()),
             Err(Halt::Failed(error)) => Err(error),
