@@ -627,3 +627,46 @@ fn workers_in_another_network_namespace_serve_the_run() {
         drop(namespace);
     });
 }
+
+/// Sleeps far longer than the stage's timeout on item 3.
+fn sleepy(x: u64) -> u64 {
+    if x == 3 {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    x
+}
+
+/// Fails every other call in its worker process: each item's first attempt, with one
+/// worker running one item at a time.
+fn flaky(x: u64) -> Result<u64, String> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    match CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 {
+        0 => Err(format!("attempt at {x} failed")),
+        _ => Ok(x),
+    }
+}
+
+#[test]
+fn timeout_and_retries_keep_their_meaning_on_remote_workers() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        let retried = try_remote_task(&cluster, flaky).name("flaky").retries(1);
+        let outputs: Result<Vec<u64>, Error> = retried.feed(0..50u64).collect();
+        let mut outputs = outputs.expect("every item's second attempt succeeds");
+        outputs.sort_unstable();
+        assert_eq!(outputs, (0..50).collect::<Vec<u64>>());
+
+        let timed = remote_task(&cluster, sleepy)
+            .name("sleepy")
+            .timeout(Duration::from_millis(200));
+        let error = timed.feed(0..10u64).find_map(Result::err).expect("fails");
+        assert_eq!(error.item(), Some(3), "{error}");
+        let timed_out = error.downcast_ref::<pyper::TimedOut>().expect("a timeout");
+        assert_eq!(timed_out.limit(), Duration::from_millis(200));
+        assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
