@@ -128,6 +128,13 @@ pub struct Tuned {
 
 /// What a remote stage's metrics add: the server's view of its queue, its redeliveries,
 /// and the worker processes that served it, per host.
+///
+/// ```
+/// // Only a remote stage has them.
+/// let out = pyper::task(|x: u64| x + 1).run(1);
+/// let metrics = out.metrics();
+/// assert!(metrics.stages.iter().all(|stage| stage.remote.is_none()));
+/// ```
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RemoteMetrics {

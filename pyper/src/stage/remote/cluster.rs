@@ -11,12 +11,25 @@ use crate::error::Error;
 /// The environment variable that makes a program a remote-task worker: its value is the
 /// NATS server's URL, as the `--pyper-worker <url>` argument gives it. (Either way,
 /// [`init`](crate::init) must be the first line of `main`.)
+///
+/// ```no_run
+/// // Starts a worker of this very program, as a supervisor on another host would.
+/// let exe = std::env::current_exe().unwrap();
+/// let worker = std::process::Command::new(exe)
+///     .env(pyper::WORKER_ENV, "nats://10.0.0.1:4222")
+///     .spawn()
+///     .unwrap();
+/// ```
 pub const WORKER_ENV: &str = "PYPER_WORKER";
 
 /// The stream that keeps the items that failed for good: an item whose function failed
 /// after its retries, or whose workers kept dying on it. Subjects `pyper.dead.<run id>`;
 /// each message is the item's envelope, with the headers `Pyper-Stage`, `Pyper-Item` and
 /// `Pyper-Reason`. It is shared by all runs and kept for a week.
+///
+/// ```
+/// assert_eq!(pyper::DEAD_LETTER_STREAM, "PYPER_DEAD_LETTERS");
+/// ```
 pub const DEAD_LETTER_STREAM: &str = "PYPER_DEAD_LETTERS";
 
 /// How long an item may go unacknowledged before the server delivers it again, unless
@@ -69,6 +82,13 @@ impl Cluster {
     ///
     /// Fails with a clear [`Error`] if the server cannot be reached or has no JetStream
     /// (start it with `nats-server -js`).
+    ///
+    /// ```no_run
+    /// match pyper::Cluster::connect("nats://127.0.0.1:4222") {
+    ///     Ok(cluster) => println!("connected to {}", cluster.url()),
+    ///     Err(error) => eprintln!("{error}"), // "cannot connect to NATS at ...: ..."
+    /// }
+    /// ```
     pub fn connect(url: &str) -> Result<Cluster, Error> {
         let runtime = crate::engine::runtime::handle()
             .map_err(|error| Error::config(None, error.to_string()))?;
@@ -104,6 +124,13 @@ impl Cluster {
     }
 
     /// The URL this handle connected to.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
+    /// assert_eq!(cluster.url(), "nats://127.0.0.1:4222");
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self) -> &str {
         &self.inner.url
     }
