@@ -31,7 +31,8 @@ trap 'bash scripts/nats-server.sh stop "$nats_dir"; rm -rf "$nats_dir"' EXIT
 PYPER_NATS_URL=$(bash scripts/nats-server.sh start "$nats_dir")
 export PYPER_NATS_URL
 cargo test -p pyperflow --features remote --lib --test remote
-cargo test -p pyperflow --features remote --doc
+# The remote kind's doc examples (the rest ran with `--features async` above).
+cargo test -p pyperflow --features remote --doc remote
 cargo run -p pyperflow --features remote --example remote_crawl -- --pages 40
 bash scripts/check-dependency-line.sh
 cargo test -p pyperflow --features shuttle --test model_check --release
