@@ -328,16 +328,20 @@ fn live_metrics_show_queue_depth_and_busy_workers() {
         let mut output = pipeline.feed(0..100);
         let monitor = output.monitor();
         let consumer = std::thread::spawn(move || output.by_ref().count());
-        common::wait_until("the held stage's queue to fill", || {
+        // `fast` fills `held`'s queue, then blocks on it: wait for both (the queue is full
+        // a moment before `fast`, between two items, parks on it).
+        common::wait_until("the held stage's queue to fill and fast to block", || {
             let metrics = monitor.metrics();
             let held = metrics.stage("held");
+            let fast = metrics.stage("fast");
             held.is_some_and(|held| held.queued == 8 && held.busy_workers == 1)
+                && fast.is_some_and(|fast| fast.blocked_workers == 1)
         });
         let fast = monitor.metrics().stage("fast").unwrap().clone();
         assert_eq!(
             (fast.busy_workers, fast.blocked_workers),
             (0, 1),
-            "fast waits on its full queue: {fast:?}"
+            "a blocked worker is not counted busy: {fast:?}"
         );
         gate.open();
         assert_eq!(consumer.join().unwrap(), 100);
@@ -487,8 +491,9 @@ fn progress_bars_draw_on_a_terminal_and_are_cleared_when_the_run_ends() {
         return;
     }
     let example = example_path("crawl_report");
+    // The example's last run is the tuned one, after which it prints how long it took.
     for (args, succeeds, printed_after) in [
-        ("--pages 3", true, "Most frequent words"),
+        ("--pages 3", true, "Tuned by the run"),
         ("--pages 3 --broken-link", false, "error:"),
     ] {
         let command = format!("{} {args}", example.display());
