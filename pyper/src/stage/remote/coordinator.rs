@@ -219,7 +219,11 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 max_messages,
                 discard: stream::DiscardPolicy::New,
                 storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
+                // The server keeps every message id of the window in memory: at thousands
+                // of items a second, the default two minutes is most of its memory. Twice
+                // `ack_wait` still covers a worker's re-publish of an output after its item
+                // was redelivered; the coordinator's one bit per item is the final word.
+                duplicate_window: duplicate_window(cluster.ack_wait),
                 description,
                 ..Default::default()
             };
@@ -519,6 +523,12 @@ fn is_not_found(error: &jetstream::context::DeleteStreamError) -> bool {
         .and_then(|source| source.downcast_ref::<jetstream::Error>())
         .map(|error| error.error_code());
     code == Some(jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// How long the server remembers message ids to drop duplicate publishes: twice the time
+/// after which an unacknowledged item is redelivered, and at least 10 s.
+fn duplicate_window(ack_wait: Duration) -> Duration {
+    (ack_wait * 2).max(Duration::from_secs(10))
 }
 
 /// The error code of a publish refused because the stream is full (`max_msgs` with
