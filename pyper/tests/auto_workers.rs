@@ -88,7 +88,8 @@ fn a_stage_blocked_downstream_does_not_grow() {
         let mut output = pipeline.feed(0..300u64);
         assert_eq!(output.by_ref().map(Result::unwrap).count(), 300);
         let tuned = tuned(&output, "quick");
-        assert!(tuned.peak <= 2, "{tuned:?}");
+        // It starts with one worker per core (at most its 16), and never goes above.
+        assert!(tuned.peak <= cores().min(16), "{tuned:?}");
     });
 }
 
