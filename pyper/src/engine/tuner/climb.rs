@@ -125,34 +125,30 @@ impl Climb {
 
     /// Takes one window's measurements, and returns the count for the next window.
     pub(crate) fn step(&mut self, window: Window) -> usize {
-        // A core counts as free when at least a fifth of it is: two workers on 1.3 free
-        // cores get more done than one.
-        let cpu_cap = window
-            .computes
-            .then(|| ((window.free_cores - 0.2).ceil() as usize).max(1));
-        let cap = cpu_cap.map_or(self.max, |cores| cores.min(self.max));
-        if self.active > cap {
-            // Computing workers beyond the free cores only take turns on them.
-            return self.settle(cap, window.throughput, Reason::CpuBound);
+        let waiting = window.starved >= WAITING || window.blocked >= WAITING;
+        if window.computes {
+            // A core counts as free when at least a fifth of it is: two workers on 1.3
+            // free cores get more done than one.
+            let cores = ((window.free_cores - 0.2).ceil() as usize).max(1);
+            // Work that computes needs a core per worker, and gains nothing from more: the
+            // guides' rule, applied without a climb that noise could mislead. A stage that
+            // waits on a neighbour keeps what it has, unless that is more than the cores.
+            if !waiting || self.active > cores {
+                let reason = match cores < self.max {
+                    true => Reason::CpuBound,
+                    false => Reason::AtMax,
+                };
+                return self.settle(cores, window.throughput, reason);
+            }
         }
-        if window.starved >= WAITING || window.blocked >= WAITING {
+        if waiting {
+            if let Some(doubled) = self.retry_as_doubling() {
+                return doubled;
+            }
             let reason = match window.starved >= window.blocked {
                 true => Reason::Starved,
                 false => Reason::Blocked,
             };
-            if let Phase::Growing {
-                from: Some((from, before)),
-            } = self.phase
-            {
-                if self.active > from * 2 {
-                    // A quadrupling overshot: a doubling may not.
-                    self.active = from * 2;
-                    self.phase = Phase::Growing {
-                        from: Some((from, before)),
-                    };
-                    return self.active;
-                }
-            }
             // A step up that left the stage waiting is undone: the new workers only wait.
             let back = match self.phase {
                 Phase::Growing {
@@ -163,40 +159,26 @@ impl Climb {
             };
             return self.settle(back, window.throughput, reason);
         }
-        if let Some(cores) = cpu_cap {
-            // Work that computes needs a core per worker, and gains nothing from more: the
-            // guides' rule, applied without a climb that noise could mislead.
-            let reason = match cores < self.max {
-                true => Reason::CpuBound,
-                false => Reason::AtMax,
-            };
-            return self.settle(cores, window.throughput, reason);
-        }
-        let (limit_reason, at_limit) = (Reason::AtMax, self.active >= self.max);
+        let at_max = self.active >= self.max;
         match self.phase {
             Phase::Growing { from } => {
                 let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));
                 if !paid {
-                    let (from, before) = from.expect("a step was taken");
-                    if self.active > from * 2 {
-                        // A quadrupling overshot: the count that pays may lie between.
-                        self.active = from * 2;
-                        self.phase = Phase::Growing {
-                            from: Some((from, before)),
-                        };
-                        return self.active;
+                    if let Some(doubled) = self.retry_as_doubling() {
+                        return doubled;
                     }
+                    let (from, before) = from.expect("a step was taken");
                     return self.settle(from, before, Reason::NoGain);
                 }
-                if at_limit {
-                    return self.settle(self.active, window.throughput, limit_reason);
+                if at_max {
+                    return self.settle(self.active, window.throughput, Reason::AtMax);
                 }
                 let linear = from.is_some_and(|(count, before)| {
                     let grew = self.active as f64 / count as f64 - 1.0;
                     window.throughput >= before * (1.0 + LINEAR * grew)
                 });
                 let factor = if linear { 4 } else { 2 };
-                let next = (self.active * factor).min(cap);
+                let next = (self.active * factor).min(self.max);
                 self.phase = Phase::Growing {
                     from: Some((self.active, window.throughput)),
                 };
@@ -220,7 +202,7 @@ impl Climb {
                 }
                 let step = (self.active / 4).max(1);
                 let (to, up) = match next_probe_up {
-                    true if !at_limit => ((self.active + step).min(cap), true),
+                    true if !at_max => ((self.active + step).min(self.max), true),
                     _ if self.active > 1 => (self.active - step, false),
                     _ => {
                         self.phase = Phase::Settled {
@@ -254,7 +236,7 @@ impl Climb {
                             from: Some((from, throughput)),
                         };
                         self.reason = Reason::Growing;
-                        return self.step_growing(window, cap);
+                        return self.step_growing(window);
                     }
                     (true, false) => {
                         self.phase = Phase::Settled {
@@ -278,19 +260,30 @@ impl Climb {
     }
 
     /// After a probe up paid: takes the next doubling step at once.
-    fn step_growing(&mut self, window: Window, cap: usize) -> usize {
-        if self.active >= cap {
-            let reason = match cap < self.max {
-                true => Reason::CpuBound,
-                false => Reason::AtMax,
-            };
-            return self.settle(self.active, window.throughput, reason);
+    fn step_growing(&mut self, window: Window) -> usize {
+        if self.active >= self.max {
+            return self.settle(self.active, window.throughput, Reason::AtMax);
         }
         self.phase = Phase::Growing {
             from: Some((self.active, window.throughput)),
         };
-        self.active = (self.active * 2).min(cap);
+        self.active = (self.active * 2).min(self.max);
         self.active
+    }
+
+    /// After a quadrupling that did not pay: tries the doubling in between before giving
+    /// the step up, since the count that pays may lie there. `None` after any other step.
+    fn retry_as_doubling(&mut self) -> Option<usize> {
+        let Phase::Growing {
+            from: Some((from, _)),
+        } = self.phase
+        else {
+            return None;
+        };
+        (self.active > from * 2).then(|| {
+            self.active = from * 2;
+            self.active
+        })
     }
 
     fn settle(&mut self, active: usize, throughput: f64, reason: Reason) -> usize {

@@ -47,6 +47,10 @@ pub(crate) struct Tuner {
     closed: AtomicBool,
     /// The index the next worker to take a [`Seat`] gets.
     seats: AtomicUsize,
+    /// When the current window may end, in nanoseconds since `created`: read without the
+    /// lock by every look, so that only a look past it contends for the state.
+    window_due: AtomicU64,
+    created: Instant,
     finished: AtomicU64,
     cpu_nanos: AtomicU64,
     /// Voluntary context switches during items (sleeps, IO and lock waits).
@@ -97,6 +101,8 @@ impl Tuner {
             active: AtomicUsize::new(start),
             closed: AtomicBool::new(false),
             seats: AtomicUsize::new(0),
+            window_due: AtomicU64::new(WINDOW.as_nanos() as u64),
+            created: Instant::now(),
             finished: AtomicU64::new(0),
             cpu_nanos: AtomicU64::new(0),
             gave_up_core: AtomicU64::new(0),
@@ -194,6 +200,10 @@ impl Tuner {
     }
 
     fn maybe_step(&self) {
+        let now = self.created.elapsed().as_nanos() as u64;
+        if now < self.window_due.load(Relaxed) {
+            return;
+        }
         let Ok(mut state) = self.state.try_lock() else {
             return;
         };
@@ -205,6 +215,8 @@ impl Tuner {
             return;
         }
         let window = self.take_window(&mut state, elapsed);
+        self.window_due
+            .store(now + WINDOW.as_nanos() as u64, Relaxed);
         let before = self.active();
         state.active_seconds += elapsed.as_secs_f64() * before as f64;
         let next = state.climb.step(window);
