@@ -39,7 +39,7 @@ fn decode(frame: Vec<u8>) -> Result<u64, String> {
 }
 
 fn decoder() -> Task<Vec<u8>, u64> {
-    try_process_task(decode)
+    try_process_task!(decode)
         .workers(2)
         .name("decode")
         .timeout(Duration::from_millis(200))

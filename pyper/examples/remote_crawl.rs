@@ -78,7 +78,7 @@ fn run(url: &str, pages: u64) -> Result<(), Box<dyn std::error::Error>> {
     println!("Crawling {pages} pages; `analyse` runs on 2 worker processes through {url}.");
     let started = Instant::now();
     let pipeline = task(fetch).workers(32).name("fetch")
-        | remote_task(&cluster, analyse).name("analyse")
+        | remote_task!(&cluster, analyse).name("analyse")
         | task(summarise::<Upstream<PageStats>>).join();
     let mut output = pipeline.feed(0..pages);
     let report = output.next().ok_or("no report")??;

@@ -103,12 +103,13 @@
 //! * **The GIL.** Pyper needs processes for CPU-bound work; Rust threads run in parallel,
 //!   so `workers(n)` on a CPU-bound task uses `n` cores.
 //! * **Processes** are for isolation, not speed. With the `process` feature,
-//!   `process_task(f)` runs `f` in worker processes of the same executable, so a crash, an
+//!   `process_task!(f)` runs `f` in worker processes of the same executable, so a crash, an
 //!   abort or a hang (with a `timeout`) costs one worker process, not the program. `f` is a
 //!   function pointer rather than Pyper's `multiprocess=True` on any task, because a
 //!   boxed closure cannot be found again in another process; the program calls
 //!   `pyper::init()` first thing in `main`.
-// The one exception, `process/entry.rs`, allows it for one function, and argues it there.
+// None: the crate has no `unsafe` code of its own. (The one `allow` is on the statics that
+// `process_task!` and `remote_task!` register, which linkme places in a link section.)
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
@@ -154,13 +155,17 @@ pub use stage::process::{init, RemoteError, WorkerDied};
 pub use stage::python::{PyItem, PyShape};
 #[cfg(feature = "remote")]
 pub use stage::remote::{Cluster, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+/// What the process and remote task macros expand to; not part of the API.
 #[cfg(feature = "process")]
 #[doc(hidden)]
-pub use task::__function_name;
+pub mod __private {
+    pub use crate::stage::wire::registry::{Registered, FUNCTIONS};
+    pub use crate::stage::wire::{call_each, call_try, Reply};
+    pub use crate::task::process::{function_name, process_task, try_process_task};
+    #[cfg(feature = "remote")]
+    pub use crate::task::remote::{remote_task, try_remote_task};
+    pub use linkme;
+}
 #[cfg(feature = "python")]
 pub use task::python_task;
-#[cfg(feature = "process")]
-pub use task::{process_task, try_process_task};
-#[cfg(feature = "remote")]
-pub use task::{remote_task, try_remote_task};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

@@ -173,7 +173,7 @@ fn a_tuned_process_stage_is_a_configuration_error() {
     fn double(item: u64) -> u64 {
         item * 2
     }
-    let stage = pyper::process_task(double).auto_workers(4);
+    let stage = pyper::process_task!(double).auto_workers(4);
     let error = stage.feed(0..10u64).next().unwrap().unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.to_string().contains("auto_workers"), "{error}");

@@ -628,7 +628,7 @@ fn build_stage(
             item
         }),
         #[cfg(feature = "process")]
-        Kind::Process => pyper::process_task(process_step),
+        Kind::Process => pyper::process_task!(process_step),
     };
     let mut stage = stage.name(spec.name.clone()).workers(spec.workers);
     if let Some(throttle) = spec.throttle {
@@ -851,7 +851,7 @@ fn warm_up() {
     }
     #[cfg(feature = "process")]
     {
-        let out: Vec<Item> = pyper::process_task(process_step)
+        let out: Vec<Item> = pyper::process_task!(process_step)
             .feed((0..3).map(|v| Item::new(v, false, None)))
             .map(Result::unwrap)
             .collect();

@@ -257,7 +257,7 @@ fn consumer(data: Output<u32>) -> Result<u32, pyper::Error> {
 #[test]
 fn test_multiprocessed_error_handling() {
     let serial = serial();
-    let run = (task(f1) | try_process_task(f5).workers(2).name("f5")).consume(consumer);
+    let run = (task(f1) | try_process_task!(f5).workers(2).name("f5")).consume(consumer);
     let err = with_timeout(60, move || run.run(1).unwrap_err());
     assert_eq!(err.kind(), ErrorKind::Failed);
     assert_eq!(err.stage(), Some("f5"));
@@ -276,7 +276,7 @@ fn many_items_over_several_worker_processes() {
     let serial = serial();
     let n = 20_000u64;
     let total = with_timeout(60, move || {
-        process_task(square)
+        process_task!(square)
             .workers(3)
             .feed(0..n)
             .map(Result::unwrap)
@@ -319,7 +319,7 @@ fn spin(x: u64) -> u64 {
 #[test]
 fn a_process_stage_has_metrics_with_its_workers_cpu_time() {
     let serial = serial();
-    let mut output = (process_task(spin).workers(2).name("spin") | task(|x: u64| x)).feed(0..300);
+    let mut output = (process_task!(spin).workers(2).name("spin") | task(|x: u64| x)).feed(0..300);
     assert_eq!(output.by_ref().count(), 300);
     let report = output.report();
     let stage = report.stage("spin").unwrap();
@@ -346,7 +346,7 @@ fn process_stages_compose_with_thread_stages() {
     let serial = serial();
     let mut out = with_timeout(60, || {
         let pipeline = task(|x: u64| x + 1).workers(2)
-            | process_task(square).workers(2).name("square")
+            | process_task!(square).workers(2).name("square")
             | task(|x: u64| x * 2).workers(2);
         pipeline
             .feed(0..1_000)
@@ -367,7 +367,7 @@ fn process_stages_compose_with_async_stages() {
     let serial = serial();
     let mut out = with_timeout(60, || {
         let pipeline = pyper::async_task(|x: u64| async move { x + 1 }).workers(8)
-            | process_task(square).workers(2)
+            | process_task!(square).workers(2)
             | pyper::async_task(|x: u64| async move { x * 2 }).workers(8);
         pipeline
             .feed(0..500)
@@ -383,7 +383,7 @@ fn process_stages_compose_with_async_stages() {
         let pipeline = pyper::async_task(|x: u32| async move { x })
             .workers(4)
             .ordered()
-            | try_process_task(read_table).name("read table")
+            | try_process_task!(read_table).name("read table")
             | pyper::async_task(|x: u32| async move { x });
         pipeline.feed(0..10).find_map(Result::err).unwrap()
     });
@@ -396,7 +396,7 @@ fn process_stages_compose_with_async_stages() {
 fn a_process_task_can_branch() {
     let serial = serial();
     let out = with_timeout(60, || {
-        let pipeline = process_task(digits).branch() | task(|d: u64| d * 10);
+        let pipeline = process_task!(digits).branch() | task(|d: u64| d * 10);
         pipeline
             .feed([12, 305])
             .map(Result::unwrap)
@@ -410,7 +410,7 @@ fn a_process_task_can_branch() {
 fn an_ordered_process_task_keeps_the_input_order() {
     let serial = serial();
     let out = with_timeout(60, || {
-        process_task(slow_then_fast)
+        process_task!(slow_then_fast)
             .workers(3)
             .ordered()
             .feed(0..30)
@@ -425,7 +425,7 @@ fn an_ordered_process_task_keeps_the_input_order() {
 fn an_error_names_the_stage_the_item_and_the_message_chain() {
     let serial = serial();
     let err = with_timeout(60, || {
-        let pipeline = try_process_task(read_table).workers(2).name("read table");
+        let pipeline = try_process_task!(read_table).workers(2).name("read table");
         pipeline.feed(0..10).find_map(Result::err).unwrap()
     });
     assert_eq!(err.kind(), ErrorKind::Failed);
@@ -447,7 +447,7 @@ fn an_error_names_the_stage_the_item_and_the_message_chain() {
 fn a_panic_in_the_worker_is_the_stage_panicking_on_that_item() {
     let serial = serial();
     let err = with_timeout(60, || {
-        process_task(explode_on_3)
+        process_task!(explode_on_3)
             .name("explode")
             .feed(0..10)
             .find_map(Result::err)
@@ -472,7 +472,7 @@ fn fault_options_are_checked_by_kind() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    let err = process_task(square)
+    let err = process_task!(square)
         .timeout(Duration::ZERO)
         .run(1)
         .next()
@@ -492,7 +492,7 @@ fn fault_run(how: Failure, failures: u32, retries: u32) -> (Vec<u64>, Option<pyp
         .map(|value| markers.job(value, how, if value == 5 { failures } else { 0 }))
         .collect();
     let result = with_timeout(120, move || {
-        let stage = try_process_task(run_job)
+        let stage = try_process_task!(run_job)
             .workers(2)
             .name("jobs")
             .timeout(Duration::from_millis(500))
@@ -613,7 +613,7 @@ fn sleep_unless_zero(x: u64) -> u64 {
 fn dropping_the_output_kills_the_worker_processes() {
     let serial = serial();
     let workers = with_timeout(60, || {
-        let mut output = process_task(sleep_unless_zero).workers(2).feed(0..10);
+        let mut output = process_task!(sleep_unless_zero).workers(2).feed(0..10);
         assert_eq!(output.next().unwrap().unwrap(), 0);
         // Both workers are up: one answered, the other is busy with a sleeping item.
         wait_until("both worker processes are up", || children().len() == 2);
@@ -631,7 +631,7 @@ fn dropping_the_output_kills_the_worker_processes() {
 fn a_failure_elsewhere_stops_busy_worker_processes() {
     let serial = serial();
     let err = with_timeout(60, || {
-        let pipeline = process_task(sleep_unless_zero).workers(2)
+        let pipeline = process_task!(sleep_unless_zero).workers(2)
             | pyper::try_task(|x: u64| match x {
                 0 => Err("downstream refuses item 0"),
                 _ => Ok(x),
@@ -665,7 +665,7 @@ fn a_worker_survives_the_panics_it_catches() {
         .map(|value| markers.job(value, Failure::Panic, 1))
         .collect();
     let pids = with_timeout(60, move || {
-        let stage = process_task(pid_after_a_panic).retries(1);
+        let stage = process_task!(pid_after_a_panic).retries(1);
         stage.feed(jobs).map(Result::unwrap).collect::<Vec<_>>()
     });
     assert_eq!(pids.len(), 5);
@@ -686,7 +686,7 @@ fn inner_orphan_a_worker() {
         std::thread::sleep(Duration::from_secs(3600));
         None
     }));
-    let mut output = process_task(square).feed(inputs);
+    let mut output = process_task!(square).feed(inputs);
     assert_eq!(output.next().unwrap().unwrap(), 9);
     println!("worker pids: {:?}", children());
     std::thread::sleep(Duration::from_secs(3600));
@@ -740,7 +740,7 @@ fn a_cancel_cuts_a_backoff_short() {
     let job = markers.job(0, Failure::Error, 1);
     let first_attempt = markers.0.join("0-0");
     with_timeout(60, move || {
-        let stage = try_process_task(run_job)
+        let stage = try_process_task!(run_job)
             .retries(1)
             .backoff(pyper::Backoff::fixed(Duration::from_secs(3600)));
         let mut output = stage.feed([job]);
@@ -772,7 +772,7 @@ fn inner_print_from_workers() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
     }
-    let out: Vec<u32> = process_task(shout)
+    let out: Vec<u32> = process_task!(shout)
         .feed([7, 8])
         .map(Result::unwrap)
         .collect();
@@ -876,7 +876,7 @@ fn a_dead_worker_is_noticed_even_if_its_grandchild_holds_the_connection() {
     let _kill = KillGrandchild(3);
     // The grandchild sleeps a minute: an error that waits for it is a hang.
     let err = with_timeout(15, || {
-        process_task(fork_then_abort_on_3)
+        process_task!(fork_then_abort_on_3)
             .name("forks")
             .feed(0..10u64)
             .find_map(Result::err)
@@ -891,7 +891,7 @@ fn a_dead_worker_with_a_grandchild_is_a_death_not_a_timeout() {
     let _kill = KillGrandchild(4);
     // Shorter than the timeout: a death mistaken for a timeout shows as a hang.
     let err = with_timeout(15, || {
-        process_task(fork_then_abort_on_4)
+        process_task!(fork_then_abort_on_4)
             .name("forks")
             .timeout(Duration::from_secs(30))
             .feed(0..10u64)
@@ -921,16 +921,16 @@ fn assert_squares(what: &str, stage: pyper::Task<u64, u64>) {
 #[test]
 fn duration_max_is_a_valid_timeout_and_backoff() {
     let serial = serial();
-    assert_squares("timeout(MAX)", process_task(square).timeout(Duration::MAX));
+    assert_squares("timeout(MAX)", process_task!(square).timeout(Duration::MAX));
     assert_squares(
         "backoff(fixed(MAX))",
-        process_task(square)
+        process_task!(square)
             .retries(1)
             .backoff(pyper::Backoff::fixed(Duration::MAX)),
     );
     // A backoff that never ends still ends at a cancel.
     with_timeout(60, || {
-        let stage = try_process_task(always_fails)
+        let stage = try_process_task!(always_fails)
             .retries(1)
             .timeout(Duration::MAX)
             .backoff(pyper::Backoff::fixed(Duration::MAX));
@@ -960,7 +960,7 @@ fn a_timeout_below_a_millisecond_is_honoured() {
     let serial = serial();
     let limit = Duration::from_micros(50);
     let err = with_timeout(60, move || {
-        process_task(sleep_500us)
+        process_task!(sleep_500us)
             .name("sub-ms")
             .timeout(limit)
             .retries(5)
@@ -1009,7 +1009,7 @@ fn make_unserializable(x: u64) -> Unserializable {
 fn a_failed_serialization_keeps_the_users_message() {
     let serial = serial();
     let err = with_timeout(60, || {
-        process_task(take_unserializable)
+        process_task!(take_unserializable)
             .name("encode")
             .run(Unserializable(1))
             .find_map(Result::err)
@@ -1022,7 +1022,7 @@ fn a_failed_serialization_keeps_the_users_message() {
         "the item: {message}"
     );
     let err = with_timeout(60, || {
-        process_task(make_unserializable)
+        process_task!(make_unserializable)
             .name("decode")
             .run(2)
             .find_map(Result::err)
@@ -1044,7 +1044,7 @@ fn a_failed_serialization_keeps_the_users_message() {
 fn a_failing_process_stage_counts_its_error() {
     let serial = serial();
     let metrics = with_timeout(60, || {
-        let mut output = try_process_task(read_table).name("read table").feed(0..10);
+        let mut output = try_process_task!(read_table).name("read table").feed(0..10);
         let error = output.by_ref().find_map(Result::err).unwrap();
         assert_eq!(error.item(), Some(5));
         assert!(output.next().is_none());
@@ -1070,7 +1070,7 @@ fn inner_drop_busy_stages() {
         return;
     }
     for _ in 0..5 {
-        let mut outputs = process_task(busy).workers(4).feed(0..);
+        let mut outputs = process_task!(busy).workers(4).feed(0..);
         assert_eq!(outputs.by_ref().take(50).filter(Result::is_ok).count(), 50);
         drop(outputs);
     }
@@ -1122,7 +1122,7 @@ fn inner_orphan_a_busy_worker() {
         return;
     }
     // Waits for the output, an hour away: the run starts on the first `next`.
-    let _ = process_task(announce_then_sleep).feed([1]).next();
+    let _ = process_task!(announce_then_sleep).feed([1]).next();
 }
 
 /// Kills a process by pid when dropped, if it still runs: a worker a failed test left.
@@ -1213,7 +1213,7 @@ proptest! {
             .map(|job| job.value)
             .collect();
         let (outputs, error) = with_timeout(120, move || {
-            let mut stage = try_process_task(run_job)
+            let mut stage = try_process_task!(run_job)
                 .workers(workers)
                 .retries(retries)
                 .backoff(pyper::Backoff::none());

@@ -15,7 +15,7 @@ fn square(x: u64) -> u64 {
 #[test]
 fn a_missing_setup_line_is_a_clear_error() {
     let err = with_timeout(120, || {
-        process_task(square).run(3).next().unwrap().unwrap_err()
+        process_task!(square).run(3).next().unwrap().unwrap_err()
     });
     assert_eq!(err.kind(), ErrorKind::Config);
     let message = err.to_string();
@@ -31,7 +31,7 @@ fn inner_run_as_an_unserved_worker() {
     if std::env::var_os("PYPER_TEST_INNER").is_none() {
         return;
     }
-    let err = process_task(square).run(3).next().unwrap().unwrap_err();
+    let err = process_task!(square).run(3).next().unwrap().unwrap_err();
     println!("inner error: {err}");
 }
 

@@ -568,7 +568,7 @@ fn a_dead_worker_is_noticed_even_if_its_grandchild_holds_the_connection() {
     let _kill = KillGrandchild(3);
     // The grandchild sleeps 60 s: an error that waits for it is a hang.
     let err = with_timeout(10, || {
-        pyper::process_task(fork_then_abort_on_3)
+        pyper::process_task!(fork_then_abort_on_3)
             .name("forks")
             .feed(0..10u64)
             .find_map(Result::err)
@@ -583,7 +583,7 @@ fn a_dead_worker_with_a_grandchild_is_a_death_not_a_timeout() {
     let _kill = KillGrandchild(4);
     // Longer than the timeout, so that a death mistaken for a timeout shows as one.
     let err = with_timeout(45, || {
-        pyper::process_task(fork_then_abort_on_4)
+        pyper::process_task!(fork_then_abort_on_4)
             .name("forks")
             .timeout(Duration::from_secs(30))
             .feed(0..10u64)
@@ -695,15 +695,15 @@ fn always_fails(_: u64) -> Result<u64, String> {
 fn a_process_stage_takes_duration_max_as_timeout_and_backoff() {
     assert_squares(
         "process, timeout(MAX)",
-        pyper::process_task(square).timeout(Duration::MAX),
+        pyper::process_task!(square).timeout(Duration::MAX),
     );
     assert_squares(
         "process, backoff(fixed(MAX))",
-        pyper::process_task(square)
+        pyper::process_task!(square)
             .retries(1)
             .backoff(Backoff::fixed(Duration::MAX)),
     );
-    let failing = pyper::try_process_task(always_fails)
+    let failing = pyper::try_process_task!(always_fails)
         .retries(1)
         .backoff(Backoff::fixed(Duration::MAX));
     assert_cancel_ends_the_backoff("process", failing, None);
@@ -862,7 +862,7 @@ fn sleep_200us(x: u64) -> u64 {
 fn a_process_timeout_below_a_millisecond_is_honoured_or_refused() {
     let limit = Duration::from_micros(100);
     let result = with_timeout(60, move || {
-        pyper::process_task(sleep_200us)
+        pyper::process_task!(sleep_200us)
             .name("sub-ms")
             .timeout(limit)
             .retries(50)
@@ -919,7 +919,7 @@ fn make_unserializable(x: u64) -> Unserializable {
 #[test]
 fn a_failed_serialization_reports_the_users_message() {
     let err = with_timeout(PROMPT, || {
-        pyper::process_task(take_unserializable)
+        pyper::process_task!(take_unserializable)
             .name("encode")
             .run(Unserializable(1))
             .find_map(Result::err)
@@ -931,7 +931,7 @@ fn a_failed_serialization_reports_the_users_message() {
         "an item's serialization error: {err:#}"
     );
     let err = with_timeout(PROMPT, || {
-        pyper::process_task(make_unserializable)
+        pyper::process_task!(make_unserializable)
             .name("decode")
             .run(1)
             .find_map(Result::err)
@@ -982,7 +982,7 @@ fn dropping_a_busy_process_stage_prints_nothing() {
         // Each drop is one chance for a worker to finish its item after its connection
         // was shut down, and before it was killed.
         for _ in 0..20 {
-            let mut outputs = pyper::process_task(busy).workers(4).name("busy").feed(0..);
+            let mut outputs = pyper::process_task!(busy).workers(4).name("busy").feed(0..);
             assert_eq!(outputs.by_ref().take(50).filter(Result::is_ok).count(), 50);
             drop(outputs);
         }

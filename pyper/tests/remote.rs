@@ -137,7 +137,7 @@ fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
         let victim = workers.start();
         workers.start();
         workers.start();
-        let stage = remote_task(&cluster, tagged).name("tagged");
+        let stage = remote_task!(&cluster, tagged).name("tagged");
         let mut output = stage.feed(0..N);
         let mut seen: HashMap<u64, u32> = HashMap::new();
         let (mut count, mut checksum) = (0u64, 0u64);
@@ -184,7 +184,7 @@ fn a_worker_that_joins_mid_run_gets_items() {
         let cluster = Cluster::connect(&url).unwrap();
         let workers = Workers::new(&url);
         let first = workers.start();
-        let mut output = remote_task(&cluster, slow).feed(0..20_000u64);
+        let mut output = remote_task!(&cluster, slow).feed(0..20_000u64);
         // The first outputs come from the only worker there is.
         for result in output.by_ref().take(50) {
             assert_eq!(result.unwrap().1, first);
@@ -225,7 +225,7 @@ fn a_restarted_server_loses_nothing() {
         let workers = Workers::new(&url);
         workers.start();
         workers.start();
-        let mut output = remote_task(&cluster, slow).feed(0..N);
+        let mut output = remote_task!(&cluster, slow).feed(0..N);
         let (mut count, mut checksum) = (0u64, 0u64);
         for result in output.by_ref() {
             let (value, _) = result.unwrap();
@@ -312,7 +312,7 @@ fn an_item_that_keeps_killing_its_worker_is_dead_lettered_and_named() {
                 restarted
             })
         };
-        let stage = remote_task(&cluster, fragile).name("fragile");
+        let stage = remote_task!(&cluster, fragile).name("fragile");
         let error: Error = stage
             .feed(0..40u64)
             .find_map(Result::err)
@@ -342,7 +342,7 @@ fn an_item_whose_function_fails_is_dead_lettered_and_is_the_error() {
         let cluster = Cluster::connect(&url).unwrap();
         let workers = Workers::new(&url);
         workers.start();
-        let stage = try_remote_task(&cluster, picky).name("picky").retries(1);
+        let stage = try_remote_task!(&cluster, picky).name("picky").retries(1);
         let error = stage.feed(0..20u64).find_map(Result::err).expect("fails");
         assert_eq!(error.item(), Some(7));
         let remote = error
@@ -388,7 +388,7 @@ fn stopping_mid_run_stops_the_workers(stop: impl FnOnce(pyper::Output<u64>)) {
     let workers = Workers::new(&url).env("PYPER_TEST_CALLS", log.to_str().unwrap());
     workers.start();
     workers.start();
-    let mut output = remote_task(&cluster, logged).feed(0..1_000_000u64);
+    let mut output = remote_task!(&cluster, logged).feed(0..1_000_000u64);
     for result in output.by_ref().take(100) {
         result.unwrap();
     }
@@ -428,7 +428,7 @@ fn cancelling_mid_run_stops_the_workers_and_leaves_nothing() {
 fn an_ordered_remote_task_is_a_configuration_error() {
     let url = server_url();
     let cluster = Cluster::connect(&url).unwrap();
-    let error = remote_task(&cluster, tagged)
+    let error = remote_task!(&cluster, tagged)
         .workers(2)
         .ordered()
         .run(1)
@@ -479,7 +479,7 @@ fn throttle_bounds_the_servers_queue() {
         let cluster = Cluster::connect(&url).unwrap();
         let workers = Workers::new(&url);
         workers.start();
-        let stage = remote_task(&cluster, slow).throttle(20);
+        let stage = remote_task!(&cluster, slow).throttle(20);
         let mut output = stage.feed(0..600u64);
         let (mut count, mut largest) = (0u64, 0u64);
         for result in output.by_ref() {
@@ -608,7 +608,7 @@ fn workers_in_another_network_namespace_serve_the_run() {
             })
             .collect();
         let (mut count, mut checksum) = (0u64, 0u64);
-        for result in remote_task(&cluster, tagged).feed(0..2_000u64) {
+        for result in remote_task!(&cluster, tagged).feed(0..2_000u64) {
             let (value, _) = result.unwrap();
             count += 1;
             checksum = checksum.wrapping_add(value);
@@ -654,13 +654,13 @@ fn timeout_and_retries_keep_their_meaning_on_remote_workers() {
         let cluster = Cluster::connect(&url).unwrap();
         let workers = Workers::new(&url);
         workers.start();
-        let retried = try_remote_task(&cluster, flaky).name("flaky").retries(1);
+        let retried = try_remote_task!(&cluster, flaky).name("flaky").retries(1);
         let outputs: Result<Vec<u64>, Error> = retried.feed(0..50u64).collect();
         let mut outputs = outputs.expect("every item's second attempt succeeds");
         outputs.sort_unstable();
         assert_eq!(outputs, (0..50).collect::<Vec<u64>>());
 
-        let timed = remote_task(&cluster, sleepy)
+        let timed = remote_task!(&cluster, sleepy)
             .name("sleepy")
             .timeout(Duration::from_millis(200));
         let error = timed.feed(0..10u64).find_map(Result::err).expect("fails");

@@ -363,7 +363,7 @@ fn a_process_stage_used_for_isolation() {
     }
     let cores = cores();
     let pipeline =
-        pyper::process_task(decode).name("decode").workers(cores) | task(|x: u64| x).name("store");
+        pyper::process_task!(decode).name("decode").workers(cores) | task(|x: u64| x).name("store");
     let report = finish(
         pipeline.feed(0..ITEMS_PER_CORE * cores as u64),
         ITEMS_PER_CORE as usize * cores,

@@ -23,7 +23,7 @@ pub fn cases() -> Vec<Case> {
             impls: vec![
                 Impl::rust(
                     "pyper",
-                    "`feed(0..n) | process_task(step).workers(2)`: 2 worker processes, items in \
+                    "`feed(0..n) | process_task!(step).workers(2)`: 2 worker processes, items in \
                  batches over Unix sockets with postcard; the measured run includes starting \
                  the 2 processes",
                     pyper,
@@ -51,7 +51,7 @@ pub fn cases() -> Vec<Case> {
             expected: |n| stepped_sum(n, 1),
             impls: vec![Impl::rust(
                 "pyper",
-                "`feed(0..1) | process_task(step).workers(2)`",
+                "`feed(0..1) | process_task!(step).workers(2)`",
                 pyper,
             )],
             notes: no_notes,
@@ -60,7 +60,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 fn pyper(n: u64) -> Result<u64, String> {
-    sum_output(process_task(step).workers(2).feed(0..n))
+    sum_output(process_task!(step).workers(2).feed(0..n))
 }
 
 fn threads(n: u64) -> Result<u64, String> {

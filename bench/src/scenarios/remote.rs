@@ -60,14 +60,14 @@ fn impls(
     vec![
         Impl::rust(
             "pyper",
-            "`feed(0..n) | remote_task(&cluster, f)`, 2 local worker processes (`--pyper-worker \
+            "`feed(0..n) | remote_task!(&cluster, f)`, 2 local worker processes (`--pyper-worker \
              URL`) on a loopback nats-server 2.9 with JetStream (file storage); the measured \
              run includes starting the 2 workers and making and deleting the run's streams",
             remote,
         ),
         Impl::rust(
             "pyper-process",
-            "`feed(0..n) | process_task(f).workers(2)`: 2 worker processes over Unix sockets; \
+            "`feed(0..n) | process_task!(f).workers(2)`: 2 worker processes over Unix sockets; \
              the measured run includes starting them",
             process,
         ),
@@ -85,11 +85,11 @@ fn ms_item(x: u64) -> u64 {
 }
 
 fn remote_trivial(n: u64) -> Result<u64, String> {
-    with_workers(|cluster| sum_output(remote_task(cluster, step).feed(0..n)))
+    with_workers(|cluster| sum_output(remote_task!(cluster, step).feed(0..n)))
 }
 
 fn process_trivial(n: u64) -> Result<u64, String> {
-    sum_output(process_task(step).workers(2).feed(0..n))
+    sum_output(process_task!(step).workers(2).feed(0..n))
 }
 
 fn threads_trivial(n: u64) -> Result<u64, String> {
@@ -97,11 +97,11 @@ fn threads_trivial(n: u64) -> Result<u64, String> {
 }
 
 fn remote_ms(n: u64) -> Result<u64, String> {
-    with_workers(|cluster| sum_output(remote_task(cluster, ms_item).feed(0..n)))
+    with_workers(|cluster| sum_output(remote_task!(cluster, ms_item).feed(0..n)))
 }
 
 fn process_ms(n: u64) -> Result<u64, String> {
-    sum_output(process_task(ms_item).workers(2).feed(0..n))
+    sum_output(process_task!(ms_item).workers(2).feed(0..n))
 }
 
 fn threads_ms(n: u64) -> Result<u64, String> {

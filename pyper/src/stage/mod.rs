@@ -41,6 +41,8 @@ pub(crate) mod python;
 #[cfg(feature = "remote")]
 pub(crate) mod remote;
 pub(crate) mod thread;
+#[cfg(feature = "process")]
+pub(crate) mod wire;
 
 /// Everything about a stage but its function.
 #[derive(Clone, Debug)]

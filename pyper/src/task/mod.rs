@@ -18,23 +18,19 @@ pub(crate) use crate::stage::Body;
 mod async_task;
 mod per_worker;
 #[cfg(feature = "process")]
-mod process;
+pub(crate) mod process;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "remote")]
-mod remote;
+pub(crate) mod remote;
 
 use crate::stage::{self, Adapters, Spec};
 use crate::Output;
 #[cfg(feature = "async")]
 pub use async_task::{async_task, try_async_task};
 pub use per_worker::{task_per_worker, try_task_per_worker};
-#[cfg(feature = "process")]
-pub use process::{__function_name, process_task, try_process_task};
 #[cfg(feature = "python")]
 pub use python::python_task;
-#[cfg(feature = "remote")]
-pub use remote::{remote_task, try_remote_task};
 
 /// One stage of a pipeline: a function, how many workers run it, and how its input and
 /// output flow. Built with [`task`] or [`try_task`], configured with the builder methods,

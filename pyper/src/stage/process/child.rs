@@ -1,18 +1,11 @@
 //! The worker side: `init`, and the loop that serves one parent.
 
-use std::any::Any;
 use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::codec;
-use super::entry::{self, Code};
-use super::protocol::{self, FrameReader, Reply, Setup};
-use crate::error::BoxError;
+use super::protocol::{self, FrameReader, Setup};
+use crate::stage::wire::registry::{self, Registered};
 
 /// Set once `init` has taken over this process as a worker.
 static SERVING: AtomicBool = AtomicBool::new(false);
@@ -51,12 +44,10 @@ pub fn init() {
     // parent is already gone, connecting fails below.)
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let token = std::env::var_os(protocol::TOKEN_ENV).unwrap_or_default();
     // Programs that the task's function starts must not take themselves for workers.
     // `init` runs first thing in `main`, before the program has threads of its own.
     std::env::remove_var(protocol::ADDRESS_ENV);
-    std::env::remove_var(protocol::TOKEN_ENV);
-    let code = match serve_parent(&address, &token) {
+    let code = match serve_parent(&address) {
         // The parent is done with this worker, or gone: nobody to tell.
         Ok(()) | Err(Quit::ParentGone) => 0,
         Err(Quit::Failed(why)) => {
@@ -81,18 +72,16 @@ pub(crate) fn may_spawn() -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A worker's connection, once it knows which function to serve.
-pub(crate) struct Serve {
+/// A worker's connection to its parent.
+struct Serve {
     input: BufReader<UnixStream>,
     output: UnixStream,
     reader: FrameReader,
     scratch: Vec<u8>,
-    fingerprint: i64,
-    user: Code,
 }
 
 /// Why a worker stops serving before its parent ends the connection.
-pub(crate) enum Quit {
+enum Quit {
     /// The parent hung up mid-exchange: it stopped the run (a cancel, a dropped output)
     /// or died. Not worth a word.
     ParentGone,
@@ -124,10 +113,7 @@ impl Quit {
     }
 }
 
-fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<(), Quit> {
-    let token = token
-        .to_str()
-        .ok_or("no token in the environment".to_owned())?;
+fn serve_parent(address: &std::ffi::OsStr) -> Result<(), Quit> {
     let stream = super::connect(address).map_err(|error| Quit::io("connect to", error))?;
     let output = stream.try_clone().map_err(|error| error.to_string())?;
     let mut serve = Serve {
@@ -135,11 +121,9 @@ fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<()
         output,
         reader: FrameReader::default(),
         scratch: Vec::new(),
-        fingerprint: 0,
-        user: Code::of(serve_each::<(), ()>),
     };
     let pid = std::process::id().to_le_bytes();
-    serve.send(protocol::HELLO, &[token.as_bytes(), &pid])?;
+    serve.send(protocol::HELLO, &[&pid])?;
     let setup: Setup = match serve.reader.read(&mut serve.input) {
         Ok(Some(protocol::SETUP)) => postcard::from_bytes(&serve.reader.payload)
             .map_err(|error| format!("bad setup: {error}"))?,
@@ -147,16 +131,13 @@ fn serve_parent(address: &std::ffi::OsStr, token: &std::ffi::OsStr) -> Result<()
         Ok(Some(tag)) => return Err(format!("unexpected message {tag} before setup").into()),
         Err(error) => return Err(Quit::io("read the setup from", error)),
     };
-    serve.fingerprint = setup.fingerprint;
-    serve.user = setup.user;
-    let entry = match entry::resolve::<Serve, Result<(), Quit>>(setup.entry, setup.fingerprint) {
-        Ok(entry) => entry,
+    match registry::lookup(&setup.function) {
+        Ok(function) => serve.run(function),
         Err(why) => {
             serve.send(protocol::REFUSED, &[why.as_bytes()])?;
-            return Err(why.into());
+            Err(why.into())
         }
-    };
-    entry(serve)
+    }
 }
 
 impl Serve {
@@ -165,18 +146,9 @@ impl Serve {
             .map_err(|error| Quit::io("write to", error))
     }
 
-    /// Resolves the user's function, says whether it could, and then serves it.
-    fn run<A: 'static, R: 'static>(
-        mut self,
-        mut call: impl FnMut(fn(A) -> R, &[u8]) -> Reply,
-    ) -> Result<(), Quit> {
-        let f = match entry::resolve::<A, R>(self.user, self.fingerprint) {
-            Ok(f) => f,
-            Err(why) => {
-                self.send(protocol::REFUSED, &[why.as_bytes()])?;
-                return Err(why.into());
-            }
-        };
+    /// Says it is ready, then calls `function` on every item the parent sends, replying to
+    /// each as it completes.
+    fn run(mut self, function: &Registered) -> Result<(), Quit> {
         self.send(protocol::READY, &[])?;
         let mut batch = FrameReader::default();
         loop {
@@ -189,7 +161,7 @@ impl Serve {
             }
             for item in protocol::items(&batch.payload) {
                 let reply = match item {
-                    Ok(item) => call(f, item),
+                    Ok(item) => function.call(item),
                     Err(error) => return Err(error.to_string().into()),
                 };
                 reply
@@ -197,68 +169,5 @@ impl Serve {
                     .map_err(|error| Quit::io("write to", error))?;
             }
         }
-    }
-}
-
-/// The serving loop of [`process_task`](crate::process_task), one per item and output type.
-pub(crate) fn serve_each<I, O>(serve: Serve) -> Result<(), Quit>
-where
-    I: DeserializeOwned + 'static,
-    O: Serialize + 'static,
-{
-    serve.run(|f: fn(I) -> O, item| call(item, |input| Ok::<O, BoxError>(f(input))))
-}
-
-/// The serving loop of [`try_process_task`](crate::try_process_task).
-pub(crate) fn serve_try<I, O, E>(serve: Serve) -> Result<(), Quit>
-where
-    I: DeserializeOwned + 'static,
-    O: Serialize + 'static,
-    E: Into<BoxError> + 'static,
-{
-    serve.run(|f: fn(I) -> Result<O, E>, item| call(item, f))
-}
-
-pub(crate) fn call<I, O, E>(item: &[u8], f: impl FnOnce(I) -> Result<O, E>) -> Reply
-where
-    I: DeserializeOwned,
-    O: Serialize,
-    E: Into<BoxError>,
-{
-    // The item's `Deserialize` and the output's `Serialize` are user code too.
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let input: I = match postcard::from_bytes(item) {
-            Ok(input) => input,
-            Err(error) => return Reply::Failed(vec![format!("cannot decode the item: {error}")]),
-        };
-        match f(input) {
-            Ok(output) => match codec::encode(&output, "the output") {
-                Ok(bytes) => Reply::Done(bytes),
-                Err(why) => Reply::Failed(vec![why]),
-            },
-            Err(error) => {
-                let error: BoxError = error.into();
-                let mut chain = Vec::new();
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-                while let Some(error) = cause {
-                    chain.push(error.to_string());
-                    cause = error.source();
-                }
-                Reply::Failed(chain)
-            }
-        }
-    }));
-    // Anything printed so far reaches the terminal before the reply does.
-    let _ = std::io::stdout().flush();
-    result.unwrap_or_else(|payload| Reply::Panicked(panic_message(payload)))
-}
-
-pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(message) => *message,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(message) => (*message).to_owned(),
-            Err(_) => "Box<dyn Any>".to_owned(),
-        },
     }
 }

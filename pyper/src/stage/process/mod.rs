@@ -70,8 +70,6 @@
 //! pointer. What they return is an ordinary [`Task`](crate::Task).
 
 mod child;
-mod codec;
-pub(crate) mod entry;
 mod launch;
 mod protocol;
 mod supervisor;
@@ -88,12 +86,7 @@ use serde::Serialize;
 
 pub use child::init;
 pub(crate) use child::may_spawn;
-// What remote workers share with process workers: calling the user's function on an item.
-#[cfg(feature = "remote")]
-pub(crate) use child::{call, panic_message};
 pub(crate) use launch::launch;
-#[cfg(feature = "remote")]
-pub(crate) use protocol::Reply;
 pub(crate) use supervisor::{work, ProcessStage};
 pub(crate) use worker::Children;
 
@@ -101,39 +94,20 @@ use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
 use crate::stage::thread::EachFn;
+use crate::stage::wire::codec;
+use crate::stage::wire::registry::Registered;
 use protocol::Setup;
 
-/// The body of a process task calling `f` in the worker processes.
-pub(crate) fn each<I, O>(f: fn(I) -> O) -> ProcessFn<I, O>
-where
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-{
-    let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_each::<I, O>;
-    body(entry::Code::of(serve), entry::Code::of(f))
-}
-
-/// The body of a process task calling the fallible `f` in the worker processes.
-pub(crate) fn try_each<I, O, E>(f: fn(I) -> Result<O, E>) -> ProcessFn<I, O>
-where
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    let serve: fn(child::Serve) -> Result<(), child::Quit> = child::serve_try::<I, O, E>;
-    body(entry::Code::of(serve), entry::Code::of(f))
-}
-
-fn body<I, O>(entry: entry::Code, user: entry::Code) -> ProcessFn<I, O>
+/// The body of a process task calling the registered `function` in the worker processes,
+/// or why it cannot (an entry made outside the table).
+pub(crate) fn body<I, O>(function: &'static Registered) -> Result<ProcessFn<I, O>, String>
 where
     I: Serialize + Send + 'static,
     O: DeserializeOwned + Send + 'static,
 {
-    ProcessFn {
+    Ok(ProcessFn {
         setup: Arc::new(Setup {
-            fingerprint: entry::fingerprint(),
-            entry,
-            user,
+            function: function.reference()?,
         }),
         encode: encode::<I>,
         decode: Arc::new(|bytes: Vec<u8>, out: &mut dyn Emit<O>| {
@@ -142,17 +116,11 @@ where
             })?;
             out.emit(output).map_err(Fault::from)
         }),
-    }
+    })
 }
 
 fn encode<I: Serialize>(item: &I) -> Result<Vec<u8>, BoxError> {
     codec::encode(item, "the item").map_err(BoxError::from)
-}
-
-/// Encodes `value`, which is `what` in errors, as a process task's items are encoded.
-#[cfg(feature = "remote")]
-pub(crate) fn encode_value<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, String> {
-    codec::encode(value, what)
 }
 
 /// Defines the entry point that lets an integration test's binary serve as a worker of
@@ -169,7 +137,7 @@ pub(crate) fn encode_value<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8
 ///
 /// #[test]
 /// fn squares_in_a_process() {
-///     let square = pyper::process_task(|x: u64| x * x);
+///     let square = pyper::process_task!(|x: u64| x * x);
 ///     assert_eq!(square.run(7).next().unwrap().unwrap(), 49);
 /// }
 /// ```
@@ -359,19 +327,23 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 }
 
 /// Binds a listener at a fresh address, and returns the address in the form [`connect`]
-/// takes: `@name` for a Linux abstract socket, a path otherwise.
+/// takes: `@name` for a Linux abstract socket, a path otherwise (a socket file in a new
+/// directory that only this user may enter).
 fn listen(unique: &str) -> io::Result<(UnixListener, OsString)> {
+    let name = format!("pyper-{}-{unique}", std::process::id());
     #[cfg(target_os = "linux")]
     {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("pyper-{}-{unique}", std::process::id());
         let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         let listener = UnixListener::bind_addr(&address)?;
         Ok((listener, format!("@{name}").into()))
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let path = std::env::temp_dir().join(format!("pyper-{}-{unique}.sock", std::process::id()));
+        use std::os::unix::fs::DirBuilderExt;
+        let directory = std::env::temp_dir().join(name);
+        std::fs::DirBuilder::new().mode(0o700).create(&directory)?;
+        let path = directory.join("socket");
         let listener = UnixListener::bind(&path)?;
         Ok((listener, path.into_os_string()))
     }
@@ -380,7 +352,13 @@ fn listen(unique: &str) -> io::Result<(UnixListener, OsString)> {
 /// Removes what [`listen`] left in the file system, if anything.
 fn unlisten(_address: &OsStr) {
     #[cfg(not(target_os = "linux"))]
-    let _ = std::fs::remove_file(_address);
+    {
+        let path = std::path::Path::new(_address);
+        let _ = std::fs::remove_file(path);
+        if let Some(directory) = path.parent() {
+            let _ = std::fs::remove_dir(directory);
+        }
+    }
 }
 
 /// Connects to an address made by [`listen`].

@@ -4,9 +4,11 @@
 //! then that many bytes, the first of which is the message's tag. The exchange over one
 //! connection is:
 //!
-//! 1. worker → parent: [`HELLO`] with the token the parent put in the worker's environment
-//!    (so a stray process that finds the socket cannot pose as the worker);
-//! 2. parent → worker: [`SETUP`] with a postcard-encoded [`Setup`]: which function to serve;
+//! 1. worker → parent: [`HELLO`] with its process id (the parent has already checked, with
+//!    the socket's peer credentials, that the process on the other end is the one it
+//!    started: see `worker.rs`);
+//! 2. parent → worker: [`SETUP`] with a postcard-encoded [`Setup`]: which registered
+//!    function to serve (see `stage/wire/registry.rs`);
 //! 3. worker → parent: [`READY`], or [`REFUSED`] with the reason;
 //! 4. then any number of times: parent → worker: a [`BATCH`] of postcard-encoded items,
 //!    each with its own length; worker → parent: one reply per item, in order, as each
@@ -20,7 +22,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::entry::Code;
+use crate::stage::wire::codec;
+use crate::stage::wire::registry::FunctionRef;
+use crate::stage::wire::Reply;
 
 pub(crate) const HELLO: u8 = 1;
 pub(crate) const SETUP: u8 = 2;
@@ -33,18 +37,11 @@ pub(crate) const PANICKED: u8 = 8;
 
 /// The environment variable that makes a process a worker: the socket to connect to.
 pub(crate) const ADDRESS_ENV: &str = "PYPER_PROCESS_WORKER";
-/// The token the worker proves itself with.
-pub(crate) const TOKEN_ENV: &str = "PYPER_PROCESS_TOKEN";
-
 /// Which function a worker serves.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Setup {
-    /// The executable's fingerprint in the parent.
-    pub(crate) fingerprint: i64,
-    /// The monomorphised serving loop, a `fn(Serve) -> Result<(), String>`.
-    pub(crate) entry: Code,
-    /// The user's function.
-    pub(crate) user: Code,
+    /// The registered function, by its place in the table and its name.
+    pub(crate) function: FunctionRef,
 }
 
 /// The most bytes one frame may carry (its length field: the tag and the payload), 256 MiB.
@@ -53,18 +50,8 @@ pub(crate) struct Setup {
 /// that names the limit.
 pub(crate) const MAX_FRAME: usize = 256 << 20;
 
-/// The limit as errors name it.
-pub(crate) const MAX_FRAME_TEXT: &str = "256 MiB";
-
-/// The most payload bytes one frame may carry.
-pub(crate) const MAX_PAYLOAD: usize = MAX_FRAME - 1;
-
-/// Why a message of `bytes` bytes cannot be sent.
-pub(crate) fn too_big(what: &str, bytes: usize) -> String {
-    format!(
-        "{what} is {bytes} bytes, over the {MAX_FRAME_TEXT} limit of a message between processes"
-    )
-}
+// An encoded item fits in a batch's frame with its tag and length.
+const _: () = assert!(codec::MAX_BYTES + 5 == MAX_FRAME);
 
 /// Builds one frame in `scratch`: the length, `tag`, then `parts` back to back.
 pub(crate) fn frame(scratch: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) -> io::Result<()> {
@@ -72,7 +59,7 @@ pub(crate) fn frame(scratch: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) -> io::Resu
     if length > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            too_big("a message", length),
+            codec::too_big("a message", length),
         ));
     }
     scratch.clear();
@@ -136,7 +123,7 @@ impl FrameReader {
                 if length > MAX_FRAME {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        too_big("a message announced", length),
+                        codec::too_big("a message announced", length),
                     ));
                 }
                 self.tag = None;
@@ -174,16 +161,6 @@ fn read_some(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
             result => return result,
         }
     }
-}
-
-/// A worker's reply to one item.
-pub(crate) enum Reply {
-    /// The postcard-encoded output.
-    Done(Vec<u8>),
-    /// The chain of messages of the error the function returned, outermost first.
-    Failed(Vec<String>),
-    /// The panic's message.
-    Panicked(String),
 }
 
 impl Reply {

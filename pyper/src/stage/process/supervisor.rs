@@ -7,7 +7,6 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use super::protocol::Reply;
 use super::worker::{Children, Gone, Worker};
 use super::{ProcessFn, RemoteError, WorkerDied};
 use crate::engine::batch::{Collect, Emit, Fault, Halt, Outlet, MAX_BATCH};
@@ -18,6 +17,7 @@ use crate::engine::sequencer::{InOrder, Sequencer};
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
+use crate::stage::wire::Reply;
 
 /// How many times in a row a worker may die between items before the stage gives up:
 /// such deaths have no item to blame, so they are not retried as an item's would be.

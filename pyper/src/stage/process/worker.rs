@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::protocol::{self, FrameReader, Reply, ADDRESS_ENV, TOKEN_ENV};
+use super::protocol::{self, FrameReader, ADDRESS_ENV};
 use super::supervisor::ProcessStage;
 use super::WORKER_ARGS;
 use crate::engine::batch::Halt;
@@ -25,6 +25,7 @@ use crate::engine::queue::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{self, Arc};
 use crate::error::Error;
+use crate::stage::wire::Reply;
 
 /// How long a new worker process may take to connect and say it is ready. Generous: a
 /// worker is a fresh start of the whole program, on a machine that may be busy.
@@ -118,8 +119,10 @@ impl Worker {
         let io_error =
             |error: io::Error| Halt::Failed(Error::failed(&stage.name, None, error.into()));
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let token = random_token(id);
-        let (listener, address) = super::listen(&format!("{id}-{token:016x}")).map_err(io_error)?;
+        // Unpredictable, so that no other process can bind the address first; not a secret:
+        // who connects is checked by the socket's peer credentials, not by what it knows.
+        let (listener, address) =
+            super::listen(&format!("{id}-{:016x}", unpredictable(id))).map_err(io_error)?;
         let mut command = Command::new(executable());
         if let Some(name) = std::env::args_os().next() {
             // Shown by `ps` (whose short name for the worker is `exe`, from the path).
@@ -128,7 +131,6 @@ impl Worker {
         let spawned = command
             .args(WORKER_ARGS)
             .env(ADDRESS_ENV, &address)
-            .env(TOKEN_ENV, token.to_string())
             .stdin(Stdio::null())
             .spawn();
         let child = match spawned {
@@ -185,18 +187,11 @@ impl Worker {
         if !registered {
             return Err(Halt::Stop);
         }
-        // The handshake: the token, then the setup, then the worker's answer.
+        // The handshake: the worker's hello, then the setup, then the worker's answer.
         let handshake = (|| -> io::Result<Result<(), String>> {
             worker.set_read_timeout(Some(HANDSHAKE))?;
-            let token_ok = match worker.reader.read(&mut worker.input)? {
-                Some(protocol::HELLO) => {
-                    let token = token.to_string();
-                    worker.reader.payload.starts_with(token.as_bytes())
-                }
-                _ => false,
-            };
-            if !token_ok {
-                return Ok(Err("a process other than the worker connected".into()));
+            if worker.reader.read(&mut worker.input)? != Some(protocol::HELLO) {
+                return Ok(Err("the worker process broke off the handshake".into()));
             }
             let setup = postcard::to_stdvec(&*stage.body.setup)
                 .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
@@ -243,10 +238,13 @@ impl Worker {
         let started = Instant::now();
         loop {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, _)) if self.is_peer(&stream) => {
                     stream.set_nonblocking(false).map_err(Gone::Broken)?;
                     return Ok(stream);
                 }
+                // Another process found the address: it is hung up on, unanswered, and
+                // the wait for the worker goes on.
+                Ok((stream, _)) => drop(stream),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(Gone::Broken(error)),
@@ -263,6 +261,23 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Whether the process at the other end of `stream` is this worker's own process: the
+    /// kernel's record of who connected (`SO_PEERCRED`), which the peer cannot forge.
+    #[cfg(target_os = "linux")]
+    fn is_peer(&self, stream: &UnixStream) -> bool {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        getsockopt(stream, PeerCredentials)
+            .is_ok_and(|peer| u32::try_from(peer.pid()) == Ok(self.child.id()))
+    }
+
+    /// Elsewhere the socket is a file in a directory only this user can enter (see
+    /// `listen`), so the peer is a process of the same user, which could read this
+    /// process's memory anyway.
+    #[cfg(not(target_os = "linux"))]
+    fn is_peer(&self, _stream: &UnixStream) -> bool {
+        true
     }
 
     fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
@@ -463,8 +478,8 @@ fn executable() -> std::path::PathBuf {
     std::env::current_exe().unwrap_or_else(|_| proc_exe.to_path_buf())
 }
 
-/// A token no other process can guess: std's hash keys are random per process.
-fn random_token(id: u64) -> u64 {
+/// A number no other process can predict: std's hash keys are random per process.
+fn unpredictable(id: u64) -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(id);
     hasher.write_u32(std::process::id());

@@ -58,7 +58,7 @@ const DEFAULT_MAX_DELIVER: u32 = 5;
 /// fn main() -> Result<(), pyper::Error> {
 ///     pyper::init();
 ///     let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
-///     let doubled = pyper::remote_task(&cluster, double).name("double");
+///     let doubled = pyper::remote_task!(&cluster, double).name("double");
 ///     let total: u64 = doubled.feed(1..=100).map(Result::unwrap).sum();
 ///     assert_eq!(total, 10_100);
 ///     Ok(())
@@ -75,6 +75,8 @@ pub(super) struct Inner {
     pub(super) jetstream: jetstream::Context,
     pub(super) ack_wait: Duration,
     pub(super) max_deliver: u32,
+    /// This program's build, which a run's workers must share (`build.rs`).
+    pub(super) build: &'static str,
 }
 
 impl Cluster {
@@ -92,6 +94,7 @@ impl Cluster {
     pub fn connect(url: &str) -> Result<Cluster, Error> {
         let runtime = crate::engine::runtime::handle()
             .map_err(|error| Error::config(None, error.to_string()))?;
+        let build = super::build::fingerprint().map_err(|why| Error::config(None, why))?;
         let url = url.to_owned();
         let target = url.clone();
         let (client, jetstream) = block_on(&runtime, async move {
@@ -119,6 +122,7 @@ impl Cluster {
                 jetstream,
                 ack_wait: DEFAULT_ACK_WAIT,
                 max_deliver: DEFAULT_MAX_DELIVER,
+                build,
             }),
         })
     }
@@ -170,6 +174,7 @@ impl Cluster {
             jetstream: self.inner.jetstream.clone(),
             ack_wait: self.inner.ack_wait,
             max_deliver: self.inner.max_deliver,
+            build: self.inner.build,
         };
         change(&mut inner);
         Cluster {

@@ -7,13 +7,14 @@
 //!   per run, two work-queue streams on the server: `PYPER_<id>_IN` for the stage's items
 //!   and `PYPER_<id>_OUT` for its outcomes, each with one durable pull consumer. `<id>`
 //!   is unique to the stage's run. The input stream's description carries the run's
-//!   [`Setup`]: which function to call, found the way a process task finds it (the worker
-//!   is the same executable), and the stage's fault policy.
+//!   [`Setup`]: the build of the executable (`build.rs`), which registered function to
+//!   call, by its place in the table of registered functions (`stage/wire/registry.rs`),
+//!   and the stage's fault policy.
 //! * A worker process is the same executable started with `--pyper-worker <url>` (or
 //!   with [`WORKER_ENV`] set): [`init`](crate::init) turns it into a worker that never
 //!   returns to `main` (`worker.rs`). It looks for input streams on the server (at once
-//!   when a run is announced, and every second), serves every run whose executable is its
-//!   own, and leaves a run when its streams go.
+//!   when a run is announced, and every second), serves every run whose build is its own,
+//!   ignores the others (saying so once each), and leaves a run when its streams go.
 //! * Items and outcomes travel in versioned envelopes, in postcard (`envelope.rs`). A
 //!   worker takes a few items at a time from the consumer, calls the function on each,
 //!   publishes each outcome with the dedup id `<id>.<item>.0` (`Nats-Msg-Id`), waits for
@@ -36,6 +37,7 @@
 //!   coordinator deletes both streams, with their consumers, and announces the stop, so
 //!   the workers drop that run's work.
 
+mod build;
 mod cluster;
 mod coordinator;
 mod envelope;
@@ -51,8 +53,9 @@ pub(crate) use worker::serve_if_worker;
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::stage::process::{entry, Reply};
 use crate::stage::thread::EachFn;
+use crate::stage::wire::codec;
+use crate::stage::wire::registry::{FunctionRef, Registered};
 
 /// The subject on which a coordinator announces a new run (the input stream's name).
 const ANNOUNCE: &str = "pyper.runs";
@@ -73,11 +76,11 @@ struct Setup {
     id: String,
     /// The stage's name, for messages.
     stage: String,
-    fingerprint: i64,
-    /// The monomorphised call, a `fn(Call) -> Reply`.
-    entry: entry::Code,
-    /// The user's function.
-    user: entry::Code,
+    /// The build of the coordinator's executable: only a worker of the same build serves
+    /// the run.
+    build: String,
+    /// The registered function to call.
+    function: FunctionRef,
     /// Items each worker process runs at once (the stage's `workers`).
     slots: usize,
     timeout_nanos: Option<u64>,
@@ -114,89 +117,37 @@ fn out_subject(id: &str) -> String {
     format!("pyper.{id}.out")
 }
 
-/// One call of the user's function in a worker: what the monomorphised entry receives.
-pub(crate) struct Call {
-    fingerprint: i64,
-    user: entry::Code,
-    item: Vec<u8>,
-}
-
-/// The entry of a remote task, one per item and output type.
-fn call_each<I, O>(call: Call) -> Reply
-where
-    I: DeserializeOwned + 'static,
-    O: Serialize + 'static,
-{
-    match entry::resolve::<I, O>(call.user, call.fingerprint) {
-        Ok(f) => crate::stage::process::call(&call.item, |input| Ok::<O, BoxError>(f(input))),
-        Err(why) => Reply::Failed(vec![why]),
-    }
-}
-
-/// The entry of a fallible remote task.
-fn call_try<I, O, E>(call: Call) -> Reply
-where
-    I: DeserializeOwned + 'static,
-    O: Serialize + 'static,
-    E: Into<BoxError> + 'static,
-{
-    match entry::resolve::<I, Result<O, E>>(call.user, call.fingerprint) {
-        Ok(f) => crate::stage::process::call(&call.item, f),
-        Err(why) => Reply::Failed(vec![why]),
-    }
-}
-
 /// The coordinator's side of a remote task's function: where workers find it, the
 /// cluster it runs on, and how its items and outputs cross.
 pub(crate) struct RemoteFn<I, O> {
     cluster: Cluster,
-    entry: entry::Code,
-    user: entry::Code,
+    function: FunctionRef,
     encode: fn(&I) -> Result<Vec<u8>, BoxError>,
     /// Decodes one output and hands it on, through `branch` and the like.
     pub(crate) decode: EachFn<Vec<u8>, O>,
 }
 
-/// The body of a remote task calling `f` on the cluster's workers.
-pub(crate) fn each<I, O>(cluster: &Cluster, f: fn(I) -> O) -> RemoteFn<I, O>
-where
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-{
-    let entry: fn(Call) -> Reply = call_each::<I, O>;
-    body(cluster, entry::Code::of(entry), entry::Code::of(f))
-}
-
-/// The body of a remote task calling the fallible `f` on the cluster's workers.
-pub(crate) fn try_each<I, O, E>(cluster: &Cluster, f: fn(I) -> Result<O, E>) -> RemoteFn<I, O>
-where
-    I: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    E: Into<BoxError> + 'static,
-{
-    let entry: fn(Call) -> Reply = call_try::<I, O, E>;
-    body(cluster, entry::Code::of(entry), entry::Code::of(f))
-}
-
-fn body<I, O>(cluster: &Cluster, entry: entry::Code, user: entry::Code) -> RemoteFn<I, O>
+/// The body of a remote task calling the registered `function` on the cluster's workers,
+/// or why it cannot (an entry made outside the table).
+pub(crate) fn body<I, O>(
+    cluster: &Cluster,
+    function: &'static Registered,
+) -> Result<RemoteFn<I, O>, String>
 where
     I: Serialize + Send + 'static,
     O: DeserializeOwned + Send + 'static,
 {
-    RemoteFn {
+    Ok(RemoteFn {
         cluster: cluster.clone(),
-        entry,
-        user,
-        encode: |item| {
-            crate::stage::process::encode_value(item, "the item").map_err(BoxError::from)
-        },
+        function: function.reference()?,
+        encode: |item| codec::encode(item, "the item").map_err(BoxError::from),
         decode: Arc::new(|bytes: Vec<u8>, out: &mut dyn Emit<O>| {
             let output: O = postcard::from_bytes(&bytes).map_err(|error| {
                 Fault::Failed(format!("cannot decode the worker's output: {error}").into())
             })?;
             out.emit(output).map_err(Fault::from)
         }),
-    }
+    })
 }
 
 impl<I, O> RemoteFn<I, O> {
@@ -204,8 +155,7 @@ impl<I, O> RemoteFn<I, O> {
     pub(crate) fn with_decode<P>(self, decode: EachFn<Vec<u8>, P>) -> RemoteFn<I, P> {
         RemoteFn {
             cluster: self.cluster,
-            entry: self.entry,
-            user: self.user,
+            function: self.function,
             encode: self.encode,
             decode,
         }
@@ -216,8 +166,7 @@ impl<I, O> Clone for RemoteFn<I, O> {
     fn clone(&self) -> Self {
         RemoteFn {
             cluster: self.cluster.clone(),
-            entry: self.entry,
-            user: self.user,
+            function: self.function.clone(),
             encode: self.encode,
             decode: Arc::clone(&self.decode),
         }

@@ -20,10 +20,12 @@ use futures_util::StreamExt;
 use super::cluster::{block_on, connect, WORKER_ENV};
 use super::coordinator::{dead_letter, fetch, publish};
 use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
-use super::{Call, Setup, CONSUMER, STREAM_PREFIX, VERSION};
+use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
 use crate::error::BoxError;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
-use crate::stage::process::{entry, panic_message, RemoteError, Reply};
+use crate::stage::process::RemoteError;
+use crate::stage::wire::registry::{self, Registered};
+use crate::stage::wire::{panic_message, Reply};
 
 /// The NATS URL this process was started to serve, if it was started as a worker:
 /// `--pyper-worker <url>`, `--pyper-worker=<url>`, or [`WORKER_ENV`].
@@ -90,10 +92,11 @@ enum Never {}
 /// Finds runs and serves them, for ever.
 fn serve(url: &str) -> Result<Never, String> {
     let runtime = crate::engine::runtime::handle().map_err(|error| error.to_string())?;
+    let build = super::build::fingerprint()?;
     let client =
         block_on(&runtime, connect(url.to_owned(), true)).map_err(|error| error.to_string())?;
     eprintln!(
-        "pyper remote worker {} on {}: serving remote tasks from {url}",
+        "pyper remote worker {} on {}: serving remote tasks of build {build} from {url}",
         std::process::id(),
         host_name()
     );
@@ -151,8 +154,8 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
                 continue;
             }
             match setup_of(&js, &name).await {
-                Ok(Some(setup)) => {
-                    served.insert(name, start(&client, &js, setup));
+                Ok(Some((setup, function))) => {
+                    served.insert(name, start(&client, &js, setup, function));
                 }
                 Ok(None) => {}
                 Err(why) => {
@@ -167,9 +170,14 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
     }
 }
 
-/// The setup of the run whose item stream is `name`, if it is still there; an error if
-/// this executable cannot serve it.
-async fn setup_of(js: &jetstream::Context, name: &str) -> Result<Option<Setup>, String> {
+/// The setup of the run whose item stream is `name`, and the registered function it
+/// names, if the stream is still there; an error if this worker will not serve it. The
+/// description is anyone's to write, so nothing in it is trusted: it must parse, speak this
+/// version, come from this very build, and name a function this program registered.
+async fn setup_of(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<(Setup, &'static Registered)>, String> {
     let Ok(mut stream) = js.get_stream(name).await else {
         return Ok(None);
     };
@@ -185,18 +193,25 @@ async fn setup_of(js: &jetstream::Context, name: &str) -> Result<Option<Setup>, 
             setup.version
         ));
     }
-    if setup.fingerprint != entry::fingerprint() {
-        return Err(
-            "the run was started by another executable (a worker must run the very \
-                    same build as the program that runs the pipeline)"
-                .into(),
-        );
+    let build = super::build::fingerprint()?;
+    if setup.build != build {
+        return Err(format!(
+            "the run (stage `{}`) is of another build of the program ({}; this worker is \
+             {build}): a worker serves only runs of its own build",
+            setup.stage, setup.build
+        ));
     }
-    Ok(Some(setup))
+    let function = registry::lookup(&setup.function)?;
+    Ok(Some((setup, function)))
 }
 
 /// Starts the threads that serve one run.
-fn start(client: &async_nats::Client, js: &jetstream::Context, setup: Setup) -> Served {
+fn start(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    setup: Setup,
+    function: &'static Registered,
+) -> Served {
     let stopped = Arc::new(AtomicBool::new(false));
     let setup = Arc::new(setup);
     let threads = (0..setup.slots.max(1))
@@ -205,7 +220,7 @@ fn start(client: &async_nats::Client, js: &jetstream::Context, setup: Setup) -> 
             let (setup, stopped) = (Arc::clone(&setup), Arc::clone(&stopped));
             std::thread::Builder::new()
                 .name(format!("pyper-remote-{slot}"))
-                .spawn(move || serve_run(client, js, &setup, &stopped))
+                .spawn(move || serve_run(client, js, &setup, function, &stopped))
                 .ok()
         })
         .collect();
@@ -222,13 +237,10 @@ fn serve_run(
     client: async_nats::Client,
     js: jetstream::Context,
     setup: &Arc<Setup>,
+    function: &'static Registered,
     stopped: &Arc<AtomicBool>,
 ) {
     let Ok(runtime) = crate::engine::runtime::handle() else {
-        return;
-    };
-    let Ok(call) = entry::resolve::<Call, Reply>(setup.entry, setup.fingerprint) else {
-        eprintln!("pyper remote worker: the run's function is not in this executable");
         return;
     };
     let consumer = {
@@ -264,7 +276,7 @@ fn serve_run(
     let worker = Worker {
         js,
         setup,
-        call,
+        function,
         host: host_name(),
     };
     while let Some(batch) = ready.blocking_recv() {
@@ -414,7 +426,7 @@ fn seq_of(envelope: &[u8]) -> u64 {
 struct Worker<'a> {
     js: jetstream::Context,
     setup: &'a Setup,
-    call: fn(Call) -> Reply,
+    function: &'static Registered,
     host: String,
 }
 
@@ -461,12 +473,7 @@ impl Worker<'_> {
             backoff: self.setup.backoff,
         });
         loop {
-            let call = Call {
-                fingerprint: self.setup.fingerprint,
-                user: self.setup.user,
-                item: item.clone(),
-            };
-            let failure = match call_within(self.call, call, timeout) {
+            let failure = match call_within(self.function, item.clone(), timeout) {
                 Some(Reply::Done(bytes)) => return Outcome::Done(bytes),
                 Some(Reply::Failed(chain)) => {
                     AttemptFailure::Failed(Box::new(RemoteError::new(match chain.is_empty() {
@@ -497,18 +504,22 @@ impl Worker<'_> {
     }
 }
 
-/// Calls `call`, on this thread without a timeout, or on a thread of its own that is
-/// abandoned if it overruns (`None`): a call cannot be stopped from outside, and its
-/// result is refused anyway.
-fn call_within(entry: fn(Call) -> Reply, call: Call, timeout: Option<Duration>) -> Option<Reply> {
+/// Calls `function` on `item`, on this thread without a timeout, or on a thread of its
+/// own that is abandoned if it overruns (`None`): a call cannot be stopped from outside,
+/// and its result is refused anyway.
+fn call_within(
+    function: &'static Registered,
+    item: Vec<u8>,
+    timeout: Option<Duration>,
+) -> Option<Reply> {
     let Some(timeout) = timeout else {
-        return Some(entry(call));
+        return Some(function.call(&item));
     };
     let (sender, receiver) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("pyper-remote-call".into())
         .spawn(move || {
-            let _ = sender.send(entry(call));
+            let _ = sender.send(function.call(&item));
         });
     if spawned.is_err() {
         return Some(Reply::Failed(vec![

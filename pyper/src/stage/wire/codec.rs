@@ -11,7 +11,14 @@ use std::fmt::{self, Display};
 
 use serde::ser::{self, Serialize};
 
-use super::protocol;
+/// The most bytes an encoded item or output may have: what one message between processes
+/// carries (256 MiB) less its framing (a tag, and, in a batch, the item's length).
+pub(crate) const MAX_BYTES: usize = (256 << 20) - 5;
+
+/// Why `what`, of `bytes` bytes, cannot be sent.
+pub(crate) fn too_big(what: &str, bytes: usize) -> String {
+    format!("{what} is {bytes} bytes, over the 256 MiB limit of a message between processes")
+}
 
 /// Encodes `value`, which is `what` ("the item", "the output") in errors.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec<u8>, String> {
@@ -25,9 +32,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, what: &str) -> Result<Vec
             why.unwrap_or_else(|| error.to_string())
         )
     })?;
-    // The frame carries a tag and, in a batch, the item's length besides.
-    if bytes.len() > protocol::MAX_PAYLOAD - 4 {
-        return Err(protocol::too_big(what, bytes.len()));
+    if bytes.len() > MAX_BYTES {
+        return Err(too_big(what, bytes.len()));
     }
     Ok(bytes)
 }
