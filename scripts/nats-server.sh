@@ -3,10 +3,11 @@
 # apt if it is missing, and runs it on loopback with a store directory of its own.
 #
 #   scripts/nats-server.sh install          install nats-server if missing
-#   scripts/nats-server.sh start DIR [PORT] [ADDRESS]
+#   scripts/nats-server.sh start DIR [PORT] [ADDRESS] [USER:PASSWORD]
 #                                           start a server storing in DIR (on a free port
-#                                           unless PORT is given, on 127.0.0.1 unless
-#                                           ADDRESS is given); prints its URL
+#                                           unless PORT is given, or PORT is -1; on
+#                                           127.0.0.1 unless ADDRESS is given; requiring
+#                                           that user and password if given); prints its URL
 #   scripts/nats-server.sh stop DIR         stop the server started with DIR
 #
 # `start` returns once the server accepts clients; its pid is in DIR/pid, its log in
@@ -25,13 +26,19 @@ install() {
 }
 
 start() {
-    local dir=$1 port=${2:--1} address=${3:-127.0.0.1}
+    local dir=$1 port=${2:--1} address=${3:-127.0.0.1} credentials=${4:-}
+    if [ -z "$port" ]; then port=-1; fi
+    if [ -z "$address" ]; then address=127.0.0.1; fi
+    local auth=()
+    if [ -n "$credentials" ]; then
+        auth=(--user "${credentials%%:*}" --pass "${credentials#*:}")
+    fi
     install
     mkdir -p "$dir/store"
     : >"$dir/log"
     # `-p -1`: a free port, chosen by the server and read back from its log.
     # Its own output goes to the log: a caller reading ours must not wait for the server.
-    nats-server -js -a "$address" -p "$port" -sd "$dir/store" -l "$dir/log" \
+    nats-server -js -a "$address" -p "$port" -sd "$dir/store" -l "$dir/log" "${auth[@]}" \
         </dev/null >/dev/null 2>&1 &
     echo $! >"$dir/pid"
     disown
@@ -68,10 +75,10 @@ stop() {
 
 case "${1:-}" in
     install) install ;;
-    start) start "${2:?a store directory}" "${3:-}" "${4:-}" ;;
+    start) start "${2:?a store directory}" "${3:-}" "${4:-}" "${5:-}" ;;
     stop) stop "${2:?the store directory}" ;;
     *)
-        echo "usage: $0 install | start DIR [PORT] [ADDRESS] | stop DIR" >&2
+        echo "usage: $0 install | start DIR [PORT] [ADDRESS] [USER:PASSWORD] | stop DIR" >&2
         exit 2
         ;;
 esac

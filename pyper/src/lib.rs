@@ -154,7 +154,16 @@ pub use stage::process::{init, RemoteError, WorkerDied};
 #[cfg(feature = "python")]
 pub use stage::python::{PyItem, PyShape};
 #[cfg(feature = "remote")]
-pub use stage::remote::{Cluster, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+pub use stage::remote::{Cluster, ClusterBuilder, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+/// The `PYPER_NATS_*` environment variables that give remote workers (and, for what a
+/// [`ClusterBuilder`] leaves unset, coordinators) their credentials and TLS settings.
+#[cfg(feature = "remote")]
+pub mod nats_env {
+    pub use crate::stage::remote::{
+        CREDS_ENV, NKEY_ENV, PASSWORD_ENV, TLS_CA_ENV, TLS_CLIENT_ENV, TLS_REQUIRED_ENV, TOKEN_ENV,
+        USER_ENV,
+    };
+}
 /// What the process and remote task macros expand to; not part of the API.
 #[cfg(feature = "process")]
 #[doc(hidden)]

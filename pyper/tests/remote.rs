@@ -8,110 +8,19 @@
 //! workers of one test would otherwise also serve the runs of another.
 
 mod common;
+mod remote_common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{serial, with_timeout};
 use pyper::{remote_task, try_remote_task, Cluster, DeadLetter, Error, RemoteError};
+use remote_common::{run_script, script, server_url, tempdir, Workers};
 
 pyper::process_test_support!();
-
-/// The URL of the server `scripts/test.sh` started.
-fn server_url() -> String {
-    std::env::var("PYPER_NATS_URL").unwrap_or_else(|_| {
-        panic!(
-            "PYPER_NATS_URL is not set: run these tests with `bash scripts/test.sh`, or start \
-             a server with `scripts/nats-server.sh start DIR` and set PYPER_NATS_URL to the \
-             URL it prints"
-        )
-    })
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-server.sh")
-}
-
-/// Worker processes of this test binary, killed when dropped.
-struct Workers {
-    url: String,
-    env: Vec<(String, String)>,
-    children: Arc<Mutex<Vec<Child>>>,
-}
-
-impl Workers {
-    fn new(url: &str) -> Self {
-        Workers {
-            url: url.to_owned(),
-            env: Vec::new(),
-            children: Arc::default(),
-        }
-    }
-
-    fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Starts one more worker; returns its pid.
-    fn start(&self) -> u32 {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "__pyper_process_worker",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-                "-q",
-            ])
-            .env(pyper::WORKER_ENV, &self.url)
-            .envs(self.env.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start a worker");
-        let pid = child.id();
-        self.children.lock().unwrap().push(child);
-        pid
-    }
-
-    fn kill(&self, pid: u32) {
-        let mut children = self.children.lock().unwrap();
-        let child = children.iter_mut().find(|child| child.id() == pid).unwrap();
-        child.kill().unwrap(); // SIGKILL: no chance to clean up
-        child.wait().unwrap();
-    }
-
-    /// Restarts, as a supervisor would, every worker that died; returns how many.
-    fn restart_dead(&self) -> usize {
-        let mut dead = 0;
-        {
-            let mut children = self.children.lock().unwrap();
-            children.retain_mut(|child| match child.try_wait() {
-                Ok(Some(_)) => {
-                    dead += 1;
-                    false
-                }
-                _ => true,
-            });
-        }
-        for _ in 0..dead {
-            self.start();
-        }
-        dead
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in self.children.lock().unwrap().iter_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// An item's output, with the worker process that made it.
 fn tagged(x: u64) -> (u64, u32) {
@@ -203,19 +112,6 @@ fn a_restarted_server_loses_nothing() {
     const N: u64 = 4_000;
     with_timeout(240, move || {
         let dir = tempdir("restart");
-        let run_script = |args: &[&str]| {
-            let out = Command::new("bash")
-                .arg(script())
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
         let dir_arg = dir.to_str().unwrap();
         let url = run_script(&["start", dir_arg]);
         let port = url.rsplit(':').next().unwrap().to_owned();
@@ -243,13 +139,6 @@ fn a_restarted_server_loses_nothing() {
         run_script(&["stop", dir_arg]);
         let _ = std::fs::remove_dir_all(&dir);
     });
-}
-
-fn tempdir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pyper-remote-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Kills its worker on item 13, every time.

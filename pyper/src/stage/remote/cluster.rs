@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
+use super::security::{ClusterBuilder, Security};
 use crate::engine::sync::Arc;
 use crate::error::Error;
 
@@ -92,13 +93,30 @@ impl Cluster {
     /// }
     /// ```
     pub fn connect(url: &str) -> Result<Cluster, Error> {
+        Cluster::builder(url).connect()
+    }
+
+    /// A cluster to connect to with credentials or TLS: see [`ClusterBuilder`].
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222")
+    ///     .user_and_password("pipeline", "s3cret")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: &str) -> ClusterBuilder {
+        ClusterBuilder::new(url)
+    }
+
+    pub(super) fn connect_with(url: &str, security: Security) -> Result<Cluster, Error> {
         let runtime = crate::engine::runtime::handle()
             .map_err(|error| Error::config(None, error.to_string()))?;
         let build = super::build::fingerprint().map_err(|why| Error::config(None, why))?;
         let url = url.to_owned();
         let target = url.clone();
         let (client, jetstream) = block_on(&runtime, async move {
-            let client = connect(target, false).await?;
+            let client = connect(target, false, &security).await?;
             // Inside the runtime: the context starts a task of its own.
             let jetstream = jetstream::new(client.clone());
             // Making the dead-letter stream checks that the server has JetStream.
@@ -125,6 +143,20 @@ impl Cluster {
                 build,
             }),
         })
+    }
+
+    /// The build of this program that its runs carry: only workers of the same build
+    /// serve them (a worker prints its own when it starts). `build-id:<hex>`, the
+    /// executable's ELF build id, or `sha256:<hex>` of the executable where it has none.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?;
+    /// println!("runs of build {}", cluster.build());
+    /// # Ok(()) }
+    /// ```
+    pub fn build(&self) -> &str {
+        self.inner.build
     }
 
     /// The URL this handle connected to.
@@ -208,7 +240,7 @@ impl Cluster {
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
-            .field("url", &self.inner.url)
+            .field("url", &redacted(&self.inner.url))
             .field("ack_wait", &self.inner.ack_wait)
             .field("max_deliver", &self.inner.max_deliver)
             .finish()
@@ -217,16 +249,35 @@ impl fmt::Debug for Cluster {
 
 /// Connects to `url`, failing clearly if the server cannot be reached, or, with
 /// `patient`, waiting until it can be (a worker started before its server).
-pub(super) async fn connect(url: String, patient: bool) -> Result<async_nats::Client, Error> {
-    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+pub(super) async fn connect(
+    url: String,
+    patient: bool,
+    security: &Security,
+) -> Result<async_nats::Client, Error> {
+    let options = security.options().await?;
     let options = match patient {
         true => options.retry_on_initial_connect(),
         false => options,
     };
-    options
-        .connect(url.as_str())
-        .await
-        .map_err(|error| Error::config(None, format!("cannot connect to NATS at {url}: {error}")))
+    options.connect(url.as_str()).await.map_err(|error| {
+        let url = redacted(&url);
+        Error::config(None, format!("cannot connect to NATS at {url}: {error}"))
+    })
+}
+
+/// `url` without the password it may hold (`nats://user:***@host`), for messages.
+pub(super) fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split(':').next().unwrap_or("");
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{user}:***@{host}")
 }
 
 /// Runs `future` to its end on pyper's runtime from a thread outside it.

@@ -41,6 +41,7 @@ mod build;
 mod cluster;
 mod coordinator;
 mod envelope;
+mod security;
 mod worker;
 
 use serde::de::DeserializeOwned;
@@ -48,6 +49,10 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{Cluster, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
 pub(crate) use coordinator::launch;
+pub use security::{
+    ClusterBuilder, CREDS_ENV, NKEY_ENV, PASSWORD_ENV, TLS_CA_ENV, TLS_CLIENT_ENV,
+    TLS_REQUIRED_ENV, TOKEN_ENV, USER_ENV,
+};
 pub(crate) use worker::serve_if_worker;
 
 use crate::engine::batch::{Emit, Fault};

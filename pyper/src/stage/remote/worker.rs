@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 
-use super::cluster::{block_on, connect, WORKER_ENV};
+use super::cluster::{block_on, connect, redacted, WORKER_ENV};
 use super::coordinator::{dead_letter, fetch, publish};
 use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::security::Security;
 use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
 use crate::error::BoxError;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
@@ -93,12 +94,18 @@ enum Never {}
 fn serve(url: &str) -> Result<Never, String> {
     let runtime = crate::engine::runtime::handle().map_err(|error| error.to_string())?;
     let build = super::build::fingerprint()?;
-    let client =
-        block_on(&runtime, connect(url.to_owned(), true)).map_err(|error| error.to_string())?;
+    let security = Security::from_env().map_err(|error| error.to_string())?;
+    let target = url.to_owned();
+    let client = block_on(
+        &runtime,
+        async move { connect(target, true, &security).await },
+    )
+    .map_err(|error| error.to_string())?;
     eprintln!(
-        "pyper remote worker {} on {}: serving remote tasks of build {build} from {url}",
+        "pyper remote worker {} on {}: serving remote tasks of build {build} from {}",
         std::process::id(),
-        host_name()
+        host_name(),
+        redacted(url)
     );
     block_on(&runtime, discover(client))
 }
