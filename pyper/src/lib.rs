@@ -105,9 +105,10 @@
 //! * **Processes** are for isolation, not speed. With the `process` feature,
 //!   `process_task!(f)` runs `f` in worker processes of the same executable, so a crash, an
 //!   abort or a hang (with a `timeout`) costs one worker process, not the program. `f` is a
-//!   function pointer rather than Pyper's `multiprocess=True` on any task, because a
-//!   boxed closure cannot be found again in another process; the program calls
-//!   `pyper::init()` first thing in `main`.
+//!   registered function (a path, or a closure that captures nothing) rather than Pyper's
+//!   `multiprocess=True` on any task, because a boxed closure cannot be found again in
+//!   another process, and a worker runs only what the program registered; the program
+//!   calls `pyper::init()` first thing in `main`.
 // None: the crate has no `unsafe` code of its own. (The one `allow` is on the statics that
 // `process_task!` and `remote_task!` register, which linkme places in a link section.)
 #![deny(unsafe_code)]

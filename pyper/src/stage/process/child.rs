@@ -12,7 +12,7 @@ static SERVING: AtomicBool = AtomicBool::new(false);
 
 /// Makes this process serve as a process-task worker if it was started as one; returns at
 /// once otherwise. Call it as the first line of `main` in any program that runs
-/// [`process_task`](crate::process_task)s.
+/// [`process_task!`](crate::process_task!)s.
 ///
 /// A process stage starts its workers by running the program's own executable again, with
 /// a marker in the environment. In such a worker, `init` connects to the parent, runs the

@@ -30,10 +30,13 @@
 //!   50 ms. A retried item is re-sent after the rest of its batch; when order is promised
 //!   (an `ordered` stage, or one worker), the batch's outputs wait until every item of the
 //!   batch is done, and leave in order.
-//! * The worker finds the function by its offset from a known function of the same
-//!   executable (`entry.rs`, the crate's only `unsafe` code, argues why that is sound).
-//!   That is why a process task takes a `fn` pointer, never a capturing closure, and why
-//!   pyper must be linked into the executable (the default; not as a Rust `dylib`).
+//! * The worker calls only a function the program registered: `process_task!` puts the
+//!   function in a table the linker gathers (`stage/wire/registry.rs`), and the parent
+//!   names it by its place there and its name, never by an address. That is why a process
+//!   task is built by a macro from a function's path or a closure that captures nothing.
+//! * The socket's address holds no secret. The parent accepts a connection only from the
+//!   process it started, as the kernel reports the peer (`SO_PEERCRED`); any other process
+//!   that connects is hung up on before it is sent anything, and the wait goes on.
 //!
 //! # Lifetimes
 //!
@@ -65,9 +68,9 @@
 //!
 //! Pyper spells it `task(f, multiprocess=True)`. Here `task(f)` erases `f` into a boxed
 //! closure, which cannot be found again in another process, so process tasks have their
-//! own constructors, [`process_task`](crate::process_task) and
-//! [`try_process_task`](crate::try_process_task), that take a function
-//! pointer. What they return is an ordinary [`Task`](crate::Task).
+//! own constructors, [`process_task!`](crate::process_task!) and
+//! [`try_process_task!`](crate::try_process_task!), which register the function. What they
+//! return is an ordinary [`Task`](crate::Task).
 
 mod child;
 mod launch;
@@ -192,7 +195,7 @@ impl<I, O> Clone for ProcessFn<I, O> {
     }
 }
 
-/// An error returned by a [`try_process_task`]'s function in the worker process: its
+/// An error returned by a [`try_process_task!`](crate::try_process_task!)'s function in the worker process: its
 /// message, and its source's, down the chain. The error value itself stays behind, since
 /// its type cannot cross the process boundary.
 ///

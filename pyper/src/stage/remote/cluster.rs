@@ -42,7 +42,7 @@ const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// says otherwise.
 const DEFAULT_MAX_DELIVER: u32 = 5;
 
-/// A connection to a NATS server with JetStream, on which [`remote_task`](crate::remote_task)s
+/// A connection to a NATS server with JetStream, on which [`remote_task!`](crate::remote_task!)s
 /// run. (Requires the `remote` feature.)
 ///
 /// The workers are the same executable, started on any host with the server's URL:
