@@ -158,6 +158,17 @@ fn picky(x: u64) -> Result<u64, String> {
     }
 }
 
+/// How many messages the dead-letter stream holds.
+fn dead_letter_count(url: &str) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(pyper::DEAD_LETTER_STREAM).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    })
+}
+
 /// The last message of the dead-letter stream: its subject and headers.
 fn last_dead_letter(url: &str) -> (String, HashMap<String, String>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -220,6 +231,121 @@ fn an_item_that_keeps_killing_its_worker_is_dead_lettered_and_named() {
         assert_eq!(headers["Pyper-Item"], "13");
         assert_eq!(headers["Pyper-Stage"], "fragile");
         assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
+
+/// Kills its worker on item 150, every time, at once: the items around it are quick, so
+/// it travels in a message of many.
+fn quick_fragile(x: u64) -> u64 {
+    if x == 150 {
+        std::process::abort();
+    }
+    x
+}
+
+#[test]
+fn a_poison_item_in_a_batch_goes_to_the_dead_letters_alone() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(600, move || {
+        let cluster = Cluster::connect(&url)
+            .unwrap()
+            .ack_wait(Duration::from_millis(300))
+            .max_deliver(2);
+        let workers = Arc::new(Workers::new(&url));
+        workers.start();
+        workers.start();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = {
+            let (workers, done) = (Arc::clone(&workers), Arc::clone(&done));
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    workers.restart_dead();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        for run in 0..20 {
+            let dead_before = dead_letter_count(&url);
+            let mut outputs = Vec::new();
+            let mut error = None;
+            for result in remote_task!(&cluster, quick_fragile).feed(0..400u64) {
+                match result {
+                    Ok(x) => outputs.push(x),
+                    Err(failed) => error = Some(failed),
+                }
+            }
+            let error = error.expect("the run fails");
+            assert_eq!(error.item(), Some(150), "run {run}: {error}");
+            assert!(error.downcast_ref::<DeadLetter>().is_some(), "{error}");
+            // Alone in the dead letters.
+            assert_eq!(dead_letter_count(&url), dead_before + 1, "run {run}");
+            let (_, headers) = last_dead_letter(&url);
+            assert_eq!(headers["Pyper-Item"], "150", "run {run}");
+            // The others of its message went on: each output at most once (the run ends
+            // at the dead letter, so some may not have come out by then).
+            outputs.sort_unstable();
+            let before = outputs.len();
+            outputs.dedup();
+            assert_eq!(outputs.len(), before, "run {run}: an output twice");
+            assert!(!outputs.contains(&150));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        supervisor.join().unwrap();
+        assert!(cluster.run_streams().unwrap().is_empty());
+    });
+}
+
+fn length(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+#[test]
+fn an_item_too_big_for_a_message_fails_the_run_at_once() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        for megabytes in [2usize, 20] {
+            let items = (0..5u8).map(move |n| match n {
+                3 => vec![n; megabytes << 20],
+                _ => vec![n; 100],
+            });
+            let mut output = remote_task!(&cluster, length).feed(items);
+            let error = output
+                .by_ref()
+                .find_map(Result::err)
+                .expect("the run fails");
+            assert_eq!(error.item(), Some(3), "{error}");
+            let why = std::error::Error::source(&error).unwrap().to_string();
+            assert!(
+                why.contains(&format!("{}", (megabytes << 20) + 8))
+                    || why.contains("bytes encoded"),
+                "{why}"
+            );
+            assert!(why.contains("max_payload"), "{why}");
+        }
+        let left = cluster.run_streams().unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    });
+}
+
+#[test]
+fn big_items_go_as_many_messages_as_they_need() {
+    let _serial = serial();
+    let url = server_url();
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        // 300 KB each: three to a message of the server's default 1 MB at most.
+        let lengths: Vec<usize> = remote_task!(&cluster, length)
+            .feed((0..40u8).map(|n| vec![n; 300 << 10]))
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(lengths, vec![300 << 10; 40]);
     });
 }
 
@@ -339,7 +465,8 @@ fn a_server_that_is_not_there_is_a_clear_error() {
     assert!(error.to_string().contains("cannot connect"), "{error}");
 }
 
-/// How many messages each item stream of a run holds right now.
+/// How many items each item stream of a run holds right now (each message says how many
+/// it carries in its `Pyper-Items` header).
 fn item_stream_sizes(url: &str) -> Vec<u64> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -352,7 +479,15 @@ fn item_stream_sizes(url: &str) -> Vec<u64> {
             let name = name.unwrap();
             if name.starts_with("PYPER_") && name.ends_with("_IN") {
                 if let Ok(mut stream) = js.get_stream(&name).await {
-                    sizes.push(stream.info().await.unwrap().state.messages);
+                    let state = stream.info().await.unwrap().state.clone();
+                    let mut items = 0;
+                    for seq in state.first_sequence..=state.last_sequence {
+                        if let Ok(message) = stream.get_raw_message(seq).await {
+                            let count = message.headers.get("Pyper-Items");
+                            items += count.map_or(1, |count| count.as_str().parse().unwrap());
+                        }
+                    }
+                    sizes.push(items);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! input into one, collects outcomes from the other, watches for dead letters, and
 //! removes everything from the server when the run ends, however it ends.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::cluster::{block_on, DeadLetter, DEAD_LETTER_STREAM};
-use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
 use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
@@ -26,10 +26,26 @@ use crate::stage::policy::TimedOut;
 use crate::stage::process::RemoteError;
 use crate::stage::Launch;
 
-/// How many items the coordinator has published and not yet seen acknowledged, at most.
-const PUBLISH_WINDOW: usize = 512;
-/// How many outcomes the coordinator takes from the server at once, at most.
-const COLLECT_BATCH: usize = 512;
+/// How many messages the coordinator has published and not yet seen acknowledged, at most.
+const PUBLISH_WINDOW: usize = 64;
+/// How many outcome messages the coordinator takes from the server at once, at most.
+const COLLECT_BATCH: usize = 64;
+/// The most items one message carries.
+const MAX_BATCH: usize = 1024;
+/// How much work one message should carry: quick items go many to a message, slow ones
+/// few, so that they spread over the workers.
+const BATCH_TIME: Duration = Duration::from_millis(5);
+/// How many items may be out before the first outcome says how long an item takes: sent
+/// one to a message, so slow items spread over the workers from the start.
+const FIRST_WINDOW: u64 = 32;
+/// What a message carries besides its items' bytes, at most: the envelope's own fields,
+/// its headers (the dedup id, the item count) and the subject.
+const MESSAGE_OVERHEAD: usize = 1024;
+/// What each item adds to a message besides its bytes: its index and length.
+const ITEM_OVERHEAD: usize = 20;
+/// How many times an item that ran out of deliveries without being started (held by
+/// workers that died of another item) is sent again before it is dead-lettered anyway.
+const MAX_RESCUES: u32 = 3;
 /// How long a publish may keep failing (the server unreachable, say) before the run fails.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
@@ -69,6 +85,10 @@ where
         gauges,
         seen: Mutex::new(Seen::default()),
         published: AtomicU64::new(0),
+        numbered: AtomicU64::new(0),
+        progress: tokio::sync::Notify::new(),
+        item_nanos: AtomicU64::new(0),
+        max_payload: cluster.client.server_info().max_payload,
     };
     let (input, output) = (stage.input.clone(), stage.output.clone());
     stage.spawn_thread(1, move || {
@@ -125,7 +145,17 @@ struct Coordinator<I, O> {
     meter: Option<Arc<WorkerMeter>>,
     gauges: Option<Arc<RemoteGauges>>,
     seen: Mutex<Seen>,
+    /// How many items were handed to the server.
     published: AtomicU64,
+    /// How many items were numbered to be sent: every outcome's index is below it.
+    numbered: AtomicU64,
+    /// Told when outcomes arrive: the pump may have room again.
+    progress: tokio::sync::Notify,
+    /// How long an item takes in a worker, smoothed; 0 until the first outcome says.
+    item_nanos: AtomicU64,
+    /// The most bytes the server takes in one message (`max_payload`, which it says when
+    /// the client connects).
+    max_payload: usize,
 }
 
 /// The items whose outcome has arrived: one bit each.
@@ -166,18 +196,20 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         let (total, total_known) = watch::channel(None);
         let result = match self.prepare(&cluster).await {
             Err(error) => Err(Halt::Failed(error)),
-            Ok((work, advisories)) => {
+            Ok((work, advisories, starts)) => {
                 tokio::select! {
                     biased;
                     _ = stopped.wait_for(|stop| *stop) => Err(Halt::Stop),
-                    result = self.dead_letters(advisories) => result,
+                    result = self.dead_letters(advisories, starts) => result,
                     result = self.watch_depth(&js) => result,
+                    // The first of the two to fail ends both: the collector would otherwise
+                    // wait for ever for the outcomes of items never sent.
                     result = async {
-                        let (pumped, collected) = tokio::join!(
+                        tokio::try_join!(
                             self.pump(&js, &input, total),
                             self.collect(work, &output, total_known),
-                        );
-                        pumped.and(collected)
+                        )
+                        .map(drop)
                     } => result,
                 }
             }
@@ -198,15 +230,18 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
     async fn prepare(
         &self,
         cluster: &super::cluster::Inner,
-    ) -> Result<(consumer::PullConsumer, async_nats::Subscriber), Error> {
+    ) -> Result<
+        (
+            consumer::PullConsumer,
+            async_nats::Subscriber,
+            async_nats::Subscriber,
+        ),
+        Error,
+    > {
         let js = &cluster.jetstream;
         let id = &self.setup.id;
         let fail = |doing: &str, error: &dyn std::fmt::Display| {
             Error::failed(&self.name, None, format!("cannot {doing}: {error}").into())
-        };
-        let max_messages = match self.throttle {
-            0 => -1,
-            n => n as i64,
         };
         let description =
             serde_json::to_string(&self.setup).map_err(|error| fail("describe the run", &error))?;
@@ -215,8 +250,6 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 name,
                 subjects: vec![subject],
                 retention: stream::RetentionPolicy::WorkQueue,
-                max_messages,
-                discard: stream::DiscardPolicy::New,
                 storage: stream::StorageType::File,
                 // The server keeps every message id of the window in memory: at thousands
                 // of items a second, the default two minutes is most of its memory. Twice
@@ -245,6 +278,11 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             ))
             .await
             .map_err(|error| fail("listen for dead letters", &error))?;
+        let starts = cluster
+            .client
+            .subscribe(starts_subject(id))
+            .await
+            .map_err(|error| fail("listen for items started again", &error))?;
         let outcomes = js
             .create_stream(stream_config(out_stream(id), out_subject(id), None))
             .await
@@ -270,11 +308,13 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             .client
             .publish(super::ANNOUNCE, in_stream(id).into())
             .await;
-        Ok((work, advisories))
+        Ok((work, advisories, starts))
     }
 
-    /// Publishes the stage's input into the item stream, each item until the server
-    /// acknowledges it, then says how many there were.
+    /// Publishes the stage's input into the item stream, as many items to a message as
+    /// fit (see [`Coordinator::batch_size`]), each message until the server acknowledges
+    /// it, then says how many items there were. At most `throttle` items are out (published
+    /// and without an outcome) at once: that bounds what the server holds for the run.
     async fn pump(
         &self,
         js: &jetstream::Context,
@@ -283,50 +323,130 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
     ) -> Result<(), Halt> {
         let subject = in_subject(&self.setup.id);
         let mut batch = Vec::new();
-        let stopped = || self.run.is_cancelled();
         let mut in_flight = FuturesUnordered::new();
-        let mut count = 0;
-        while let Some(first) = input.pop_batch_async(&mut batch, PUBLISH_WINDOW).await {
+        let mut count = 0u64;
+        let limit = self.max_payload.saturating_sub(MESSAGE_OVERHEAD).max(1);
+        loop {
+            let room = loop {
+                // Registered before the count is read, so an outcome in between wakes it.
+                let progressed = self.progress.notified();
+                let out = count - self.seen.lock().expect("never poisoned").count;
+                let room = self.window().saturating_sub(out);
+                if room > 0 {
+                    break room;
+                }
+                tokio::select! {
+                    _ = progressed => {}
+                    // Publishes in flight may be what the outcomes wait for.
+                    Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                        self.published(result)?;
+                    }
+                }
+            };
+            let most = self.batch_size().min(room.try_into().unwrap_or(usize::MAX));
+            let Some(first) = input.pop_batch_async(&mut batch, most).await else {
+                break;
+            };
+            let mut items = Vec::with_capacity(batch.len());
+            let mut bytes = 0;
             for (seq, item) in (first..).zip(batch.drain(..)) {
                 let item = (self.body.encode)(&item)
                     .map_err(|error| Halt::Failed(Error::failed(&self.name, Some(seq), error)))?;
-                let envelope = envelope::encode(&ItemEnvelope::V1 { seq, item });
-                let id = format!("{}.in.{seq}", self.setup.id);
-                in_flight.push(publish(
-                    js,
-                    subject.clone(),
-                    id,
-                    envelope.into(),
-                    &self.name,
-                    &stopped,
-                ));
-                count += 1;
-                while in_flight.len() >= PUBLISH_WINDOW {
-                    self.published(in_flight.next().await)?;
+                if item.len() + ITEM_OVERHEAD > limit {
+                    return Err(Halt::Failed(Error::failed(
+                        &self.name,
+                        Some(seq),
+                        too_big(item.len(), self.max_payload),
+                    )));
                 }
+                if !items.is_empty() && bytes + item.len() + ITEM_OVERHEAD > limit {
+                    self.numbered.store(count, Ordering::Release);
+                    in_flight.push(self.publish_items(js, &subject, std::mem::take(&mut items)));
+                    bytes = 0;
+                }
+                bytes += item.len() + ITEM_OVERHEAD;
+                items.push(Item { seq, bytes: item });
+                count += 1;
+            }
+            self.numbered.store(count, Ordering::Release);
+            if !items.is_empty() {
+                in_flight.push(self.publish_items(js, &subject, items));
+            }
+            while in_flight.len() >= PUBLISH_WINDOW {
+                self.published(in_flight.next().await.expect("not empty"))?;
             }
         }
         if self.run.is_cancelled() {
             return Err(Halt::Stop);
         }
         while let Some(result) = in_flight.next().await {
-            self.published(Some(result))?;
+            self.published(result)?;
         }
         total.send_replace(Some(count));
         Ok(())
     }
 
-    fn published(&self, result: Option<Result<(), Error>>) -> Result<(), Halt> {
-        match result {
-            Some(Ok(())) | None => {
-                self.published.fetch_add(1, Ordering::Relaxed);
-                if let Some(meter) = &self.meter {
-                    meter.items_in.add(1);
-                }
-                Ok(())
-            }
-            Some(Err(error)) => Err(Halt::Failed(error)),
+    /// Publishes one message of `items`, until the server has it; gives how many items.
+    fn publish_items<'a>(
+        &'a self,
+        js: &'a jetstream::Context,
+        subject: &str,
+        items: Vec<Item>,
+    ) -> impl std::future::Future<Output = Result<u64, Error>> + 'a {
+        let count = items.len() as u64;
+        let id = format!("{}.in.{}", self.setup.id, items[0].seq);
+        let envelope = envelope::encode(&ItemEnvelope::V2 { items });
+        let subject = subject.to_owned();
+        async move {
+            let stopped = || self.run.is_cancelled();
+            publish(
+                js,
+                subject,
+                id,
+                envelope.into(),
+                count,
+                &self.name,
+                &stopped,
+            )
+            .await?;
+            Ok(count)
         }
+    }
+
+    /// How many items may be out at once: the stage's throttle, and fewer until the first
+    /// outcome says how long items take.
+    fn window(&self) -> u64 {
+        let throttle = match self.throttle {
+            0 => u64::MAX,
+            n => n as u64,
+        };
+        match self.item_nanos.load(Ordering::Relaxed) {
+            0 => throttle.min(FIRST_WINDOW),
+            _ => throttle,
+        }
+    }
+
+    /// How many items go in one message: one until the first outcome says how long items
+    /// take, then enough for [`BATCH_TIME`] of work, at most [`MAX_BATCH`] and the
+    /// throttle.
+    fn batch_size(&self) -> usize {
+        let most = match self.throttle {
+            0 => MAX_BATCH,
+            n => n.min(MAX_BATCH),
+        };
+        match self.item_nanos.load(Ordering::Relaxed) {
+            0 => 1,
+            nanos => ((BATCH_TIME.as_nanos() as u64 / nanos) as usize).clamp(1, most),
+        }
+    }
+
+    fn published(&self, result: Result<u64, Error>) -> Result<(), Halt> {
+        let count = result.map_err(Halt::Failed)?;
+        self.published.fetch_add(count, Ordering::Relaxed);
+        if let Some(meter) = &self.meter {
+            meter.items_in.add(count);
+        }
+        Ok(())
     }
 
     /// Takes outcomes from the outcome stream and hands the outputs on, each item's once,
@@ -357,16 +477,18 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             for message in &messages {
                 let envelope: OutcomeEnvelope = envelope::decode(&message.payload, "an outcome")
                     .map_err(|why| Halt::Failed(Error::failed(&self.name, None, why.into())))?;
-                let OutcomeEnvelope::V1 {
-                    seq,
+                let OutcomeEnvelope::V2 {
                     host,
                     pid,
                     delivered,
-                    outcome,
-                } = envelope;
-                if !self.seen.lock().expect("never poisoned").insert(seq) {
-                    continue;
-                }
+                    busy_nanos,
+                    outcomes,
+                } = envelope
+                else {
+                    let why = "a worker sent a retired kind of outcome";
+                    return Err(Halt::Failed(Error::failed(&self.name, None, why.into())));
+                };
+                self.learn_item_time(busy_nanos, outcomes.len());
                 if let Some(gauges) = &self.gauges {
                     if delivered > 1 {
                         gauges.redeliveries.fetch_add(1, Ordering::Relaxed);
@@ -380,8 +502,23 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                         );
                     }
                 }
-                self.outcome(seq, outcome, &mut outputs)?;
+                for (seq, outcome) in outcomes {
+                    // Only an item that was sent has an outcome: anything else (a message
+                    // of this run's a worker could not read, or a forged one) fails the
+                    // run, and never makes the bitmap grow.
+                    if seq >= self.numbered.load(Ordering::Acquire) {
+                        let why = match outcome {
+                            Outcome::Failed(chain) => chain.join(": "),
+                            _ => format!("an outcome for item {seq}, which was never sent"),
+                        };
+                        return Err(Halt::Failed(Error::failed(&self.name, None, why.into())));
+                    }
+                    if self.seen.lock().expect("never poisoned").insert(seq) {
+                        self.outcome(seq, outcome, &mut outputs)?;
+                    }
+                }
             }
+            self.progress.notify_one();
             let handed = outputs.len() as u64;
             if output.push_all_async(&mut outputs).await.is_err() {
                 return Err(Halt::Stop);
@@ -393,6 +530,20 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 let _ = message.ack().await;
             }
         }
+    }
+
+    /// Folds the time a message's items took into the smoothed time per item.
+    fn learn_item_time(&self, busy_nanos: u64, items: usize) {
+        if items == 0 {
+            return;
+        }
+        let sample = (busy_nanos / items as u64).max(1);
+        let old = self.item_nanos.load(Ordering::Relaxed);
+        let new = match old {
+            0 => sample,
+            old => (old * 3 + sample) / 4,
+        };
+        self.item_nanos.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Turns one item's outcome into its outputs, or into the run's error.
@@ -433,14 +584,34 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
 
     /// Waits for the server to say an item was delivered too often, then dead-letters it
     /// and fails the run, naming it; an item that has its outcome after all is let be.
-    async fn dead_letters(&self, mut advisories: async_nats::Subscriber) -> Result<(), Halt> {
+    async fn dead_letters(
+        &self,
+        mut advisories: async_nats::Subscriber,
+        mut starts: async_nats::Subscriber,
+    ) -> Result<(), Halt> {
         #[derive(serde::Deserialize)]
         struct Advisory {
             stream_seq: u64,
             deliveries: u64,
         }
         let js = &self.body.cluster.inner.jetstream;
-        while let Some(message) = advisories.next().await {
+        // How many times a worker started each item on a redelivery, and how many times
+        // each item was sent again after it ran out of deliveries without being started.
+        let mut started: HashMap<u64, u64> = HashMap::new();
+        let mut rescued: HashMap<u64, u32> = HashMap::new();
+        loop {
+            let message = tokio::select! {
+                Some(start) = starts.next() => {
+                    if let Some(seq) = start.payload.get(..8).and_then(|b| b.try_into().ok()) {
+                        *started.entry(u64::from_le_bytes(seq)).or_default() += 1;
+                    }
+                    continue;
+                }
+                message = advisories.next() => match message {
+                    Some(message) => message,
+                    None => return std::future::pending().await,
+                },
+            };
             let Ok(advisory) = serde_json::from_slice::<Advisory>(&message.payload) else {
                 continue;
             };
@@ -450,11 +621,38 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 Err(_) => continue,
             };
             let Ok(stored) = stored else { continue };
-            let Ok(ItemEnvelope::V1 { seq, .. }) = envelope::decode(&stored.payload, "an item")
+            let Ok(ItemEnvelope::V2 { items }) = envelope::decode(&stored.payload, "an item")
             else {
                 continue;
             };
-            if self.seen.lock().expect("never poisoned").contains(seq) {
+            let unseen: Vec<Item> = {
+                let seen = self.seen.lock().expect("never poisoned");
+                items
+                    .into_iter()
+                    .filter(|item| !seen.contains(item.seq))
+                    .collect()
+            };
+            if unseen.len() > 1 {
+                // A message of several items, delivered too often: its items go on in
+                // messages of one each, as a worker splits a redelivered message (with
+                // the same dedup ids, so a split done twice adds nothing). The one that
+                // kills its workers then reaches the limit alone.
+                self.split(js, unseen, "solo").await?;
+                continue;
+            }
+            let Some(item) = unseen.into_iter().next() else {
+                continue;
+            };
+            let seq = item.seq;
+            // The first delivery is taken as started; the others count if a worker said
+            // so. An item that ran out of deliveries held by workers that died of another
+            // item is innocent: it goes again, a few times at most.
+            let starts = 1 + started.get(&seq).copied().unwrap_or(0);
+            let again = rescued.entry(seq).or_default();
+            if starts < advisory.deliveries && *again < MAX_RESCUES {
+                *again += 1;
+                let tag = format!("again{again}");
+                self.split(js, vec![item], &tag).await?;
                 continue;
             }
             let reason = DeadLetter::new(advisory.deliveries);
@@ -465,7 +663,36 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 Box::new(reason),
             )));
         }
-        std::future::pending().await
+    }
+
+    /// Publishes each of `items` as a message of its own, with dedup ids tagged `tag`.
+    async fn split(
+        &self,
+        js: &jetstream::Context,
+        items: Vec<Item>,
+        tag: &str,
+    ) -> Result<(), Halt> {
+        let subject = in_subject(&self.setup.id);
+        let stopped = || self.run.is_cancelled();
+        let mut in_flight = FuturesUnordered::new();
+        for item in items {
+            let id = solo_id(&self.setup.id, item.seq, tag);
+            let envelope = envelope::encode(&ItemEnvelope::V2 { items: vec![item] });
+            let subject = subject.clone();
+            in_flight.push(publish(
+                js,
+                subject,
+                id,
+                envelope.into(),
+                1,
+                &self.name,
+                &stopped,
+            ));
+        }
+        while let Some(result) = in_flight.next().await {
+            result.map_err(Halt::Failed)?;
+        }
+        Ok(())
     }
 
     /// Reads the depth of the item stream into the metrics, a few times a second.
@@ -534,9 +761,11 @@ fn duplicate_window(ack_wait: Duration) -> Duration {
 /// `discard=new`).
 const STREAM_FULL: u64 = 10077;
 
-/// Publishes `payload` with the dedup id `id` until the server acknowledges it: a full
-/// stream is waited out with a growing back-off, a server away (a restart) is waited for
-/// up to [`GIVE_UP_AFTER`]. Publishing again is safe: the id makes the server drop a copy.
+/// Publishes `payload`, a message of `items` items, with the dedup id `id` until the
+/// server acknowledges it: a full stream is waited out with a growing back-off, a server
+/// away (a restart) is waited for up to [`GIVE_UP_AFTER`]. Publishing again is safe: the
+/// id makes the server drop a copy. The item count goes in the `Pyper-Items` header, for
+/// whoever inspects the streams.
 ///
 /// `stopped` says whether the run is over, which ends the attempts (with an error).
 pub(super) async fn publish(
@@ -544,9 +773,12 @@ pub(super) async fn publish(
     subject: String,
     id: String,
     payload: Bytes,
+    items: u64,
     stage: &str,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), Error> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Pyper-Items", items.to_string().as_str());
     let mut backoff = Duration::from_micros(500);
     let mut failing_since = None;
     loop {
@@ -556,6 +788,7 @@ pub(super) async fn publish(
         }
         let message = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
+            .headers(headers.clone())
             .message_id(id.as_str());
         let sent = js.send_publish(subject.clone(), message).await;
         let result = match sent {
@@ -631,6 +864,29 @@ async fn pull(
         messages.push(message?);
     }
     Ok(messages)
+}
+
+/// The dedup id of item `seq` of run `id` in a message of its own, split from a message
+/// of several (`tag` "solo") or sent again (`tag` "again<n>").
+pub(super) fn solo_id(id: &str, seq: u64, tag: &str) -> String {
+    format!("{id}.in.{seq}.{tag}")
+}
+
+/// The subject on which workers say they start an item on a redelivery.
+pub(super) fn starts_subject(id: &str) -> String {
+    format!("pyper.{id}.started")
+}
+
+/// Why an item of `bytes` bytes cannot go to the workers.
+fn too_big(bytes: usize, max_payload: usize) -> BoxError {
+    format!(
+        "the item is {bytes} bytes encoded, and a message to the workers carries at most \
+         {} (the NATS server's max_payload, {max_payload} bytes, less what the message itself \
+         needs): raise max_payload in the server's configuration (up to 64 MiB), or send \
+         the item's data another way (a shared store) and its key through the stage",
+        max_payload.saturating_sub(MESSAGE_OVERHEAD + ITEM_OVERHEAD)
+    )
+    .into()
 }
 
 /// Makes the dead-letter stream, unless it is there already.

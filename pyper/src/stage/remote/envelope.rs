@@ -5,28 +5,43 @@
 
 use serde::{Deserialize, Serialize};
 
-/// An item on its way to a worker.
+/// Items on their way to a worker: many in one message, as many as fit.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum ItemEnvelope {
-    V1 {
-        /// The item's index in the stage's input: its identity in dedup ids and errors.
-        seq: u64,
-        /// The item, postcard-encoded.
-        item: Vec<u8>,
+    /// Version 1 carried one item per message; no build reads it any more.
+    Retired,
+    V2 {
+        /// The items, in the order of their indices.
+        items: Vec<Item>,
     },
 }
 
-/// What a worker made of an item.
+/// One item of an [`ItemEnvelope`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Item {
+    /// The item's index in the stage's input: its identity in dedup ids and errors.
+    pub(super) seq: u64,
+    /// The item, postcard-encoded.
+    pub(super) bytes: Vec<u8>,
+}
+
+/// What a worker made of the items of one message.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum OutcomeEnvelope {
-    V1 {
-        seq: u64,
+    /// Version 1 carried one outcome per message; no build reads it any more.
+    Retired,
+    V2 {
         /// Which worker: its host name and process id, for the metrics.
         host: String,
         pid: u32,
-        /// How many times the server had delivered the item (more than 1: a redelivery).
+        /// How many times the server had delivered the message (more than 1: a
+        /// redelivery).
         delivered: u64,
-        outcome: Outcome,
+        /// How long the calls took, all told, in nanoseconds: what the coordinator sizes
+        /// its batches by, and the stage's busy time.
+        busy_nanos: u64,
+        /// Each item's outcome, by its index.
+        outcomes: Vec<(u64, Outcome)>,
     },
 }
 
@@ -65,16 +80,20 @@ mod tests {
 
     #[test]
     fn an_envelope_starts_with_its_version() {
-        let bytes = encode(&ItemEnvelope::V1 {
-            seq: 7,
-            item: vec![1, 2],
+        let bytes = encode(&ItemEnvelope::V2 {
+            items: vec![Item {
+                seq: 7,
+                bytes: vec![1, 2],
+            }],
         });
-        assert_eq!(bytes[0], 0, "V1 is variant 0");
-        let ItemEnvelope::V1 { seq, item } = decode(&bytes, "an item").unwrap();
-        assert_eq!((seq, item), (7, vec![1, 2]));
+        assert_eq!(bytes[0], 1, "V2 is variant 1");
+        let ItemEnvelope::V2 { items } = decode(&bytes, "an item").unwrap() else {
+            panic!("not V2");
+        };
+        assert_eq!((items[0].seq, &items[0].bytes[..]), (7, &[1, 2][..]));
         let mut future = bytes.clone();
-        future[0] = 1;
+        future[0] = 2;
         let error = decode::<ItemEnvelope>(&future, "an item").unwrap_err();
-        assert!(error.contains("version 2"), "{error}");
+        assert!(error.contains("version 3"), "{error}");
     }
 }

@@ -71,7 +71,7 @@ const STREAM_PREFIX: &str = "PYPER_";
 /// The name of the consumer on each stream.
 const CONSUMER: &str = "work";
 /// The version of the setup and envelopes this build speaks.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Which function a worker serves, and how: the input stream's description, in JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]

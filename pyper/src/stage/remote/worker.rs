@@ -18,8 +18,8 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 
 use super::cluster::{block_on, connect, redacted, WORKER_ENV};
-use super::coordinator::{dead_letter, fetch, publish};
-use super::envelope::{self, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::coordinator::{dead_letter, fetch, publish, solo_id, starts_subject};
+use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::security::Security;
 use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
 use crate::error::BoxError;
@@ -279,8 +279,13 @@ fn serve_run(
         to_publish,
     ));
     let ack_wait = Duration::from_nanos(setup.ack_wait_nanos);
-    let progress = runtime.spawn(progress_acks(client, Arc::clone(&held), ack_wait / 3));
+    let progress = runtime.spawn(progress_acks(
+        client.clone(),
+        Arc::clone(&held),
+        ack_wait / 3,
+    ));
     let worker = Worker {
+        client,
         js,
         setup,
         function,
@@ -293,8 +298,8 @@ fn serve_run(
             if stopped.load(Ordering::SeqCst) {
                 break;
             }
-            let outcome = worker.run(&message, &runtime);
-            if outcomes.send((message, outcome)).is_err() {
+            let done = worker.run(&message, &runtime, stopped);
+            if outcomes.send((message, done)).is_err() {
                 break;
             }
         }
@@ -321,7 +326,9 @@ type Held = Arc<Mutex<HashSet<String>>>;
 /// How long the items of one pull should take, at most: quick items come many at a time,
 /// slow ones a few at a time, so they spread over the workers.
 const PULL_TIME: Duration = Duration::from_millis(5);
-const MAX_PULL: usize = 256;
+/// A message carries many items already; and a message held but not started when an item
+/// kills its worker counts a delivery for nothing.
+const MAX_PULL: usize = 2;
 
 /// Pulls batches of items, one ahead of the thread that works on them, until the run's
 /// streams go or the run stops.
@@ -376,14 +383,25 @@ async fn run_exists(js: &jetstream::Context, setup: &Setup) -> bool {
     }
 }
 
-/// Publishes each outcome with its dedup id, many at a time, and acknowledges its item
-/// once the server has the outcome.
+/// What became of one message of items.
+enum Done {
+    /// Its outcomes, to publish (with this dedup id and item count) before the message is
+    /// acknowledged.
+    Outcomes(String, Vec<u8>, u64),
+    /// Nothing to publish: acknowledge it (its items went on in messages of their own).
+    Ack,
+    /// Leave it unacknowledged: the run stopped while it was worked on.
+    Leave,
+}
+
+/// Publishes each message's outcomes with their dedup id, many at a time, and
+/// acknowledges the message once the server has them.
 async fn publish_outcomes(
     js: jetstream::Context,
     setup: Arc<Setup>,
     stopped: Arc<AtomicBool>,
     held: Held,
-    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<(jetstream::Message, Vec<u8>)>,
+    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<(jetstream::Message, Done)>,
 ) {
     let is_stopped = || stopped.load(Ordering::SeqCst);
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
@@ -391,15 +409,20 @@ async fn publish_outcomes(
     while open || !in_flight.is_empty() {
         tokio::select! {
             next = outcomes.recv(), if open => match next {
-                Some((message, envelope)) => {
+                Some((message, done)) => {
                     let (js, setup) = (&js, &setup);
                     in_flight.push(async move {
-                        let seq = seq_of(&envelope);
-                        let id = format!("{}.{seq}.0", setup.id);
-                        let subject = setup.out_subject();
-                        let result =
-                            publish(js, subject, id, envelope.into(), &setup.stage, &is_stopped)
-                                .await;
+                        let result = match done {
+                            Done::Outcomes(id, envelope, items) => {
+                                let subject = setup.out_subject();
+                                let payload = envelope.into();
+                                publish(js, subject, id, payload, items, &setup.stage, &is_stopped)
+                                    .await
+                                    .map(|()| true)
+                            }
+                            Done::Ack => Ok(true),
+                            Done::Leave => Ok(false),
+                        };
                         (message, result)
                     });
                 }
@@ -410,9 +433,10 @@ async fn publish_outcomes(
                     held.lock().expect("never poisoned").remove(reply.as_str());
                 }
                 match result {
-                    Ok(()) => {
+                    Ok(true) => {
                         let _ = message.ack().await;
                     }
+                    Ok(false) => {}
                     // The run is over, or the server is gone for good.
                     Err(_) => stopped.store(true, Ordering::SeqCst),
                 }
@@ -421,16 +445,9 @@ async fn publish_outcomes(
     }
 }
 
-/// The item number of an outcome envelope (published right after being made here).
-fn seq_of(envelope: &[u8]) -> u64 {
-    match envelope::decode::<OutcomeEnvelope>(envelope, "an outcome") {
-        Ok(OutcomeEnvelope::V1 { seq, .. }) => seq,
-        Err(_) => u64::MAX,
-    }
-}
-
 /// What a serving thread needs to work on an item.
 struct Worker<'a> {
+    client: async_nats::Client,
     js: jetstream::Context,
     setup: &'a Setup,
     function: &'static Registered,
@@ -438,37 +455,134 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    /// Runs one item and returns its outcome envelope; an item that failed for good is
-    /// dead-lettered first.
-    fn run(&self, message: &jetstream::Message, runtime: &tokio::runtime::Handle) -> Vec<u8> {
+    /// Works on one message: runs its items and gives their outcomes; an item that failed
+    /// for good is dead-lettered first. A message of several items that was delivered
+    /// before (a worker died or vanished holding it) is not run but split into messages of
+    /// one item each, so that an item that kills its workers goes to the dead letters alone
+    /// and the others of its message are not held up with it.
+    fn run(
+        &self,
+        message: &jetstream::Message,
+        runtime: &tokio::runtime::Handle,
+        stopped: &AtomicBool,
+    ) -> Done {
         let delivered = message
             .info()
             .map_or(1, |info| info.delivered.max(1) as u64);
-        let (seq, outcome) = match envelope::decode::<ItemEnvelope>(&message.payload, "an item") {
-            Ok(ItemEnvelope::V1 { seq, item }) => (seq, self.attempt(item)),
+        let items = match envelope::decode::<ItemEnvelope>(&message.payload, "an item") {
+            Ok(ItemEnvelope::V2 { items }) => items,
             // No item number to name: the run fails on an item it cannot place.
-            Err(why) => (u64::MAX, Outcome::Failed(vec![why])),
+            Ok(ItemEnvelope::Retired) => return self.unplaced("a retired kind of item message"),
+            Err(why) => return self.unplaced(&why),
         };
-        if !matches!(outcome, Outcome::Done(_)) {
-            let reason = match &outcome {
-                Outcome::Failed(chain) => chain.join(": "),
-                Outcome::Panicked(message) => format!("panicked: {message}"),
-                Outcome::TimedOut(nanos) => TimedOut::new(Duration::from_nanos(*nanos)).to_string(),
-                Outcome::Done(_) => unreachable!("checked above"),
-            };
-            let (js, setup, payload) =
-                (self.js.clone(), self.setup.clone(), message.payload.clone());
-            block_on(runtime, async move {
-                dead_letter(&js, &setup, seq, &reason, payload).await;
-            });
+        if stopped.load(Ordering::SeqCst) {
+            return Done::Leave;
         }
-        envelope::encode(&OutcomeEnvelope::V1 {
-            seq,
+        if delivered > 1 && items.len() > 1 {
+            return self.split(items, runtime);
+        }
+        if delivered > 1 {
+            self.say_started(&items, runtime);
+        }
+        let started = Instant::now();
+        let (first, count) = (items.first().map_or(0, |item| item.seq), items.len());
+        let mut outcomes = Vec::with_capacity(count);
+        for item in items {
+            if stopped.load(Ordering::SeqCst) {
+                return Done::Leave;
+            }
+            let outcome = self.attempt(item.bytes.clone());
+            if !matches!(outcome, Outcome::Done(_)) {
+                self.dead_letter(&outcome, &item, runtime);
+            }
+            outcomes.push((item.seq, outcome));
+        }
+        let envelope = envelope::encode(&OutcomeEnvelope::V2 {
             host: self.host.clone(),
             pid: std::process::id(),
             delivered,
-            outcome,
+            busy_nanos: started.elapsed().as_nanos() as u64,
+            outcomes,
+        });
+        let id = format!("{}.out.{first}.{count}", self.setup.id);
+        Done::Outcomes(id, envelope, count as u64)
+    }
+
+    /// Tells the coordinator that an item delivered again is started, before it runs: if it
+    /// kills this worker, the coordinator knows it was this item, and not another that the
+    /// worker only held.
+    fn say_started(&self, items: &[Item], runtime: &tokio::runtime::Handle) {
+        let (client, subject) = (self.client.clone(), starts_subject(&self.setup.id));
+        let payloads: Vec<bytes::Bytes> = items
+            .iter()
+            .map(|item| item.seq.to_le_bytes().to_vec().into())
+            .collect();
+        block_on(runtime, async move {
+            for payload in payloads {
+                let _ = client.publish(subject.clone(), payload).await;
+            }
+            let _ = client.flush().await;
+        });
+    }
+
+    /// The outcome of a message whose items cannot be read: the run fails.
+    fn unplaced(&self, why: &str) -> Done {
+        let envelope = envelope::encode(&OutcomeEnvelope::V2 {
+            host: self.host.clone(),
+            pid: std::process::id(),
+            delivered: 1,
+            busy_nanos: 0,
+            outcomes: vec![(u64::MAX, Outcome::Failed(vec![why.to_owned()]))],
+        });
+        Done::Outcomes(format!("{}.out.unplaced", self.setup.id), envelope, 1)
+    }
+
+    /// Publishes each of `items` as a message of its own, each with a dedup id of its own
+    /// (so a second split of the same message adds nothing), for the message to be
+    /// acknowledged once the server has them all.
+    fn split(&self, items: Vec<Item>, runtime: &tokio::runtime::Handle) -> Done {
+        let (js, setup) = (self.js.clone(), self.setup.clone());
+        let published = block_on(runtime, async move {
+            let subject = super::in_subject(&setup.id);
+            // Bounded by `publish`'s own patience with a server that is away.
+            let never = || false;
+            let mut in_flight = futures_util::stream::FuturesUnordered::new();
+            for item in items {
+                let id = solo_id(&setup.id, item.seq, "solo");
+                let envelope = envelope::encode(&ItemEnvelope::V2 { items: vec![item] });
+                let (js, subject, stage) = (&js, subject.clone(), setup.stage.as_str());
+                in_flight.push(async move {
+                    publish(js, subject, id, envelope.into(), 1, stage, &never).await
+                });
+            }
+            let mut all = true;
+            while let Some(result) = in_flight.next().await {
+                all &= result.is_ok();
+            }
+            all
+        });
+        match published {
+            true => Done::Ack,
+            false => Done::Leave,
+        }
+    }
+
+    /// Copies an item that failed for good to the dead-letter stream, alone.
+    fn dead_letter(&self, outcome: &Outcome, item: &Item, runtime: &tokio::runtime::Handle) {
+        let reason = match outcome {
+            Outcome::Failed(chain) => chain.join(": "),
+            Outcome::Panicked(message) => format!("panicked: {message}"),
+            Outcome::TimedOut(nanos) => TimedOut::new(Duration::from_nanos(*nanos)).to_string(),
+            Outcome::Done(_) => return,
+        };
+        let payload: bytes::Bytes = envelope::encode(&ItemEnvelope::V2 {
+            items: vec![item.clone()],
         })
+        .into();
+        let (js, setup, seq) = (self.js.clone(), self.setup.clone(), item.seq);
+        block_on(runtime, async move {
+            dead_letter(&js, &setup, seq, &reason, payload).await;
+        });
     }
 
     /// Calls the function on `item` as the stage's timeout and retries say.
