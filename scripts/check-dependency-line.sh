@@ -1,40 +1,70 @@
 #!/usr/bin/env bash
-# Builds and runs a fresh Cargo project whose only dependency is the README's dependency
-# line (between the `dependency:start` and `dependency:end` markers), with the crate taken
-# from this checkout by path instead of from crates.io: the line a user copies must work.
+# Builds and runs fresh Cargo projects whose `[dependencies]` are the README's, exactly as
+# printed, laid out as the README says: the projects sit beside a folder named `pyper`
+# (here a link to this checkout), so `path = "../pyper/pyper"` finds the crate.
+#
+# 1. The install lines (between `dependency:start` and `dependency:end`), with a small
+#    program of sync and async tasks.
+# 2. The async example's lines (between `async-dependencies:start` and
+#    `async-dependencies:end`), with the example itself: the README's first `rust` block
+#    after them. So the crates and features that example lists are the ones it needs.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-project="$root/target/dependency-line"
-rm -rf "$project" && mkdir -p "$project/src"
+readme="$root/README.md"
+work="$root/target/dependency-line"
+rm -rf "$work" && mkdir -p "$work"
+ln -s "$root" "$work/pyper"
 
-line=$(sed -n '/<!-- dependency:start -->/,/<!-- dependency:end -->/p' "$root/README.md" |
-    grep -E '^pyperflow *=')
-[ -n "$line" ] || { echo "no dependency line found in README.md" >&2; exit 1; }
-local_line=${line/version = \"0.1\"/path = \"$root/pyper\"}
-[ "$local_line" != "$line" ] || { echo "the line has no 'version = \"0.1\"': $line" >&2; exit 1; }
+# The lines of the TOML block between two markers, fences left out, unchanged.
+toml_between() {
+    local lines
+    lines=$(sed -n "/<!-- $1:start -->/,/<!-- $1:end -->/p" "$readme" | sed '1,2d;$d' | sed '$d')
+    [ -n "$lines" ] || { echo "README.md has no block between the $1 markers" >&2; exit 1; }
+    grep -q '^\[dependencies\]$' <<<"$lines" ||
+        { echo "the $1 block has no [dependencies] table: $lines" >&2; exit 1; }
+    printf '%s\n' "$lines"
+}
 
-cat > "$project/Cargo.toml" <<TOML
-[package]
-name = "dependency-line"
-version = "0.0.0"
-edition = "2021"
-publish = false
+# The first `rust` block after a marker, fences left out.
+rust_after() {
+    sed -n "/<!-- $1:end -->/,\$p" "$readme" |
+        awk '/^```rust$/ && !open { open = 1; next } open && /^```$/ { exit } open { print }'
+}
 
-[workspace]
+# A project named $1 with the given dependencies and main.rs, built and run with the
+# workspace's lock file (the versions the crate is tested with) and target folder.
+run_project() {
+    local name=$1 dependencies=$2 main=$3
+    mkdir -p "$work/$name/src"
+    {
+        printf '[package]\nname = "%s"\nversion = "0.0.0"\nedition = "2021"\npublish = false\n\n' "$name"
+        printf '# Not part of the workspace this folder happens to be in.\n[workspace]\n\n'
+        printf '%s\n' "$dependencies"
+    } >"$work/$name/Cargo.toml"
+    printf '%s\n' "$main" >"$work/$name/src/main.rs"
+    cp "$root/Cargo.lock" "$work/$name/Cargo.lock"
+    CARGO_TARGET_DIR="$root/target" cargo run --quiet --manifest-path "$work/$name/Cargo.toml"
+}
 
-[dependencies]
-$local_line
-TOML
-cat > "$project/src/main.rs" <<'RUST'
+install_lines=$(toml_between dependency)
+run_project my-project "$install_lines" "$(
+    cat <<'RUST'
 use pyper::{async_task, task};
 
 fn main() {
     let pipeline = async_task(|x: u64| async move { x + 1 }).workers(4) | task(|x: u64| x * 2);
     let total: u64 = pipeline.feed(0..100).map(Result::unwrap).sum();
     assert_eq!(total, (1..=100).map(|x| x * 2).sum::<u64>());
-    println!("the README's dependency line builds and runs: {line}", line = env!("LINE"));
 }
 RUST
-# The workspace's lock file keeps the versions the project is tested with.
-cp "$root/Cargo.lock" "$project/Cargo.lock"
-LINE="$line" CARGO_TARGET_DIR="$root/target" cargo run --quiet --manifest-path "$project/Cargo.toml"
+)"
+echo "the README's install lines build and run:"
+sed 's/^/    /' <<<"$install_lines"
+
+async_lines=$(toml_between async-dependencies)
+async_example=$(rust_after async-dependencies)
+grep -q 'async fn main' <<<"$async_example" ||
+    { echo "no async example after the async-dependencies block" >&2; exit 1; }
+run_project async-example "$async_lines" "$async_example"
+echo "the README's async example builds and runs with the lines it lists:"
+sed 's/^/    /' <<<"$async_lines"

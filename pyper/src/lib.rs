@@ -129,11 +129,30 @@ mod task;
 #[cfg(feature = "async")]
 pub use task::{async_task, try_async_task};
 
-// The README's examples are compiled and run as doc tests (with the `async` feature, which
-// some of them use).
-#[cfg(all(doctest, feature = "async"))]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
+// The examples of the README and of `docs/` are compiled and run as doc tests, each file
+// with the features its examples need. A module per file names its tests after it (a
+// `--doc remote` filter picks `docs/remote.md`'s), and the package README's too.
+#[cfg(doctest)]
+mod doc_examples {
+    #[cfg(feature = "async")]
+    #[doc = include_str!("../../README.md")]
+    mod readme {}
+    #[doc = include_str!("../README.md")]
+    mod package_readme {}
+    #[doc = include_str!("../../docs/errors.md")]
+    mod errors {}
+    #[cfg(feature = "async")]
+    #[doc = include_str!("../../docs/observing.md")]
+    mod observing {}
+    #[doc = include_str!("../../docs/pyper.md")]
+    mod from_pyper {}
+    #[cfg(feature = "process")]
+    #[doc = include_str!("../../docs/process.md")]
+    mod process {}
+    #[cfg(feature = "remote")]
+    #[doc = include_str!("../../docs/remote.md")]
+    mod remote {}
+}
 #[cfg(feature = "async")]
 pub use engine::async_upstream::UpstreamStream;
 pub use engine::queue::DEFAULT_THROTTLE;

@@ -3,10 +3,13 @@
 use std::fmt;
 use std::ops::BitOr;
 
+#[cfg(feature = "async")]
+use crate::engine::async_upstream::UpstreamStream;
 use crate::engine::queue::{queue, Receiver};
 use crate::engine::run::Launcher;
 use crate::engine::source;
 use crate::engine::sync::Arc;
+use crate::engine::upstream::Upstream;
 use crate::error::Error;
 use crate::output::Output;
 use crate::task::Task;
@@ -290,9 +293,7 @@ impl<I, O, F> fmt::Debug for Consumer<I, O, F> {
 /// is `I`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot take the outputs of the stage before it, which are `{I}`",
-    label = "this stage's input must be `{I}`",
-    note = "a task whose function takes an `Upstream<{I}>` is a join task: did you forget `.join()`?",
-    note = "an async join task takes an `UpstreamStream<{I}>` and needs `.join()` too"
+    label = "this stage's input must be `{I}`"
 )]
 pub trait IntoPipeline<I> {
     /// The output type of the resulting pipeline.
@@ -321,6 +322,46 @@ where
         Pipeline {
             stages: Arc::new(self),
         }
+    }
+}
+
+/// What a task that reads the whole stream (`Upstream<I>`, or `UpstreamStream<I>`) lacks
+/// to take `I`s: `.join()`. Never implemented (and it cannot be outside this crate), so the
+/// two impls below never apply; they exist so that a forgotten `.join()` gets an error of
+/// its own, and a plain type mismatch no hint about `.join()`. They cannot change what
+/// compiles: they match only a task whose input is the stream of the previous stage's
+/// outputs, which the impl above refuses, and type inference drops them since they cannot
+/// hold.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "this task reads the whole stream (`{Self}`), so it is a join task: add `.join()`",
+    label = "this task needs `.join()`",
+    note = "a task whose function takes an `Upstream<I>` (or, async, an `UpstreamStream<I>`) is called once per worker with the stream; `.join()` makes it a stage that takes `I`s"
+)]
+pub trait JoinTask {}
+
+#[doc(hidden)]
+impl<I, O> IntoPipeline<I> for Task<Upstream<I>, O>
+where
+    Upstream<I>: JoinTask,
+{
+    type Output = O;
+
+    fn into_pipeline(self) -> Pipeline<I, O> {
+        unreachable!("`JoinTask` has no implementation")
+    }
+}
+
+#[cfg(feature = "async")]
+#[doc(hidden)]
+impl<I, O> IntoPipeline<I> for Task<UpstreamStream<I>, O>
+where
+    UpstreamStream<I>: JoinTask,
+{
+    type Output = O;
+
+    fn into_pipeline(self) -> Pipeline<I, O> {
+        unreachable!("`JoinTask` has no implementation")
     }
 }
 

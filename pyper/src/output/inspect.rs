@@ -48,8 +48,9 @@ impl<O> Output<O> {
 
     /// Turns metrics off for this run: no clock reads, no counters. Call it before the
     /// first item is taken; the [`METRICS_ENV`](crate::METRICS_ENV) variable does the
-    /// same for every run. Metrics cost little (see the README's Performance section), so
-    /// this is for measuring that cost, or for the last few percent.
+    /// same for every run. Metrics cost little (a few percent on the cheapest items there
+    /// are: the benchmark's `overhead-nometrics` row), so this is for measuring that cost,
+    /// or for the last few percent.
     pub fn without_metrics(self) -> Self {
         self.settle("without_metrics", |options| options.metrics = false)
     }

@@ -266,8 +266,8 @@ impl<I, O> Task<I, O> {
         self
     }
 
-    /// Bounds the task's output queue to `n` items (default [`DEFAULT_THROTTLE`]); `0`
-    /// means unbounded, as in Pyper.
+    /// Bounds the task's output queue to `n` items (default
+    /// [`DEFAULT_THROTTLE`](crate::DEFAULT_THROTTLE)); `0` means unbounded, as in Pyper.
     ///
     /// When the queue is full the task's workers wait, so a fast stage cannot run ahead of
     /// a slow one: that is backpressure, and it keeps memory flat. The bound counts items,

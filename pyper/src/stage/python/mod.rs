@@ -83,7 +83,7 @@ pub struct PyShape {
     /// `branch` function's generator is not retried once it has produced an element.
     pub retries: u32,
     /// The function is called once, by the stage's one worker, with a `ring` callable,
-    /// and returns a driver of async work on an event loop (see [`Turn::drive`]): the
+    /// and returns a driver of async work on an event loop (see `Turn::drive`): the
     /// stage's `workers` should then be 1, the driver's `capacity` its concurrency.
     pub driver: bool,
 }
