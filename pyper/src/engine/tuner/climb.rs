@@ -4,8 +4,14 @@
 //! The rule is hill-climbing on throughput, as .NET's thread pool does, with three guards
 //! in front of it:
 //!
-//! 1. A stage that waited for input, or for room downstream, during most of the window
-//!    does not grow: its throughput is set by another stage, so a gain would be noise.
+//! 1. A stage that waited for input, or for room downstream, during most of the window,
+//!    or whose consumer took less than [`OUTPACED`] of what it made (the queue between
+//!    them grew), does not grow: its throughput is set by another stage, so a gain would
+//!    be noise, and more workers would only wait. A stage that waits for input undoes the
+//!    step that made it wait. A stage that outpaces its consumer keeps, of the last step
+//!    up, what the consumer can take (with a margin), never more than it has: its own
+//!    throughput may be the highest in a window in which the queue after it absorbed the
+//!    difference, so it is the consumer's share that counts.
 //! 2. A stage whose workers compute (their items do not give up the core to sleep or
 //!    wait) gets one worker per core the rest of the process leaves free: no climb.
 //! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
@@ -26,6 +32,9 @@ pub(crate) struct Window {
     pub(crate) starved: f64,
     /// The share of its workers' looks at the output that found it full (0 to 1).
     pub(crate) blocked: f64,
+    /// The share of the items the stage finished that its consumer took in the window:
+    /// 1 unless the queue between them grew.
+    pub(crate) consumer_took: f64,
     /// Whether the stage's workers compute: their items ran without giving up their
     /// core (no sleep, no IO wait), however long they waited for one.
     pub(crate) computes: bool,
@@ -51,14 +60,17 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
+    /// Why, as the end of a sentence that begins "The run stopped there because".
     pub(crate) fn describe(self) -> &'static str {
         match self {
-            Reason::Growing => "throughput was still rising when the run ended",
-            Reason::NoGain => "more workers did not raise throughput",
-            Reason::CpuBound => "its workers compute, and it has one per free core",
-            Reason::Starved => "it waited for input; more workers would wait too",
-            Reason::Blocked => "it waited on the stage after it; more workers would wait too",
-            Reason::AtMax => "it reached the most workers allowed",
+            Reason::Growing => "the run ended while more workers were still raising its throughput",
+            Reason::NoGain => "more workers did not raise its throughput",
+            Reason::CpuBound => "its work computes, and it has one worker per free core",
+            Reason::Starved => "it was waiting for input, and more workers would only wait too",
+            Reason::Blocked => {
+                "the stage after it could not keep up, and more workers would only wait too"
+            }
+            Reason::AtMax => "it reached the most workers it was allowed",
         }
     }
 }
@@ -72,6 +84,11 @@ const LINEAR: f64 = 0.8;
 const KEEP_DOWN: f64 = 0.95;
 /// A guard holds when this share of looks found the queue empty (or full).
 const WAITING: f64 = 0.5;
+/// A stage outpaces its consumer when the consumer took less than this share of what it
+/// made in a window.
+const OUTPACED: f64 = 0.75;
+/// A stage that outpaced its consumer keeps this much more than the consumer's pace.
+const PACE_MARGIN: f64 = 1.25;
 /// Settled windows between two probes.
 pub(crate) const PROBE_EVERY: u32 = 8;
 
@@ -125,7 +142,9 @@ impl Climb {
 
     /// Takes one window's measurements, and returns the count for the next window.
     pub(crate) fn step(&mut self, window: Window) -> usize {
-        let waiting = window.starved >= WAITING || window.blocked >= WAITING;
+        let starved = window.starved >= WAITING && window.starved >= window.blocked;
+        let held_back = window.blocked >= WAITING || window.consumer_took < OUTPACED;
+        let waiting = starved || held_back;
         if window.computes {
             // A core counts as free when at least a fifth of it is: two workers on 1.3
             // free cores get more done than one.
@@ -141,14 +160,10 @@ impl Climb {
                 return self.settle(cores, window.throughput, reason);
             }
         }
-        if waiting {
+        if starved {
             if let Some(doubled) = self.retry_as_doubling() {
                 return doubled;
             }
-            let reason = match window.starved >= window.blocked {
-                true => Reason::Starved,
-                false => Reason::Blocked,
-            };
             // A step up that left the stage waiting is undone: the new workers only wait.
             let back = match self.phase {
                 Phase::Growing {
@@ -157,7 +172,22 @@ impl Climb {
                 Phase::Probing { from, up: true, .. } => from,
                 _ => self.active,
             };
-            return self.settle(back, window.throughput, reason);
+            return self.settle(back, window.throughput, Reason::Starved);
+        }
+        if held_back {
+            // Of the last step up, keep what the consumer takes (a probe up, small, is
+            // undone); never more than now.
+            let keep = match self.phase {
+                Phase::Growing {
+                    from: Some((from, _)),
+                } => {
+                    let pace = self.active as f64 * window.consumer_took * PACE_MARGIN;
+                    (pace.ceil() as usize).clamp(from.min(self.active), self.active)
+                }
+                Phase::Probing { from, up: true, .. } => from,
+                _ => self.active,
+            };
+            return self.settle(keep, window.throughput, Reason::Blocked);
         }
         let at_max = self.active >= self.max;
         match self.phase {
@@ -313,6 +343,7 @@ mod tests {
             throughput,
             starved: 0.0,
             blocked: 0.0,
+            consumer_took: 1.0,
             computes: false,
             free_cores: 2.0,
         }
@@ -390,6 +421,48 @@ mod tests {
         let (climb, visited) = climb(64, 20, blocked);
         assert!(visited.iter().all(|&n| n == 1), "visited {visited:?}");
         assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_stage_its_consumer_cannot_keep_up_with_stays_where_it_started() {
+        // Sleeping work (throughput doubles with the workers) whose consumer takes a
+        // third of what it makes: the queue between them grows, but it is never full.
+        let outpacing = |n: usize| Window {
+            consumer_took: 0.3,
+            ..io(100.0 * n as f64)
+        };
+        let mut climb = Climb::new(2, 64);
+        for _ in 0..40 {
+            let n = climb.active();
+            assert_eq!(climb.step(outpacing(n)), 2);
+        }
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_stage_that_outpaces_its_consumer_keeps_its_consumers_pace() {
+        // 200 items/s a worker, against a consumer that takes 600 items/s: the window
+        // after a step past it measures the stage's own pace (the queue absorbs the
+        // rest), and what the consumer took of it.
+        let curve = |n: usize| {
+            let made = 200.0 * n as f64;
+            Window {
+                consumer_took: (600.0 / made).min(1.0),
+                ..io(made)
+            }
+        };
+        let mut climb = Climb::new(2, 128);
+        let mut visited = vec![2];
+        for _ in 0..40 {
+            let n = climb.active();
+            visited.push(climb.step(curve(n)));
+        }
+        // 2, 4 (800 items/s), 16, then back to the consumer's pace with a margin: 4.
+        assert_eq!(&visited[..4], &[2, 4, 16, 4], "visited {visited:?}");
+        assert!(
+            visited[3..].iter().all(|&n| (3..=5).contains(&n)),
+            "visited {visited:?}"
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::meter::{process_cpu_time, thread_usage, WorkerMeter};
+use crate::engine::meter::{process_cpu_time, thread_usage, Activity, WorkerMeter};
 use crate::engine::queue::Close;
+use crate::engine::run::RunState;
 use crate::engine::sync::lock_std;
 use climb::{Climb, Window};
 
@@ -38,6 +39,53 @@ const ITEMS_PER_WORKER: u64 = 2;
 const GAVE_UP_WHEN_COMPUTING: f64 = 0.25;
 /// A parked worker checks the stage's state at least this often (a cancel also wakes it).
 const PARKED_CHECK: Duration = Duration::from_millis(50);
+/// The backlog between a stage and its consumer counts as grown over a window only from
+/// this many items: a consumer that keeps up is a few items behind now and then.
+const GREW_AT_LEAST: u64 = 2;
+
+/// What flowed out of a stage and into its consumer so far, read from the run's meters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flow {
+    /// Items the stage finished.
+    pub(crate) taken: u64,
+    /// Items the stage handed to its output queue.
+    pub(crate) made: u64,
+    /// Items its consumer (the next stage) finished, or took, for an async one.
+    pub(crate) consumed: u64,
+    /// Of the stage's workers, how many are waiting for room in the output queue now.
+    pub(crate) blocked_now: usize,
+}
+
+/// Reads a stage's [`Flow`]; `None` when the run records no metrics, or the stage has no
+/// consumer stage (the last stage's consumer is the caller).
+pub(crate) type FlowGauge = Box<dyn Fn() -> Option<Flow> + Send + Sync>;
+
+/// The [`Flow`] of the stage at `position` in `run`. It holds the run weakly: the run
+/// holds the tuner.
+pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
+    let run = Arc::downgrade(run);
+    Box::new(move || {
+        let run = run.upgrade()?;
+        if !run.meter.is_enabled() {
+            return None;
+        }
+        let stages = run.meter.stages();
+        let (stage, consumer) = (stages.get(position)?, stages.get(position + 1)?);
+        let (mut taken, mut made, mut blocked_now) = (0, 0, 0);
+        for worker in stage.meters() {
+            taken += worker.items_in.get();
+            made += worker.items_out.get();
+            blocked_now += usize::from(worker.activity() == Activity::Blocked);
+        }
+        let consumed = consumer.meters().iter().map(|w| w.items_in.get()).sum();
+        Some(Flow {
+            taken,
+            made,
+            consumed,
+            blocked_now,
+        })
+    })
+}
 
 /// One tuned stage's shared state.
 pub(crate) struct Tuner {
@@ -62,6 +110,8 @@ pub(crate) struct Tuner {
     blocked_looks: AtomicU64,
     state: Mutex<State>,
     parked: Condvar,
+    /// Reads what flowed out of the stage and into its consumer.
+    flow: Option<FlowGauge>,
 }
 
 struct State {
@@ -70,6 +120,8 @@ struct State {
     process_cpu_at: Option<Duration>,
     /// Cores used by the rest of the process, smoothed over windows.
     others: Option<f64>,
+    /// The flow when the window began.
+    flow_at: Option<Flow>,
     peak: usize,
     steps: u64,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
@@ -90,7 +142,8 @@ pub(crate) struct Choice {
 }
 
 impl Tuner {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A tuner of up to `max` workers; `flow` reads what the stage hands its consumer.
+    pub(crate) fn new(max: usize, flow: Option<FlowGauge>) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // As many as the cores to begin with: right for work that computes, and a first
         // step for work that waits.
@@ -115,12 +168,14 @@ impl Tuner {
                 window_began: Instant::now(),
                 process_cpu_at: process_cpu_time(),
                 others: None,
+                flow_at: None,
                 peak: start,
                 steps: 0,
                 active_seconds: 0.0,
                 began: Instant::now(),
             }),
             parked: Condvar::new(),
+            flow,
         })
     }
 
@@ -193,7 +248,7 @@ impl Tuner {
             peak: state.peak,
             mean: mean.clamp(1, self.max.max(1)),
             why: match state.steps {
-                0 => "the run ended before a first measurement",
+                0 => "the run ended before it could measure the stage",
                 _ => state.climb.reason().describe(),
             },
         }
@@ -252,7 +307,33 @@ impl Tuner {
             .others
             .map_or(others_now, |before| (before + others_now) / 2.0);
         state.others = Some(others);
+        // What the consumer finished of the items the stage made: all of them, unless the
+        // backlog between them grew by more than a few (which a consumer that keeps up
+        // leaves now and then). The backlog is in the queue, in the consumer's batch, and
+        // in the stage's own output buffers, whose workers wait to hand them on: so what
+        // the stage made is counted from the items it finished, times its outputs per
+        // item so far (a filter makes fewer, a branch more).
+        let flow = self.flow.as_ref().and_then(|flow| flow());
+        let mut consumer_took = 1.0;
+        let mut blocked = blocked;
+        // Before the first window, nothing had flowed.
+        let before = std::mem::replace(&mut state.flow_at, flow).unwrap_or_default();
+        if let Some(now) = flow {
+            let per_item = match now.taken {
+                0 => 1.0,
+                taken => now.made as f64 / taken as f64,
+            };
+            let made = now.taken.saturating_sub(before.taken) as f64 * per_item;
+            let consumed = now.consumed.saturating_sub(before.consumed) as f64;
+            if made >= consumed + GREW_AT_LEAST as f64 {
+                consumer_took = consumed / made;
+            }
+            // Workers waiting for room make no look while they wait: count them now too.
+            let active = self.active().max(1);
+            blocked = blocked.max(now.blocked_now.min(active) as f64 / active as f64);
+        }
         Window {
+            consumer_took,
             throughput: finished as f64 / seconds,
             starved,
             blocked,
