@@ -490,7 +490,7 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         if !self.is_ordered() {
             return None;
         }
-        let sequencer = Arc::new(Sequencer::new());
+        let sequencer = Arc::new(Sequencer::new(self.spec.workers));
         self.launcher
             .state
             .register(Box::new(Arc::clone(&sequencer)));

@@ -290,9 +290,12 @@ impl<I, O> Task<I, O> {
     /// Keeps the outputs in the order of the inputs, even with several workers.
     ///
     /// The worker holding the oldest unfinished input streams its outputs on as it makes
-    /// them (so an endless `branch` fan-out flows); the others collect theirs, up to a
-    /// batch's worth, and wait for their turn. An ordered stage so keeps the bounds of an
-    /// unordered one: its throttle, plus one batch per worker. With one worker a stage is always
+    /// them (so an endless `branch` fan-out flows); the others collect theirs and wait for
+    /// their turn. A worker holds at most the stage's throttle of items not yet taken
+    /// downstream (capped at a batch), so with `throttle(t)` and `w` workers an ordered
+    /// stage runs at most about `t × (w + 1)` items ahead of a stalled consumer, as an
+    /// unordered one does. (A process task's worker may also have the batch it sent to its
+    /// process.) With one worker a stage is always
     /// in order, so this matters only with `workers(n > 1)`. A pipeline keeps its input
     /// order end to end when every multi-worker stage in it is ordered.
     ///
