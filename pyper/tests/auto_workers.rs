@@ -98,9 +98,10 @@ fn a_stage_blocked_downstream_does_not_grow() {
     });
 }
 
-/// The stage waits, so it would climb if it were alone; its consumer takes a tenth of what
-/// it makes, with room in the queue between them (the default throttle): it stays at the
-/// count it started with, one worker per core.
+/// The stage waits, so it would climb if it were alone; its consumer, busy all the time,
+/// takes a tenth of what it makes. The queue between them (the default throttle) never
+/// fills in this run, so the stage is never blocked, and only its consumer's pace can
+/// hold it: it stays at the count it started with, one worker per core.
 #[test]
 fn a_fast_stage_in_front_of_a_slow_consumer_stays_where_it_started() {
     let _serial = serial();

@@ -39,10 +39,6 @@ use crate::engine::queue::{Close, Sender};
 use crate::engine::run::discard_or_resume;
 use crate::engine::sync::{self, Arc, AtomicU64, Condvar, Instant, Mutex, Ordering};
 
-/// The most outputs a run that is not the head collects before its worker waits for the
-/// turn, whatever the throttle: a batch's worth.
-pub(crate) const COLLECT_BOUND: usize = MAX_BATCH;
-
 /// What one worker of an ordered stage may hold that its consumer has not taken (see the
 /// module's docs): the throttle, at most a batch.
 fn hold<O>(output: &Sender<O>) -> usize {

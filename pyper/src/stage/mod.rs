@@ -451,7 +451,7 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         if self.spec.auto {
             // The stage's workers find the tuner on their meter; a cancel wakes the parked.
             let flow = tuner::flow_gauge(&self.launcher.state, meter.position);
-            let tuner = Tuner::new(self.spec.workers, Some(flow));
+            let tuner = Tuner::new(self.spec.workers, Some(flow), self.output.capacity());
             self.launcher.state.register(Box::new(Arc::clone(&tuner)));
             meter.tune(tuner);
         }

@@ -240,10 +240,10 @@ impl<I, O> Task<I, O> {
     /// * a stage whose workers compute gets no more workers than the cores the rest of the
     ///   process leaves free (more would only take turns on them);
     /// * a stage that mostly waits for input, or for the stage after it, does not grow,
-    ///   nor does one that makes items faster than the stage after it finishes them (the
-    ///   backlog between them grows, in the queue or in the workers' hands): it keeps, of
-    ///   its last step up, about what the next stage takes, with a quarter to spare. (That
-    ///   needs the run's metrics, on by default; without them only a full queue holds it.)
+    ///   nor does one that makes items faster than the stage after it, busy, finishes
+    ///   them (in two windows in a row; one such window pauses it): it keeps, of its last
+    ///   step up, about what the next stage takes, with a quarter to spare. (That needs
+    ///   the run's metrics, on by default; without them only a full queue holds it.)
     /// * otherwise the count doubles while doubling raises throughput (by 10% or more),
     ///   quadruples while each doubling nearly doubles it (waits that overlap, as IO's
     ///   do), and settles at the last count that paid: hill-climbing on throughput, as

@@ -5,13 +5,14 @@
 //! in front of it:
 //!
 //! 1. A stage that waited for input, or for room downstream, during most of the window,
-//!    or whose consumer took less than [`OUTPACED`] of what it made (the queue between
-//!    them grew), does not grow: its throughput is set by another stage, so a gain would
-//!    be noise, and more workers would only wait. A stage that waits for input undoes the
-//!    step that made it wait. A stage that outpaces its consumer keeps, of the last step
-//!    up, what the consumer can take (with a margin), never more than it has: its own
-//!    throughput may be the highest in a window in which the queue after it absorbed the
-//!    difference, so it is the consumer's share that counts.
+//!    or whose consumer, busy, took less than [`OUTPACED`] of what it made (the backlog
+//!    between them grew) in two windows in a row, does not grow: its throughput is set
+//!    by another stage, so a gain would be noise, and more workers would only wait. A
+//!    stage that waits for input undoes the step that made it wait. A stage that
+//!    outpaces its consumer keeps, of the last step up, what the consumer can take (with
+//!    a margin), never more than it has: its own throughput may be the highest in a
+//!    window in which the queue after it absorbed the difference, so it is the
+//!    consumer's share that counts. A single such window only pauses the climb.
 //! 2. A stage whose workers compute (their items do not give up the core to sleep or
 //!    wait) gets one worker per core the rest of the process leaves free: no climb.
 //! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
@@ -32,8 +33,11 @@ pub(crate) struct Window {
     pub(crate) starved: f64,
     /// The share of its workers' looks at the output that found it full (0 to 1).
     pub(crate) blocked: f64,
-    /// The share of the items the stage finished that its consumer took in the window:
-    /// 1 unless the queue between them grew.
+    /// Whether the stage made more than its consumer took in the window, while the
+    /// consumer had no time to spare: a window that does not grow the stage.
+    pub(crate) outpaced: bool,
+    /// The share of the items the stage finished that its consumer took in the window,
+    /// when it was outpaced in this window and the one before; else 1.
     pub(crate) consumer_took: f64,
     /// Whether the stage's workers compute: their items ran without giving up their
     /// core (no sleep, no IO wait), however long they waited for one.
@@ -86,7 +90,7 @@ const KEEP_DOWN: f64 = 0.95;
 const WAITING: f64 = 0.5;
 /// A stage outpaces its consumer when the consumer took less than this share of what it
 /// made in a window.
-const OUTPACED: f64 = 0.75;
+pub(crate) const OUTPACED: f64 = 0.75;
 /// A stage that outpaced its consumer keeps this much more than the consumer's pace.
 const PACE_MARGIN: f64 = 1.25;
 /// Settled windows between two probes.
@@ -190,6 +194,23 @@ impl Climb {
             return self.settle(keep, window.throughput, Reason::Blocked);
         }
         let at_max = self.active >= self.max;
+        if window.outpaced {
+            // Once only, so far: no step up on it, nor away from it.
+            self.reason = Reason::Blocked;
+            if let Phase::Settled {
+                throughput,
+                windows,
+                next_probe_up,
+            } = self.phase
+            {
+                self.phase = Phase::Settled {
+                    throughput,
+                    windows: windows.min(PROBE_EVERY - 2) + 1,
+                    next_probe_up,
+                };
+            }
+            return self.active;
+        }
         match self.phase {
             Phase::Growing { from } => {
                 let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));
@@ -343,6 +364,7 @@ mod tests {
             throughput,
             starved: 0.0,
             blocked: 0.0,
+            outpaced: false,
             consumer_took: 1.0,
             computes: false,
             free_cores: 2.0,
@@ -428,6 +450,7 @@ mod tests {
         // Sleeping work (throughput doubles with the workers) whose consumer takes a
         // third of what it makes: the queue between them grows, but it is never full.
         let outpacing = |n: usize| Window {
+            outpaced: true,
             consumer_took: 0.3,
             ..io(100.0 * n as f64)
         };
@@ -446,8 +469,10 @@ mod tests {
         // rest), and what the consumer took of it.
         let curve = |n: usize| {
             let made = 200.0 * n as f64;
+            let took = (600.0 / made).min(1.0);
             Window {
-                consumer_took: (600.0 / made).min(1.0),
+                outpaced: took < 1.0,
+                consumer_took: took,
                 ..io(made)
             }
         };
@@ -457,12 +482,41 @@ mod tests {
             let n = climb.active();
             visited.push(climb.step(curve(n)));
         }
-        // 2, 4 (800 items/s), 16, then back to the consumer's pace with a margin: 4.
-        assert_eq!(&visited[..4], &[2, 4, 16, 4], "visited {visited:?}");
-        assert!(
-            visited[3..].iter().all(|&n| (3..=5).contains(&n)),
-            "visited {visited:?}"
-        );
+        // 2, then 4 (800 items/s), which outpaces the consumer (600): it stays there.
+        assert_eq!(&visited[..2], &[2, 4], "visited {visited:?}");
+        assert!(visited[1..].iter().all(|&n| n == 4), "visited {visited:?}");
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_step_past_the_consumers_pace_is_brought_back_to_it() {
+        // As above, but the step from 4 to 16 happened before the consumer fell behind
+        // (the queue absorbed it): the next windows find it taking 600 of 3,200 items/s.
+        let mut climb = Climb::new(4, 128);
+        climb.phase = Phase::Growing {
+            from: Some((4, 800.0)),
+        };
+        climb.active = 16;
+        let window = Window {
+            outpaced: true,
+            consumer_took: 600.0 / 3200.0,
+            ..io(3200.0)
+        };
+        // ceil(16 × 0.1875 × 1.25) = 4: the count before the step.
+        assert_eq!(climb.step(window), 4);
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn one_window_of_a_busy_consumer_pauses_the_climb() {
+        let mut climb = Climb::new(2, 64);
+        let pausing = Window {
+            outpaced: true,
+            ..io(200.0)
+        };
+        assert_eq!(climb.step(pausing), 2);
+        assert_eq!(climb.step(io(200.0)), 4);
+        assert_eq!(climb.reason(), Reason::Growing);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::engine::meter::{process_cpu_time, thread_usage, Activity, WorkerMeter
 use crate::engine::queue::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::lock_std;
-use climb::{Climb, Window};
+use climb::{Climb, Window, OUTPACED};
 
 /// The shortest window.
 const WINDOW: Duration = Duration::from_millis(20);
@@ -42,26 +42,37 @@ const PARKED_CHECK: Duration = Duration::from_millis(50);
 /// The backlog between a stage and its consumer counts as grown over a window only from
 /// this many items: a consumer that keeps up is a few items behind now and then.
 const GREW_AT_LEAST: u64 = 2;
+/// A consumer busy this share of a window (its active workers' time) had little time to
+/// spare. (Its busy time is counted as each batch ends, so a window of a few slow items
+/// reads a little low or high.)
+const SATURATED: f64 = 0.75;
+/// A consumer with this many items waiting for it (or half its queue, if less) is behind:
+/// one that keeps up, even at a high load, rarely lets a few pile up.
+const BEHIND: usize = 8;
 
 /// What flowed out of a stage and into its consumer so far, read from the run's meters.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Flow {
     /// Items the stage finished.
     pub(crate) taken: u64,
-    /// Items the stage handed to its output queue.
-    pub(crate) made: u64,
     /// Items its consumer (the next stage) finished, or took, for an async one.
     pub(crate) consumed: u64,
     /// Of the stage's workers, how many are waiting for room in the output queue now.
     pub(crate) blocked_now: usize,
+    /// Items in the output queue now.
+    pub(crate) queued: usize,
+    /// The consumer's busy time so far, over all its workers.
+    pub(crate) consumer_busy: Duration,
+    /// The consumer's workers taking input now.
+    pub(crate) consumer_workers: usize,
 }
 
 /// Reads a stage's [`Flow`]; `None` when the run records no metrics, or the stage has no
 /// consumer stage (the last stage's consumer is the caller).
 pub(crate) type FlowGauge = Box<dyn Fn() -> Option<Flow> + Send + Sync>;
 
-/// The [`Flow`] of the stage at `position` in `run`. It holds the run weakly: the run
-/// holds the tuner.
+/// The [`Flow`] of the stage at `position` in `run` (its output queue is the next
+/// stage's input queue). It holds the run weakly: the run holds the tuner.
 pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
     let run = Arc::downgrade(run);
     Box::new(move || {
@@ -71,16 +82,23 @@ pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
         }
         let stages = run.meter.stages();
         let (stage, consumer) = (stages.get(position)?, stages.get(position + 1)?);
-        let (mut taken, mut made, mut blocked_now) = (0, 0, 0);
+        let (mut taken, mut blocked_now) = (0, 0);
         for worker in stage.meters() {
             taken += worker.items_in.get();
-            made += worker.items_out.get();
             blocked_now += usize::from(worker.activity() == Activity::Blocked);
         }
-        let consumed = consumer.meters().iter().map(|w| w.items_in.get()).sum();
+        let (mut consumed, mut busy) = (0, 0);
+        for worker in consumer.meters() {
+            consumed += worker.items_in.get();
+            busy += worker.busy.get();
+        }
+        let queued = consumer.queued.as_ref().map_or(0, |queued| queued());
+        let consumer_workers = consumer.tuner().map_or(consumer.workers, |t| t.active());
         Some(Flow {
+            consumer_busy: Duration::from_nanos(busy),
+            consumer_workers,
+            queued,
             taken,
-            made,
             consumed,
             blocked_now,
         })
@@ -112,6 +130,8 @@ pub(crate) struct Tuner {
     parked: Condvar,
     /// Reads what flowed out of the stage and into its consumer.
     flow: Option<FlowGauge>,
+    /// The most items the stage's output queue holds.
+    capacity: usize,
 }
 
 struct State {
@@ -122,6 +142,8 @@ struct State {
     others: Option<f64>,
     /// The flow when the window began.
     flow_at: Option<Flow>,
+    /// Whether the last window found the consumer outpaced: a window must confirm it.
+    outpaced_before: bool,
     peak: usize,
     steps: u64,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
@@ -142,8 +164,9 @@ pub(crate) struct Choice {
 }
 
 impl Tuner {
-    /// A tuner of up to `max` workers; `flow` reads what the stage hands its consumer.
-    pub(crate) fn new(max: usize, flow: Option<FlowGauge>) -> Arc<Self> {
+    /// A tuner of up to `max` workers; `flow` reads what the stage hands its consumer
+    /// through its output queue of `capacity` items.
+    pub(crate) fn new(max: usize, flow: Option<FlowGauge>, capacity: usize) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // As many as the cores to begin with: right for work that computes, and a first
         // step for work that waits.
@@ -169,6 +192,7 @@ impl Tuner {
                 process_cpu_at: process_cpu_time(),
                 others: None,
                 flow_at: None,
+                outpaced_before: false,
                 peak: start,
                 steps: 0,
                 active_seconds: 0.0,
@@ -176,6 +200,7 @@ impl Tuner {
             }),
             parked: Condvar::new(),
             flow,
+            capacity,
         })
     }
 
@@ -307,33 +332,45 @@ impl Tuner {
             .others
             .map_or(others_now, |before| (before + others_now) / 2.0);
         state.others = Some(others);
-        // What the consumer finished of the items the stage made: all of them, unless the
-        // backlog between them grew by more than a few (which a consumer that keeps up
-        // leaves now and then). The backlog is in the queue, in the consumer's batch, and
-        // in the stage's own output buffers, whose workers wait to hand them on: so what
-        // the stage made is counted from the items it finished, times its outputs per
-        // item so far (a filter makes fewer, a branch more).
+        // What the consumer finished of the items the stage finished: all of them, unless
+        // the backlog between them grew by more than a few (which a consumer that keeps up
+        // leaves now and then). The stage outpaced its consumer if that was less than
+        // [`OUTPACED`] while the consumer had little time to spare (busy most of the
+        // window, or with several items waiting for it). Two such windows in a row
+        // hold the stage (one window's bursts and stalls, on a crowded machine, only pause
+        // it). The backlog is in the queue, in the consumer's batch, and in the stage's
+        // own output buffers, which it holds back while the consumer is busy: so it is
+        // the items the stage finished that count, not those it handed on. (A filter, or
+        // a branch, makes fewer or more outputs than it takes; a consumer it keeps busy
+        // needs no more of it either way.)
         let flow = self.flow.as_ref().and_then(|flow| flow());
-        let mut consumer_took = 1.0;
+        let (mut consumer_took, mut outpaced) = (1.0, false);
         let mut blocked = blocked;
         // Before the first window, nothing had flowed.
         let before = std::mem::replace(&mut state.flow_at, flow).unwrap_or_default();
         if let Some(now) = flow {
-            let per_item = match now.taken {
-                0 => 1.0,
-                taken => now.made as f64 / taken as f64,
-            };
-            let made = now.taken.saturating_sub(before.taken) as f64 * per_item;
+            let made = now.taken.saturating_sub(before.taken) as f64;
             let consumed = now.consumed.saturating_sub(before.consumed) as f64;
-            if made >= consumed + GREW_AT_LEAST as f64 {
-                consumer_took = consumed / made;
+            let busy = now.consumer_busy.saturating_sub(before.consumer_busy);
+            let busy_share = busy.as_secs_f64() / (seconds * now.consumer_workers.max(1) as f64);
+            let behind = BEHIND.min(self.capacity / 2).max(1);
+            let saturated = busy_share >= SATURATED || now.queued >= behind;
+            let took = match made >= consumed + GREW_AT_LEAST as f64 {
+                true => consumed / made,
+                false => 1.0,
+            };
+            outpaced = saturated && took < OUTPACED;
+            if outpaced && state.outpaced_before {
+                consumer_took = took;
             }
+            state.outpaced_before = outpaced;
             // Workers waiting for room make no look while they wait: count them now too.
             let active = self.active().max(1);
             blocked = blocked.max(now.blocked_now.min(active) as f64 / active as f64);
         }
         Window {
             consumer_took,
+            outpaced,
             throughput: finished as f64 / seconds,
             starved,
             blocked,
