@@ -46,8 +46,9 @@ const GREW_AT_LEAST: u64 = 2;
 /// spare. (Its busy time is counted as each batch ends, so a window of a few slow items
 /// reads a little low or high.)
 const SATURATED: f64 = 0.75;
-/// A consumer with this many items waiting for it (or half its queue, if less) is behind:
-/// one that keeps up, even at a high load, rarely lets a few pile up.
+/// A consumer with this many items waiting for it (or half its queue, if less), or that
+/// fell this many behind in a window, is behind: one that keeps up, even at a high load,
+/// rarely lets a few pile up.
 const BEHIND: usize = 8;
 
 /// What flowed out of a stage and into its consumer so far, read from the run's meters.
@@ -336,7 +337,7 @@ impl Tuner {
         // the backlog between them grew by more than a few (which a consumer that keeps up
         // leaves now and then). The stage outpaced its consumer if that was less than
         // [`OUTPACED`] while the consumer had little time to spare (busy most of the
-        // window, or with several items waiting for it). Two such windows in a row
+        // window, or several items behind). Two such windows in a row
         // hold the stage (one window's bursts and stalls, on a crowded machine, only pause
         // it). The backlog is in the queue, in the consumer's batch, and in the stage's
         // own output buffers, which it holds back while the consumer is busy: so it is
@@ -354,7 +355,8 @@ impl Tuner {
             let busy = now.consumer_busy.saturating_sub(before.consumer_busy);
             let busy_share = busy.as_secs_f64() / (seconds * now.consumer_workers.max(1) as f64);
             let behind = BEHIND.min(self.capacity / 2).max(1);
-            let saturated = busy_share >= SATURATED || now.queued >= behind;
+            let saturated =
+                busy_share >= SATURATED || now.queued >= behind || made >= consumed + behind as f64;
             let took = match made >= consumed + GREW_AT_LEAST as f64 {
                 true => consumed / made,
                 false => 1.0,
