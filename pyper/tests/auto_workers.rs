@@ -3,8 +3,9 @@
 //! Every assertion is about a decision that stands far from its threshold: sleeping work
 //! doubles its throughput with each doubling of workers (a gain of 100% against the 10%
 //! the tuner asks for), CPU work burns a fixed amount of its thread's CPU time without
-//! ever giving up its core, and a stage behind a throttle of 4 finds its output full
-//! nearly every time it looks. No assertion is on a duration.
+//! ever giving up its core, a stage behind a throttle of 4 finds its output full
+//! nearly every time it looks, and a stage that waits 1 ms per item in front of one that
+//! waits 10 ms makes ten times what its consumer takes. No assertion is on a duration.
 
 mod common;
 
@@ -72,7 +73,11 @@ fn a_stage_that_computes_gets_no_more_workers_than_cores() {
         let tuned = tuned(&output, "burn");
         assert!(tuned.peak <= cores(), "{tuned:?} on {} cores", cores());
         let report = output.report().to_string();
-        assert!(report.contains("the run tuned its workers"), "{report}");
+        assert!(
+            report.contains("`burn`: the run tuned it to")
+                && report.contains("The run stopped there because its work computes"),
+            "{report}"
+        );
     });
 }
 
@@ -90,6 +95,37 @@ fn a_stage_blocked_downstream_does_not_grow() {
         let tuned = tuned(&output, "quick");
         // It starts with one worker per core (at most its 16), and never goes above.
         assert!(tuned.peak <= cores().min(16), "{tuned:?}");
+    });
+}
+
+/// The stage waits, so it would climb if it were alone; its consumer, busy all the time,
+/// takes a tenth of what it makes. The queue between them (the default throttle) never
+/// fills in this run, so the stage is never blocked, and only its consumer's pace can
+/// hold it: it stays at the count it started with, one worker per core.
+#[test]
+fn a_fast_stage_in_front_of_a_slow_consumer_stays_where_it_started() {
+    let _serial = serial();
+    with_timeout(120, || {
+        let fast = task(|item: u64| {
+            std::thread::sleep(Duration::from_millis(1));
+            item
+        })
+        .name("fast")
+        .auto_workers(64);
+        let slow = task(|item: u64| {
+            std::thread::sleep(Duration::from_millis(10));
+            item
+        })
+        .name("slow");
+        let mut output = (fast | slow).feed(0..200u64);
+        assert_eq!(output.by_ref().map(Result::unwrap).count(), 200);
+        let tuned = tuned(&output, "fast");
+        assert!(tuned.peak <= cores().min(64), "{tuned:?}");
+        let report = output.report().to_string();
+        assert!(
+            report.contains("the stage after it could not keep up"),
+            "{report}"
+        );
     });
 }
 

@@ -30,8 +30,17 @@ pub fn handwritten_chain<F>(items: u64, workers: &[usize], work: F) -> u64
 where
     F: Fn(u64) -> u64 + Copy + Send,
 {
+    handwritten_chain_bounded(items, workers, CAPACITY, work)
+}
+
+/// [`handwritten_chain`] with channels of `capacity` items: pyper's `throttle(capacity)`
+/// on every stage.
+pub fn handwritten_chain_bounded<F>(items: u64, workers: &[usize], capacity: usize, work: F) -> u64
+where
+    F: Fn(u64) -> u64 + Copy + Send,
+{
     std::thread::scope(|scope| {
-        let (source, mut input) = bounded::<u64>(CAPACITY);
+        let (source, mut input) = bounded::<u64>(capacity);
         scope.spawn(move || {
             for x in 0..items {
                 if source.send(x).is_err() {
@@ -40,7 +49,7 @@ where
             }
         });
         for &count in workers {
-            let (output, next) = bounded::<u64>(CAPACITY);
+            let (output, next) = bounded::<u64>(capacity);
             for _ in 0..count {
                 let (input, output) = (input.clone(), output.clone());
                 scope.spawn(move || {
@@ -55,6 +64,46 @@ where
             input = next;
         }
         input.iter().fold(0, u64::wrapping_add)
+    })
+}
+
+/// The most items a [`handwritten_batched_chain`] message carries.
+pub const HANDWRITTEN_BATCH: usize = 256;
+
+/// The handwritten baseline that moves batches, as a careful engineer would: as
+/// [`handwritten_chain`], one thread per stage, but each message is a `Vec` of up to
+/// [`HANDWRITTEN_BATCH`] items, which each stage maps in place and sends on, and each
+/// channel holds `CAPACITY / HANDWRITTEN_BATCH` messages, so that it holds as many items.
+pub fn handwritten_batched_chain<F>(items: u64, stages: usize, work: F) -> u64
+where
+    F: Fn(u64) -> u64 + Copy + Send,
+{
+    let messages = (CAPACITY / HANDWRITTEN_BATCH).max(1);
+    std::thread::scope(|scope| {
+        let (source, mut input) = bounded::<Vec<u64>>(messages);
+        scope.spawn(move || {
+            let mut next = 0;
+            while next < items {
+                let end = (next + HANDWRITTEN_BATCH as u64).min(items);
+                if source.send((next..end).collect()).is_err() {
+                    return;
+                }
+                next = end;
+            }
+        });
+        for _ in 0..stages {
+            let (output, next) = bounded::<Vec<u64>>(messages);
+            scope.spawn(move || {
+                for mut batch in input {
+                    batch.iter_mut().for_each(|x| *x = work(*x));
+                    if output.send(batch).is_err() {
+                        return;
+                    }
+                }
+            });
+            input = next;
+        }
+        input.iter().flatten().fold(0, u64::wrapping_add)
     })
 }
 

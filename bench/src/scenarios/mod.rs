@@ -17,6 +17,7 @@ mod io_async;
 mod io_threads;
 mod memory;
 mod overhead;
+mod overhead_throttle;
 mod overhead_w4;
 mod process;
 mod python_package;
@@ -27,6 +28,7 @@ mod straggler;
 pub fn all() -> Vec<Case> {
     [
         overhead::cases(),
+        overhead_throttle::cases(),
         overhead_w4::cases(),
         cpu::cases(),
         io_threads::cases(),

@@ -3,7 +3,7 @@
 
 use pyper::task;
 
-use super::common::{handwritten_chain, sum_output};
+use super::common::{handwritten_batched_chain, handwritten_chain, sum_output};
 use super::{no_notes, Case, Impl, Sizes};
 use crate::python;
 use crate::work::{step, stepped_sum};
@@ -27,6 +27,13 @@ pub fn cases() -> Vec<Case> {
                  feeding a `bounded(4096)` channel, 3 stage threads with `bounded(4096)` between \
                  them, the main thread consuming; one item per send",
                 |n| Ok(handwritten_chain(n, &[1, 1, 1], step)),
+            ),
+            Impl::rust(
+                "handwritten-batched",
+                "the same threads, each channel carrying `Vec`s of up to 256 items that each \
+                 stage maps in place and sends on; `bounded(16)` channels, so each holds as \
+                 many items as pyper's default throttle",
+                |n| Ok(handwritten_batched_chain(n, 3, step)),
             ),
             Impl::python(
                 "python-pyper",

@@ -42,9 +42,69 @@ const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
 #[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) const STALL: Duration = Duration::from_millis(1);
 
-/// A worker's spans beyond this many are not recorded, so a trace of a long run of tiny
-/// batches cannot grow without bound.
+/// A worker's spans beyond this many are not recorded, so a trace file of a long run of
+/// tiny batches cannot grow without bound.
 pub(crate) const MAX_SPANS_PER_WORKER: usize = 200_000;
+
+/// A worker hands its spans to the run's [`SpanSink`] in chunks of this many, so what a
+/// trace holds in memory is a chunk per worker, however long the run.
+pub(crate) const SPAN_CHUNK: usize = 1024;
+
+/// Where a run's spans go as they are recorded: the trace, which the API hands the run as
+/// it starts (the engine knows nothing of its format or file).
+pub(crate) trait SpanSink: Send + Sync {
+    /// A worker's track begins (a worker meter was made).
+    fn track(&self, track: &Track);
+    /// Spans of a worker, in chunks, in no particular order across workers.
+    fn spans(&self, track: &Track, spans: &[Span]);
+    /// Writes the trace recorded so far (spans already handed over) to `out`.
+    fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()>;
+    /// The run ended: spans handed over later are not recorded.
+    fn end(&self);
+}
+
+/// A worker's track in a trace.
+pub(crate) struct Track {
+    /// The stage's position in the run (the input is 0).
+    pub(crate) stage: usize,
+    pub(crate) name: Arc<str>,
+    /// The worker's index in its stage.
+    pub(crate) worker: usize,
+}
+
+/// A worker's spans not yet handed to the sink, and how many it recorded in all.
+struct SpanLog {
+    sink: Arc<dyn SpanSink>,
+    track: Track,
+    pending: Mutex<(Vec<Span>, usize)>,
+}
+
+impl SpanLog {
+    fn push(&self, span: Span) {
+        let full = {
+            let mut pending = lock(&self.pending);
+            let (spans, recorded) = &mut *pending;
+            if *recorded >= MAX_SPANS_PER_WORKER {
+                return;
+            }
+            *recorded += 1;
+            spans.push(span);
+            if spans.len() < SPAN_CHUNK {
+                return;
+            }
+            std::mem::replace(spans, Vec::with_capacity(SPAN_CHUNK))
+        };
+        // Written outside the lock: a flush from another thread never waits on the file.
+        self.sink.spans(&self.track, &full);
+    }
+
+    fn flush(&self) {
+        let pending = std::mem::take(&mut lock(&self.pending).0);
+        if !pending.is_empty() {
+            self.sink.spans(&self.track, &pending);
+        }
+    }
+}
 
 /// What a worker is doing, for the live "busy workers" count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +167,7 @@ impl StageKind {
 /// A run's recording switches and its stages' meters.
 pub(crate) struct RunMeter {
     enabled: AtomicBool,
-    tracing_spans: AtomicBool,
+    span_sink: Mutex<Option<Arc<dyn SpanSink>>>,
     started: Mutex<Option<Instant>>,
     ended: Mutex<Option<Instant>>,
     stages: Mutex<Vec<Arc<StageMeter>>>,
@@ -117,7 +177,7 @@ impl RunMeter {
     pub(crate) fn new() -> Self {
         RunMeter {
             enabled: AtomicBool::new(true),
-            tracing_spans: AtomicBool::new(false),
+            span_sink: Mutex::new(None),
             started: Mutex::new(None),
             ended: Mutex::new(None),
             stages: Mutex::new(Vec::new()),
@@ -125,18 +185,30 @@ impl RunMeter {
     }
 
     /// Settles what the run records, before any stage registers: whether it records at
-    /// all, and whether workers keep spans for a trace (which needs recording).
-    pub(crate) fn configure(&self, enabled: bool, spans: bool) {
-        self.enabled.store(enabled || spans, Relaxed);
-        self.tracing_spans.store(spans, Relaxed);
+    /// all, and where workers send their spans for a trace (which needs recording).
+    pub(crate) fn configure(&self, enabled: bool, spans: Option<Arc<dyn SpanSink>>) {
+        self.enabled.store(enabled || spans.is_some(), Relaxed);
+        *lock(&self.span_sink) = spans;
     }
 
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(Relaxed)
     }
 
-    pub(crate) fn records_spans(&self) -> bool {
-        self.tracing_spans.load(Relaxed)
+    /// The trace the workers send their spans to, if the run records one.
+    pub(crate) fn span_sink(&self) -> Option<Arc<dyn SpanSink>> {
+        lock(&self.span_sink).clone()
+    }
+
+    /// Hands every worker's pending spans to the trace.
+    pub(crate) fn flush_spans(&self) {
+        for stage in self.stages() {
+            for meter in stage.meters() {
+                if let Some(log) = &meter.spans {
+                    log.flush();
+                }
+            }
+        }
     }
 
     pub(crate) fn start(&self) {
@@ -170,7 +242,9 @@ impl RunMeter {
         workers: usize,
         queued: Option<Box<dyn Fn() -> usize + Send + Sync>>,
     ) -> Arc<StageMeter> {
+        let mut stages = lock(&self.stages);
         let stage = Arc::new(StageMeter {
+            position: stages.len(),
             name: Arc::clone(name),
             kind,
             workers,
@@ -180,12 +254,12 @@ impl RunMeter {
             meters: Mutex::new(Vec::new()),
             tuner: std::sync::OnceLock::new(),
             recording: self.is_enabled(),
-            spans: self.records_spans(),
+            spans: self.span_sink(),
             run_started: self.started().unwrap_or_else(Instant::now),
             remote: (kind == StageKind::Remote && self.is_enabled())
                 .then(|| Arc::new(RemoteGauges::default())),
         });
-        lock(&self.stages).push(Arc::clone(&stage));
+        stages.push(Arc::clone(&stage));
         stage
     }
 
@@ -196,6 +270,8 @@ impl RunMeter {
 
 /// One stage's meters, and what the snapshot needs to know about the stage.
 pub(crate) struct StageMeter {
+    /// The stage's position in the run, the input's being 0.
+    pub(crate) position: usize,
     pub(crate) name: Arc<str>,
     pub(crate) kind: StageKind,
     pub(crate) workers: usize,
@@ -210,7 +286,7 @@ pub(crate) struct StageMeter {
     /// workers find here and the report reads.
     tuner: std::sync::OnceLock<Arc<Tuner>>,
     recording: bool,
-    spans: bool,
+    spans: Option<Arc<dyn SpanSink>>,
     run_started: Instant,
     /// What only a remote stage records (when metrics are on).
     remote: Option<Arc<RemoteGauges>>,
@@ -254,7 +330,20 @@ impl StageMeter {
             return None;
         }
         let mut meters = lock(&self.meters);
-        let meter = Arc::new(WorkerMeter::new(meters.len(), self.spans, self.run_started));
+        let spans = self.spans.as_ref().map(|sink| {
+            let track = Track {
+                stage: self.position,
+                name: Arc::clone(&self.name),
+                worker: meters.len(),
+            };
+            sink.track(&track);
+            SpanLog {
+                sink: Arc::clone(sink),
+                track,
+                pending: Mutex::new((Vec::new(), 0)),
+            }
+        });
+        let meter = Arc::new(WorkerMeter::new(meters.len(), spans, self.run_started));
         meters.push(Arc::clone(&meter));
         Some(meter)
     }
@@ -389,7 +478,7 @@ pub(crate) struct WorkerMeter {
     /// ordering: once it reads non-zero, every other figure is final.
     began: Counter,
     lifetime: AtomicU64,
-    spans: Option<Mutex<Vec<Span>>>,
+    spans: Option<SpanLog>,
     run_started: Instant,
 }
 
@@ -402,7 +491,7 @@ struct SchedCounters {
 }
 
 impl WorkerMeter {
-    fn new(index: usize, spans: bool, run_started: Instant) -> Self {
+    fn new(index: usize, spans: Option<SpanLog>, run_started: Instant) -> Self {
         WorkerMeter {
             index,
             items_in: Counter::default(),
@@ -435,7 +524,7 @@ impl WorkerMeter {
             gave_up_core_items: Counter::default(),
             began: Counter::default(),
             lifetime: AtomicU64::new(0),
-            spans: spans.then(|| Mutex::new(Vec::new())),
+            spans,
             run_started,
         }
     }
@@ -569,22 +658,12 @@ impl WorkerMeter {
         let Some(spans) = &self.spans else {
             return;
         };
-        let mut spans = lock(spans);
-        if spans.len() < MAX_SPANS_PER_WORKER {
-            spans.push(Span {
-                start: started.saturating_duration_since(self.run_started),
-                length,
-                what,
-                items: items.min(u32::MAX as usize) as u32,
-            });
-        }
-    }
-
-    pub(crate) fn spans(&self) -> Vec<Span> {
-        self.spans
-            .as_ref()
-            .map(|spans| lock(spans).clone())
-            .unwrap_or_default()
+        spans.push(Span {
+            start: started.saturating_duration_since(self.run_started),
+            length,
+            what,
+            items: items.min(u32::MAX as usize) as u32,
+        });
     }
 }
 

@@ -9,8 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Waker};
 
-use crate::engine::sequencer::COLLECT_BOUND;
+use crate::engine::batch::MAX_BATCH;
 use crate::engine::sync::{self, Arc};
+
+/// The most outputs an item that is not the head collects before it is paused: a batch's
+/// worth. (Its driver starts no more items than its workers, whatever the throttle.)
+pub(crate) const COLLECT_BOUND: usize = MAX_BATCH;
 
 /// The items an ordered driver started and has not released, by position.
 pub(crate) struct Reorder<O> {

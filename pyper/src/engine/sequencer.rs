@@ -9,15 +9,20 @@
 //! it in; whoever passes the turn on releases the handed-in runs that come next, so a
 //! worker waiting for input never holds anything up.
 //!
-//! Two bounds keep memory flat however the stage is used:
+//! Two bounds keep memory flat however the stage is used. Both are the stage's *hold*:
+//! its throttle (the capacity of its output queue), at most [`MAX_BATCH`].
 //!
-//! * a run that is not the head collects at most [`COLLECT_BOUND`] outputs, then its worker
+//! * a run that is not the head collects at most a hold of outputs, then its worker
 //!   waits for the turn (as blocked time) and streams from then on: an endless `branch`
 //!   fan-out behind `ordered()` flows in bounded memory;
 //! * a worker takes new input only while what it handed in and is still unreleased
-//!   weighs less than [`MAX_BATCH`] (a run weighs its items or its outputs, whichever is
-//!   more): a stage runs ahead of a slow consumer by its throttle plus about one batch
-//!   per worker, as an unordered one does.
+//!   weighs less than a hold (a run weighs its items or its outputs, whichever is more),
+//!   and then only as many items as the hold has room for; and only while what the whole
+//!   stage handed in weighs less than a hold per worker (which bounds a worker that hands
+//!   in batch after batch through a new [`InOrder`] each, as a process supervisor does):
+//!   with `throttle(t)` and `w` workers, a stage runs ahead of a stalled consumer by
+//!   about `t × (w + 1)` items (`t` in its queue, `t` in each worker's hands), as an
+//!   unordered one does.
 //!
 //! No cycle of waits: a worker waits for the turn only for positions before its current
 //! run, while everything it holds unstarted comes after it; and a worker waiting for room
@@ -34,9 +39,11 @@ use crate::engine::queue::{Close, Sender};
 use crate::engine::run::discard_or_resume;
 use crate::engine::sync::{self, Arc, AtomicU64, Condvar, Instant, Mutex, Ordering};
 
-/// The most outputs a run that is not the head collects before its worker waits for the
-/// turn: a batch's worth.
-pub(crate) const COLLECT_BOUND: usize = MAX_BATCH;
+/// What one worker of an ordered stage may hold that its consumer has not taken (see the
+/// module's docs): the throttle, at most a batch.
+fn hold<O>(output: &Sender<O>) -> usize {
+    output.capacity().clamp(1, MAX_BATCH)
+}
 
 /// Marks a stopped sequencer in `next`: no run starts there.
 const STOPPED: u64 = u64::MAX;
@@ -51,6 +58,10 @@ pub(crate) struct Sequencer<O> {
     done: Mutex<BTreeMap<u64, Done<O>>>,
     /// Signalled whenever `next` moves (a turn, room freed) or the stage stops.
     advanced: Condvar,
+    /// What the runs in `done` weigh. Written under `done`'s lock.
+    unreleased: AtomicU64,
+    /// The stage's workers.
+    workers: usize,
 }
 
 /// A run handed in.
@@ -63,11 +74,14 @@ struct Done<O> {
 }
 
 impl<O> Sequencer<O> {
-    pub(crate) fn new() -> Self {
+    /// The sequencer of a stage of `workers`.
+    pub(crate) fn new(workers: usize) -> Self {
         Sequencer {
             next: AtomicU64::new(0),
             done: Mutex::new(BTreeMap::new()),
             advanced: Condvar::new(),
+            unreleased: AtomicU64::new(0),
+            workers: workers.max(1),
         }
     }
 
@@ -102,6 +116,7 @@ impl<O> Sequencer<O> {
             _ => {
                 let weight = run.weight();
                 owner.fetch_add(weight, Ordering::Relaxed);
+                self.unreleased.fetch_add(weight, Ordering::Relaxed);
                 let entry = Done {
                     end: run.end,
                     outputs: run.outputs,
@@ -122,6 +137,10 @@ impl<O> Sequencer<O> {
             return Err(Stop);
         }
         let next = done.remove(&end);
+        if let Some(released) = &next {
+            self.unreleased
+                .fetch_sub(released.weight, Ordering::Relaxed);
+        }
         if next.is_none() {
             self.next.store(end, Ordering::Release);
             self.advanced.notify_all();
@@ -178,6 +197,8 @@ pub(crate) struct InOrder<'a, O> {
     head: bool,
     /// What the runs this worker handed in weigh, until they are released.
     handed_in: Arc<AtomicU64>,
+    /// The most it may hold: see [`hold`].
+    hold: usize,
 }
 
 impl<'a, O> InOrder<'a, O> {
@@ -188,6 +209,7 @@ impl<'a, O> InOrder<'a, O> {
     ) -> Self {
         InOrder {
             sequencer,
+            hold: hold(outlet.output),
             outlet,
             meter,
             current: None,
@@ -223,7 +245,13 @@ impl<'a, O> InOrder<'a, O> {
     /// many items it may take.
     pub(crate) fn finish(&mut self) -> Result<usize, Stop> {
         self.close()?;
-        let room = || MAX_BATCH.saturating_sub(self.handed_in.load(Ordering::Relaxed) as usize);
+        let hold = self.hold;
+        let sequencer = self.sequencer;
+        let room = || {
+            let own = hold.saturating_sub(self.handed_in.load(Ordering::Relaxed) as usize);
+            let unreleased = sequencer.unreleased.load(Ordering::Relaxed) as usize;
+            own.min((hold * sequencer.workers).saturating_sub(unreleased))
+        };
         if room() == 0 {
             self.blocked(|sequencer| sequencer.wait_until(|| room() > 0))?;
         }
@@ -326,7 +354,7 @@ impl<O> Emit<O> for InOrder<'_, O> {
             return self.outlet.emit(item);
         };
         run.outputs.push(item);
-        if run.outputs.len() >= COLLECT_BOUND {
+        if run.outputs.len() >= self.hold {
             self.take_turn()?;
         }
         Ok(())

@@ -121,8 +121,9 @@ pub struct Tuned {
     pub max: usize,
     /// The most that were active at once.
     pub peak: usize,
-    /// Why the count is what it is, in words: "more workers did not raise throughput",
-    /// "its workers compute, and it has one per free core", and so on.
+    /// Why the count is what it is, in words that end the sentence "The run stopped there
+    /// because": "more workers did not raise its throughput", "its work computes, and it
+    /// has one worker per free core", and so on.
     pub why: &'static str,
 }
 

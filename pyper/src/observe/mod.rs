@@ -11,33 +11,37 @@ use report::Report;
 
 /// How a run records and shows itself. Settled before the run starts, from the
 /// environment and the `Output` methods, and handed to the engine as it starts.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RunOptions {
     /// Record metrics (`PYPER_METRICS=off`, `Output::without_metrics`).
     pub(crate) metrics: bool,
-    /// Keep every worker's spans for a trace (`PYPER_TRACE`, `Output::record_trace`).
+    /// Record a trace of every worker's spans (`PYPER_TRACE`, `Output::record_trace`).
     pub(crate) trace: bool,
+    /// The file the trace streams to (`PYPER_TRACE`); else a temporary file.
+    pub(crate) trace_file: Option<std::path::PathBuf>,
     /// Draw progress bars (`PYPER_PROGRESS`, `Output::progress`).
     pub(crate) progress: bool,
 }
 
 impl RunOptions {
     pub(crate) fn from_env() -> Self {
+        let trace_file = trace::path_from_env();
         RunOptions {
             metrics: metrics::enabled_by_env(),
-            trace: trace::path_from_env().is_some(),
+            trace: trace_file.is_some(),
+            trace_file,
             progress: progress::wanted_by_env(),
         }
     }
 
     /// Bars read the metrics, so a run without them draws none.
-    pub(crate) fn shows_progress(self) -> bool {
+    pub(crate) fn shows_progress(&self) -> bool {
         self.progress && (self.metrics || self.trace)
     }
 }
 
 /// Everything that happens once a run's workers are gone: the bars are cleared, the
-/// trace written where `PYPER_TRACE` says, and the stages' figures sent to `tracing`.
+/// trace's last spans written, and the stages' figures sent to `tracing`.
 pub(crate) fn run_ended(run: &RunState, bars: Option<progress::Bars>) {
     if let Some(bars) = bars {
         bars.stop();
@@ -45,7 +49,7 @@ pub(crate) fn run_ended(run: &RunState, bars: Option<progress::Bars>) {
     if !run.meter.is_enabled() {
         return;
     }
-    trace::write_to_env_path(&run.meter);
+    trace::run_ended(&run.meter);
     if tracing::enabled!(target: "pyper", tracing::Level::INFO) {
         emit_events(Report::new(Metrics::collect(&run.meter)));
     }

@@ -69,9 +69,11 @@ impl<O> Output<O> {
     }
 
     /// Records a timeline of the run: every worker's batches and waits, for
-    /// [`write_trace`](Output::write_trace). Call it before the first item is taken;
-    /// `PYPER_TRACE=trace.json` records every run and writes its trace to that file as the
-    /// run ends.
+    /// [`write_trace`](Output::write_trace). Call it before the first item is taken. The
+    /// timeline streams to an anonymous temporary file as the run goes (the system removes
+    /// it once the run is gone), so its memory stays flat however long the run.
+    /// `PYPER_TRACE=trace.json` records every run, streaming its trace to that file; the
+    /// file is a valid trace after every write, however the run ends.
     pub fn record_trace(self) -> Self {
         self.settle("record_trace", |options| options.trace = true)
     }
@@ -96,7 +98,8 @@ impl<O> Output<O> {
     /// Writes the timeline recorded so far as a Chrome trace (JSON in the Trace Event
     /// Format), one track per worker: open it in <https://ui.perfetto.dev> or
     /// `chrome://tracing`. Empty of spans unless [`record_trace`](Output::record_trace)
-    /// was called.
+    /// was called (or `PYPER_TRACE` set). It copies the trace's file, so it may be called
+    /// while the run goes, and as often as wanted.
     ///
     /// ```
     /// use pyper::task;

@@ -143,8 +143,12 @@ impl<O> Output<O> {
             // Cancelled before it started: nothing to start, nothing to wait for.
             return false;
         }
-        let options = self.options;
-        self.run.meter.configure(options.metrics, options.trace);
+        let options = self.options.clone();
+        let trace = options
+            .trace
+            .then(|| crate::observe::trace::start(options.trace_file.clone()))
+            .flatten();
+        self.run.meter.configure(options.metrics, trace);
         self.run.meter.start();
         let mut launcher = Launcher::new(Arc::clone(&self.run));
         let started = start(&mut launcher);

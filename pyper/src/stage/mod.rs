@@ -25,7 +25,7 @@ use crate::engine::queue::{queue, Receiver, Sender};
 use crate::engine::run::Launcher;
 use crate::engine::sequencer::Sequencer;
 use crate::engine::sync::{Arc, Instant};
-use crate::engine::tuner::Tuner;
+use crate::engine::tuner::{self, Tuner};
 use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
 use policy::FaultPolicy;
@@ -452,7 +452,8 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         let meter = (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued);
         if self.spec.auto {
             // The stage's workers find the tuner on their meter; a cancel wakes the parked.
-            let tuner = Tuner::new(self.spec.workers);
+            let flow = tuner::flow_gauge(&self.launcher.state, meter.position);
+            let tuner = Tuner::new(self.spec.workers, Some(flow), self.output.capacity());
             self.launcher.state.register(Box::new(Arc::clone(&tuner)));
             meter.tune(tuner);
         }
@@ -491,7 +492,7 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         if !self.is_ordered() {
             return None;
         }
-        let sequencer = Arc::new(Sequencer::new());
+        let sequencer = Arc::new(Sequencer::new(self.spec.workers));
         self.launcher
             .state
             .register(Box::new(Arc::clone(&sequencer)));

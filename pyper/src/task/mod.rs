@@ -235,7 +235,11 @@ impl<I, O> Task<I, O> {
     ///
     /// * a stage whose workers compute gets no more workers than the cores the rest of the
     ///   process leaves free (more would only take turns on them);
-    /// * a stage that mostly waits for input, or for the stage after it, does not grow;
+    /// * a stage that mostly waits for input, or for the stage after it, does not grow,
+    ///   nor does one that makes items faster than the stage after it, busy, finishes
+    ///   them (in two windows in a row; one such window pauses it): it keeps, of its last
+    ///   step up, about what the next stage takes, with a quarter to spare. (That needs
+    ///   the run's metrics, on by default; without them only a full queue holds it.)
     /// * otherwise the count doubles while doubling raises throughput (by 10% or more),
     ///   quadruples while each doubling nearly doubles it (waits that overlap, as IO's
     ///   do), and settles at the last count that paid: hill-climbing on throughput, as
@@ -282,9 +286,12 @@ impl<I, O> Task<I, O> {
     /// Keeps the outputs in the order of the inputs, even with several workers.
     ///
     /// The worker holding the oldest unfinished input streams its outputs on as it makes
-    /// them (so an endless `branch` fan-out flows); the others collect theirs, up to a
-    /// batch's worth, and wait for their turn. An ordered stage so keeps the bounds of an
-    /// unordered one: its throttle, plus one batch per worker. With one worker a stage is always
+    /// them (so an endless `branch` fan-out flows); the others collect theirs and wait for
+    /// their turn. A worker holds at most the stage's throttle of items not yet taken
+    /// downstream (capped at a batch), so with `throttle(t)` and `w` workers an ordered
+    /// stage runs at most about `t × (w + 1)` items ahead of a stalled consumer, as an
+    /// unordered one does. (A process task's worker may also have the batch it sent to its
+    /// process.) With one worker a stage is always
     /// in order, so this matters only with `workers(n > 1)`. A pipeline keeps its input
     /// order end to end when every multi-worker stage in it is ordered.
     ///

@@ -4,8 +4,15 @@
 //! The rule is hill-climbing on throughput, as .NET's thread pool does, with three guards
 //! in front of it:
 //!
-//! 1. A stage that waited for input, or for room downstream, during most of the window
-//!    does not grow: its throughput is set by another stage, so a gain would be noise.
+//! 1. A stage that waited for input, or for room downstream, during most of the window,
+//!    or whose consumer, busy, took less than [`OUTPACED`] of what it made (the backlog
+//!    between them grew) in two windows in a row, does not grow: its throughput is set
+//!    by another stage, so a gain would be noise, and more workers would only wait. A
+//!    stage that waits for input undoes the step that made it wait. A stage that
+//!    outpaces its consumer keeps, of the last step up, what the consumer can take (with
+//!    a margin), never more than it has: its own throughput may be the highest in a
+//!    window in which the queue after it absorbed the difference, so it is the
+//!    consumer's share that counts. A single such window only pauses the climb.
 //! 2. A stage whose workers compute (their items do not give up the core to sleep or
 //!    wait) gets one worker per core the rest of the process leaves free: no climb.
 //! 3. Otherwise it grows while growing pays: it doubles while each step gains at least
@@ -26,6 +33,12 @@ pub(crate) struct Window {
     pub(crate) starved: f64,
     /// The share of its workers' looks at the output that found it full (0 to 1).
     pub(crate) blocked: f64,
+    /// Whether the stage made more than its consumer took in the window, while the
+    /// consumer had no time to spare: a window that does not grow the stage.
+    pub(crate) outpaced: bool,
+    /// The share of the items the stage finished that its consumer took in the window,
+    /// when it was outpaced in this window and the one before; else 1.
+    pub(crate) consumer_took: f64,
     /// Whether the stage's workers compute: their items ran without giving up their
     /// core (no sleep, no IO wait), however long they waited for one.
     pub(crate) computes: bool,
@@ -51,14 +64,17 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
+    /// Why, as the end of a sentence that begins "The run stopped there because".
     pub(crate) fn describe(self) -> &'static str {
         match self {
-            Reason::Growing => "throughput was still rising when the run ended",
-            Reason::NoGain => "more workers did not raise throughput",
-            Reason::CpuBound => "its workers compute, and it has one per free core",
-            Reason::Starved => "it waited for input; more workers would wait too",
-            Reason::Blocked => "it waited on the stage after it; more workers would wait too",
-            Reason::AtMax => "it reached the most workers allowed",
+            Reason::Growing => "the run ended while more workers were still raising its throughput",
+            Reason::NoGain => "more workers did not raise its throughput",
+            Reason::CpuBound => "its work computes, and it has one worker per free core",
+            Reason::Starved => "it was waiting for input, and more workers would only wait too",
+            Reason::Blocked => {
+                "the stage after it could not keep up, and more workers would only wait too"
+            }
+            Reason::AtMax => "it reached the most workers it was allowed",
         }
     }
 }
@@ -72,6 +88,11 @@ const LINEAR: f64 = 0.8;
 const KEEP_DOWN: f64 = 0.95;
 /// A guard holds when this share of looks found the queue empty (or full).
 const WAITING: f64 = 0.5;
+/// A stage outpaces its consumer when the consumer took less than this share of what it
+/// made in a window.
+pub(crate) const OUTPACED: f64 = 0.75;
+/// A stage that outpaced its consumer keeps this much more than the consumer's pace.
+const PACE_MARGIN: f64 = 1.25;
 /// Settled windows between two probes.
 pub(crate) const PROBE_EVERY: u32 = 8;
 
@@ -125,7 +146,9 @@ impl Climb {
 
     /// Takes one window's measurements, and returns the count for the next window.
     pub(crate) fn step(&mut self, window: Window) -> usize {
-        let waiting = window.starved >= WAITING || window.blocked >= WAITING;
+        let starved = window.starved >= WAITING && window.starved >= window.blocked;
+        let held_back = window.blocked >= WAITING || window.consumer_took < OUTPACED;
+        let waiting = starved || held_back;
         if window.computes {
             // A core counts as free when at least a fifth of it is: two workers on 1.3
             // free cores get more done than one.
@@ -141,14 +164,10 @@ impl Climb {
                 return self.settle(cores, window.throughput, reason);
             }
         }
-        if waiting {
+        if starved {
             if let Some(doubled) = self.retry_as_doubling() {
                 return doubled;
             }
-            let reason = match window.starved >= window.blocked {
-                true => Reason::Starved,
-                false => Reason::Blocked,
-            };
             // A step up that left the stage waiting is undone: the new workers only wait.
             let back = match self.phase {
                 Phase::Growing {
@@ -157,9 +176,41 @@ impl Climb {
                 Phase::Probing { from, up: true, .. } => from,
                 _ => self.active,
             };
-            return self.settle(back, window.throughput, reason);
+            return self.settle(back, window.throughput, Reason::Starved);
+        }
+        if held_back {
+            // Of the last step up, keep what the consumer takes (a probe up, small, is
+            // undone); never more than now.
+            let keep = match self.phase {
+                Phase::Growing {
+                    from: Some((from, _)),
+                } => {
+                    let pace = self.active as f64 * window.consumer_took * PACE_MARGIN;
+                    (pace.ceil() as usize).clamp(from.min(self.active), self.active)
+                }
+                Phase::Probing { from, up: true, .. } => from,
+                _ => self.active,
+            };
+            return self.settle(keep, window.throughput, Reason::Blocked);
         }
         let at_max = self.active >= self.max;
+        if window.outpaced {
+            // Once only, so far: no step up on it, nor away from it.
+            self.reason = Reason::Blocked;
+            if let Phase::Settled {
+                throughput,
+                windows,
+                next_probe_up,
+            } = self.phase
+            {
+                self.phase = Phase::Settled {
+                    throughput,
+                    windows: windows.min(PROBE_EVERY - 2) + 1,
+                    next_probe_up,
+                };
+            }
+            return self.active;
+        }
         match self.phase {
             Phase::Growing { from } => {
                 let paid = from.is_none_or(|(_, before)| gained(before, window.throughput));
@@ -313,6 +364,8 @@ mod tests {
             throughput,
             starved: 0.0,
             blocked: 0.0,
+            outpaced: false,
+            consumer_took: 1.0,
             computes: false,
             free_cores: 2.0,
         }
@@ -390,6 +443,80 @@ mod tests {
         let (climb, visited) = climb(64, 20, blocked);
         assert!(visited.iter().all(|&n| n == 1), "visited {visited:?}");
         assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_stage_its_consumer_cannot_keep_up_with_stays_where_it_started() {
+        // Sleeping work (throughput doubles with the workers) whose consumer takes a
+        // third of what it makes: the queue between them grows, but it is never full.
+        let outpacing = |n: usize| Window {
+            outpaced: true,
+            consumer_took: 0.3,
+            ..io(100.0 * n as f64)
+        };
+        let mut climb = Climb::new(2, 64);
+        for _ in 0..40 {
+            let n = climb.active();
+            assert_eq!(climb.step(outpacing(n)), 2);
+        }
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_stage_that_outpaces_its_consumer_keeps_its_consumers_pace() {
+        // 200 items/s a worker, against a consumer that takes 600 items/s: the window
+        // after a step past it measures the stage's own pace (the queue absorbs the
+        // rest), and what the consumer took of it.
+        let curve = |n: usize| {
+            let made = 200.0 * n as f64;
+            let took = (600.0 / made).min(1.0);
+            Window {
+                outpaced: took < 1.0,
+                consumer_took: took,
+                ..io(made)
+            }
+        };
+        let mut climb = Climb::new(2, 128);
+        let mut visited = vec![2];
+        for _ in 0..40 {
+            let n = climb.active();
+            visited.push(climb.step(curve(n)));
+        }
+        // 2, then 4 (800 items/s), which outpaces the consumer (600): it stays there.
+        assert_eq!(&visited[..2], &[2, 4], "visited {visited:?}");
+        assert!(visited[1..].iter().all(|&n| n == 4), "visited {visited:?}");
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn a_step_past_the_consumers_pace_is_brought_back_to_it() {
+        // As above, but the step from 4 to 16 happened before the consumer fell behind
+        // (the queue absorbed it): the next windows find it taking 600 of 3,200 items/s.
+        let mut climb = Climb::new(4, 128);
+        climb.phase = Phase::Growing {
+            from: Some((4, 800.0)),
+        };
+        climb.active = 16;
+        let window = Window {
+            outpaced: true,
+            consumer_took: 600.0 / 3200.0,
+            ..io(3200.0)
+        };
+        // ceil(16 × 0.1875 × 1.25) = 4: the count before the step.
+        assert_eq!(climb.step(window), 4);
+        assert_eq!(climb.reason(), Reason::Blocked);
+    }
+
+    #[test]
+    fn one_window_of_a_busy_consumer_pauses_the_climb() {
+        let mut climb = Climb::new(2, 64);
+        let pausing = Window {
+            outpaced: true,
+            ..io(200.0)
+        };
+        assert_eq!(climb.step(pausing), 2);
+        assert_eq!(climb.step(io(200.0)), 4);
+        assert_eq!(climb.reason(), Reason::Growing);
     }
 
     #[test]

@@ -22,10 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::meter::{process_cpu_time, thread_usage, WorkerMeter};
+use crate::engine::meter::{process_cpu_time, thread_usage, Activity, WorkerMeter};
 use crate::engine::queue::Close;
+use crate::engine::run::RunState;
 use crate::engine::sync::lock_std;
-use climb::{Climb, Window};
+use climb::{Climb, Window, OUTPACED};
 
 /// The shortest window.
 const WINDOW: Duration = Duration::from_millis(20);
@@ -38,6 +39,72 @@ const ITEMS_PER_WORKER: u64 = 2;
 const GAVE_UP_WHEN_COMPUTING: f64 = 0.25;
 /// A parked worker checks the stage's state at least this often (a cancel also wakes it).
 const PARKED_CHECK: Duration = Duration::from_millis(50);
+/// The backlog between a stage and its consumer counts as grown over a window only from
+/// this many items: a consumer that keeps up is a few items behind now and then.
+const GREW_AT_LEAST: u64 = 2;
+/// A consumer busy this share of a window (its active workers' time) had little time to
+/// spare. (Its busy time is counted as each batch ends, so a window of a few slow items
+/// reads a little low or high.)
+const SATURATED: f64 = 0.75;
+/// A consumer with this many items waiting for it (or half its queue, if less), or that
+/// fell this many behind in a window, is behind: one that keeps up, even at a high load,
+/// rarely lets a few pile up.
+const BEHIND: usize = 8;
+
+/// What flowed out of a stage and into its consumer so far, read from the run's meters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flow {
+    /// Items the stage finished.
+    pub(crate) taken: u64,
+    /// Items its consumer (the next stage) finished, or took, for an async one.
+    pub(crate) consumed: u64,
+    /// Of the stage's workers, how many are waiting for room in the output queue now.
+    pub(crate) blocked_now: usize,
+    /// Items in the output queue now.
+    pub(crate) queued: usize,
+    /// The consumer's busy time so far, over all its workers.
+    pub(crate) consumer_busy: Duration,
+    /// The consumer's workers taking input now.
+    pub(crate) consumer_workers: usize,
+}
+
+/// Reads a stage's [`Flow`]; `None` when the run records no metrics, or the stage has no
+/// consumer stage (the last stage's consumer is the caller).
+pub(crate) type FlowGauge = Box<dyn Fn() -> Option<Flow> + Send + Sync>;
+
+/// The [`Flow`] of the stage at `position` in `run` (its output queue is the next
+/// stage's input queue). It holds the run weakly: the run holds the tuner.
+pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
+    let run = Arc::downgrade(run);
+    Box::new(move || {
+        let run = run.upgrade()?;
+        if !run.meter.is_enabled() {
+            return None;
+        }
+        let stages = run.meter.stages();
+        let (stage, consumer) = (stages.get(position)?, stages.get(position + 1)?);
+        let (mut taken, mut blocked_now) = (0, 0);
+        for worker in stage.meters() {
+            taken += worker.items_in.get();
+            blocked_now += usize::from(worker.activity() == Activity::Blocked);
+        }
+        let (mut consumed, mut busy) = (0, 0);
+        for worker in consumer.meters() {
+            consumed += worker.items_in.get();
+            busy += worker.busy.get();
+        }
+        let queued = consumer.queued.as_ref().map_or(0, |queued| queued());
+        let consumer_workers = consumer.tuner().map_or(consumer.workers, |t| t.active());
+        Some(Flow {
+            consumer_busy: Duration::from_nanos(busy),
+            consumer_workers,
+            queued,
+            taken,
+            consumed,
+            blocked_now,
+        })
+    })
+}
 
 /// One tuned stage's shared state.
 pub(crate) struct Tuner {
@@ -62,6 +129,10 @@ pub(crate) struct Tuner {
     blocked_looks: AtomicU64,
     state: Mutex<State>,
     parked: Condvar,
+    /// Reads what flowed out of the stage and into its consumer.
+    flow: Option<FlowGauge>,
+    /// The most items the stage's output queue holds.
+    capacity: usize,
 }
 
 struct State {
@@ -70,6 +141,10 @@ struct State {
     process_cpu_at: Option<Duration>,
     /// Cores used by the rest of the process, smoothed over windows.
     others: Option<f64>,
+    /// The flow when the window began.
+    flow_at: Option<Flow>,
+    /// Whether the last window found the consumer outpaced: a window must confirm it.
+    outpaced_before: bool,
     peak: usize,
     steps: u64,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
@@ -90,7 +165,9 @@ pub(crate) struct Choice {
 }
 
 impl Tuner {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A tuner of up to `max` workers; `flow` reads what the stage hands its consumer
+    /// through its output queue of `capacity` items.
+    pub(crate) fn new(max: usize, flow: Option<FlowGauge>, capacity: usize) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // As many as the cores to begin with: right for work that computes, and a first
         // step for work that waits.
@@ -115,12 +192,16 @@ impl Tuner {
                 window_began: Instant::now(),
                 process_cpu_at: process_cpu_time(),
                 others: None,
+                flow_at: None,
+                outpaced_before: false,
                 peak: start,
                 steps: 0,
                 active_seconds: 0.0,
                 began: Instant::now(),
             }),
             parked: Condvar::new(),
+            flow,
+            capacity,
         })
     }
 
@@ -193,7 +274,7 @@ impl Tuner {
             peak: state.peak,
             mean: mean.clamp(1, self.max.max(1)),
             why: match state.steps {
-                0 => "the run ended before a first measurement",
+                0 => "the run ended before it could measure the stage",
                 _ => state.climb.reason().describe(),
             },
         }
@@ -252,7 +333,46 @@ impl Tuner {
             .others
             .map_or(others_now, |before| (before + others_now) / 2.0);
         state.others = Some(others);
+        // What the consumer finished of the items the stage finished: all of them, unless
+        // the backlog between them grew by more than a few (which a consumer that keeps up
+        // leaves now and then). The stage outpaced its consumer if that was less than
+        // [`OUTPACED`] while the consumer had little time to spare (busy most of the
+        // window, or several items behind). Two such windows in a row
+        // hold the stage (one window's bursts and stalls, on a crowded machine, only pause
+        // it). The backlog is in the queue, in the consumer's batch, and in the stage's
+        // own output buffers, which it holds back while the consumer is busy: so it is
+        // the items the stage finished that count, not those it handed on. (A filter, or
+        // a branch, makes fewer or more outputs than it takes; a consumer it keeps busy
+        // needs no more of it either way.)
+        let flow = self.flow.as_ref().and_then(|flow| flow());
+        let (mut consumer_took, mut outpaced) = (1.0, false);
+        let mut blocked = blocked;
+        // Before the first window, nothing had flowed.
+        let before = std::mem::replace(&mut state.flow_at, flow).unwrap_or_default();
+        if let Some(now) = flow {
+            let made = now.taken.saturating_sub(before.taken) as f64;
+            let consumed = now.consumed.saturating_sub(before.consumed) as f64;
+            let busy = now.consumer_busy.saturating_sub(before.consumer_busy);
+            let busy_share = busy.as_secs_f64() / (seconds * now.consumer_workers.max(1) as f64);
+            let behind = BEHIND.min(self.capacity / 2).max(1);
+            let saturated =
+                busy_share >= SATURATED || now.queued >= behind || made >= consumed + behind as f64;
+            let took = match made >= consumed + GREW_AT_LEAST as f64 {
+                true => consumed / made,
+                false => 1.0,
+            };
+            outpaced = saturated && took < OUTPACED;
+            if outpaced && state.outpaced_before {
+                consumer_took = took;
+            }
+            state.outpaced_before = outpaced;
+            // Workers waiting for room make no look while they wait: count them now too.
+            let active = self.active().max(1);
+            blocked = blocked.max(now.blocked_now.min(active) as f64 / active as f64);
+        }
         Window {
+            consumer_took,
+            outpaced,
             throughput: finished as f64 / seconds,
             starved,
             blocked,

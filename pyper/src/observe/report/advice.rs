@@ -247,15 +247,27 @@ impl Report {
     }
 }
 
-/// What the tuner chose for a stage with `auto_workers`, and why.
+/// What the tuner chose for a stage with `auto_workers`, and why, in plain sentences.
 fn tuned_advice(name: &str, mean: usize, tuned: &crate::observe::metrics::Tuned) -> String {
-    let raise = match tuned.workers >= tuned.max {
-        true => "; if it is the bottleneck, raise its most",
-        false => "",
+    let workers = |n: usize| match n {
+        1 => "1 worker".to_owned(),
+        n => format!("{n} workers"),
+    };
+    let limit = match tuned.workers >= tuned.max {
+        true => format!(
+            " It is at its limit: if it is the bottleneck, allow it more than {} with \
+             `auto_workers`.",
+            tuned.max
+        ),
+        false => String::new(),
     };
     format!(
-        "`{name}`: the run tuned its workers to {} (at most {}, {} at the peak, {mean} on \
-         average): {}{raise}",
-        tuned.workers, tuned.max, tuned.peak, tuned.why
+        "`{name}`: the run tuned it to {} (on average {}, at most {} at once, of {} \
+         allowed). The run stopped there because {}.{limit}",
+        workers(tuned.workers),
+        mean,
+        tuned.peak,
+        tuned.max,
+        tuned.why
     )
 }
