@@ -4,18 +4,89 @@ An async stage has one engine worker, which feeds a `Driver`: it submits batches
 items (one hand-off to the loop per batch), and the driver starts one asyncio task per
 item, up to the stage's `workers` at once; outputs and completions come back through a
 deque the worker drains, ringing it awake only when it waits. So the loop and the engine
-cross threads only when nothing is ready, never once per item and per await."""
+cross threads only when nothing is ready, never once per item and per await.
+
+Each coroutine runs step by step under a `_Clock`, as the engine times a Rust future's
+polls: the time each step holds the loop, and the steps of over a millisecond ("stalls":
+a blocking call or a computation inside a coroutine, during which every other coroutine
+on the loop waits), with their CPU time. The stage's report reads them."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import types
 from collections.abc import Iterable
+from time import perf_counter_ns, thread_time_ns
 
 OUTPUT, DONE, ERROR, JOIN_DONE = 0, 1, 2, 3
 
 # How many items a join stage's coroutines may have waiting for them on the loop.
 _JOIN_BUFFER = 256
+
+
+# A step that holds the loop longer than this stalls it (the engine's `STALL`).
+_STALL_NS = 1_000_000
+
+
+class _Clock:
+    """The times of one driver's coroutines, in nanoseconds (see `Driver.totals`)."""
+
+    __slots__ = ("items", "busy", "polled", "stalled", "longest", "stalled_cpu",
+                 "_mark_wall", "_mark_cpu")
+
+    def __init__(self):
+        self.items = self.busy = self.polled = 0
+        self.stalled = self.longest = self.stalled_cpu = 0
+        self._mark_wall = self._mark_cpu = 0
+
+    def step_began(self):
+        now = perf_counter_ns()
+        # The thread's CPU clock is a system call: read at most once a millisecond, so a
+        # stall's CPU time may include up to a millisecond of the step before.
+        if now - self._mark_wall >= _STALL_NS:
+            self._mark_cpu = thread_time_ns()
+            now = self._mark_wall = perf_counter_ns()
+        return now
+
+    def step_ended(self, began):
+        now = perf_counter_ns()
+        took = now - began
+        if took <= _STALL_NS:
+            self.polled += took
+            return
+        cpu = thread_time_ns()
+        used = min(cpu - self._mark_cpu, took)
+        self._mark_cpu, self._mark_wall = cpu, perf_counter_ns()
+        self.polled += used
+        self.stalled += took
+        self.stalled_cpu += used
+        self.longest = max(self.longest, took)
+
+
+@types.coroutine
+def _stepped(awaitable, clock):
+    """Awaits `awaitable` step by step, timing each step on `clock`."""
+    iterator = awaitable.__await__()
+    value, error = None, None
+    while True:
+        began = clock.step_began()
+        try:
+            yielded = iterator.send(value) if error is None else iterator.throw(error)
+        except StopIteration as stop:
+            clock.step_ended(began)
+            return stop.value
+        except BaseException:
+            clock.step_ended(began)
+            raise
+        clock.step_ended(began)
+        try:
+            value, error = (yield yielded), None
+        except GeneratorExit:
+            iterator.close()
+            raise
+        except BaseException as thrown:  # noqa: B902 - a cancel, handed to the coroutine
+            value, error = None, thrown
 
 
 class _Upstream:
@@ -57,6 +128,7 @@ class Driver:
         self.inputs = collections.deque()
         self.input_over = False
         self.input_ready = None
+        self.clock = _Clock()
         if self.join:
             self._call_soon(self._start_joins)
 
@@ -76,6 +148,13 @@ class Driver:
 
     def stop(self):
         self._call_soon(self._cancel)
+
+    def totals(self):
+        """The coroutines' times so far, in nanoseconds: items done, their time in
+        flight, their steps' time on the loop, and the loop's stalls: total, longest,
+        total measured, and their CPU time."""
+        c = self.clock
+        return c.items, c.busy, c.polled, c.stalled, c.longest, c.stalled, c.stalled_cpu
 
     # On the loop.
 
@@ -118,11 +197,16 @@ class Driver:
             task.cancel()
 
     async def _emit(self, result):
+        clock = self.clock
         if self.is_gen:
-            async for output in result:
+            following = result.__anext__
+            while True:
+                try:
+                    output = await _stepped(following(), clock)
+                except StopAsyncIteration:
+                    return
                 self.event(OUTPUT, output)
-            return
-        result = await result
+        result = await _stepped(result, clock)
         if not self.branch:
             self.event(OUTPUT, result)
             return
@@ -135,12 +219,15 @@ class Driver:
             self.event(OUTPUT, output)
 
     async def _one(self, item):
+        began = perf_counter_ns()
         try:
             if self.star_args:
                 args, kwargs = item
                 await self._emit(self.func(*args, **kwargs))
             else:
                 await self._emit(self.func(item))
+            self.clock.items += 1
+            self.clock.busy += perf_counter_ns() - began
             self.event(DONE, None)
         except asyncio.CancelledError:
             raise

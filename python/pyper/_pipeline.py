@@ -80,7 +80,19 @@ class AsyncPipeline(Pipeline):
         return async_outputs(self.tasks, args, kwargs)
 
     def start(self, *args, **kwargs):
-        raise TypeError("start() runs a Pipeline; an AsyncPipeline is run by calling it")
+        """Extension (not in Pyper): starts a run and returns it, where a call returns a
+        bare async generator: an async iterator of the outputs with ``report()`` and
+        ``metrics()``, as ``Pipeline.start``'s run has. It starts on the first
+        ``__anext__``; ``aclose()``, or leaving an ``async with`` block, ends it.
+
+            async with pipeline.start(100) as run:
+                async for output in run:
+                    ...
+            print(run.report())
+        """
+        from ._run import AsyncRun
+
+        return AsyncRun(self.tasks, args, kwargs)
 
     def consume(self, other: Callable):
         """An async function that runs the pipeline and hands its output to ``other``."""

@@ -92,6 +92,8 @@ class _Worker:
                                         name=f"pyper:{stage}")
         self._process.start()
         child.close()
+        # The engine reads the process's CPU time by its pid, for the stage's metrics.
+        self.pid = self._process.pid
 
     def __call__(self, items):
         try:

@@ -51,6 +51,7 @@ def _stages(tasks, loop=None):
             retries=task.retries if plain else 0,
             driver=driver,
             ordered=task.ordered,
+            concurrency=task.workers,
         ))
     return stages
 
@@ -73,11 +74,8 @@ def outputs(tasks, args, kwargs):
 _END = object()
 
 
-async def async_outputs(tasks, args, kwargs):
-    """The async generator an `AsyncPipeline` call returns."""
-    _check_first(tasks[0])
-    loop = asyncio.get_running_loop()
-    run = _engine.Engine(_stages(tasks, loop)).run((args, kwargs))
+async def _read(run, loop):
+    """The outputs of an async run, read without blocking the loop."""
     try:
         while True:
             for item in run.ready():
@@ -94,3 +92,61 @@ async def async_outputs(tasks, args, kwargs):
         run.cancel()
         # Detached from the loop too: the run's workers may be waiting for it.
         await loop.run_in_executor(None, run.close)
+
+
+def _start_async(tasks, args, kwargs):
+    _check_first(tasks[0])
+    loop = asyncio.get_running_loop()
+    return _engine.Engine(_stages(tasks, loop)).run((args, kwargs)), loop
+
+
+async def async_outputs(tasks, args, kwargs):
+    """The async generator an `AsyncPipeline` call returns."""
+    run, loop = _start_async(tasks, args, kwargs)
+    async for item in _read(run, loop):
+        yield item
+
+
+class AsyncRun:
+    """A run of an `AsyncPipeline` (`AsyncPipeline.start`): an async iterator of its
+    outputs, with `report()` and `metrics()`. It starts on the first `__anext__` (or
+    `async with`), on the running loop; `aclose()`, or leaving the block, ends it."""
+
+    def __init__(self, tasks, args, kwargs):
+        _check_first(tasks[0])
+        self._tasks, self._args, self._kwargs = tasks, args, kwargs
+        self._run = None
+        self._outputs = None
+
+    def _started(self):
+        if self._outputs is None:
+            self._run, loop = _start_async(self._tasks, self._args, self._kwargs)
+            self._outputs = _read(self._run, loop)
+        return self._outputs
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self._started().__anext__()
+
+    async def aclose(self):
+        """Ends the run, if it is still going, and waits for its workers."""
+        if self._outputs is not None:
+            await self._outputs.aclose()
+
+    async def __aenter__(self):
+        self._started()
+        return self
+
+    async def __aexit__(self, *exception):
+        await self.aclose()
+
+    def report(self):
+        """The engine's report of the run (see `Pipeline.start`); empty before it starts."""
+        return "" if self._run is None else self._run.report()
+
+    def metrics(self):
+        """The report's figures as plain data (see `Pipeline.start`); `None` before the
+        run starts."""
+        return None if self._run is None else self._run.metrics()

@@ -56,6 +56,23 @@ pub(crate) enum Activity {
     Done = 3,
 }
 
+/// What an async worker whose futures are timed elsewhere reports: see
+/// [`WorkerMeter::set_async_totals`]. Times are summed over its items (or, for
+/// `starved`, over its free slots).
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
+pub(crate) struct AsyncTotals {
+    pub(crate) items: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) busy: Duration,
+    pub(crate) polled: Duration,
+    pub(crate) starved: Duration,
+    pub(crate) stalled: Duration,
+    pub(crate) longest_stall: Duration,
+    pub(crate) stalled_measured: Duration,
+    pub(crate) stalled_cpu: Duration,
+}
+
 /// A stretch of a worker's time, for the trace: `start` is relative to the run's start.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
@@ -184,6 +201,7 @@ impl RunMeter {
             run_started: self.started().unwrap_or_else(Instant::now),
             remote: (kind == StageKind::Remote && self.is_enabled())
                 .then(|| Arc::new(RemoteGauges::default())),
+            python: AtomicBool::new(false),
         });
         lock(&self.stages).push(Arc::clone(&stage));
         stage
@@ -214,6 +232,9 @@ pub(crate) struct StageMeter {
     run_started: Instant,
     /// What only a remote stage records (when metrics are on).
     remote: Option<Arc<RemoteGauges>>,
+    /// Whether the stage runs Python code (feature `python`): its workers take turns on
+    /// the interpreter's GIL, and record their waits for it.
+    python: AtomicBool,
 }
 
 /// What a remote stage's coordinator records besides its items: read from the server and
@@ -276,6 +297,17 @@ impl StageMeter {
 
     pub(crate) fn failed(&self) {
         self.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Marks the stage as running Python code: the report then reads its waits for the
+    /// GIL ([`WorkerMeter::gil_waited`]) and words its advice for Python.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn runs_python(&self) {
+        self.python.store(true, Relaxed);
+    }
+
+    pub(crate) fn is_python(&self) -> bool {
+        self.python.load(Relaxed)
     }
 
     /// Records how many items the stage will handle, from an iterator's `size_hint`: only
@@ -357,6 +389,10 @@ pub(crate) struct WorkerMeter {
     pub(crate) longest_stall: Counter,
     pub(crate) stalled_measured: Counter,
     pub(crate) stalled_cpu: Counter,
+    /// For a worker that runs Python code: nanoseconds from asking for the GIL (after a
+    /// wait of its own, detached) to holding it, and how many times it asked.
+    pub(crate) gil_wait: Counter,
+    pub(crate) gil_asks: Counter,
     has_cpu: AtomicBool,
     /// Whether `runnable` is measured: the worker's thread reads its scheduler statistics,
     /// or its process's are reported.
@@ -420,6 +456,8 @@ impl WorkerMeter {
             longest_stall: Counter::default(),
             stalled_measured: Counter::default(),
             stalled_cpu: Counter::default(),
+            gil_wait: Counter::default(),
+            gil_asks: Counter::default(),
             has_cpu: AtomicBool::new(false),
             has_runnable: AtomicBool::new(false),
             activity: AtomicU8::new(Activity::Busy as u8),
@@ -499,6 +537,32 @@ impl WorkerMeter {
         self.cpu.set(times.cpu);
         self.process_runnable.set(times.runnable);
         self.has_cpu.store(true, Relaxed);
+    }
+
+    /// The worker asked for the GIL and got it `waited` later.
+    #[inline]
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn gil_waited(&self, waited: Duration) {
+        self.gil_wait.add(waited.as_nanos() as u64);
+        self.gil_asks.add(1);
+    }
+
+    /// The totals of an async worker whose futures are timed elsewhere (a Python async
+    /// stage's coroutines, timed on their event loop): they replace the meter's.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn set_async_totals(&self, totals: &AsyncTotals) {
+        self.items_in.set(totals.items);
+        self.busy.set(totals.busy.as_nanos() as u64);
+        self.cpu.set(totals.polled.as_nanos() as u64);
+        self.has_cpu.store(true, Relaxed);
+        self.starved.set(totals.starved.as_nanos() as u64);
+        self.stalled.set(totals.stalled.as_nanos() as u64);
+        self.longest_stall
+            .set(totals.longest_stall.as_nanos() as u64);
+        self.stalled_measured
+            .set(totals.stalled_measured.as_nanos() as u64);
+        self.stalled_cpu.set(totals.stalled_cpu.as_nanos() as u64);
+        self.in_flight.set(totals.in_flight);
     }
 
     /// An async driver has ended.

@@ -73,6 +73,13 @@ const WAITS_PER_ITEM: f64 = 0.5;
 /// measured); one that makes a blocking call holds it for the whole call.
 const STALL_PER_ITEM: Duration = Duration::from_millis(1);
 
+/// A Python stage on threads whose workers wait for the GIL at least this share of the
+/// time they spend on their items awake (not waiting for a core), while together they want at least [`CPU_BOUND`] of a core,
+/// is CPU-bound: its threads take turns running Python code (see
+/// [`StageMetrics::gil_wait_share`]). One that waits on IO asks for a GIL nobody holds
+/// for long, and waits next to nothing; it also wants a core a few percent of its time.
+const GIL_WAITS: f64 = 0.2;
+
 /// Above this many workers, waiting in threads costs more than waiting in futures.
 const MANY_THREADS: usize = 256;
 
@@ -108,6 +115,11 @@ pub struct StageReport {
     /// the cores, the cores the other CPU-bound stages leave free; for an IO-bound
     /// bottleneck, the workers it needs to keep up with the rest of the pipeline.
     pub suggested_workers: Option<usize>,
+    /// Whether it is a Python stage on threads that is CPU-bound because its threads take
+    /// turns on the GIL: they wait for it a good part of their time (see
+    /// [`StageMetrics::gil_wait_share`]) and together want a core's worth of it. More
+    /// threads won't speed it up; worker processes (`multiprocess=True`) will.
+    pub waits_for_gil: bool,
     /// Whether it is an async stage whose polls stall their runtime threads.
     stalls_executor: bool,
 }
@@ -211,6 +223,11 @@ impl Report {
         self.elapsed
     }
 
+    /// The cores the machine offers, which the advice counts on.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
     /// Every stage, in pipeline order.
     pub fn stages(&self) -> &[StageReport] {
         &self.stages
@@ -254,6 +271,7 @@ impl StageReport {
         let stalls = metrics.kind == StageKind::Async
             && metrics.longest_stall.is_some()
             && metrics.stalled >= STALL_PER_ITEM * items.min(u32::MAX.into()) as u32;
+        let waits_for_gil = metrics.kind == StageKind::Threads && waits_for_gil(&metrics);
         let bound = if items == 0 || utilization.max(starved).max(blocked) < 0.01 {
             Bound::Idle
         } else if stalls {
@@ -265,6 +283,8 @@ impl StageReport {
             Bound::Blocked
         } else if starved >= utilization {
             Bound::Starved
+        } else if waits_for_gil {
+            Bound::Cpu
         } else if metrics
             .gave_up_core_per_item()
             .is_some_and(|per_item| per_item >= WAITS_PER_ITEM)
@@ -287,6 +307,7 @@ impl StageReport {
             cpu_ratio,
             bound,
             suggested_workers: None,
+            waits_for_gil: waits_for_gil && bound == Bound::Cpu,
             stalls_executor: stalls,
         }
     }
@@ -309,7 +330,21 @@ impl StageReport {
         } else {
             (m.runnable.as_secs_f64() / m.busy.as_secs_f64()).min(1.0 - on_core)
         };
-        if self.bound == Bound::Cpu && waiting >= 0.05 {
+        if self.waits_for_gil {
+            let gil = m.gil_wait_share().unwrap_or_default();
+            let for_core = match waiting >= 0.05 {
+                true => format!(
+                    ", and ready but waiting for a free core {}",
+                    percent(waiting)
+                ),
+                false => String::new(),
+            };
+            format!(
+                "on a core {} of its busy time, waiting for the GIL about {}{for_core}",
+                percent(on_core),
+                percent(gil)
+            )
+        } else if self.bound == Bound::Cpu && waiting >= 0.05 {
             format!(
                 "on a core {} of its busy time, and ready but waiting for a free core {}",
                 percent(on_core),
@@ -319,6 +354,41 @@ impl StageReport {
             format!("on a core {} of its busy time", percent(on_core))
         }
     }
+}
+
+/// Whether a Python stage's threads take turns on the GIL: they together want a good
+/// part of a core, and wait for the GIL rather than for IO (which the rule on giving up
+/// the core would take them for).
+///
+/// Python code runs on one thread at a time, so CPU-bound threads wait for the GIL while
+/// another holds it, and on a crowded machine a holder waits for a core too, making the
+/// others wait longer. Their waits show either as measured waits for the GIL (see
+/// [`StageMetrics::gil_wait_share`]), which count as demand for a core (the time the GIL
+/// was wanted), or, where the thread handed the GIL waits for a core to take it on, as
+/// items that give up their core while computing. A stage that waits on IO asks for a GIL
+/// nobody holds for long, and its threads use a few percent of a core.
+fn waits_for_gil(metrics: &StageMetrics) -> bool {
+    let (Some(share), Some(demand), Some(cpu)) =
+        (metrics.gil_wait_share(), metrics.cpu_demand(), metrics.cpu)
+    else {
+        return false;
+    };
+    let workers = metrics.workers as f64;
+    // Shares of the time awake on items: not waiting for a core, as the CPU demand is.
+    let awake = (metrics.working)
+        .saturating_sub(metrics.working_runnable)
+        .as_secs_f64();
+    let waited = metrics.working.as_secs_f64() * share;
+    let (gil_share, gil_demand) = match awake > 0.0 {
+        true => (waited / awake, (cpu.as_secs_f64() + waited) / awake),
+        false => (0.0, 1.0),
+    };
+    let measured =
+        gil_share >= GIL_WAITS && gil_demand >= CPU_BOUND && demand * workers >= CPU_SATURATING;
+    let handed_over = demand >= CPU_BOUND
+        && demand * workers >= CPU_BOUND
+        && (metrics.gave_up_core_per_item()).is_some_and(|per_item| per_item >= WAITS_PER_ITEM);
+    measured || handed_over
 }
 
 fn percent(share: f64) -> String {
@@ -449,6 +519,9 @@ mod tests {
             meters: workers,
             gave_up_core: None,
             remote: None,
+            python: false,
+            gil_wait: None,
+            gil_asks: 0,
         }
     }
 
@@ -598,6 +671,64 @@ mod tests {
         sleeper.gave_up_core = Some((1, 100));
         let computes = report(2, vec![sleeper]);
         assert_eq!(computes.stage("fetch").unwrap().bound, Bound::Cpu);
+    }
+
+    /// A Python stage on 4 threads on 2 cores: on a core a quarter of the time, and the
+    /// rest off it, waiting either for the GIL or on IO.
+    fn python_threads(gil_wait: f64) -> StageMetrics {
+        let mut threads = stage("compute", 4, 0.98, 0.25);
+        threads.python = true;
+        threads.gil_wait = Some(threads.busy.mul_f64(gil_wait));
+        threads.gil_asks = 100;
+        // Each item gave up its core a few times: to wait for the GIL, or on IO.
+        threads.gave_up_core = Some((300, 100));
+        threads
+    }
+
+    #[test]
+    fn python_threads_that_wait_for_the_gil_are_cpu_bound_and_told_to_use_processes() {
+        let report = report(2, vec![python_threads(0.7)]);
+        let compute = report.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{report}");
+        assert!(compute.waits_for_gil);
+        assert_eq!(compute.suggested_workers, Some(2));
+        let advice = &report.advice()[0];
+        assert!(advice.contains("take turns on the GIL"), "{report}");
+        assert!(
+            advice.contains("`multiprocess=True` with 2 workers"),
+            "{report}"
+        );
+        // Measured between calls, 70%; with the waits inside calls, all its time off a
+        // core.
+        assert!(advice.contains("waiting for the GIL about 75%"), "{report}");
+
+        // The same clocks, but the GIL was free whenever they asked: they wait on IO.
+        let io = report_io();
+        let compute = io.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Waiting, "{io}");
+        assert!(!compute.waits_for_gil);
+    }
+
+    fn report_io() -> Report {
+        report(2, vec![python_threads(0.0)])
+    }
+
+    #[test]
+    fn one_python_thread_that_computes_is_told_that_threads_would_not_help() {
+        let mut alone = stage("parse", 1, 0.95, 0.97);
+        alone.python = true;
+        alone.gil_wait = Some(Duration::ZERO);
+        let report = report(2, vec![alone]);
+        assert_eq!(report.stage("parse").unwrap().bound, Bound::Cpu);
+        let advice = &report.advice()[0];
+        assert!(
+            advice.contains("more threads won't speed it up"),
+            "{report}"
+        );
+        assert!(
+            advice.contains("`multiprocess=True` with 2 workers"),
+            "{report}"
+        );
     }
 
     #[test]
