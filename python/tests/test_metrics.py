@@ -1,0 +1,99 @@
+"""``run.metrics()``: the report's figures as plain Python data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Dict, Iterator
+
+from pyper import task
+
+STAGE_KEYS = {
+    "name", "kind", "workers", "items_in", "items_out", "errors", "busy", "cpu", "starved",
+    "blocked", "gil_wait", "utilization", "cpu_ratio", "throughput", "verdict",
+    "waits_for_gil", "suggested_workers",
+}
+
+
+def numbers(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def nap(x: int) -> int:
+    time.sleep(0.005)
+    return x
+
+
+async def await_nap(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x
+
+
+def test_metrics_are_plain_data_per_stage() -> None:
+    pipeline = task(numbers, branch=True) | task(double, workers=3) | task(nap, workers=2)
+    with pipeline.start(50) as run:
+        assert sum(run) == 2 * sum(range(50))
+    metrics = run.metrics()
+    # Plain data: JSON takes it as it is.
+    assert json.loads(json.dumps(metrics)) == metrics
+    assert set(metrics) == {"elapsed", "cores", "bottleneck", "advice", "stages"}
+    assert metrics["elapsed"] > 0 and metrics["cores"] >= 1
+    assert metrics["bottleneck"] == "nap"
+    assert all(isinstance(line, str) for line in metrics["advice"])
+    stages: Dict[str, Dict[str, Any]] = {row["name"]: row for row in metrics["stages"]}
+    assert list(stages) == ["numbers", "double", "nap"]
+    assert all(set(row) == STAGE_KEYS for row in stages.values())
+    assert (stages["numbers"]["items_in"], stages["numbers"]["items_out"]) == (1, 50)
+    assert (stages["double"]["items_in"], stages["double"]["items_out"]) == (50, 50)
+    assert stages["double"]["workers"] == 3 and stages["nap"]["workers"] == 2
+    assert all(row["kind"] == "threads" and row["errors"] == 0 for row in stages.values())
+    nap_row = stages["nap"]
+    assert nap_row["verdict"] == "IO-bound / waiting"
+    assert nap_row["busy"] > 0 and nap_row["starved"] >= 0 and nap_row["blocked"] >= 0
+    assert nap_row["gil_wait"] is not None and nap_row["gil_wait"] >= 0
+    assert 0 <= nap_row["utilization"] <= 1
+    assert isinstance(nap_row["suggested_workers"], int)
+
+
+def test_metrics_are_live_while_the_run_goes_on() -> None:
+    with (task(numbers, branch=True) | task(nap)).start(1000) as run:
+        next(run)
+        live = run.metrics()
+        assert live is not None
+        assert live["stages"][1]["items_in"] < 1000
+    ended = run.metrics()
+    assert ended["stages"][1]["items_in"] < 1000  # closed early, and kept
+
+
+def test_a_failed_stage_counts_its_error() -> None:
+    def fail(x: int) -> int:
+        raise ValueError(x)
+
+    run = (task(numbers, branch=True) | task(fail)).start(3)
+    try:
+        list(run)
+    except ValueError:
+        pass
+    stages = {row["name"]: row for row in run.metrics()["stages"]}
+    assert stages["test_a_failed_stage_counts_its_error.<locals>.fail"]["errors"] == 1
+
+
+def test_async_runs_have_metrics() -> None:
+    async def main() -> Dict[str, Any]:
+        run = (task(numbers, branch=True) | task(await_nap, workers=4)).start(20)
+        assert run.metrics() is None  # not started yet
+        async with run:
+            assert sorted([x async for x in run]) == list(range(20))
+        metrics: Dict[str, Any] = run.metrics()
+        return metrics
+
+    metrics = asyncio.run(main())
+    awaited = metrics["stages"][1]
+    assert (awaited["kind"], awaited["workers"]) == ("async", 4)
+    assert (awaited["items_in"], awaited["items_out"]) == (20, 20)
+    assert awaited["gil_wait"] is None and not awaited["waits_for_gil"]
