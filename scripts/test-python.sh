@@ -26,7 +26,13 @@ if [ ! -x "$python" ]; then
         python3 -m venv "$venv"
     fi
 fi
-"$python" -m pip install -q --disable-pip-version-check maturin pytest pytest-asyncio pytest-timeout
+"$python" -m pip install -q --disable-pip-version-check maturin pytest pytest-asyncio pytest-timeout \
+    mypy ruff typing_extensions
+
+# The Python code is typed and linted (settings in python/pyproject.toml): mypy --strict on
+# the package, and on a file of what an editor must infer from its generics.
+echo "ruff and mypy:"
+(cd python && "$venv/bin/ruff" check --quiet . && "$python" -m mypy pyper tests/typing_check.py)
 
 # A release build: the suite is quicker with it, and so are the benchmark's Python rows.
 (cd python && VIRTUAL_ENV=$venv PATH=$venv/bin:$PATH maturin develop -q --release)

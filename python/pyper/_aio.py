@@ -18,6 +18,22 @@ import collections
 import types
 from collections.abc import Iterable
 from time import perf_counter_ns, thread_time_ns
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Deque,
+    Generator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+)
+
+if TYPE_CHECKING:
+    from ._task import Task
 
 OUTPUT, DONE, ERROR, JOIN_DONE = 0, 1, 2, 3
 
@@ -35,12 +51,12 @@ class _Clock:
     __slots__ = ("items", "busy", "polled", "stalled", "longest", "stalled_cpu",
                  "_mark_wall", "_mark_cpu")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.items = self.busy = self.polled = 0
         self.stalled = self.longest = self.stalled_cpu = 0
         self._mark_wall = self._mark_cpu = 0
 
-    def step_began(self):
+    def step_began(self) -> int:
         now = perf_counter_ns()
         # The thread's CPU clock is a system call: read at most once a millisecond, so a
         # stall's CPU time may include up to a millisecond of the step before.
@@ -49,7 +65,7 @@ class _Clock:
             now = self._mark_wall = perf_counter_ns()
         return now
 
-    def step_ended(self, began):
+    def step_ended(self, began: int) -> None:
         now = perf_counter_ns()
         took = now - began
         if took <= _STALL_NS:
@@ -65,14 +81,18 @@ class _Clock:
 
 
 @types.coroutine
-def _stepped(awaitable, clock):
+def _stepped(awaitable: Awaitable[Any], clock: _Clock) -> Generator[Any, Any, Any]:
     """Awaits `awaitable` step by step, timing each step on `clock`."""
     iterator = awaitable.__await__()
-    value, error = None, None
+    value: Any = None
+    error: Optional[BaseException] = None
     while True:
         began = clock.step_began()
         try:
-            yielded = iterator.send(value) if error is None else iterator.throw(error)
+            if error is None:
+                yielded = iterator.send(value)
+            else:
+                yielded = iterator.throw(error)
         except StopIteration as stop:
             clock.step_ended(began)
             return stop.value
@@ -92,17 +112,18 @@ def _stepped(awaitable, clock):
 class _Upstream:
     """A join coroutine's input: an async iterator over the stage's items."""
 
-    def __init__(self, driver):
+    def __init__(self, driver: Driver):
         self._driver = driver
 
-    def __aiter__(self):
+    def __aiter__(self) -> _Upstream:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Any:
         driver = self._driver
         while not driver.inputs:
             if driver.input_over:
                 raise StopAsyncIteration
+            assert driver.input_ready is not None
             driver.input_ready.clear()
             await driver.input_ready.wait()
         item = driver.inputs.popleft()
@@ -113,7 +134,8 @@ class _Upstream:
 class Driver:
     """Runs one async stage's coroutines on `loop`, for the engine worker that feeds it."""
 
-    def __init__(self, loop, task, star_args, ring):
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: Task, star_args: bool,
+                 ring: Callable[[], None]):
         self.loop = loop
         self.func = task.func
         self.branch = task.branch
@@ -123,33 +145,33 @@ class Driver:
         self.capacity = _JOIN_BUFFER if task.join else task.workers
         self.joins = task.workers if task.join else 0
         self._ring = ring
-        self._events = collections.deque()
-        self._tasks = set()
-        self.inputs = collections.deque()
+        self._events: Deque[Tuple[int, Any]] = collections.deque()
+        self._tasks: Set[asyncio.Task[None]] = set()
+        self.inputs: Deque[Any] = collections.deque()
         self.input_over = False
-        self.input_ready = None
+        self.input_ready: Optional[asyncio.Event] = None
         self.clock = _Clock()
         if self.join:
             self._call_soon(self._start_joins)
 
     # Called by the engine's worker thread.
 
-    def submit(self, items):
+    def submit(self, items: List[Any]) -> None:
         self._call_soon(self._start, items)
 
-    def end_input(self):
+    def end_input(self) -> None:
         self._call_soon(self._end_input)
 
-    def drain(self):
+    def drain(self) -> List[Tuple[int, Any]]:
         events = []
         while self._events:
             events.append(self._events.popleft())
         return events
 
-    def stop(self):
+    def stop(self) -> None:
         self._call_soon(self._cancel)
 
-    def totals(self):
+    def totals(self) -> Tuple[int, int, int, int, int, int, int]:
         """The coroutines' times so far, in nanoseconds: items done, their time in
         flight, their steps' time on the loop, and the loop's stalls: total, longest,
         total measured, and their CPU time."""
@@ -158,45 +180,46 @@ class Driver:
 
     # On the loop.
 
-    def event(self, kind, value):
+    def event(self, kind: int, value: Any) -> None:
         self._events.append((kind, value))
         self._ring()
 
-    def _call_soon(self, callback, *args):
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         try:
             self.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             # The loop is closed: nobody waits for these outputs any more.
             self.event(ERROR, RuntimeError("the event loop of this AsyncPipeline closed"))
 
-    def _spawn(self, coroutine):
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start(self, items):
+    def _start(self, items: List[Any]) -> None:
         if self.join:
             self.inputs.extend(items)
+            assert self.input_ready is not None
             self.input_ready.set()
             return
         for item in items:
             self._spawn(self._one(item))
 
-    def _end_input(self):
+    def _end_input(self) -> None:
         self.input_over = True
         if self.input_ready is not None:
             self.input_ready.set()
 
-    def _start_joins(self):
+    def _start_joins(self) -> None:
         self.input_ready = asyncio.Event()
         for _ in range(self.joins):
             self._spawn(self._join())
 
-    def _cancel(self):
+    def _cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _emit(self, result):
+    async def _emit(self, result: Any) -> None:
         clock = self.clock
         if self.is_gen:
             following = result.__anext__
@@ -218,7 +241,7 @@ class Driver:
         for output in result:
             self.event(OUTPUT, output)
 
-    async def _one(self, item):
+    async def _one(self, item: Any) -> None:
         began = perf_counter_ns()
         try:
             if self.star_args:
@@ -234,7 +257,7 @@ class Driver:
         except BaseException as error:  # noqa: B902 - the run's error, whatever it is
             self.event(ERROR, error)
 
-    async def _join(self):
+    async def _join(self) -> None:
         try:
             await self._emit(self.func(_Upstream(self)))
             self.event(JOIN_DONE, None)
@@ -244,9 +267,10 @@ class Driver:
             self.event(ERROR, error)
 
 
-def driver_factory(task, star_args, loop):
+def driver_factory(task: Task, star_args: bool, loop: asyncio.AbstractEventLoop
+                   ) -> Callable[[Callable[[], None]], Driver]:
     """What the engine's worker of an async stage calls, with its `ring`, to get its
     driver."""
-    def make(ring):
+    def make(ring: Callable[[], None]) -> Driver:
         return Driver(loop, task, star_args, ring)
     return make

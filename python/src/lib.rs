@@ -18,7 +18,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use pyper::{python_task, Canceller, Output, Pipeline, PyItem, PyShape, Report, Task};
+use pyper::{python_task, Canceller, Monitor, Output, Pipeline, PyItem, PyShape, Task};
 
 /// How long a wait for outputs lasts before it looks for signals again.
 const SIGNAL_CHECK: Duration = Duration::from_millis(20);
@@ -104,8 +104,8 @@ struct Run {
     output: Shared,
     /// Cancels the run without its lock, which a waiting reader holds.
     canceller: Canceller,
-    /// The end-of-run report, kept once the run is over.
-    report: Mutex<Option<Report>>,
+    /// Reads the run's metrics without its lock, which a waiting reader holds.
+    monitor: Monitor,
 }
 
 impl Run {
@@ -114,13 +114,16 @@ impl Run {
         let mut runs = live_runs().lock().unwrap();
         // Forgets the runs dropped since, so the list stays short.
         runs.retain(|(run, _)| run.strong_count() > 0);
-        let canceller = output.lock().unwrap().as_ref().map(Output::canceller);
-        let canceller = canceller.expect("a new run has its output");
+        let (canceller, monitor) = {
+            let guard = output.lock().unwrap();
+            let output = guard.as_ref().expect("a new run has its output");
+            (output.canceller(), output.monitor())
+        };
         runs.push((Arc::downgrade(&output), canceller.clone()));
         Run {
             output,
             canceller,
-            report: Mutex::new(None),
+            monitor,
         }
     }
 }
@@ -189,19 +192,15 @@ impl Run {
     /// The end-of-run report: each stage classified, the bottleneck, advice. The same
     /// table as the Rust engine's `Output::report`; live while the run goes on.
     fn report(&self) -> String {
-        self.current_report()
-            .map(|report| report.to_string())
-            .unwrap_or_default()
+        self.monitor.report().to_string()
     }
 
     /// The report's figures as plain data: a dict with `elapsed` (seconds), `cores`,
     /// `bottleneck` (a stage's name or `None`), `advice` (a list of lines) and `stages`,
-    /// a list with a dict per stage (see `Pipeline.start` in `pyper/_pipeline.py`).
-    /// `None` while another thread reads the run.
-    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(report) = self.current_report() else {
-            return Ok(None);
-        };
+    /// a list with a dict per stage (see `docs/python.md`). Live while the run goes on,
+    /// final once it ended.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let report = self.monitor.report();
         let stages = PyList::empty(py);
         for stage in report.stages() {
             let m = &stage.metrics;
@@ -233,23 +232,11 @@ impl Run {
         metrics.set_item("bottleneck", bottleneck)?;
         metrics.set_item("advice", report.advice())?;
         metrics.set_item("stages", stages)?;
-        Ok(Some(metrics))
+        Ok(metrics)
     }
 }
 
 impl Run {
-    /// The report kept at the end of the run, or a live one; `None` while another thread
-    /// reads the run.
-    fn current_report(&self) -> Option<Report> {
-        if let Some(report) = &*self.report.lock().unwrap() {
-            return Some(report.clone());
-        }
-        match self.output.try_lock() {
-            Ok(guard) => guard.as_ref().map(Output::report),
-            Err(_) => None,
-        }
-    }
-
     fn wait_next(&self, py: Python<'_>, check_signals: bool) -> PyResult<Next> {
         let mut guard = self
             .output
@@ -281,8 +268,7 @@ impl Run {
         Ok(next)
     }
 
-    /// Ends the run: cancels it if it is going, waits for its workers (detached), and
-    /// keeps its report.
+    /// Ends the run: cancels it if it is going, and waits for its workers (detached).
     fn end(&self, py: Python<'_>) {
         let output = loop {
             match self.output.try_lock() {
@@ -296,11 +282,7 @@ impl Run {
             }
         };
         if let Some(mut output) = output {
-            let report = py.detach(|| {
-                output.cancel();
-                output.report()
-            });
-            *self.report.lock().unwrap() = Some(report);
+            py.detach(|| output.cancel());
         }
     }
 }

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Dict, Iterator
+from typing import Iterator
+
+import pytest
 
 from pyper import task
+from pyper._metrics import Metrics
 
 STAGE_KEYS = {
     "name", "kind", "workers", "items_in", "items_out", "errors", "busy", "cpu", "starved",
@@ -45,7 +48,7 @@ def test_metrics_are_plain_data_per_stage() -> None:
     assert metrics["elapsed"] > 0 and metrics["cores"] >= 1
     assert metrics["bottleneck"] == "nap"
     assert all(isinstance(line, str) for line in metrics["advice"])
-    stages: Dict[str, Dict[str, Any]] = {row["name"]: row for row in metrics["stages"]}
+    stages = {row["name"]: row for row in metrics["stages"]}
     assert list(stages) == ["numbers", "double", "nap"]
     assert all(set(row) == STAGE_KEYS for row in stages.values())
     assert (stages["numbers"]["items_in"], stages["numbers"]["items_out"]) == (1, 50)
@@ -64,7 +67,6 @@ def test_metrics_are_live_while_the_run_goes_on() -> None:
     with (task(numbers, branch=True) | task(nap)).start(1000) as run:
         next(run)
         live = run.metrics()
-        assert live is not None
         assert live["stages"][1]["items_in"] < 1000
     ended = run.metrics()
     assert ended["stages"][1]["items_in"] < 1000  # closed early, and kept
@@ -84,13 +86,13 @@ def test_a_failed_stage_counts_its_error() -> None:
 
 
 def test_async_runs_have_metrics() -> None:
-    async def main() -> Dict[str, Any]:
+    async def main() -> Metrics:
         run = (task(numbers, branch=True) | task(await_nap, workers=4)).start(20)
-        assert run.metrics() is None  # not started yet
+        with pytest.raises(RuntimeError, match="not started"):
+            run.metrics()
         async with run:
             assert sorted([x async for x in run]) == list(range(20))
-        metrics: Dict[str, Any] = run.metrics()
-        return metrics
+        return run.metrics()
 
     metrics = asyncio.run(main())
     awaited = metrics["stages"][1]

@@ -93,8 +93,7 @@ def run_sync(pipeline: Any, n: int) -> Dict[str, Any]:
     with pipeline.start(n) as run:
         assert sum(1 for _ in run) == n
     print(run.report())  # shown when a test fails
-    metrics: Dict[str, Any] = run.metrics()
-    return metrics
+    return dict(run.metrics())
 
 
 def run_async(pipeline: Any, n: int) -> Dict[str, Any]:
@@ -105,8 +104,7 @@ def run_async(pipeline: Any, n: int) -> Dict[str, Any]:
                 count += 1
         assert count == n
         print(run.report())
-        metrics: Dict[str, Any] = run.metrics()
-        return metrics
+        return dict(run.metrics())
 
     return asyncio.run(main())
 
