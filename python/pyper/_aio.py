@@ -127,6 +127,7 @@ class _Upstream:
             driver.input_ready.clear()
             await driver.input_ready.wait()
         item = driver.inputs.popleft()
+        driver.clock.items += 1
         driver.event(DONE, None)
         return item
 
@@ -258,8 +259,11 @@ class Driver:
             self.event(ERROR, error)
 
     async def _join(self) -> None:
+        began = perf_counter_ns()
         try:
             await self._emit(self.func(_Upstream(self)))
+            # A join coroutine is busy its whole life, as a sync join's worker is.
+            self.clock.busy += perf_counter_ns() - began
             self.event(JOIN_DONE, None)
         except asyncio.CancelledError:
             raise

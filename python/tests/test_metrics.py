@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
@@ -99,3 +99,18 @@ def test_async_runs_have_metrics() -> None:
     assert (awaited["kind"], awaited["workers"]) == ("async", 4)
     assert (awaited["items_in"], awaited["items_out"]) == (20, 20)
     assert awaited["gil_wait"] is None and not awaited["waits_for_gil"]
+
+
+def test_an_async_join_counts_the_items_it_reads() -> None:
+    async def total(items: AsyncIterator[int]) -> int:
+        return sum([item async for item in items])
+
+    async def main() -> Metrics:
+        async with (task(numbers, branch=True) | task(total, join=True)).start(30) as run:
+            assert [x async for x in run] == [sum(range(30))]
+        return run.metrics()
+
+    joined = asyncio.run(main())["stages"][1]
+    assert (joined["kind"], joined["workers"]) == ("async", 1)
+    assert (joined["items_in"], joined["items_out"]) == (30, 1)
+    assert joined["verdict"] != "idle"

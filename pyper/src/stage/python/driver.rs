@@ -36,7 +36,8 @@ impl<'py> Turn<'_, 'py> {
         .map_err(failed)?;
         let function = self.worker.callable.function.bind(self.py);
         let driver = function.call1((ring,)).map_err(failed)?;
-        let mut clock = LoopClock::new(self.meter.is_some());
+        let slots = self.worker.callable.shape.concurrency;
+        let mut clock = LoopClock::new(self.meter.is_some(), slots);
         let result = self.feed(&driver, input, &bell, &mut clock);
         let stopped = driver.call_method0("stop").map(drop);
         clock.read(&driver, self.meter.as_deref());
@@ -136,7 +137,8 @@ struct LoopClock {
     started: Instant,
     next_read: Instant,
     in_flight: usize,
-    /// The coroutines that may run at once.
+    /// The coroutines that may run at once: the stage's concurrency, which its metrics
+    /// count as its workers (a join's driver takes more items than that at once).
     slots: u32,
 }
 
@@ -144,14 +146,14 @@ struct LoopClock {
 const TOTALS_EVERY: Duration = Duration::from_millis(10);
 
 impl LoopClock {
-    fn new(metered: bool) -> Self {
+    fn new(metered: bool, slots: usize) -> Self {
         let now = Instant::now();
         LoopClock {
             metered,
             started: now,
             next_read: now,
             in_flight: 0,
-            slots: 1,
+            slots: slots.clamp(1, u32::MAX as usize) as u32,
         }
     }
 
@@ -166,9 +168,6 @@ impl LoopClock {
             return;
         };
         self.next_read = Instant::now() + TOTALS_EVERY;
-        if let Ok(capacity) = attribute(driver, "capacity") {
-            self.slots = capacity.clamp(1, u32::MAX as usize) as u32;
-        }
         let Ok(totals) = driver
             .call_method0("totals")
             .and_then(|totals| totals.extract::<(u64, u64, u64, u64, u64, u64, u64)>())
