@@ -5,7 +5,8 @@
 #    pytest-asyncio, pytest-timeout, ruff and mypy;
 # 2. ruff, and mypy --strict, on the package (settings in python/pyproject.toml);
 # 3. the abi3 wheel, built with `maturin build --release` into target/wheels, and
-#    installed into the tools venv too (the benchmark's Python rows run there);
+#    installed into the tools venv too (the benchmark's Python rows run there), where
+#    mypy checks python/tests/typing_check.py against it;
 # 4. a fresh virtualenv, target/python-wheel-venv, with no Rust toolchain on PATH, where
 #    the wheel is installed as a user would install it, and where run:
 #    - python-pyper 0.4.4's own test suite, taken at test time from its source
@@ -39,7 +40,7 @@ test_tools=(pytest pytest-asyncio pytest-timeout)
     mypy ruff typing_extensions
 
 echo "ruff and mypy:"
-(cd python && "$venv/bin/ruff" check --quiet . && "$python" -m mypy pyper tests/typing_check.py)
+(cd python && "$venv/bin/ruff" check --quiet . && "$python" -m mypy pyper)
 
 # The wheel a user installs: one for CPython 3.9 and later (abi3), a release build.
 wheels=$root/target/wheels
@@ -48,6 +49,11 @@ PATH=$venv/bin:$PATH maturin build --release -q -m python/Cargo.toml --out "$whe
 wheel=$(ls "$wheels"/pyperflow-*.whl)
 echo "built $(basename "$wheel")"
 "$python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+# What an editor infers from the installed wheel (its py.typed and stub): mypy run outside
+# the source tree, so that `import pyper` is the wheel's.
+echo "the wheel's types (python/tests/typing_check.py):"
+(cd "$root/target" && "$python" -m mypy --config-file "$root/python/pyproject.toml" \
+    "$root/python/tests/typing_check.py")
 
 # A fresh venv, run with no cargo or rustc on PATH: the wheel must need no Rust toolchain.
 no_rust_path=$(
