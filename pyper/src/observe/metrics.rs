@@ -224,7 +224,7 @@ impl StageMetrics {
     /// its workers waited for the GIL, as far as it can be told. The waits between calls
     /// are measured; a call's own waits are counted as each of the times it gave up its
     /// core (measured in slow batches, on Linux) waiting as long, on average, as a
-    /// measured ask did. At most the part of its time off a core.
+    /// measured ask did: at most its time off a core, and never less than was measured.
     pub fn gil_wait_share(&self) -> Option<f64> {
         let measured = self.gil_wait?;
         if self.working.is_zero() {

@@ -74,10 +74,10 @@ const WAITS_PER_ITEM: f64 = 0.5;
 const STALL_PER_ITEM: Duration = Duration::from_millis(1);
 
 /// A Python stage on threads whose workers wait for the GIL at least this share of the
-/// time they spend on their items awake (not waiting for a core), while together they want at least [`CPU_BOUND`] of a core,
-/// is CPU-bound: its threads take turns running Python code (see
+/// time they spend awake on their items (not waiting for a core) is CPU-bound, if it
+/// computes too: its threads take turns running Python code (see `waits_for_gil` and
 /// [`StageMetrics::gil_wait_share`]). One that waits on IO asks for a GIL nobody holds
-/// for long, and waits next to nothing; it also wants a core a few percent of its time.
+/// for long, and waits next to nothing.
 const GIL_WAITS: f64 = 0.2;
 
 /// Above this many workers, waiting in threads costs more than waiting in futures.
@@ -107,7 +107,9 @@ pub struct StageReport {
     /// largest of the blocked, starved and busy shares of its time decides, and busy time
     /// is [`Cpu`](Bound::Cpu) or [`Waiting`](Bound::Waiting) by its
     /// [CPU demand](StageMetrics::cpu_demand): at least one half, or at least a fifth
-    /// with workers that together want every core (`workers × demand ≥ cores`).
+    /// with workers that together want every core (`workers × demand ≥ cores`). A Python
+    /// stage on threads whose threads take turns on the GIL is [`Cpu`](Bound::Cpu) before
+    /// that (see [`waits_for_gil`](Self::waits_for_gil)).
     pub bound: Bound,
     /// How many workers the advice gives this stage, when it advises a change: for a
     /// CPU-bound stage with more, as many as keep the cores busy (`cores / demand`: the
@@ -117,7 +119,7 @@ pub struct StageReport {
     pub suggested_workers: Option<usize>,
     /// Whether it is a Python stage on threads that is CPU-bound because its threads take
     /// turns on the GIL: they wait for it a good part of their time (see
-    /// [`StageMetrics::gil_wait_share`]) and together want a core's worth of it. More
+    /// [`StageMetrics::gil_wait_share`]) and together want a good part of a core. More
     /// threads won't speed it up; worker processes (`multiprocess=True`) will.
     pub waits_for_gil: bool,
     /// Whether it is an async stage whose polls stall their runtime threads.
@@ -711,6 +713,34 @@ mod tests {
 
     fn report_io() -> Report {
         report(2, vec![python_threads(0.0)])
+    }
+
+    #[test]
+    fn python_threads_handed_the_gil_on_a_crowded_machine_are_cpu_bound() {
+        // Two threads that compute, on a machine so crowded that the one handed the GIL
+        // waits for a core to take it on: their waits for the GIL show as waits for a
+        // core, and their items give up the core (to wait for the GIL) three times each.
+        let mut crowded = stage("compute", 2, 0.99, 0.2);
+        crowded.runnable = crowded.busy.mul_f64(0.7);
+        crowded.working_runnable = crowded.runnable;
+        crowded.gave_up_core = Some((300, 100));
+        crowded.python = true;
+        crowded.gil_wait = Some(crowded.busy.mul_f64(0.01));
+        crowded.gil_asks = 100;
+        let python = report(2, vec![crowded.clone()]);
+        let compute = python.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{python}");
+        assert!(compute.waits_for_gil, "{python}");
+
+        // The same clocks from Rust threads: items that give up their core wait.
+        crowded.python = false;
+        crowded.gil_wait = None;
+        let rust = report(2, vec![crowded]);
+        assert_eq!(
+            rust.stage("compute").unwrap().bound,
+            Bound::Waiting,
+            "{rust}"
+        );
     }
 
     #[test]
