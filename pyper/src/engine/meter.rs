@@ -664,6 +664,9 @@ pub(crate) struct Recorder {
     /// batch began, if it is measured.
     counts_switches: bool,
     switches_at_batch: Option<u64>,
+    /// The worker's own waits inside the current batch, which gave up its core but not
+    /// for the items (a Python worker's pause to hand the GIL on): not counted as theirs.
+    own_waits: u64,
     /// Whether the last batch was slow enough to measure the next one.
     slow: bool,
     /// When the CPU clock is due to be read again.
@@ -716,6 +719,7 @@ impl Recorder {
             cpu_at_start,
             counts_switches: false,
             switches_at_batch: None,
+            own_waits: 0,
             slow: true,
             next_cpu_read: now + CPU_SAMPLE_EVERY,
             blocked_seen: 0,
@@ -746,6 +750,7 @@ impl Recorder {
     #[inline]
     pub(crate) fn batch_begins(&mut self) -> Instant {
         self.blocked_seen = self.meter.blocked.get();
+        self.own_waits = 0;
         if self.counts_switches && self.slow {
             self.switches_at_batch = thread_usage().map(|(_, switches)| switches);
         }
@@ -771,7 +776,8 @@ impl Recorder {
         if let Some(before) = self.switches_at_batch.take() {
             if let Some((_, after)) = thread_usage() {
                 let meter = &*self.meter;
-                meter.gave_up_core.add(after.saturating_sub(before));
+                let switches = after.saturating_sub(before).saturating_sub(self.own_waits);
+                meter.gave_up_core.add(switches);
                 meter.gave_up_core_items.add(items as u64);
             }
         }
@@ -781,6 +787,15 @@ impl Recorder {
         if now >= self.next_cpu_read {
             self.read_cpu(now);
         }
+    }
+
+    /// The worker is about to wait, inside a batch, for a reason of its own (not its
+    /// items'): the core it gives up is not counted as the items' (see
+    /// [`WorkerMeter::gave_up_core_in_items`]).
+    #[inline]
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn own_wait(&mut self) {
+        self.own_waits += 1;
     }
 
     /// For a worker that is one long call (a join, the input iterator): everything since

@@ -80,6 +80,15 @@ const STALL_PER_ITEM: Duration = Duration::from_millis(1);
 /// for long, and waits next to nothing.
 const GIL_WAITS: f64 = 0.2;
 
+/// Python threads whose asks for the GIL wait this long on average take turns on it
+/// (see `waits_for_gil`): the interpreter hands it on every 5 ms, and threads whose peers
+/// wait on IO or run code that releases the GIL get it within microseconds.
+const GIL_ASK_WAITS: Duration = Duration::from_millis(1);
+
+/// A Python thread that gives up its core once per this much CPU time, or less often,
+/// gives it up to hand the GIL on, not to wait on IO (see `hands_on_the_gil`).
+const GIL_HAND_ON: Duration = Duration::from_millis(1);
+
 /// Above this many workers, waiting in threads costs more than waiting in futures.
 const MANY_THREADS: usize = 256;
 
@@ -290,6 +299,7 @@ impl StageReport {
         } else if metrics
             .gave_up_core_per_item()
             .is_some_and(|per_item| per_item >= WAITS_PER_ITEM)
+            && !hands_on_the_gil(&metrics)
         {
             // Its items gave up the core to wait: whatever the timings say (on a crowded
             // machine every wake-up waits for a core), this is not computing.
@@ -364,11 +374,11 @@ impl StageReport {
 ///
 /// Python code runs on one thread at a time, so CPU-bound threads wait for the GIL while
 /// another holds it, and on a crowded machine a holder waits for a core too, making the
-/// others wait longer. Their waits show either as measured waits for the GIL (see
+/// others wait longer. Their waits show as measured waits for the GIL (see
 /// [`StageMetrics::gil_wait_share`]), which count as demand for a core (the time the GIL
-/// was wanted), or, where the thread handed the GIL waits for a core to take it on, as
-/// items that give up their core while computing. A stage that waits on IO asks for a GIL
-/// nobody holds for long, and its threads use a few percent of a core.
+/// was wanted): a good share of their time, or asks that wait long. A stage that waits
+/// on IO asks for a GIL nobody holds for long, and its threads use a few percent of a
+/// core.
 fn waits_for_gil(metrics: &StageMetrics) -> bool {
     let (Some(share), Some(demand), Some(cpu)) =
         (metrics.gil_wait_share(), metrics.cpu_demand(), metrics.cpu)
@@ -385,12 +395,27 @@ fn waits_for_gil(metrics: &StageMetrics) -> bool {
         true => (waited / awake, (cpu.as_secs_f64() + waited) / awake),
         false => (0.0, 1.0),
     };
-    let measured =
-        gil_share >= GIL_WAITS && gil_demand >= CPU_BOUND && demand * workers >= CPU_SATURATING;
-    let handed_over = demand >= CPU_BOUND
-        && demand * workers >= CPU_BOUND
-        && (metrics.gave_up_core_per_item()).is_some_and(|per_item| per_item >= WAITS_PER_ITEM);
-    measured || handed_over
+    // Asks that wait a millisecond or more on average find the GIL held by peers that
+    // compute: one whose peers wait on IO, or run code that releases the GIL, finds it
+    // free within microseconds.
+    let per_ask =
+        metrics.gil_wait.unwrap_or_default() / metrics.gil_asks.clamp(1, u32::MAX.into()) as u32;
+    (gil_share >= GIL_WAITS || per_ask >= GIL_ASK_WAITS)
+        && gil_demand >= CPU_BOUND
+        && demand * workers >= CPU_SATURATING
+}
+
+/// Whether a Python stage's threads gave up their core only to hand the GIL to another
+/// thread: the interpreter has a thread that holds it let go when another asks, after
+/// its switch interval (5 ms), so Python code that computes gives up its core every few
+/// milliseconds of CPU time, to wait a moment for the GIL back. Code that waits on IO
+/// gives it up after microseconds of CPU time.
+fn hands_on_the_gil(metrics: &StageMetrics) -> bool {
+    let (Some(per_item), Some(cpu)) = (metrics.gave_up_core_per_item(), metrics.cpu_per_item())
+    else {
+        return false;
+    };
+    metrics.gil_wait.is_some() && cpu.as_secs_f64() >= GIL_HAND_ON.as_secs_f64() * per_item
 }
 
 fn percent(share: f64) -> String {
@@ -716,21 +741,31 @@ mod tests {
     }
 
     #[test]
-    fn python_threads_handed_the_gil_on_a_crowded_machine_are_cpu_bound() {
+    fn python_threads_whose_asks_for_the_gil_wait_long_are_cpu_bound() {
         // Two threads that compute, on a machine so crowded that the one handed the GIL
-        // waits for a core to take it on: their waits for the GIL show as waits for a
-        // core, and their items give up the core (to wait for the GIL) three times each.
+        // waits for a core to take it on: most of their waits show as waits for a core,
+        // and their items give up the core three times each, but the few asks measured
+        // waited 6.6 ms each: the GIL was held by a peer.
         let mut crowded = stage("compute", 2, 0.99, 0.2);
         crowded.runnable = crowded.busy.mul_f64(0.7);
         crowded.working_runnable = crowded.runnable;
         crowded.gave_up_core = Some((300, 100));
         crowded.python = true;
         crowded.gil_wait = Some(crowded.busy.mul_f64(0.01));
-        crowded.gil_asks = 100;
+        crowded.gil_asks = 3;
         let python = report(2, vec![crowded.clone()]);
         let compute = python.stage("compute").unwrap();
         assert_eq!(compute.bound, Bound::Cpu, "{python}");
         assert!(compute.waits_for_gil, "{python}");
+
+        // The same waits, in asks of 0.2 ms: the GIL was free. Items of 4 ms of CPU time
+        // that gave up the core three times each computed, handing the GIL on: CPU-bound,
+        // but not taking turns on the GIL.
+        crowded.gil_asks = 100;
+        let free = report(2, vec![crowded.clone()]);
+        let compute = free.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{free}");
+        assert!(!compute.waits_for_gil, "{free}");
 
         // The same clocks from Rust threads: items that give up their core wait.
         crowded.python = false;
@@ -740,6 +775,36 @@ mod tests {
             rust.stage("compute").unwrap().bound,
             Bound::Waiting,
             "{rust}"
+        );
+    }
+
+    #[test]
+    fn a_python_thread_that_hands_the_gil_on_while_it_computes_is_cpu_bound() {
+        // One thread that computes 10 ms per item, on a crowded machine: its clocks say
+        // it wants a core, and its items gave up the core once each, to let the thread
+        // reading the output have the GIL a moment.
+        let mut crowded = stage("compute", 1, 0.99, 0.14);
+        crowded.runnable = crowded.busy.mul_f64(0.85);
+        crowded.working_runnable = crowded.runnable;
+        crowded.gave_up_core = Some((100, 100));
+        crowded.python = true;
+        crowded.gil_wait = Some(Duration::from_micros(10));
+        crowded.gil_asks = 100;
+        let python = report(2, vec![crowded.clone()]);
+        assert_eq!(
+            python.stage("compute").unwrap().bound,
+            Bound::Cpu,
+            "{python}"
+        );
+
+        // The same from items that use 10 µs of CPU each: they wait.
+        let mut napping = crowded;
+        napping.items_in = 140_000;
+        let napper = report(2, vec![napping]);
+        assert_eq!(
+            napper.stage("compute").unwrap().bound,
+            Bound::Waiting,
+            "{napper}"
         );
     }
 
@@ -759,6 +824,33 @@ mod tests {
             advice.contains("`multiprocess=True` with 2 workers"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn python_threads_that_compute_without_waiting_for_the_gil_get_the_usual_advice() {
+        // Two threads that compute at once, each on a core, never waiting for the GIL:
+        // code that releases it (numpy, hashlib). Threads do help it.
+        let mut parallel = stage("hash", 1, 0.95, 0.97);
+        parallel.python = true;
+        parallel.gil_wait = Some(Duration::ZERO);
+        parallel.gil_asks = 100;
+        parallel.gave_up_core = Some((1, 100));
+        let alone = report(4, vec![parallel]);
+        assert!(!alone.stage("hash").unwrap().waits_for_gil);
+
+        let mut two = stage("hash", 2, 0.95, 0.97);
+        two.python = true;
+        two.gil_wait = Some(Duration::ZERO);
+        two.gil_asks = 100;
+        two.gave_up_core = Some((1, 100));
+        let report = report(4, vec![two]);
+        let hash = report.stage("hash").unwrap();
+        assert_eq!(hash.bound, Bound::Cpu, "{report}");
+        assert!(!hash.waits_for_gil);
+        assert_eq!(hash.suggested_workers, Some(4));
+        let advice = &report.advice()[0];
+        assert!(advice.ends_with("raise workers to 4"), "{report}");
+        assert!(!advice.contains("GIL"), "{report}");
     }
 
     #[test]

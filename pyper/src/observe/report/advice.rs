@@ -52,7 +52,7 @@ impl Report {
             let elapsed = self.elapsed;
             match stage.bound {
                 Bound::BlocksExecutor => advice.push(self.stall_advice(stage)),
-                Bound::Cpu if is_python_threads(stage) => advice.push(format!(
+                Bound::Cpu if takes_turns_on_the_gil(stage) => advice.push(format!(
                     "`{name}` is CPU-bound Python code on {}, which take turns on the GIL: \
                      use `multiprocess=True` with {} workers, or fewer threads",
                     count(stage.metrics.workers, "thread"),
@@ -101,14 +101,14 @@ impl Report {
                 "the input iterator is the bottleneck and waits ({cpu}): fetch ahead, \
                  or feed a cheap iterator and do the waiting in a task with workers"
             ),
-            (Bound::Cpu, StageKind::Threads) if m.python && workers > 1 => format!(
+            (Bound::Cpu, StageKind::Threads) if takes_turns_on_the_gil(stage) => format!(
                 "`{name}` is CPU-bound: Python code that holds the GIL ({cpu}). Its {} \
                  take turns on the GIL, so threads don't speed it up: use \
                  `multiprocess=True` with {suggested} workers (one per core), or fewer \
                  threads (1 does as much)",
                 count(workers, "thread")
             ),
-            (Bound::Cpu, StageKind::Threads) if m.python => format!(
+            (Bound::Cpu, StageKind::Threads) if m.python && workers == 1 => format!(
                 "`{name}` is CPU-bound ({cpu}) with {}: Python code runs on one thread \
                  at a time (the GIL), so more threads won't speed it up: use \
                  `multiprocess=True` with {suggested} workers (one per core). Threads \
@@ -215,8 +215,13 @@ impl Report {
         match (stage.bound, m.kind) {
             (_, StageKind::Input) => None,
             // Python code on threads takes turns on the GIL: as many worker processes as
-            // the cores, whatever its threads.
-            (Bound::Cpu, StageKind::Threads) if m.python => Some(cores),
+            // the cores, whatever its threads. (Threads that compute without waiting for
+            // it run code that releases it, numpy's say, and are counted as Rust threads.)
+            (Bound::Cpu, StageKind::Threads)
+                if takes_turns_on_the_gil(stage) || (m.python && m.workers == 1) =>
+            {
+                Some(cores)
+            }
             (Bound::Cpu, StageKind::Threads | StageKind::Process)
                 if m.workers > stage.cpu_workers_enough(cores) =>
             {
@@ -289,9 +294,9 @@ impl Report {
     }
 }
 
-/// Whether the stage is Python code run by threads.
-fn is_python_threads(stage: &StageReport) -> bool {
-    stage.metrics.python && stage.metrics.kind == StageKind::Threads
+/// Whether the stage is Python code whose threads take turns on the GIL.
+fn takes_turns_on_the_gil(stage: &StageReport) -> bool {
+    stage.waits_for_gil && stage.metrics.workers > 1
 }
 
 /// What the tuner chose for a stage with `auto_workers`, and why.

@@ -458,6 +458,9 @@ impl<'py> Turn<'_, 'py> {
             return Ok(());
         }
         self.flush()?;
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            recorder.own_wait();
+        }
         self.detached(|| std::thread::sleep(PAUSE));
         Ok(())
     }
@@ -489,6 +492,9 @@ impl<'py> Turn<'_, 'py> {
         self.output.offer()?;
         if self.output.buffer.is_empty() {
             return Ok(());
+        }
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            recorder.own_wait(); // a wait for room downstream: timed as blocked
         }
         let Out { output, buffer, .. } = &mut self.output;
         let pushed = detach_timed(self.py, self.meter.as_deref(), || output.push_all(buffer));
