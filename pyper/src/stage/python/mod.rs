@@ -22,6 +22,18 @@
 //! each worker, on its thread, and returns the worker's own callable, which receives
 //! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
 //! worker process per worker); its `close()` is called when the worker ends.
+//!
+//! What the report needs to know about Python (see `observe/report.rs`):
+//!
+//! * each worker records the time from asking for the GIL to holding it, after each of
+//!   its own detached waits ([`detach_timed`]): threads whose peers compute wait for it
+//!   up to the interpreter's switch interval (5 ms) or more, threads whose peers wait on
+//!   IO find it free; its pauses to hand the GIL on are not counted as its items giving
+//!   up their core;
+//! * a `per_worker` stage (`multiprocess=True`) is metered as a process stage, with its
+//!   worker process's CPU time ([`ProcessClock`]);
+//! * a `driver` stage is metered as an async stage, with its coroutines' times taken on
+//!   their event loop (`driver.rs`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
