@@ -12,6 +12,8 @@ import pickle
 import signal
 import traceback
 from collections.abc import Iterable
+from multiprocessing.connection import Connection
+from typing import Any, Callable, List, Optional, Tuple
 
 
 class WorkerDied(RuntimeError):
@@ -22,11 +24,11 @@ class WorkerDied(RuntimeError):
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker process."""
 
-    def __str__(self):
-        return self.args[0]
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
-def _call(func, item, branch, star_args):
+def _call(func: Callable[..., Any], item: Any, branch: bool, star_args: bool) -> List[Any]:
     result = func(*item[0], **item[1]) if star_args else func(item)
     if not branch:
         return [result]
@@ -37,13 +39,13 @@ def _call(func, item, branch, star_args):
     return list(result)
 
 
-def _serve(connection, payload):
+def _serve(connection: Connection, payload: bytes) -> None:
     """A worker process's loop."""
     # Ctrl-C is the parent's to handle: it stops the run, which ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         func, branch, star_args = pickle.loads(payload)
-        broken = None
+        broken: Optional[bytes] = None
     except BaseException as error:  # noqa: B902 - e.g. a function this process cannot find
         broken = _failure(error)
     while True:
@@ -55,7 +57,7 @@ def _serve(connection, payload):
             connection.send_bytes(broken)
             continue
         try:
-            outputs = []
+            outputs: List[Any] = []
             for item in items:
                 outputs.extend(_call(func, item, branch, star_args))
             answer = pickle.dumps((True, outputs))
@@ -64,7 +66,7 @@ def _serve(connection, payload):
         connection.send_bytes(answer)
 
 
-def _failure(error):
+def _failure(error: BaseException) -> bytes:
     """The answer that carries `error` (being handled) to the parent."""
     text = traceback.format_exc()
     try:
@@ -73,7 +75,7 @@ def _failure(error):
         return pickle.dumps((False, None, text))
 
 
-def _context():
+def _context() -> Any:
     # The fork server is a fresh single-threaded process (started with exec), so forking
     # from it is safe; once it runs, a worker starts in milliseconds rather than the
     # hundred of a spawned interpreter.
@@ -83,7 +85,7 @@ def _context():
 
 
 class _Worker:
-    def __init__(self, func, branch, star_args, stage):
+    def __init__(self, func: Callable[..., Any], branch: bool, star_args: bool, stage: str):
         context = _context()
         self._stage = stage
         self._connection, child = context.Pipe()
@@ -92,8 +94,10 @@ class _Worker:
                                         name=f"pyper:{stage}")
         self._process.start()
         child.close()
+        # The engine reads the process's CPU time by its pid, for the stage's metrics.
+        self.pid = self._process.pid
 
-    def __call__(self, items):
+    def __call__(self, items: List[Any]) -> List[Any]:
         try:
             self._connection.send_bytes(pickle.dumps(items))
             answer = self._connection.recv_bytes()
@@ -102,15 +106,16 @@ class _Worker:
             raise WorkerDied(
                 f"a worker process of stage {self._stage!r} died"
                 f" (exit code {self._process.exitcode})") from None
-        answer = pickle.loads(answer)
-        if answer[0]:
-            return answer[1]
-        _, error, text = answer
+        outcome: Tuple[Any, ...] = pickle.loads(answer)
+        if outcome[0]:
+            outputs: List[Any] = outcome[1]
+            return outputs
+        _, error, text = outcome
         if error is None:
             raise RuntimeError(f"a worker process of stage {self._stage!r} failed:\n{text}")
         raise error from RemoteTraceback(text)
 
-    def close(self):
+    def close(self) -> None:
         self._connection.close()
         self._process.join(timeout=5)
         if self._process.is_alive():
@@ -118,6 +123,7 @@ class _Worker:
             self._process.join()
 
 
-def process_worker(func, branch, star_args, stage):
+def process_worker(func: Callable[..., Any], branch: bool, star_args: bool, stage: str
+                   ) -> _Worker:
     """Starts a worker process; returns the callable the engine's worker feeds it with."""
     return _Worker(func, branch, star_args, stage)

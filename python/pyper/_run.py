@@ -5,34 +5,59 @@ from __future__ import annotations
 import asyncio
 import functools
 from types import SimpleNamespace
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncGenerator,
+    Dict,
+    Generator,
+    Generic,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from . import _engine
 from ._aio import driver_factory
 from ._process import process_worker
+from ._typing import R
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
+    from ._task import Task
+
+Args = Tuple[Any, ...]
+Kwargs = Dict[str, Any]
 
 
-def _name(func) -> str:
+def _name(func: Any) -> str:
     while isinstance(func, functools.partial):
         func = func.func
-    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) \
-        or type(func).__name__
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return str(name or type(func).__name__)
 
 
-def _check_first(task):
+def _check_first(task: Task) -> None:
     if task.workers > 1:
-        raise RuntimeError(f"The first task in a pipeline ({task.func}) cannot have more than 1 worker")
+        raise RuntimeError(
+            f"The first task in a pipeline ({task.func}) cannot have more than 1 worker")
     if task.join:
-        raise RuntimeError(f"The first task in a pipeline ({task.func}) cannot join previous results")
+        raise RuntimeError(
+            f"The first task in a pipeline ({task.func}) cannot join previous results")
 
 
-def _stages(tasks, loop=None):
+def _stages(tasks: Sequence[Task],
+            loop: Optional[asyncio.AbstractEventLoop] = None) -> List[Any]:
     """The engine's description of each task."""
-    stages = []
+    stages: List[Any] = []
     for position, task in enumerate(tasks):
         first = position == 0
-        func, workers, plain = task.func, task.workers, True
+        func: Any = task.func
+        workers, plain = task.workers, True
         driver = task.is_async
         if driver:
+            assert loop is not None, "an async task runs on a loop"
             # One engine worker feeds the stage's coroutines, `workers` at once.
             func, workers, plain = driver_factory(task, first, loop), 1, False
         per_worker = task.multiprocess
@@ -51,17 +76,19 @@ def _stages(tasks, loop=None):
             retries=task.retries if plain else 0,
             driver=driver,
             ordered=task.ordered,
+            concurrency=task.workers,
         ))
     return stages
 
 
-def start(tasks, args, kwargs):
+def start(tasks: Sequence[Task], args: Args, kwargs: Kwargs) -> _engine.Run[Any]:
     """The engine's run of a `Pipeline` (`Pipeline.start`)."""
     _check_first(tasks[0])
     return _engine.Engine(_stages(tasks)).run((args, kwargs))
 
 
-def outputs(tasks, args, kwargs):
+def outputs(tasks: Sequence[Task], args: Args, kwargs: Kwargs
+            ) -> Generator[Any, None, None]:
     """The generator a `Pipeline` call returns."""
     run = start(tasks, args, kwargs)
     try:
@@ -73,11 +100,9 @@ def outputs(tasks, args, kwargs):
 _END = object()
 
 
-async def async_outputs(tasks, args, kwargs):
-    """The async generator an `AsyncPipeline` call returns."""
-    _check_first(tasks[0])
-    loop = asyncio.get_running_loop()
-    run = _engine.Engine(_stages(tasks, loop)).run((args, kwargs))
+async def _read(run: _engine.Run[Any], loop: asyncio.AbstractEventLoop
+                ) -> AsyncGenerator[Any, None]:
+    """The outputs of an async run, read without blocking the loop."""
     try:
         while True:
             for item in run.ready():
@@ -94,3 +119,65 @@ async def async_outputs(tasks, args, kwargs):
         run.cancel()
         # Detached from the loop too: the run's workers may be waiting for it.
         await loop.run_in_executor(None, run.close)
+
+
+def _start_async(tasks: Sequence[Task], args: Args, kwargs: Kwargs
+                 ) -> Tuple[_engine.Run[Any], asyncio.AbstractEventLoop]:
+    _check_first(tasks[0])
+    loop = asyncio.get_running_loop()
+    return _engine.Engine(_stages(tasks, loop)).run((args, kwargs)), loop
+
+
+async def async_outputs(tasks: Sequence[Task], args: Args, kwargs: Kwargs
+                        ) -> AsyncGenerator[Any, None]:
+    """The async generator an `AsyncPipeline` call returns."""
+    run, loop = _start_async(tasks, args, kwargs)
+    async for item in _read(run, loop):
+        yield item
+
+
+class AsyncRun(Generic[R]):
+    """A run of an `AsyncPipeline` (`AsyncPipeline.start`): an async iterator of its
+    outputs, with `report()` and `metrics()`. It starts on the first `__anext__` (or
+    `async with`), on the running loop; `aclose()`, or leaving the block, ends it."""
+
+    def __init__(self, tasks: Sequence[Task], args: Args, kwargs: Kwargs):
+        _check_first(tasks[0])
+        self._tasks, self._args, self._kwargs = tasks, args, kwargs
+        self._run: Optional[_engine.Run[Any]] = None
+        self._outputs: Optional[AsyncGenerator[Any, None]] = None
+
+    def _started(self) -> AsyncGenerator[Any, None]:
+        if self._outputs is None:
+            self._run, loop = _start_async(self._tasks, self._args, self._kwargs)
+            self._outputs = _read(self._run, loop)
+        return self._outputs
+
+    def __aiter__(self) -> AsyncRun[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        item: R = await self._started().__anext__()
+        return item
+
+    async def aclose(self) -> None:
+        """Ends the run, if it is still going, and waits for its workers."""
+        if self._outputs is not None:
+            await self._outputs.aclose()
+
+    async def __aenter__(self) -> AsyncRun[R]:
+        self._started()
+        return self
+
+    async def __aexit__(self, *exception: object) -> None:
+        await self.aclose()
+
+    def report(self) -> str:
+        """The engine's report of the run (see `Pipeline.start`); empty before it starts."""
+        return "" if self._run is None else self._run.report()
+
+    def metrics(self) -> Metrics:
+        """The report's figures as plain data (see `Pipeline.start`)."""
+        if self._run is None:
+            raise RuntimeError("this run has not started: iterate it, or enter it, first")
+        return self._run.metrics()

@@ -7,22 +7,46 @@ import functools
 import inspect
 import pickle
 import threading
-from typing import Callable, Dict, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Literal,
+    Optional,
+    Protocol,
+    Tuple,
+    Union,
+    overload,
+)
+
+from ._typing import I, P, R
+
+if TYPE_CHECKING:
+    from ._pipeline import AsyncPipeline, Pipeline
+
+# What `task.bind` returns: extra positional and keyword arguments.
+Bind = Optional[Tuple[Tuple[Any, ...], Dict[str, Any]]]
 
 
-def _is_gen(func) -> bool:
-    call = getattr(func, "__call__", None)
+def _is_gen(func: object) -> bool:
+    call = getattr(func, "__call__", None)  # noqa: B004 - a callable object's method
     return (inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
             or inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call))
 
 
-def _is_async(func) -> bool:
-    call = getattr(func, "__call__", None)
+def _is_async(func: object) -> bool:
+    call = getattr(func, "__call__", None)  # noqa: B004 - a callable object's method
     return (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
             or inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
 
 
-def _timed(func: Callable, timeout: float, is_async: bool) -> Callable:
+def _timed(func: Callable[..., Any], timeout: float, is_async: bool) -> Callable[..., Any]:
     """``func``, failing with ``TimeoutError`` when a call takes longer than ``timeout``.
 
     A coroutine is cancelled at the deadline. A sync call cannot be interrupted, so it runs
@@ -34,7 +58,7 @@ def _timed(func: Callable, timeout: float, is_async: bool) -> Callable:
 
     if is_async:
         @functools.wraps(func)
-        async def timed_coroutine(*args, **kwargs):
+        async def timed_coroutine(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await asyncio.wait_for(func(*args, **kwargs), timeout)
             except asyncio.TimeoutError:
@@ -42,11 +66,11 @@ def _timed(func: Callable, timeout: float, is_async: bool) -> Callable:
         return timed_coroutine
 
     @functools.wraps(func)
-    def timed_call(*args, **kwargs):
-        outcome = {}
+    def timed_call(*args: Any, **kwargs: Any) -> Any:
+        outcome: Dict[str, Any] = {}
         done = threading.Event()
 
-        def call():
+        def call() -> None:
             try:
                 outcome["value"] = func(*args, **kwargs)
             except BaseException as error:  # noqa: B902 - handed to the caller as is
@@ -69,10 +93,10 @@ class Task:
     __slots__ = ("func", "branch", "join", "workers", "throttle", "multiprocess",
                  "is_async", "is_gen", "retries", "ordered", "timeout")
 
-    def __init__(self, func: Callable, branch: bool = False, join: bool = False,
+    def __init__(self, func: Callable[..., Any], branch: bool = False, join: bool = False,
                  workers: int = 1, throttle: int = 0, multiprocess: bool = False,
-                 bind: Optional[Tuple[Tuple, Dict]] = None, retries: int = 0,
-                 ordered: bool = False, timeout: Optional[float] = None):
+                 bind: Bind = None, retries: int = 0, ordered: bool = False,
+                 timeout: Optional[float] = None):
         # `bool` is an `int` in Python, and Pyper accepts it too.
         if not isinstance(workers, int):
             raise TypeError("workers must be an integer")
@@ -123,11 +147,42 @@ class Task:
         self.ordered = ordered
         self.timeout = timeout
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Task {self.func!r}>"
 
 
-class task:
+class _Decorator(Protocol):
+    """What ``@task(...)`` returns: a decorator that makes a one-task pipeline."""
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]], /) -> AsyncPipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Pipeline[P, R]: ...
+
+
+class _BranchDecorator(Protocol):
+    """What ``@task(branch=True, ...)`` returns."""
+
+    @overload
+    def __call__(self, func: Callable[P, AsyncIterable[R]], /) -> AsyncPipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[Iterable[R]]], /) -> AsyncPipeline[P, R]:
+        ...
+    @overload
+    def __call__(self, func: Callable[P, Iterable[R]], /) -> Pipeline[P, R]: ...
+
+
+class _JoinDecorator(Protocol):
+    """What ``@task(join=True, ...)`` returns."""
+
+    @overload
+    def __call__(self, func: Callable[[AsyncIterator[I]], Awaitable[R]], /
+                 ) -> AsyncPipeline[[I], R]: ...
+    @overload
+    def __call__(self, func: Callable[[Iterator[I]], R], /) -> Pipeline[[I], R]: ...
+
+
+class _TaskFactory:
     """Makes a one-task ``Pipeline`` of ``func``; without ``func``, a decorator.
 
     Args:
@@ -151,14 +206,99 @@ class task:
             returns. Not for generators, ``join`` or ``multiprocess`` tasks.
     """
 
-    def __new__(cls, func: Optional[Callable] = None, /, *, branch: bool = False,
+    # The overloads tell a type checker each stage's input and output: a function
+    # `(P) -> R` makes a `Pipeline[P, R]`, a coroutine function an `AsyncPipeline`, a
+    # `branch` function's iterable its elements, and a `join` function, which takes an
+    # iterator of `I`, a stage whose input is `I`. With `bind`, the arguments are not
+    # checked.
+
+    @overload
+    def __call__(self, func: Callable[[AsyncIterator[I]], AsyncIterable[R]], /, *,
+                branch: Literal[True], join: Literal[True], workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ...,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[[I], R]: ...
+    @overload
+    def __call__(self, func: Callable[[AsyncIterator[I]], Awaitable[R]], /, *,
+                branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ...,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[[I], R]: ...
+    @overload
+    def __call__(self, func: Callable[[Iterator[I]], Iterable[R]], /, *,
+                branch: Literal[True], join: Literal[True], workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ...,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> Pipeline[[I], R]: ...
+    @overload
+    def __call__(self, func: Callable[[Iterator[I]], R], /, *,
+                branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ...,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> Pipeline[[I], R]: ...
+    @overload
+    def __call__(self, func: Callable[P, AsyncIterable[R]], /, *, branch: Literal[True],
+                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[Iterable[R]]], /, *,
+                branch: Literal[True], join: Literal[False] = ..., workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ...,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]], /, *, branch: Literal[False] = ...,
+                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, Iterable[R]], /, *, branch: Literal[True],
+                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...) -> Pipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[P, R], /, *, branch: Literal[False] = ...,
+                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...) -> Pipeline[P, R]: ...
+    @overload
+    def __call__(self, func: Callable[..., Union[Awaitable[Any], AsyncIterable[Any]]], /, *,
+                branch: bool = ..., join: bool = ..., workers: int = ...,
+                throttle: int = ..., multiprocess: bool = ..., bind: Bind,
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                ) -> AsyncPipeline[..., Any]: ...
+    @overload
+    def __call__(self, func: Callable[..., Any], /, *, branch: bool = ..., join: bool = ...,
+                workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
+                bind: Bind, retries: int = ..., ordered: bool = ...,
+                timeout: Optional[float] = ...) -> Pipeline[..., Any]: ...
+    @overload
+    def __call__(self, func: None = ..., /, *, branch: Literal[True], join: bool = ...,
+                workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
+                bind: Bind = ..., retries: int = ..., ordered: bool = ...,
+                timeout: Optional[float] = ...) -> _BranchDecorator: ...
+    @overload
+    def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
+                join: Literal[True], workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...) -> _JoinDecorator: ...
+    @overload
+    def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
+                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
+                ordered: bool = ..., timeout: Optional[float] = ...) -> _Decorator: ...
+
+    def __call__(self, func: Optional[Callable[..., Any]] = None, /, *, branch: bool = False,
                 join: bool = False, workers: int = 1, throttle: int = 0,
-                multiprocess: bool = False, bind=None, retries: int = 0,
-                ordered: bool = False, timeout: Optional[float] = None):
+                multiprocess: bool = False, bind: Bind = None, retries: int = 0,
+                ordered: bool = False, timeout: Optional[float] = None) -> Any:
         from ._pipeline import Pipeline
 
         if func is None:
-            return functools.partial(cls, branch=branch, join=join, workers=workers,
+            return functools.partial(self, branch=branch, join=join, workers=workers,
                                      throttle=throttle, multiprocess=multiprocess, bind=bind,
                                      retries=retries, ordered=ordered, timeout=timeout)
         return Pipeline([Task(func=func, branch=branch, join=join, workers=workers,
@@ -166,9 +306,17 @@ class task:
                               retries=retries, ordered=ordered, timeout=timeout)])
 
     @staticmethod
-    def bind(*args, **kwargs):
+    def bind(*args: Any, **kwargs: Any) -> Bind:
         """Extra arguments for a task: ``bind=task.bind(1, key=2)`` calls the function as
         ``f(1, item, key=2)``."""
         if not args and not kwargs:
             return None
         return args, kwargs
+
+    def __repr__(self) -> str:
+        return "pyper.task"
+
+
+# `task` is an object, not a class as in Pyper, so that a type checker can read its
+# overloads (a class's `__new__` must return the class); it is used the same way.
+task = _TaskFactory()

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
-use pyper::{python_task, Canceller, Output, Pipeline, PyItem, PyShape, Task};
+use pyo3::types::{PyDict, PyList};
+use pyper::{python_task, Canceller, Monitor, Output, Pipeline, PyItem, PyShape, Task};
 
 /// How long a wait for outputs lasts before it looks for signals again.
 const SIGNAL_CHECK: Duration = Duration::from_millis(20);
@@ -43,6 +43,8 @@ struct StageSpec {
     retries: u32,
     driver: bool,
     ordered: bool,
+    /// For an async stage: the coroutines it runs at once.
+    concurrency: usize,
 }
 
 #[pymethods]
@@ -58,6 +60,7 @@ impl Engine {
                 per_worker: stage.per_worker,
                 retries: stage.retries,
                 driver: stage.driver,
+                concurrency: stage.concurrency,
             };
             let task = python_task(stage.function, shape)
                 .name(stage.name)
@@ -101,8 +104,8 @@ struct Run {
     output: Shared,
     /// Cancels the run without its lock, which a waiting reader holds.
     canceller: Canceller,
-    /// The end-of-run report, kept once the run is over.
-    report: Mutex<Option<String>>,
+    /// Reads the run's metrics without its lock, which a waiting reader holds.
+    monitor: Monitor,
 }
 
 impl Run {
@@ -111,13 +114,16 @@ impl Run {
         let mut runs = live_runs().lock().unwrap();
         // Forgets the runs dropped since, so the list stays short.
         runs.retain(|(run, _)| run.strong_count() > 0);
-        let canceller = output.lock().unwrap().as_ref().map(Output::canceller);
-        let canceller = canceller.expect("a new run has its output");
+        let (canceller, monitor) = {
+            let guard = output.lock().unwrap();
+            let output = guard.as_ref().expect("a new run has its output");
+            (output.canceller(), output.monitor())
+        };
         runs.push((Arc::downgrade(&output), canceller.clone()));
         Run {
             output,
             canceller,
-            report: Mutex::new(None),
+            monitor,
         }
     }
 }
@@ -186,16 +192,47 @@ impl Run {
     /// The end-of-run report: each stage classified, the bottleneck, advice. The same
     /// table as the Rust engine's `Output::report`; live while the run goes on.
     fn report(&self) -> String {
-        if let Some(report) = &*self.report.lock().unwrap() {
-            return report.clone();
+        self.monitor.report().to_string()
+    }
+
+    /// The report's figures as plain data: a dict with `elapsed` (seconds), `cores`,
+    /// `bottleneck` (a stage's name or `None`), `advice` (a list of lines) and `stages`,
+    /// a list with a dict per stage (see `docs/python.md`). Live while the run goes on,
+    /// final once it ended.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let report = self.monitor.report();
+        let stages = PyList::empty(py);
+        for stage in report.stages() {
+            let m = &stage.metrics;
+            let seconds = |time: Duration| time.as_secs_f64();
+            let row = PyDict::new(py);
+            row.set_item("name", &m.name)?;
+            row.set_item("kind", m.kind.label())?;
+            row.set_item("workers", m.workers)?;
+            row.set_item("items_in", m.items_in)?;
+            row.set_item("items_out", m.items_out)?;
+            row.set_item("errors", m.errors)?;
+            row.set_item("busy", seconds(m.busy))?;
+            row.set_item("cpu", m.cpu.map(seconds))?;
+            row.set_item("starved", seconds(m.starved))?;
+            row.set_item("blocked", seconds(m.blocked))?;
+            row.set_item("gil_wait", m.gil_wait.map(seconds))?;
+            row.set_item("utilization", stage.utilization)?;
+            row.set_item("cpu_ratio", stage.cpu_ratio)?;
+            row.set_item("throughput", stage.throughput)?;
+            row.set_item("verdict", stage.bound.label())?;
+            row.set_item("waits_for_gil", stage.waits_for_gil)?;
+            row.set_item("suggested_workers", stage.suggested_workers)?;
+            stages.append(row)?;
         }
-        match self.output.try_lock() {
-            Ok(guard) => guard
-                .as_ref()
-                .map(|output| output.report().to_string())
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        let metrics = PyDict::new(py);
+        metrics.set_item("elapsed", report.elapsed().as_secs_f64())?;
+        metrics.set_item("cores", report.cores())?;
+        let bottleneck = report.bottleneck().map(|stage| stage.metrics.name.clone());
+        metrics.set_item("bottleneck", bottleneck)?;
+        metrics.set_item("advice", report.advice())?;
+        metrics.set_item("stages", stages)?;
+        Ok(metrics)
     }
 }
 
@@ -231,8 +268,7 @@ impl Run {
         Ok(next)
     }
 
-    /// Ends the run: cancels it if it is going, waits for its workers (detached), and
-    /// keeps its report.
+    /// Ends the run: cancels it if it is going, and waits for its workers (detached).
     fn end(&self, py: Python<'_>) {
         let output = loop {
             match self.output.try_lock() {
@@ -246,11 +282,7 @@ impl Run {
             }
         };
         if let Some(mut output) = output {
-            let report = py.detach(|| {
-                output.cancel();
-                output.report().to_string()
-            });
-            *self.report.lock().unwrap() = Some(report);
+            py.detach(|| output.cancel());
         }
     }
 }

@@ -116,6 +116,23 @@ pub(crate) enum Activity {
     Done = 3,
 }
 
+/// What an async worker whose futures are timed elsewhere reports: see
+/// [`WorkerMeter::set_async_totals`]. Times are summed over its items (or, for
+/// `starved`, over its free slots).
+#[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
+pub(crate) struct AsyncTotals {
+    pub(crate) items: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) busy: Duration,
+    pub(crate) polled: Duration,
+    pub(crate) starved: Duration,
+    pub(crate) stalled: Duration,
+    pub(crate) longest_stall: Duration,
+    pub(crate) stalled_measured: Duration,
+    pub(crate) stalled_cpu: Duration,
+}
+
 /// A stretch of a worker's time, for the trace: `start` is relative to the run's start.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
@@ -258,6 +275,7 @@ impl RunMeter {
             run_started: self.started().unwrap_or_else(Instant::now),
             remote: (kind == StageKind::Remote && self.is_enabled())
                 .then(|| Arc::new(RemoteGauges::default())),
+            python: AtomicBool::new(false),
         });
         stages.push(Arc::clone(&stage));
         stage
@@ -290,6 +308,9 @@ pub(crate) struct StageMeter {
     run_started: Instant,
     /// What only a remote stage records (when metrics are on).
     remote: Option<Arc<RemoteGauges>>,
+    /// Whether the stage runs Python code (feature `python`): its workers take turns on
+    /// the interpreter's GIL, and record their waits for it.
+    python: AtomicBool,
 }
 
 /// What a remote stage's coordinator records besides its items: read from the server and
@@ -365,6 +386,17 @@ impl StageMeter {
 
     pub(crate) fn failed(&self) {
         self.errors.fetch_add(1, Relaxed);
+    }
+
+    /// Marks the stage as running Python code: the report then reads its waits for the
+    /// GIL ([`WorkerMeter::gil_waited`]) and words its advice for Python.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn runs_python(&self) {
+        self.python.store(true, Relaxed);
+    }
+
+    pub(crate) fn is_python(&self) -> bool {
+        self.python.load(Relaxed)
     }
 
     /// Records how many items the stage will handle, from an iterator's `size_hint`: only
@@ -446,6 +478,10 @@ pub(crate) struct WorkerMeter {
     pub(crate) longest_stall: Counter,
     pub(crate) stalled_measured: Counter,
     pub(crate) stalled_cpu: Counter,
+    /// For a worker that runs Python code: nanoseconds from asking for the GIL (after a
+    /// wait of its own, detached) to holding it, and how many times it asked.
+    pub(crate) gil_wait: Counter,
+    pub(crate) gil_asks: Counter,
     has_cpu: AtomicBool,
     /// Whether `runnable` is measured: the worker's thread reads its scheduler statistics,
     /// or its process's are reported.
@@ -509,6 +545,8 @@ impl WorkerMeter {
             longest_stall: Counter::default(),
             stalled_measured: Counter::default(),
             stalled_cpu: Counter::default(),
+            gil_wait: Counter::default(),
+            gil_asks: Counter::default(),
             has_cpu: AtomicBool::new(false),
             has_runnable: AtomicBool::new(false),
             activity: AtomicU8::new(Activity::Busy as u8),
@@ -588,6 +626,32 @@ impl WorkerMeter {
         self.cpu.set(times.cpu);
         self.process_runnable.set(times.runnable);
         self.has_cpu.store(true, Relaxed);
+    }
+
+    /// The worker asked for the GIL and got it `waited` later.
+    #[inline]
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn gil_waited(&self, waited: Duration) {
+        self.gil_wait.add(waited.as_nanos() as u64);
+        self.gil_asks.add(1);
+    }
+
+    /// The totals of an async worker whose futures are timed elsewhere (a Python async
+    /// stage's coroutines, timed on their event loop): they replace the meter's.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn set_async_totals(&self, totals: &AsyncTotals) {
+        self.items_in.set(totals.items);
+        self.busy.set(totals.busy.as_nanos() as u64);
+        self.cpu.set(totals.polled.as_nanos() as u64);
+        self.has_cpu.store(true, Relaxed);
+        self.starved.set(totals.starved.as_nanos() as u64);
+        self.stalled.set(totals.stalled.as_nanos() as u64);
+        self.longest_stall
+            .set(totals.longest_stall.as_nanos() as u64);
+        self.stalled_measured
+            .set(totals.stalled_measured.as_nanos() as u64);
+        self.stalled_cpu.set(totals.stalled_cpu.as_nanos() as u64);
+        self.in_flight.set(totals.in_flight);
     }
 
     /// An async driver has ended.
@@ -679,6 +743,9 @@ pub(crate) struct Recorder {
     /// batch began, if it is measured.
     counts_switches: bool,
     switches_at_batch: Option<u64>,
+    /// The worker's own waits inside the current batch, which gave up its core but not
+    /// for the items (a Python worker's pause to hand the GIL on): not counted as theirs.
+    own_waits: u64,
     /// Whether the last batch was slow enough to measure the next one.
     slow: bool,
     /// When the CPU clock is due to be read again.
@@ -731,6 +798,7 @@ impl Recorder {
             cpu_at_start,
             counts_switches: false,
             switches_at_batch: None,
+            own_waits: 0,
             slow: true,
             next_cpu_read: now + CPU_SAMPLE_EVERY,
             blocked_seen: 0,
@@ -761,6 +829,7 @@ impl Recorder {
     #[inline]
     pub(crate) fn batch_begins(&mut self) -> Instant {
         self.blocked_seen = self.meter.blocked.get();
+        self.own_waits = 0;
         if self.counts_switches && self.slow {
             self.switches_at_batch = thread_usage().map(|(_, switches)| switches);
         }
@@ -786,7 +855,8 @@ impl Recorder {
         if let Some(before) = self.switches_at_batch.take() {
             if let Some((_, after)) = thread_usage() {
                 let meter = &*self.meter;
-                meter.gave_up_core.add(after.saturating_sub(before));
+                let switches = after.saturating_sub(before).saturating_sub(self.own_waits);
+                meter.gave_up_core.add(switches);
                 meter.gave_up_core_items.add(items as u64);
             }
         }
@@ -796,6 +866,15 @@ impl Recorder {
         if now >= self.next_cpu_read {
             self.read_cpu(now);
         }
+    }
+
+    /// The worker is about to wait, inside a batch, for a reason of its own (not its
+    /// items'): the core it gives up is not counted as the items' (see
+    /// [`WorkerMeter::gave_up_core_in_items`]).
+    #[inline]
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn own_wait(&mut self) {
+        self.own_waits += 1;
     }
 
     /// For a worker that is one long call (a join, the input iterator): everything since

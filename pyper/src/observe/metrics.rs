@@ -109,6 +109,16 @@ pub struct StageMetrics {
     pub(crate) gave_up_core: Option<(u64, u64)>,
     /// What a remote stage adds: `None` for any other kind.
     pub remote: Option<RemoteMetrics>,
+    /// Whether its work is Python code (a stage of the `pyperflow` Python package).
+    pub python: bool,
+    /// For a Python stage run by threads: the time its workers waited for the GIL when
+    /// they asked for it between calls (after their own waits for input, for room
+    /// downstream, or a pause to let the others have it). Waits inside a call (the
+    /// interpreter hands the GIL around every few milliseconds) are not seen directly:
+    /// see [`gil_wait_share`](Self::gil_wait_share).
+    pub gil_wait: Option<Duration>,
+    /// How many times they asked.
+    pub(crate) gil_asks: u64,
 }
 
 /// What the run's tuner chose for a stage with [`auto_workers`](crate::Task::auto_workers).
@@ -211,6 +221,27 @@ impl StageMetrics {
         (items > 0).then(|| gave_up as f64 / items as f64)
     }
 
+    /// For a Python stage run by threads: the share of the time spent on its items that
+    /// its workers waited for the GIL, as far as it can be told. The waits between calls
+    /// are measured; a call's own waits are counted as each of the times it gave up its
+    /// core (measured in slow batches, on Linux) waiting as long, on average, as a
+    /// measured ask did: at most its time off a core, and never less than was measured.
+    pub fn gil_wait_share(&self) -> Option<f64> {
+        let measured = self.gil_wait?;
+        if self.working.is_zero() {
+            return None;
+        }
+        let per_ask = measured.as_secs_f64() / self.gil_asks.max(1) as f64;
+        let in_calls = self.gave_up_core_per_item().unwrap_or(0.0) * self.items() as f64 * per_ask;
+        let off_core = self
+            .working
+            .saturating_sub(self.working_runnable)
+            .saturating_sub(self.cpu.unwrap_or_default())
+            .as_secs_f64();
+        let waited = (measured.as_secs_f64() + in_calls).min(off_core.max(measured.as_secs_f64()));
+        Some((waited / self.working.as_secs_f64()).min(1.0))
+    }
+
     /// For an async stage: the share of its runtime threads' time (one per driver) that
     /// its polls held them in stalls (see [`stalled`](Self::stalled)).
     pub fn stalled_share(&self, elapsed: Duration) -> f64 {
@@ -267,6 +298,9 @@ impl StageMetrics {
             meters: 0,
             gave_up_core: None,
             remote: None,
+            python: false,
+            gil_wait: None,
+            gil_asks: 0,
         }
     }
 
@@ -312,6 +346,10 @@ impl Metrics {
                 metrics.queued = stage.queued.as_ref().map_or(0, |queued| queued());
                 metrics.expected_items = stage.expected_items();
                 metrics.meters = meters.len();
+                metrics.python = stage.is_python();
+                if metrics.python && stage.kind == StageKind::Threads {
+                    metrics.gil_wait = Some(Duration::ZERO);
+                }
                 if let Some(tuner) = stage.tuner() {
                     let choice = tuner.choice();
                     metrics.workers = choice.mean;
@@ -346,6 +384,10 @@ impl Metrics {
                     metrics.working_runnable += times.working_runnable;
                     if let Some(cpu) = times.cpu {
                         metrics.cpu = Some(metrics.cpu.unwrap_or_default() + cpu);
+                    }
+                    if let Some(waited) = &mut metrics.gil_wait {
+                        *waited += nanos(&meter.gil_wait);
+                        metrics.gil_asks += meter.gil_asks.get();
                     }
                     metrics.stalled += nanos(&meter.stalled);
                     metrics.stalled_measured += nanos(&meter.stalled_measured);

@@ -73,6 +73,22 @@ const WAITS_PER_ITEM: f64 = 0.5;
 /// measured); one that makes a blocking call holds it for the whole call.
 const STALL_PER_ITEM: Duration = Duration::from_millis(1);
 
+/// A Python stage on threads whose workers wait for the GIL at least this share of the
+/// time they spend awake on their items (not waiting for a core) is CPU-bound, if it
+/// computes too: its threads take turns running Python code (see `waits_for_gil` and
+/// [`StageMetrics::gil_wait_share`]). One that waits on IO asks for a GIL nobody holds
+/// for long, and waits next to nothing.
+const GIL_WAITS: f64 = 0.2;
+
+/// Python threads whose asks for the GIL wait this long on average take turns on it
+/// (see `waits_for_gil`): the interpreter hands it on every 5 ms, and threads whose peers
+/// wait on IO or run code that releases the GIL get it within microseconds.
+const GIL_ASK_WAITS: Duration = Duration::from_millis(1);
+
+/// A Python thread that gives up its core once per this much CPU time, or less often,
+/// gives it up to hand the GIL on, not to wait on IO (see `hands_on_the_gil`).
+const GIL_HAND_ON: Duration = Duration::from_millis(1);
+
 /// Above this many workers, waiting in threads costs more than waiting in futures.
 const MANY_THREADS: usize = 256;
 
@@ -100,7 +116,9 @@ pub struct StageReport {
     /// largest of the blocked, starved and busy shares of its time decides, and busy time
     /// is [`Cpu`](Bound::Cpu) or [`Waiting`](Bound::Waiting) by its
     /// [CPU demand](StageMetrics::cpu_demand): at least one half, or at least a fifth
-    /// with workers that together want every core (`workers × demand ≥ cores`).
+    /// with workers that together want every core (`workers × demand ≥ cores`). A Python
+    /// stage on threads whose threads take turns on the GIL is [`Cpu`](Bound::Cpu) before
+    /// that (see [`waits_for_gil`](Self::waits_for_gil)).
     pub bound: Bound,
     /// How many workers the advice gives this stage, when it advises a change: for a
     /// CPU-bound stage with more, as many as keep the cores busy (`cores / demand`: the
@@ -108,6 +126,11 @@ pub struct StageReport {
     /// the cores, the cores the other CPU-bound stages leave free; for an IO-bound
     /// bottleneck, the workers it needs to keep up with the rest of the pipeline.
     pub suggested_workers: Option<usize>,
+    /// Whether it is a Python stage on threads that is CPU-bound because its threads take
+    /// turns on the GIL: they wait for it a good part of their time (see
+    /// [`StageMetrics::gil_wait_share`]) and together want a good part of a core. More
+    /// threads won't speed it up; worker processes (`multiprocess=True`) will.
+    pub waits_for_gil: bool,
     /// Whether it is an async stage whose polls stall their runtime threads.
     stalls_executor: bool,
 }
@@ -211,6 +234,11 @@ impl Report {
         self.elapsed
     }
 
+    /// The cores the machine offers, which the advice counts on.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
     /// Every stage, in pipeline order.
     pub fn stages(&self) -> &[StageReport] {
         &self.stages
@@ -254,6 +282,7 @@ impl StageReport {
         let stalls = metrics.kind == StageKind::Async
             && metrics.longest_stall.is_some()
             && metrics.stalled >= STALL_PER_ITEM * items.min(u32::MAX.into()) as u32;
+        let waits_for_gil = metrics.kind == StageKind::Threads && waits_for_gil(&metrics);
         let bound = if items == 0 || utilization.max(starved).max(blocked) < 0.01 {
             Bound::Idle
         } else if stalls {
@@ -265,9 +294,12 @@ impl StageReport {
             Bound::Blocked
         } else if starved >= utilization {
             Bound::Starved
+        } else if waits_for_gil {
+            Bound::Cpu
         } else if metrics
             .gave_up_core_per_item()
             .is_some_and(|per_item| per_item >= WAITS_PER_ITEM)
+            && !hands_on_the_gil(&metrics)
         {
             // Its items gave up the core to wait: whatever the timings say (on a crowded
             // machine every wake-up waits for a core), this is not computing.
@@ -287,6 +319,7 @@ impl StageReport {
             cpu_ratio,
             bound,
             suggested_workers: None,
+            waits_for_gil: waits_for_gil && bound == Bound::Cpu,
             stalls_executor: stalls,
         }
     }
@@ -309,7 +342,21 @@ impl StageReport {
         } else {
             (m.runnable.as_secs_f64() / m.busy.as_secs_f64()).min(1.0 - on_core)
         };
-        if self.bound == Bound::Cpu && waiting >= 0.05 {
+        if self.waits_for_gil {
+            let gil = m.gil_wait_share().unwrap_or_default();
+            let for_core = match waiting >= 0.05 {
+                true => format!(
+                    ", and ready but waiting for a free core {}",
+                    percent(waiting)
+                ),
+                false => String::new(),
+            };
+            format!(
+                "on a core {} of its busy time, waiting for the GIL about {}{for_core}",
+                percent(on_core),
+                percent(gil)
+            )
+        } else if self.bound == Bound::Cpu && waiting >= 0.05 {
             format!(
                 "on a core {} of its busy time, and ready but waiting for a free core {}",
                 percent(on_core),
@@ -319,6 +366,56 @@ impl StageReport {
             format!("on a core {} of its busy time", percent(on_core))
         }
     }
+}
+
+/// Whether a Python stage's threads take turns on the GIL: they together want a good
+/// part of a core, and wait for the GIL rather than for IO (which the rule on giving up
+/// the core would take them for).
+///
+/// Python code runs on one thread at a time, so CPU-bound threads wait for the GIL while
+/// another holds it, and on a crowded machine a holder waits for a core too, making the
+/// others wait longer. Their waits show as measured waits for the GIL (see
+/// [`StageMetrics::gil_wait_share`]), which count as demand for a core (the time the GIL
+/// was wanted): a good share of their time, or asks that wait long. A stage that waits
+/// on IO asks for a GIL nobody holds for long, and its threads use a few percent of a
+/// core.
+fn waits_for_gil(metrics: &StageMetrics) -> bool {
+    let (Some(share), Some(demand), Some(cpu)) =
+        (metrics.gil_wait_share(), metrics.cpu_demand(), metrics.cpu)
+    else {
+        return false;
+    };
+    let workers = metrics.workers as f64;
+    // Shares of the time awake on items: not waiting for a core, as the CPU demand is.
+    let awake = (metrics.working)
+        .saturating_sub(metrics.working_runnable)
+        .as_secs_f64();
+    let waited = metrics.working.as_secs_f64() * share;
+    let (gil_share, gil_demand) = match awake > 0.0 {
+        true => (waited / awake, (cpu.as_secs_f64() + waited) / awake),
+        false => (0.0, 1.0),
+    };
+    // Asks that wait a millisecond or more on average find the GIL held by peers that
+    // compute: one whose peers wait on IO, or run code that releases the GIL, finds it
+    // free within microseconds.
+    let per_ask =
+        metrics.gil_wait.unwrap_or_default() / metrics.gil_asks.clamp(1, u32::MAX.into()) as u32;
+    (gil_share >= GIL_WAITS || per_ask >= GIL_ASK_WAITS)
+        && gil_demand >= CPU_BOUND
+        && demand * workers >= CPU_SATURATING
+}
+
+/// Whether a Python stage's threads gave up their core only to hand the GIL to another
+/// thread: the interpreter has a thread that holds it let go when another asks, after
+/// its switch interval (5 ms), so Python code that computes gives up its core every few
+/// milliseconds of CPU time, to wait a moment for the GIL back. Code that waits on IO
+/// gives it up after microseconds of CPU time.
+fn hands_on_the_gil(metrics: &StageMetrics) -> bool {
+    let (Some(per_item), Some(cpu)) = (metrics.gave_up_core_per_item(), metrics.cpu_per_item())
+    else {
+        return false;
+    };
+    metrics.gil_wait.is_some() && cpu.as_secs_f64() >= GIL_HAND_ON.as_secs_f64() * per_item
 }
 
 fn percent(share: f64) -> String {
@@ -449,6 +546,9 @@ mod tests {
             meters: workers,
             gave_up_core: None,
             remote: None,
+            python: false,
+            gil_wait: None,
+            gil_asks: 0,
         }
     }
 
@@ -598,6 +698,159 @@ mod tests {
         sleeper.gave_up_core = Some((1, 100));
         let computes = report(2, vec![sleeper]);
         assert_eq!(computes.stage("fetch").unwrap().bound, Bound::Cpu);
+    }
+
+    /// A Python stage on 4 threads on 2 cores: on a core a quarter of the time, and the
+    /// rest off it, waiting either for the GIL or on IO.
+    fn python_threads(gil_wait: f64) -> StageMetrics {
+        let mut threads = stage("compute", 4, 0.98, 0.25);
+        threads.python = true;
+        threads.gil_wait = Some(threads.busy.mul_f64(gil_wait));
+        threads.gil_asks = 100;
+        // Each item gave up its core a few times: to wait for the GIL, or on IO.
+        threads.gave_up_core = Some((300, 100));
+        threads
+    }
+
+    #[test]
+    fn python_threads_that_wait_for_the_gil_are_cpu_bound_and_told_to_use_processes() {
+        let report = report(2, vec![python_threads(0.7)]);
+        let compute = report.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{report}");
+        assert!(compute.waits_for_gil);
+        assert_eq!(compute.suggested_workers, Some(2));
+        let advice = &report.advice()[0];
+        assert!(advice.contains("take turns on the GIL"), "{report}");
+        assert!(
+            advice.contains("`multiprocess=True` with 2 workers"),
+            "{report}"
+        );
+        // Measured between calls, 70%; with the waits inside calls, all its time off a
+        // core.
+        assert!(advice.contains("waiting for the GIL about 75%"), "{report}");
+
+        // The same clocks, but the GIL was free whenever they asked: they wait on IO.
+        let io = report_io();
+        let compute = io.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Waiting, "{io}");
+        assert!(!compute.waits_for_gil);
+    }
+
+    fn report_io() -> Report {
+        report(2, vec![python_threads(0.0)])
+    }
+
+    #[test]
+    fn python_threads_whose_asks_for_the_gil_wait_long_are_cpu_bound() {
+        // Two threads that compute, on a machine so crowded that the one handed the GIL
+        // waits for a core to take it on: most of their waits show as waits for a core,
+        // and their items give up the core three times each, but the few asks measured
+        // waited 6.6 ms each: the GIL was held by a peer.
+        let mut crowded = stage("compute", 2, 0.99, 0.2);
+        crowded.runnable = crowded.busy.mul_f64(0.7);
+        crowded.working_runnable = crowded.runnable;
+        crowded.gave_up_core = Some((300, 100));
+        crowded.python = true;
+        crowded.gil_wait = Some(crowded.busy.mul_f64(0.01));
+        crowded.gil_asks = 3;
+        let python = report(2, vec![crowded.clone()]);
+        let compute = python.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{python}");
+        assert!(compute.waits_for_gil, "{python}");
+
+        // The same waits, in asks of 0.2 ms: the GIL was free. Items of 4 ms of CPU time
+        // that gave up the core three times each computed, handing the GIL on: CPU-bound,
+        // but not taking turns on the GIL.
+        crowded.gil_asks = 100;
+        let free = report(2, vec![crowded.clone()]);
+        let compute = free.stage("compute").unwrap();
+        assert_eq!(compute.bound, Bound::Cpu, "{free}");
+        assert!(!compute.waits_for_gil, "{free}");
+
+        // The same clocks from Rust threads: items that give up their core wait.
+        crowded.python = false;
+        crowded.gil_wait = None;
+        let rust = report(2, vec![crowded]);
+        assert_eq!(
+            rust.stage("compute").unwrap().bound,
+            Bound::Waiting,
+            "{rust}"
+        );
+    }
+
+    #[test]
+    fn a_python_thread_that_hands_the_gil_on_while_it_computes_is_cpu_bound() {
+        // One thread that computes 10 ms per item, on a crowded machine: its clocks say
+        // it wants a core, and its items gave up the core once each, to let the thread
+        // reading the output have the GIL a moment.
+        let mut crowded = stage("compute", 1, 0.99, 0.14);
+        crowded.runnable = crowded.busy.mul_f64(0.85);
+        crowded.working_runnable = crowded.runnable;
+        crowded.gave_up_core = Some((100, 100));
+        crowded.python = true;
+        crowded.gil_wait = Some(Duration::from_micros(10));
+        crowded.gil_asks = 100;
+        let python = report(2, vec![crowded.clone()]);
+        assert_eq!(
+            python.stage("compute").unwrap().bound,
+            Bound::Cpu,
+            "{python}"
+        );
+
+        // The same from items that use 10 µs of CPU each: they wait.
+        let mut napping = crowded;
+        napping.items_in = 140_000;
+        let napper = report(2, vec![napping]);
+        assert_eq!(
+            napper.stage("compute").unwrap().bound,
+            Bound::Waiting,
+            "{napper}"
+        );
+    }
+
+    #[test]
+    fn one_python_thread_that_computes_is_told_that_threads_would_not_help() {
+        let mut alone = stage("parse", 1, 0.95, 0.97);
+        alone.python = true;
+        alone.gil_wait = Some(Duration::ZERO);
+        let report = report(2, vec![alone]);
+        assert_eq!(report.stage("parse").unwrap().bound, Bound::Cpu);
+        let advice = &report.advice()[0];
+        assert!(
+            advice.contains("more threads won't speed it up"),
+            "{report}"
+        );
+        assert!(
+            advice.contains("`multiprocess=True` with 2 workers"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn python_threads_that_compute_without_waiting_for_the_gil_get_the_usual_advice() {
+        // Two threads that compute at once, each on a core, never waiting for the GIL:
+        // code that releases it (numpy, hashlib). Threads do help it.
+        let mut parallel = stage("hash", 1, 0.95, 0.97);
+        parallel.python = true;
+        parallel.gil_wait = Some(Duration::ZERO);
+        parallel.gil_asks = 100;
+        parallel.gave_up_core = Some((1, 100));
+        let alone = report(4, vec![parallel]);
+        assert!(!alone.stage("hash").unwrap().waits_for_gil);
+
+        let mut two = stage("hash", 2, 0.95, 0.97);
+        two.python = true;
+        two.gil_wait = Some(Duration::ZERO);
+        two.gil_asks = 100;
+        two.gave_up_core = Some((1, 100));
+        let report = report(4, vec![two]);
+        let hash = report.stage("hash").unwrap();
+        assert_eq!(hash.bound, Bound::Cpu, "{report}");
+        assert!(!hash.waits_for_gil);
+        assert_eq!(hash.suggested_workers, Some(4));
+        let advice = &report.advice()[0];
+        assert!(advice.ends_with("raise workers to 4"), "{report}");
+        assert!(!advice.contains("GIL"), "{report}");
     }
 
     #[test]

@@ -52,6 +52,12 @@ impl Report {
             let elapsed = self.elapsed;
             match stage.bound {
                 Bound::BlocksExecutor => advice.push(self.stall_advice(stage)),
+                Bound::Cpu if takes_turns_on_the_gil(stage) => advice.push(format!(
+                    "`{name}` is CPU-bound Python code on {}, which take turns on the GIL: \
+                     use `multiprocess=True` with {} workers, or fewer threads",
+                    count(stage.metrics.workers, "thread"),
+                    self.cores
+                )),
                 Bound::Cpu => {
                     if let Some(suggested) = stage.suggested_workers {
                         advice.push(format!(
@@ -94,6 +100,20 @@ impl Report {
             (Bound::Waiting, StageKind::Input) => format!(
                 "the input iterator is the bottleneck and waits ({cpu}): fetch ahead, \
                  or feed a cheap iterator and do the waiting in a task with workers"
+            ),
+            (Bound::Cpu, StageKind::Threads) if takes_turns_on_the_gil(stage) => format!(
+                "`{name}` is CPU-bound: Python code that holds the GIL ({cpu}). Its {} \
+                 take turns on the GIL, so threads don't speed it up: use \
+                 `multiprocess=True` with {suggested} workers (one per core), or fewer \
+                 threads (1 does as much)",
+                count(workers, "thread")
+            ),
+            (Bound::Cpu, StageKind::Threads) if m.python && workers == 1 => format!(
+                "`{name}` is CPU-bound ({cpu}) with {}: Python code runs on one thread \
+                 at a time (the GIL), so more threads won't speed it up: use \
+                 `multiprocess=True` with {suggested} workers (one per core). Threads \
+                 help only code that releases the GIL (numpy, hashlib, IO)",
+                count(workers, "thread")
             ),
             (Bound::Cpu, _) if suggested < workers => format!(
                 "`{name}` is CPU-bound ({cpu}) with {workers} workers on {cores} cores: \
@@ -150,6 +170,25 @@ impl Report {
             "its items held a runtime thread for {} each on average{longest}",
             millis(per_item)
         );
+        if m.python {
+            return match stage.bound {
+                Bound::Cpu => format!(
+                    "`{name}` computes inside a coroutine: {}, on a core, and every \
+                     coroutine on the event loop waited meanwhile: make it a sync task \
+                     with `multiprocess=True` and {} workers",
+                    held.replace("a runtime thread", "the event loop"),
+                    self.cores
+                ),
+                _ => format!(
+                    "`{name}` blocks its executor: {}, without computing, so it makes a \
+                     blocking call (`time.sleep`, a sync read or lock) inside a \
+                     coroutine, and every coroutine on the event loop waited meanwhile; \
+                     more workers won't help. Await an async call instead (`asyncio.sleep`, \
+                     async IO), or move the call to a sync task (it runs on threads)",
+                    held.replace("a runtime thread", "the event loop")
+                ),
+            };
+        }
         if stage.bound == Bound::Cpu {
             format!(
                 "`{name}` computes inside an async task: {held}, on a core, and every \
@@ -175,6 +214,14 @@ impl Report {
         let cores = self.cores;
         match (stage.bound, m.kind) {
             (_, StageKind::Input) => None,
+            // Python code on threads takes turns on the GIL: as many worker processes as
+            // the cores, whatever its threads. (Threads that compute without waiting for
+            // it run code that releases it, numpy's say, and are counted as Rust threads.)
+            (Bound::Cpu, StageKind::Threads)
+                if takes_turns_on_the_gil(stage) || (m.python && m.workers == 1) =>
+            {
+                Some(cores)
+            }
             (Bound::Cpu, StageKind::Threads | StageKind::Process)
                 if m.workers > stage.cpu_workers_enough(cores) =>
             {
@@ -245,6 +292,11 @@ impl Report {
             .map(|stage| stage.metrics.workers)
             .sum()
     }
+}
+
+/// Whether the stage is Python code whose threads take turns on the GIL.
+fn takes_turns_on_the_gil(stage: &StageReport) -> bool {
+    stage.waits_for_gil && stage.metrics.workers > 1
 }
 
 /// What the tuner chose for a stage with `auto_workers`, and why, in plain sentences.

@@ -8,8 +8,9 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyList};
 
-use super::{failed, PyItem, Turn};
+use super::{failed, PyItem, Turn, WorkerMeter};
 use crate::engine::batch::Fault;
+use crate::engine::meter::AsyncTotals;
 use crate::engine::queue::{Popped, Receiver};
 use crate::engine::sync::{self, Arc, Instant, Mutex};
 
@@ -20,7 +21,11 @@ impl<'py> Turn<'_, 'py> {
     /// since the last call: `(0, output)`, `(1, None)` for an item done, `(2, exception)`,
     /// `(3, None)` for a join coroutine done), `end_input()`, `stop()`, and the ints
     /// `capacity` (items in flight at most) and `joins` (join coroutines to wait for).
-    /// It calls `ring()` after each event, which wakes this worker.
+    /// It calls `ring()` after each event, which wakes this worker. Its `totals()` are
+    /// the times of its coroutines so far, for the stage's metrics: `(items done, their
+    /// time in flight, their time running on the loop, the loop's stalls (steps of over a
+    /// millisecond): total, longest, and total and CPU time of those measured)`, in
+    /// nanoseconds.
     pub(super) fn drive(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
         let bell = Arc::new(Bell::default());
         let ringer = Arc::clone(&bell);
@@ -31,8 +36,11 @@ impl<'py> Turn<'_, 'py> {
         .map_err(failed)?;
         let function = self.worker.callable.function.bind(self.py);
         let driver = function.call1((ring,)).map_err(failed)?;
-        let result = self.feed(&driver, input, &bell);
+        let slots = self.worker.callable.shape.concurrency;
+        let mut clock = LoopClock::new(self.meter.is_some(), slots);
+        let result = self.feed(&driver, input, &bell, &mut clock);
         let stopped = driver.call_method0("stop").map(drop);
+        clock.read(&driver, self.meter.as_deref());
         result?;
         stopped.map_err(failed)
     }
@@ -42,6 +50,7 @@ impl<'py> Turn<'_, 'py> {
         driver: &Bound<'py, PyAny>,
         input: &Receiver<PyItem>,
         bell: &Bell,
+        clock: &mut LoopClock,
     ) -> Result<(), Fault> {
         let capacity: usize = attribute(driver, "capacity")?.max(1);
         let mut joins_left: usize = attribute(driver, "joins")?;
@@ -66,6 +75,8 @@ impl<'py> Turn<'_, 'py> {
                     _ => return Err(failed(PyErr::from_value(value))),
                 }
             }
+            clock.in_flight = in_flight;
+            clock.read_if_due(driver, self.meter.as_deref());
             if !batch.is_empty() || (!input_over && in_flight < capacity) {
                 if batch.is_empty() {
                     match input.try_pop_batch(&mut batch, capacity - in_flight) {
@@ -117,6 +128,69 @@ impl<'py> Turn<'_, 'py> {
             }
             self.held_since = Instant::now();
         }
+    }
+}
+
+/// Reads an async stage's coroutine times from its driver into the worker's meter.
+struct LoopClock {
+    metered: bool,
+    started: Instant,
+    next_read: Instant,
+    in_flight: usize,
+    /// The coroutines that may run at once: the stage's concurrency, which its metrics
+    /// count as its workers (a join's driver takes more items than that at once).
+    slots: u32,
+}
+
+/// How often, at most, the driver's totals are read while the stage runs.
+const TOTALS_EVERY: Duration = Duration::from_millis(10);
+
+impl LoopClock {
+    fn new(metered: bool, slots: usize) -> Self {
+        let now = Instant::now();
+        LoopClock {
+            metered,
+            started: now,
+            next_read: now,
+            in_flight: 0,
+            slots: slots.clamp(1, u32::MAX as usize) as u32,
+        }
+    }
+
+    fn read_if_due(&mut self, driver: &Bound<'_, PyAny>, meter: Option<&WorkerMeter>) {
+        if self.metered && Instant::now() >= self.next_read {
+            self.read(driver, meter);
+        }
+    }
+
+    fn read(&mut self, driver: &Bound<'_, PyAny>, meter: Option<&WorkerMeter>) {
+        let Some(meter) = meter else {
+            return;
+        };
+        self.next_read = Instant::now() + TOTALS_EVERY;
+        let Ok(totals) = driver
+            .call_method0("totals")
+            .and_then(|totals| totals.extract::<(u64, u64, u64, u64, u64, u64, u64)>())
+        else {
+            return;
+        };
+        let (items, busy, polled, stalled, longest, measured, stalled_cpu) = totals;
+        let nanos = Duration::from_nanos;
+        // The slots' time not spent on items was spent waiting for them (or to hand on
+        // their outputs, timed by the output queue).
+        let slots_time = self.started.elapsed().saturating_mul(self.slots);
+        let blocked = nanos(meter.blocked.get()).saturating_mul(self.slots);
+        meter.set_async_totals(&AsyncTotals {
+            items,
+            in_flight: self.in_flight as u64,
+            busy: nanos(busy),
+            polled: nanos(polled),
+            starved: slots_time.saturating_sub(nanos(busy) + blocked),
+            stalled: nanos(stalled),
+            longest_stall: nanos(longest),
+            stalled_measured: nanos(measured),
+            stalled_cpu: nanos(stalled_cpu),
+        });
     }
 }
 

@@ -22,6 +22,18 @@
 //! each worker, on its thread, and returns the worker's own callable, which receives
 //! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
 //! worker process per worker); its `close()` is called when the worker ends.
+//!
+//! What the report needs to know about Python (see `observe/report.rs`):
+//!
+//! * each worker records the time from asking for the GIL to holding it, after each of
+//!   its own detached waits ([`detach_timed`]): threads whose peers compute wait for it
+//!   up to the interpreter's switch interval (5 ms) or more, threads whose peers wait on
+//!   IO find it free; its pauses to hand the GIL on are not counted as its items giving
+//!   up their core;
+//! * a `per_worker` stage (`multiprocess=True`) is metered as a process stage, with its
+//!   worker process's CPU time ([`ProcessClock`]);
+//! * a `driver` stage is metered as an async stage, with its coroutines' times taken on
+//!   their event loop (`driver.rs`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -30,7 +42,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::engine::batch::{BatchLimit, Fault, Stop};
-use crate::engine::meter::{Recorder, StageKind, StageMeter};
+use crate::engine::meter::{ProcessTimes, Recorder, StageKind, StageMeter, WorkerMeter};
 use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
 use crate::engine::sync::{Arc, Instant};
@@ -86,6 +98,9 @@ pub struct PyShape {
     /// and returns a driver of async work on an event loop (see `Turn::drive`): the
     /// stage's `workers` should then be 1, the driver's `capacity` its concurrency.
     pub driver: bool,
+    /// For a `driver` stage: its concurrency (the coroutines it runs at once), which its
+    /// metrics count as its workers. 0 for any other.
+    pub concurrency: usize,
 }
 
 /// A Python stage's function, and how to call it.
@@ -137,7 +152,18 @@ impl<I, O> PythonBody<I, O> {
 
 /// Starts the stage's workers: `workers(n)` threads.
 fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
-    let meter = stage.meter(StageKind::Threads);
+    let shape = callable.shape;
+    let meter = match (shape.driver, shape.per_worker) {
+        // Coroutines on an event loop, timed there: one slot per coroutine at once.
+        (true, _) => {
+            let queued = Some(stage.input.depth_gauge());
+            let slots = shape.concurrency.max(1);
+            (stage.launcher.state.meter).stage(&stage.name, StageKind::Async, slots, queued)
+        }
+        (false, true) => stage.meter(StageKind::Process),
+        (false, false) => stage.meter(StageKind::Threads),
+    };
+    meter.runs_python();
     let reorder = stage.is_ordered().then(|| {
         let reorder = Arc::new(Reorder::default());
         // A cancel wakes the workers that wait for room.
@@ -168,12 +194,22 @@ struct Worker {
 
 impl Worker {
     fn work(self, input: Receiver<PyItem>, output: Sender<PyItem>) {
-        let mut recorder = self
-            .meter
-            .worker()
-            .map(|meter| Recorder::begin(meter).starved_is_the_rest());
-        let meter = recorder.as_ref().map(|recorder| &recorder.meter);
-        let (input, output) = (input.metered(meter), output.metered(meter));
+        let shape = self.callable.shape;
+        let meter = self.meter.worker();
+        // An async stage's items are timed on the event loop (see `driver.rs`); a
+        // multiprocess stage's CPU time is its worker process's.
+        let mut recorder = meter
+            .clone()
+            .filter(|_| !shape.driver)
+            .map(|meter| match shape.per_worker {
+                true => Recorder::begin_elsewhere(meter),
+                false => Recorder::begin(meter),
+            })
+            .map(Recorder::starved_is_the_rest);
+        let (input, output) = (
+            input.metered(meter.as_ref()),
+            output.metered(meter.as_ref()),
+        );
         let mut current = None;
         let result = catch_unwind(AssertUnwindSafe(|| {
             // An interpreter that is shutting down cannot be attached to: nothing to do.
@@ -183,6 +219,7 @@ impl Worker {
                     worker: &self,
                     output: Out::new(&output, &self.run),
                     recorder: recorder.as_mut(),
+                    meter: meter.clone(),
                     current: &mut current,
                     held_since: Instant::now(),
                 };
@@ -210,6 +247,9 @@ impl Worker {
             self.meter.failed();
             self.run.fail(error);
         }
+        if let (true, Some(meter)) = (shape.driver, &meter) {
+            meter.finished();
+        }
         drop(recorder);
         drop(output);
     }
@@ -221,6 +261,8 @@ struct Turn<'a, 'py> {
     worker: &'a Worker,
     output: Out<'a>,
     recorder: Option<&'a mut Recorder>,
+    /// The worker's meter, when metrics are on: its waits for the GIL go there.
+    meter: Option<Arc<WorkerMeter>>,
     current: &'a mut Option<u64>,
     /// Since when the worker has held the GIL without a pause.
     held_since: Instant,
@@ -288,9 +330,7 @@ impl<'py> Turn<'_, 'py> {
             self.end_batch(started, &mut limit, count);
             let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
             let end = first + count as u64;
-            self.py
-                .detach(|| reorder.hand_in((first, end), outputs, output))?;
-            self.held_since = Instant::now();
+            self.detached(|| reorder.hand_in((first, end), outputs, output))?;
         }
         Ok(())
     }
@@ -324,8 +364,8 @@ impl<'py> Turn<'_, 'py> {
     /// Waits `delay` detached, in short steps so a stopped run does not wait for it.
     fn pause_for(&mut self, delay: Duration) -> Result<(), Fault> {
         self.flush()?;
-        let run = &self.worker.run;
-        let stopped = self.py.detach(|| {
+        let run = Arc::clone(&self.worker.run);
+        let stopped = self.detached(|| {
             let until = std::time::Instant::now() + delay;
             loop {
                 let left = until.saturating_duration_since(std::time::Instant::now());
@@ -335,7 +375,6 @@ impl<'py> Turn<'_, 'py> {
                 std::thread::sleep(left.min(Duration::from_millis(10)));
             }
         });
-        self.held_since = Instant::now();
         match stopped {
             true => Err(Fault::Stop),
             false => Ok(()),
@@ -365,7 +404,24 @@ impl<'py> Turn<'_, 'py> {
         let mut batch = Vec::new();
         // A batch costs the callable a round trip: aim for batches that take longer.
         let mut limit = BatchLimit::with_target(Duration::from_millis(2));
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+        // The worker process's CPU time is the stage's: read from its scheduler
+        // statistics now and then (file reads), and as the worker ends.
+        let pid: Option<u32> = handle.getattr("pid").and_then(|pid| pid.extract()).ok();
+        let mut times = ProcessClock::new(pid, self.meter.clone());
+        let result = self.batches_timed(handle, input, &mut batch, &mut limit, &mut times);
+        times.read();
+        result
+    }
+
+    fn batches_timed(
+        &mut self,
+        handle: &Bound<'py, PyAny>,
+        input: &Receiver<PyItem>,
+        batch: &mut Vec<PyItem>,
+        limit: &mut BatchLimit,
+        times: &mut ProcessClock,
+    ) -> Result<(), Fault> {
+        while let Some(first) = self.next_batch(input, batch, limit.get())? {
             if self.worker.run.is_cancelled() {
                 return Err(Fault::Stop);
             }
@@ -378,7 +434,8 @@ impl<'py> Turn<'_, 'py> {
                 self.output.add(output.map_err(failed)?.unbind())?;
             }
             self.output.offer()?;
-            self.end_batch(started, &mut limit, count);
+            self.end_batch(started, limit, count);
+            times.read_if_due();
         }
         Ok(())
     }
@@ -401,11 +458,7 @@ impl<'py> Turn<'_, 'py> {
         }
         self.flush()?;
         let output = self.output.output;
-        let first = self
-            .py
-            .detach(|| input.pop_batch_then(batch, max, || output.announce()));
-        self.held_since = Instant::now();
-        Ok(first)
+        Ok(self.detached(|| input.pop_batch_then(batch, max, || output.announce())))
     }
 
     /// Lets go of the GIL for [`PAUSE`] once the worker has held it for its budget:
@@ -417,8 +470,10 @@ impl<'py> Turn<'_, 'py> {
             return Ok(());
         }
         self.flush()?;
-        self.py.detach(|| std::thread::sleep(PAUSE));
-        self.held_since = Instant::now();
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            recorder.own_wait();
+        }
+        self.detached(|| std::thread::sleep(PAUSE));
         Ok(())
     }
 
@@ -450,9 +505,20 @@ impl<'py> Turn<'_, 'py> {
         if self.output.buffer.is_empty() {
             return Ok(());
         }
+        if let Some(recorder) = self.recorder.as_deref_mut() {
+            recorder.own_wait(); // a wait for room downstream: timed as blocked
+        }
         let Out { output, buffer, .. } = &mut self.output;
-        let pushed = self.py.detach(|| output.push_all(buffer));
+        let pushed = detach_timed(self.py, self.meter.as_deref(), || output.push_all(buffer));
+        self.held_since = Instant::now();
         pushed.map_err(|_| Fault::Stop)
+    }
+
+    /// Runs `wait` detached, and records how long the worker then waited for the GIL.
+    fn detached<T: Send>(&mut self, wait: impl FnOnce() -> T + Send) -> T {
+        let value = detach_timed(self.py, self.meter.as_deref(), wait);
+        self.held_since = Instant::now();
+        value
     }
 
     fn begin_batch(&mut self) -> Instant {
@@ -472,6 +538,27 @@ impl<'py> Turn<'_, 'py> {
     }
 }
 
+/// Runs `wait` without the GIL, then takes it back, recording into `meter` the time from
+/// asking for the GIL to holding it: the wait of a thread whose peers hold it, which on
+/// a crowded interpreter lasts up to its switch interval (5 ms) or more, and for one
+/// whose peers wait on IO, next to nothing. The report reads these waits to tell Python
+/// code that takes turns on the GIL from code that waits on IO.
+fn detach_timed<T: Send>(
+    py: Python<'_>,
+    meter: Option<&WorkerMeter>,
+    wait: impl FnOnce() -> T + Send,
+) -> T {
+    let Some(meter) = meter else {
+        return py.detach(wait);
+    };
+    let (value, asked) = py.detach(|| {
+        let value = wait();
+        (value, Instant::now())
+    });
+    meter.gil_waited(asked.elapsed());
+    value
+}
+
 /// Calls `function` on one item.
 fn call<'py>(
     function: &Bound<'py, PyAny>,
@@ -489,6 +576,41 @@ fn call<'py>(
 
 fn failed(error: PyErr) -> Fault {
     Fault::Failed(Box::new(error))
+}
+
+/// Reads a worker process's CPU time into its engine worker's meter.
+struct ProcessClock {
+    pid: Option<u32>,
+    meter: Option<Arc<WorkerMeter>>,
+    next_read: Instant,
+}
+
+/// How often, at most, a worker process's times are read while it works.
+const PROCESS_TIMES_EVERY: Duration = Duration::from_millis(10);
+
+impl ProcessClock {
+    fn new(pid: Option<u32>, meter: Option<Arc<WorkerMeter>>) -> Self {
+        ProcessClock {
+            pid,
+            meter,
+            next_read: Instant::now(),
+        }
+    }
+
+    fn read_if_due(&mut self) {
+        if Instant::now() >= self.next_read {
+            self.read();
+        }
+    }
+
+    fn read(&mut self) {
+        self.next_read = Instant::now() + PROCESS_TIMES_EVERY;
+        if let (Some(pid), Some(meter)) = (self.pid, &self.meter) {
+            if let Some(times) = ProcessTimes::of(pid) {
+                meter.set_process_times(times);
+            }
+        }
+    }
 }
 
 /// A worker's outputs not yet handed over.

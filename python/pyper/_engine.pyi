@@ -1,0 +1,56 @@
+"""Types of `pyper._engine`, the compiled half of the package (`python/src/lib.rs`)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Iterator, List, Protocol, TypeVar
+
+from ._metrics import Metrics
+
+_T = TypeVar("_T")
+
+class _StageSpec(Protocol):
+    """One stage, as `pyper/_run.py` describes it."""
+
+    function: Any
+    name: str
+    workers: int
+    throttle: int
+    branch: bool
+    join: bool
+    star_args: bool
+    per_worker: bool
+    retries: int
+    driver: bool
+    ordered: bool
+    concurrency: int
+
+class Engine:
+    """A pipeline of Python stages, built once and run any number of times."""
+
+    def __init__(self, stages: List[_StageSpec]) -> None: ...
+    def run(self, input: Any, metrics: bool = True) -> Run[Any]:
+        """Starts a run (lazily: on the first `next`) with one input: for the first
+        stage, the pair `(args, kwargs)`."""
+
+class Run(Generic[_T]):
+    """The outputs of one run, an iterator; `report()` and `metrics()` describe it."""
+
+    def __iter__(self) -> Iterator[_T]: ...
+    def __next__(self) -> _T: ...
+    def __enter__(self) -> Run[_T]: ...
+    def __exit__(self, *exception: object) -> None: ...
+    def next_or(self, default: _T) -> _T:
+        """The next output, or `default` at the end."""
+    def ready(self) -> List[_T]:
+        """Every output already handed over, without waiting."""
+    def close(self) -> None:
+        """Cancels the run if it is still going, and waits for its workers."""
+    def cancel(self) -> None:
+        """Cancels the run at once, without waiting for anything."""
+    def report(self) -> str:
+        """The engine's report: each stage classified, the bottleneck, advice."""
+    def metrics(self) -> Metrics:
+        """The report's figures as plain data, live while the run goes on."""
+
+def end_all_runs() -> None:
+    """Cancels every run still going and waits for its workers (at exit)."""
