@@ -150,7 +150,7 @@ fn an_ordered_process_stage_runs_at_most_its_throttle_per_worker_ahead() {
                 })
                 .throttle(1);
                 count
-                    | pyper::process_task(identity)
+                    | pyper::process_task!(identity)
                         .workers(workers)
                         .throttle(throttle)
                         .ordered()
