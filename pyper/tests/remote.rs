@@ -212,6 +212,7 @@ fn an_item_that_keeps_killing_its_worker_is_dead_lettered_and_named() {
                 restarted
             })
         };
+        let _stop = remote_common::SetOnDrop(Arc::clone(&done));
         let stage = remote_task!(&cluster, fragile).name("fragile");
         let error: Error = stage
             .feed(0..40u64)
@@ -265,6 +266,8 @@ fn a_poison_item_in_a_batch_goes_to_the_dead_letters_alone() {
                 }
             })
         };
+        // Should an assertion fail, the supervisor stops and the workers go with the test.
+        let _stop = remote_common::SetOnDrop(Arc::clone(&done));
         for run in 0..20 {
             let dead_before = dead_letter_count(&url);
             let mut outputs = Vec::new();

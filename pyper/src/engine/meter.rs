@@ -325,6 +325,9 @@ pub(crate) struct RemoteGauges {
     pub(crate) server_redeliveries: AtomicU64,
     /// Worker processes seen per host.
     workers: Mutex<Vec<(String, usize)>>,
+    /// For how long (ms) items have waited on the server with no worker holding any; 0
+    /// while workers take them.
+    pub(crate) unserved_ms: AtomicU64,
 }
 
 impl RemoteGauges {

@@ -160,6 +160,10 @@ pub struct RemoteMetrics {
     pub server_redeliveries: u64,
     /// Worker processes that sent outcomes, per host name, sorted by host.
     pub workers_per_host: Vec<(String, usize)>,
+    /// How long items have waited on the server with no worker taking any, if they are
+    /// waiting so now: no worker is started, or none serves this build, or all are busy
+    /// elsewhere.
+    pub unserved: Option<Duration>,
 }
 
 impl StageMetrics {
@@ -367,6 +371,10 @@ impl Metrics {
                     redeliveries: gauges.redeliveries.load(Relaxed),
                     server_redeliveries: gauges.server_redeliveries.load(Relaxed),
                     workers_per_host: gauges.workers(),
+                    unserved: match gauges.unserved_ms.load(Relaxed) {
+                        0 => None,
+                        ms => Some(Duration::from_millis(ms)),
+                    },
                 });
                 for meter in &meters {
                     if let Some((gave_up, took)) = meter.gave_up_core_in_items() {

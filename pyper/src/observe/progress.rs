@@ -194,6 +194,7 @@ fn line(stage: &StageMetrics, rate: f64, eta: Option<RunEta>) -> String {
         _ => format!(" · queue {}", stage.queued),
     };
     let workers = match (stage.kind, stage.blocked_workers) {
+        (StageKind::Remote, _) => remote_workers(stage),
         (StageKind::Async, _) => format!("in flight {}/{}", stage.busy_workers, stage.workers),
         (_, 0) => format!("busy {}/{}", stage.busy_workers, stage.workers),
         (_, blocked) => format!(
@@ -205,6 +206,23 @@ fn line(stage: &StageMetrics, rate: f64, eta: Option<RunEta>) -> String {
         "{progress}{} out · {rate:.0}/s{queue} · {workers}",
         stage.items_out
     )
+}
+
+/// A remote stage's workers: how many processes serve it, and a word when none takes its
+/// items.
+fn remote_workers(stage: &StageMetrics) -> String {
+    let Some(remote) = &stage.remote else {
+        return String::new();
+    };
+    let processes: usize = remote.workers_per_host.iter().map(|(_, n)| n).sum();
+    let hosts = remote.workers_per_host.len();
+    match remote.unserved {
+        Some(waited) if waited >= Duration::from_secs(1) => format!(
+            "no worker has taken an item for {} (start workers with --pyper-worker URL)",
+            clock(waited)
+        ),
+        _ => format!("{processes} worker processes on {hosts} hosts"),
+    }
 }
 
 /// `1:02:03`, `2:03` or `3s`.

@@ -494,6 +494,14 @@ impl fmt::Display for Report {
                     remote.queue_depth,
                     remote.redeliveries,
                 )?;
+                if let Some(waited) = remote.unserved {
+                    writeln!(
+                        f,
+                        "{}: no worker has taken an item for {:.1} s",
+                        stage.metrics.name,
+                        waited.as_secs_f64()
+                    )?;
+                }
             }
         }
         for line in self.advice() {

@@ -147,3 +147,12 @@ pub fn run_script(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// Sets its flag when dropped: stops a helper thread however the test ends.
+pub struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -42,6 +42,10 @@ const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 /// says otherwise.
 const DEFAULT_MAX_DELIVER: u32 = 5;
 
+/// After how long with items waiting and no worker taking any a run says so, unless the
+/// cluster says otherwise.
+const DEFAULT_NOTICE_AFTER: Duration = Duration::from_secs(30);
+
 /// A connection to a NATS server with JetStream, on which [`remote_task!`](crate::remote_task!)s
 /// run. (Requires the `remote` feature.)
 ///
@@ -76,6 +80,12 @@ pub(super) struct Inner {
     pub(super) jetstream: jetstream::Context,
     pub(super) ack_wait: Duration,
     pub(super) max_deliver: u32,
+    /// How long a run's coordinator may go unheard before anyone deletes its streams.
+    pub(super) lease: Duration,
+    /// After how long with items waiting and no worker taking any a run says so.
+    pub(super) notice_after: Duration,
+    /// After how long with items waiting and no worker taking any a run fails, if set.
+    pub(super) fail_after: Option<Duration>,
     /// This program's build, which a run's workers must share (`build.rs`).
     pub(super) build: &'static str,
 }
@@ -140,6 +150,9 @@ impl Cluster {
                 jetstream,
                 ack_wait: DEFAULT_ACK_WAIT,
                 max_deliver: DEFAULT_MAX_DELIVER,
+                lease: super::lease::DEFAULT_LEASE,
+                notice_after: DEFAULT_NOTICE_AFTER,
+                fail_after: None,
                 build,
             }),
         })
@@ -199,6 +212,50 @@ impl Cluster {
         self.with(|inner| inner.max_deliver = max_deliver.max(1))
     }
 
+    /// How long a run's program may go unheard before its streams are deleted from the
+    /// server (default 10 s, at least 1 s): a program that dies (`kill -9`, a crash, a lost
+    /// host) leaves no stray streams. The program holds the lease by answering on the
+    /// run's liveness subject while it lives; workers, and other programs running remote
+    /// stages, delete the streams of a run that has had no answer for its whole lease.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?
+    ///     .lease(std::time::Duration::from_secs(30));
+    /// # Ok(()) }
+    /// ```
+    pub fn lease(self, lease: Duration) -> Cluster {
+        self.with(|inner| inner.lease = lease.max(Duration::from_secs(1)))
+    }
+
+    /// After how long with items waiting and no worker taking any a run says so, once,
+    /// through `tracing` (a warning), on the progress bar and in the metrics
+    /// ([`RemoteMetrics::unserved`](crate::RemoteMetrics)) (default 30 s). The run goes on:
+    /// workers may come later.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?
+    ///     .no_worker_notice(std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    pub fn no_worker_notice(self, after: Duration) -> Cluster {
+        self.with(|inner| inner.notice_after = after)
+    }
+
+    /// Fails a run that has had items waiting and no worker taking any for `after`, with
+    /// an error that says so (by default a run waits for workers as long as it takes).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::connect("nats://127.0.0.1:4222")?
+    ///     .fail_without_workers(std::time::Duration::from_secs(60));
+    /// # Ok(()) }
+    /// ```
+    pub fn fail_without_workers(self, after: Duration) -> Cluster {
+        self.with(|inner| inner.fail_after = Some(after))
+    }
+
     fn with(self, change: impl FnOnce(&mut Inner)) -> Cluster {
         let mut inner = Inner {
             url: self.inner.url.clone(),
@@ -206,6 +263,9 @@ impl Cluster {
             jetstream: self.inner.jetstream.clone(),
             ack_wait: self.inner.ack_wait,
             max_deliver: self.inner.max_deliver,
+            lease: self.inner.lease,
+            notice_after: self.inner.notice_after,
+            fail_after: self.inner.fail_after,
             build: self.inner.build,
         };
         change(&mut inner);

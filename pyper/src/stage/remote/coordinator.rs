@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::cluster::{block_on, DeadLetter, DEAD_LETTER_STREAM};
 use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::lease::{self, Sweeper};
 use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
 use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
@@ -74,6 +75,7 @@ where
         retries: spec.faults.retries,
         backoff: spec.faults.backoff,
         ack_wait_nanos: cluster.ack_wait.as_nanos() as u64,
+        lease_nanos: cluster.lease.as_nanos() as u64,
     };
     let coordinator = Coordinator {
         name: Arc::clone(&stage.name),
@@ -111,6 +113,27 @@ where
             run.fail(error);
         }
     });
+}
+
+/// What a run's streams and subscriptions are, once made: the outcome consumer, the dead
+/// letter advisories, the workers' starts on redeliveries, and the lease's requests.
+type Prepared = (
+    consumer::PullConsumer,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+    async_nats::Subscriber,
+);
+
+/// Removes the streams of other runs whose coordinators are gone, every few seconds, for as
+/// long as this run goes: workers do too, but there may be none.
+async fn sweep(cluster: &super::cluster::Inner) {
+    let mut sweeper = Sweeper::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for id in sweeper.sweep(&cluster.client, &cluster.jetstream).await {
+            tracing::info!(run = %id, "deleted the streams of a run whose program is gone");
+        }
+    }
 }
 
 /// What a cancel of the run tells the coordinator.
@@ -196,10 +219,12 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         let (total, total_known) = watch::channel(None);
         let result = match self.prepare(&cluster).await {
             Err(error) => Err(Halt::Failed(error)),
-            Ok((work, advisories, starts)) => {
+            Ok((work, advisories, starts, alive)) => {
                 tokio::select! {
                     biased;
                     _ = stopped.wait_for(|stop| *stop) => Err(Halt::Stop),
+                    () = lease::hold(cluster.client.clone(), alive) => Ok(()),
+                    () = sweep(&cluster) => Ok(()),
                     result = self.dead_letters(advisories, starts) => result,
                     result = self.watch_depth(&js) => result,
                     // The first of the two to fail ends both: the collector would otherwise
@@ -227,17 +252,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
 
     /// Makes the run's streams and consumers, listens for dead letters, and announces
     /// the run to the workers.
-    async fn prepare(
-        &self,
-        cluster: &super::cluster::Inner,
-    ) -> Result<
-        (
-            consumer::PullConsumer,
-            async_nats::Subscriber,
-            async_nats::Subscriber,
-        ),
-        Error,
-    > {
+    async fn prepare(&self, cluster: &super::cluster::Inner) -> Result<Prepared, Error> {
         let js = &cluster.jetstream;
         let id = &self.setup.id;
         let fail = |doing: &str, error: &dyn std::fmt::Display| {
@@ -283,6 +298,13 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             .subscribe(starts_subject(id))
             .await
             .map_err(|error| fail("listen for items started again", &error))?;
+        // The lease is held from before the streams exist: a sweeper never finds them
+        // without their coordinator.
+        let alive = cluster
+            .client
+            .subscribe(lease::alive_subject(id))
+            .await
+            .map_err(|error| fail("hold the run's lease", &error))?;
         let outcomes = js
             .create_stream(stream_config(out_stream(id), out_subject(id), None))
             .await
@@ -308,7 +330,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             .client
             .publish(super::ANNOUNCE, in_stream(id).into())
             .await;
-        Ok((work, advisories, starts))
+        Ok((work, advisories, starts, alive))
     }
 
     /// Publishes the stage's input into the item stream, as many items to a message as
@@ -644,10 +666,12 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 continue;
             };
             let seq = item.seq;
-            // The first delivery is taken as started; the others count if a worker said
-            // so. An item that ran out of deliveries held by workers that died of another
-            // item is innocent: it goes again, a few times at most.
-            let starts = 1 + started.get(&seq).copied().unwrap_or(0);
+            // An item is to blame only if a worker started it on every delivery (workers say
+            // so before they start the item of a message of one, and put a redelivered
+            // item's outcome on the server before they start anything else). An item that
+            // ran out of deliveries held by workers that died of another is not: it goes
+            // again, a few times at most.
+            let starts = started.get(&seq).copied().unwrap_or(0);
             let again = rescued.entry(seq).or_default();
             if starts < advisory.deliveries && *again < MAX_RESCUES {
                 *again += 1;
@@ -695,27 +719,71 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         Ok(())
     }
 
-    /// Reads the depth of the item stream into the metrics, a few times a second.
+    /// Reads the depth of the item stream into the metrics, a few times a second, and
+    /// watches for items that no worker takes: said once after the cluster's
+    /// `no_worker_notice`, and a failure after its `fail_without_workers`, if set.
     async fn watch_depth(&self, js: &jetstream::Context) -> Result<(), Halt> {
-        let Some(gauges) = &self.gauges else {
-            return std::future::pending().await;
-        };
+        let cluster = &self.body.cluster.inner;
+        let mut unserved_since: Option<std::time::Instant> = None;
+        let mut said = false;
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Ok(mut consumer) = js
+            let Ok(mut consumer) = js
                 .get_consumer_from_stream::<consumer::pull::Config, _, _>(
                     CONSUMER,
                     in_stream(&self.setup.id),
                 )
                 .await
-            {
-                if let Ok(info) = consumer.info().await {
-                    let depth = info.num_pending + info.num_ack_pending as u64;
-                    gauges.queue_depth.store(depth, Ordering::Relaxed);
-                    gauges
-                        .server_redeliveries
-                        .store(info.num_redelivered as u64, Ordering::Relaxed);
+            else {
+                continue;
+            };
+            let Ok(info) = consumer.info().await else {
+                continue;
+            };
+            // Waiting, and not one held by a worker: nobody is taking items.
+            let unserved = info.num_pending > 0 && info.num_ack_pending == 0;
+            let since = match (unserved, unserved_since) {
+                (false, _) => {
+                    unserved_since = None;
+                    said = false;
+                    None
                 }
+                (true, None) => Some(*unserved_since.insert(std::time::Instant::now())),
+                (true, Some(since)) => Some(since),
+            }
+            .map(|since| since.elapsed());
+            if let Some(gauges) = &self.gauges {
+                let depth = info.num_pending + info.num_ack_pending as u64;
+                gauges.queue_depth.store(depth, Ordering::Relaxed);
+                gauges
+                    .server_redeliveries
+                    .store(info.num_redelivered as u64, Ordering::Relaxed);
+                let waited = since.map_or(0, |waited| waited.as_millis().max(1) as u64);
+                gauges.unserved_ms.store(waited, Ordering::Relaxed);
+            }
+            let Some(waited) = since else { continue };
+            if !said && waited >= cluster.notice_after {
+                said = true;
+                tracing::warn!(
+                    stage = %self.name,
+                    waiting = info.num_pending,
+                    "no worker has taken an item of stage `{}` for {:.0} s: start workers \
+                     (`--pyper-worker URL`) of this very build",
+                    self.name,
+                    waited.as_secs_f64()
+                );
+            }
+            if cluster.fail_after.is_some_and(|after| waited >= after) {
+                let why: BoxError = format!(
+                    "no worker took an item for {:.0} s ({} waiting): start workers with \
+                     `--pyper-worker {}` (of this very build), or allow longer with \
+                     `Cluster::fail_without_workers`",
+                    waited.as_secs_f64(),
+                    info.num_pending,
+                    super::cluster::redacted(&cluster.url)
+                )
+                .into();
+                return Err(Halt::Failed(Error::failed(&self.name, None, why)));
             }
         }
     }

@@ -41,6 +41,7 @@ mod build;
 mod cluster;
 mod coordinator;
 mod envelope;
+mod lease;
 mod security;
 mod worker;
 
@@ -94,6 +95,8 @@ struct Setup {
     /// How long an unacknowledged item waits before redelivery: progress acks are sent
     /// well within it.
     ack_wait_nanos: u64,
+    /// How long the run's coordinator may go unheard before its streams are deleted.
+    lease_nanos: u64,
 }
 
 impl Setup {

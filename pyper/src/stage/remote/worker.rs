@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use super::cluster::{block_on, connect, redacted, WORKER_ENV};
 use super::coordinator::{dead_letter, fetch, publish, solo_id, starts_subject};
 use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
+use super::lease::Sweeper;
 use super::security::Security;
 use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
 use crate::error::BoxError;
@@ -135,6 +136,7 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
     // Runs this process has served or cannot serve: never looked at again.
     let mut done: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sweeper = Sweeper::default();
     loop {
         let candidates = tokio::select! {
             Some(message) = announced.next() => {
@@ -147,7 +149,16 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
                 }
                 continue;
             }
-            _ = tick.tick() => run_stream_names(&js, "_IN").await.unwrap_or_default(),
+            _ = tick.tick() => {
+                for id in sweeper.sweep(&client, &js).await {
+                    eprintln!(
+                        "pyper remote worker {}: deleted the streams of run {id}, whose \
+                         program is gone",
+                        std::process::id()
+                    );
+                }
+                run_stream_names(&js, "_IN").await.unwrap_or_default()
+            }
         };
         served.retain(|name, run| {
             let finished = run.threads.iter().all(|thread| thread.is_finished());
@@ -481,7 +492,7 @@ impl Worker<'_> {
         if delivered > 1 && items.len() > 1 {
             return self.split(items, runtime);
         }
-        if delivered > 1 {
+        if items.len() == 1 {
             self.say_started(&items, runtime);
         }
         let started = Instant::now();
@@ -505,12 +516,37 @@ impl Worker<'_> {
             outcomes,
         });
         let id = format!("{}.out.{first}.{count}", self.setup.id);
+        if delivered > 1 {
+            // Delivered again: the item may be the one that killed a worker. Its outcome
+            // is on the server before anything else starts, so that if the next item kills
+            // this worker, this one is not blamed with it.
+            let (js, setup) = (self.js.clone(), self.setup.clone());
+            let published = block_on(runtime, async move {
+                let never = || false;
+                let subject = setup.out_subject();
+                publish(
+                    &js,
+                    subject,
+                    id,
+                    envelope.into(),
+                    count as u64,
+                    &setup.stage,
+                    &never,
+                )
+                .await
+            });
+            return match published {
+                Ok(()) => Done::Ack,
+                Err(_) => Done::Leave,
+            };
+        }
         Done::Outcomes(id, envelope, count as u64)
     }
 
-    /// Tells the coordinator that an item delivered again is started, before it runs: if it
-    /// kills this worker, the coordinator knows it was this item, and not another that the
-    /// worker only held.
+    /// Tells the coordinator that the item of a message of one is started, before it runs:
+    /// if it kills this worker, the coordinator knows it was this item, and not another
+    /// that the worker only held. (A message of several items is split before any of them
+    /// runs a second time.)
     fn say_started(&self, items: &[Item], runtime: &tokio::runtime::Handle) {
         let (client, subject) = (self.client.clone(), starts_subject(&self.setup.id));
         let payloads: Vec<bytes::Bytes> = items
