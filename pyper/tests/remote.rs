@@ -442,18 +442,53 @@ fn cancelling_mid_run_stops_the_workers_and_leaves_nothing() {
     });
 }
 
+/// Slow on some items, so that items finish out of order on two workers.
+fn uneven(x: u64) -> u64 {
+    if x % 7 == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    x
+}
+
 #[test]
-fn an_ordered_remote_task_is_a_configuration_error() {
+fn an_ordered_remote_task_keeps_the_order_and_its_lead_is_bounded() {
+    let _serial = serial();
     let url = server_url();
-    let cluster = Cluster::connect(&url).unwrap();
-    let error = remote_task!(&cluster, tagged)
-        .workers(2)
-        .ordered()
-        .run(1)
-        .next()
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(error.kind(), pyper::ErrorKind::Config, "{error}");
+    with_timeout(120, move || {
+        let cluster = Cluster::connect(&url).unwrap();
+        let workers = Workers::new(&url);
+        workers.start();
+        workers.start();
+        const THROTTLE: u64 = 4;
+        // What was taken from the input, against what the consumer finished: the lead.
+        let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = pyper::task({
+            let taken = Arc::clone(&taken);
+            move |x: u64| {
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                x
+            }
+        })
+        .throttle(THROTTLE as usize);
+        let stage = remote_task!(&cluster, uneven)
+            .throttle(THROTTLE as usize)
+            .ordered();
+        let mut output = (count | stage).feed(0..);
+        let mut worst = 0;
+        for expected in 0..300u64 {
+            assert_eq!(output.next().unwrap().unwrap(), expected, "in order");
+            // The consumer is slow: the stage runs ahead as far as it may.
+            std::thread::sleep(Duration::from_millis(1));
+            let lead = taken.load(std::sync::atomic::Ordering::SeqCst) - (expected + 1);
+            worst = worst.max(lead);
+        }
+        drop(output);
+        // The counting stage's queue and hands (t + 1), the items out on the server (t),
+        // the output queue (t), and what the consumer's batch took from it (t).
+        let bound = 4 * THROTTLE + 1;
+        assert!(worst <= bound, "ran {worst} items ahead, bound {bound}");
+        println!("the ordered remote stage ran at most {worst} items ahead (bound {bound})");
+    });
 }
 
 #[test]

@@ -165,12 +165,6 @@ const REMOTE_AUTO: &str =
     "auto_workers() does not apply to a remote task: its workers are processes on other \
      hosts, started and stopped by you; workers(n) is how many items each runs at once";
 
-/// Why a remote task cannot be ordered.
-#[cfg(feature = "remote")]
-const REMOTE_ORDER: &str =
-    "ordered() does not apply to a remote task yet: its items finish on other hosts in any \
-     order; put an ordered task after it, or sort the outputs";
-
 /// Why a join task cannot be ordered.
 const JOIN_ORDER: &str =
     "ordered() does not apply to a join task: each worker receives a share of the stream, \
@@ -229,7 +223,6 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "python")]
             Body::Python(body) => body.is_join(),
             #[cfg(feature = "remote")]
-            Body::Remote(_) if spec.ordered => return Err(REMOTE_ORDER.into()),
             #[cfg(feature = "remote")]
             Body::Remote(_) if spec.auto => return Err(REMOTE_AUTO.into()),
             #[cfg(feature = "remote")]

@@ -83,11 +83,13 @@ where
         body: body.clone(),
         setup,
         throttle: spec.throttle,
+        ordered: spec.ordered,
         meter: meter.worker(),
         gauges,
         seen: Mutex::new(Seen::default()),
         published: AtomicU64::new(0),
         numbered: AtomicU64::new(0),
+        released: AtomicU64::new(0),
         progress: tokio::sync::Notify::new(),
         item_nanos: AtomicU64::new(0),
         max_payload: cluster.client.server_info().max_payload,
@@ -165,6 +167,8 @@ struct Coordinator<I, O> {
     body: RemoteFn<I, O>,
     setup: Setup,
     throttle: usize,
+    /// Whether outputs leave in the order of their items.
+    ordered: bool,
     meter: Option<Arc<WorkerMeter>>,
     gauges: Option<Arc<RemoteGauges>>,
     seen: Mutex<Seen>,
@@ -172,6 +176,9 @@ struct Coordinator<I, O> {
     published: AtomicU64,
     /// How many items were numbered to be sent: every outcome's index is below it.
     numbered: AtomicU64,
+    /// How many items are done with: their outputs handed on (in order, for an ordered
+    /// stage). What is sent and not released is what the throttle bounds.
+    released: AtomicU64,
     /// Told when outcomes arrive: the pump may have room again.
     progress: tokio::sync::Notify,
     /// How long an item takes in a worker, smoothed; 0 until the first outcome says.
@@ -352,7 +359,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             let room = loop {
                 // Registered before the count is read, so an outcome in between wakes it.
                 let progressed = self.progress.notified();
-                let out = count - self.seen.lock().expect("never poisoned").count;
+                let out = count - self.released.load(Ordering::Acquire);
                 let room = self.window().saturating_sub(out);
                 if room > 0 {
                     break room;
@@ -481,6 +488,9 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
     ) -> Result<(), Halt> {
         let mut outputs = Vec::new();
         let mut hosts: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
+        // For an ordered stage: the outputs of items that came before their turn.
+        let mut early: BTreeMap<u64, Vec<O>> = BTreeMap::new();
+        let mut next = 0u64;
         loop {
             let done = total
                 .borrow()
@@ -535,16 +545,29 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                         };
                         return Err(Halt::Failed(Error::failed(&self.name, None, why.into())));
                     }
-                    if self.seen.lock().expect("never poisoned").insert(seq) {
+                    if !self.seen.lock().expect("never poisoned").insert(seq) {
+                        continue;
+                    }
+                    if !self.ordered {
                         self.outcome(seq, outcome, &mut outputs)?;
+                        next += 1;
+                        continue;
+                    }
+                    let mut these = Vec::new();
+                    self.outcome(seq, outcome, &mut these)?;
+                    early.insert(seq, these);
+                    while let Some(these) = early.remove(&next) {
+                        outputs.extend(these);
+                        next += 1;
                     }
                 }
             }
-            self.progress.notify_one();
             let handed = outputs.len() as u64;
             if output.push_all_async(&mut outputs).await.is_err() {
                 return Err(Halt::Stop);
             }
+            self.released.store(next, Ordering::Release);
+            self.progress.notify_one();
             if let Some(meter) = &self.meter {
                 meter.items_out.add(handed);
             }

@@ -147,7 +147,12 @@ mod tests {
 
     #[test]
     fn a_registered_function_is_found_by_its_reference() {
-        let entry: &'static Registered = crate::__register!(crate::stage::wire::call_each, triple);
+        #[linkme::distributed_slice(FUNCTIONS)]
+        #[allow(unsafe_code)] // linkme's link section, as in `__register!`
+        static TRIPLE: Registered = Registered::new("tests::triple", |item| {
+            super::super::call_each(item, triple)
+        });
+        let entry: &'static Registered = &TRIPLE;
         let reference = entry.reference().unwrap();
         assert!(reference.name.ends_with("::triple"), "{reference}");
         let found = lookup(&reference).unwrap();
@@ -161,8 +166,12 @@ mod tests {
 
     #[test]
     fn a_wrong_index_or_name_is_refused() {
-        let entry: &'static Registered =
-            crate::__register!(crate::stage::wire::call_each, |x: u8| x);
+        #[linkme::distributed_slice(FUNCTIONS)]
+        #[allow(unsafe_code)] // linkme's link section, as in `__register!`
+        static SAME: Registered = Registered::new("tests::same", |item| {
+            super::super::call_each(item, |x: u8| x)
+        });
+        let entry: &'static Registered = &SAME;
         let mut reference = entry.reference().unwrap();
         reference.index = u32::MAX;
         let error = lookup(&reference).unwrap_err();
