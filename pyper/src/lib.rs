@@ -197,4 +197,5 @@ pub mod __private {
 }
 #[cfg(feature = "python")]
 pub use task::python_task;
+pub use task::{fork, ForkParts, ForkTasks};
 pub use task::{task, task_per_worker, try_task, try_task_per_worker, Task};

@@ -10,12 +10,13 @@ prompt Ctrl-C and early close, ``Run.report()`` and ``Run.metrics()``. It is typ
 import atexit as _atexit
 
 from . import _engine
+from ._fork import fork
 from ._metrics import Metrics, StageMetrics
 from ._pipeline import AsyncPipeline, Pipeline
 from ._process import WorkerDied
 from ._task import task
 
-__all__ = ["task", "Pipeline", "AsyncPipeline", "WorkerDied", "Metrics", "StageMetrics"]
+__all__ = ["task", "fork", "Pipeline", "AsyncPipeline", "WorkerDied", "Metrics", "StageMetrics"]
 
 # Every run still going is cancelled, and its workers waited for, before the interpreter
 # finalizes: a worker thread must never find the interpreter gone.

@@ -88,6 +88,20 @@ class Pipeline(Generic[P, R]):
     def __or__(self, other: Pipeline[Any, Any]) -> Pipeline[Any, Any]:
         return self.pipe(other)
 
+    # A fork with an async task is async.
+    @overload
+    def __and__(self, other: AsyncPipeline[P, Any]) -> AsyncPipeline[P, List[Any]]: ...
+    @overload
+    def __and__(self, other: Pipeline[P, Any]) -> Pipeline[P, List[Any]]: ...
+
+    def __and__(self, other: Pipeline[Any, Any]) -> Pipeline[Any, List[Any]]:
+        """Extension (Pyper's unreleased ``&``): a fork of two tasks, one stage that
+        calls both at once on each input and outputs ``[f(x), g(x)]``. See ``pyper.fork``
+        for the fork's own options."""
+        from ._fork import fork
+
+        return fork(self, other)
+
     def consume(self, other: Callable[[Generator[R, None, None]], S]) -> Callable[P, S]:
         """A function that runs the pipeline and hands its output to ``other``."""
         if callable(other):
@@ -140,6 +154,10 @@ class AsyncPipeline(Pipeline[P, R]):
 
     def __or__(self, other: Pipeline[[R], S]) -> AsyncPipeline[P, S]:
         return self.pipe(other)
+
+    def __and__(self, other: Pipeline[P, Any]) -> AsyncPipeline[P, List[Any]]:
+        piped: AsyncPipeline[P, List[Any]] = super().__and__(other)  # type: ignore[assignment]
+        return piped
 
     def consume(  # type: ignore[override]
         self, other: Callable[[AsyncGenerator[R, None]], Awaitable[S]]

@@ -12,7 +12,7 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Generator, Ite
 
 from typing_extensions import assert_type
 
-from pyper import AsyncPipeline, Pipeline, task
+from pyper import AsyncPipeline, Pipeline, fork, task
 from pyper._engine import Run
 from pyper._metrics import Metrics
 from pyper._run import AsyncRun
@@ -68,6 +68,16 @@ assert_type(mixed.start(3), AsyncRun[bytes])
 assert_type(next(task(parse)(1)), str)
 longer: AsyncPipeline[[int], int] = mixed | task(len)
 
+
+
+# A fork: each task takes the same input; the stage outputs the list of their outputs.
+def digits(line: int) -> int:
+    return len(str(line))
+
+
+forked: Pipeline[[int], list[Any]] = task(parse) & task(digits)
+async_forked: AsyncPipeline[[str], list[Any]] = task(size) & task(fetch)
+assert_type(fork(task(parse), task(digits), workers=2), Pipeline[Any, list[Any]])
 
 # Decorators.
 @task(branch=True)

@@ -33,6 +33,7 @@ use thread::{EachFn, JoinFn, SetupFn};
 
 #[cfg(feature = "async")]
 pub(crate) mod async_task;
+pub(crate) mod fork;
 pub(crate) mod policy;
 #[cfg(feature = "process")]
 pub(crate) mod process;
@@ -116,10 +117,16 @@ pub(crate) enum Body<I, O> {
     /// Worker processes on any host, through NATS JetStream.
     #[cfg(feature = "remote")]
     Remote(remote::RemoteFn<I, O>),
+    /// Several tasks called at once on each item, their outputs joined (`fork`).
+    Fork(fork::ForkBody<I, O>),
     /// A task whose configuration is wrong; running it is a configuration error that
     /// says why.
     Invalid(&'static str),
 }
+
+/// Why a fork's output cannot be adapted or joined.
+const FORK_SHAPE: &str =
+    "a fork makes one output per item: it cannot branch, join, or be forked again";
 
 /// Why a join task cannot have a timeout or retries.
 const JOIN_FAULTS: &str =
@@ -187,6 +194,7 @@ impl<I, O> Body<I, O> {
             Body::Python(_) => "python",
             #[cfg(feature = "remote")]
             Body::Remote(_) => "remote",
+            Body::Fork(_) => "fork",
             Body::Invalid(_) => "invalid",
         }
     }
@@ -227,6 +235,10 @@ impl<I, O> Body<I, O> {
             Body::Remote(_) if spec.auto => return Err(REMOTE_AUTO.into()),
             #[cfg(feature = "remote")]
             Body::Remote(_) => false,
+            Body::Fork(fork) => {
+                fork.check(spec, name)?;
+                false
+            }
             Body::Invalid(why) => return Err((*why).into()),
         };
         if is_join && spec.auto {
@@ -272,6 +284,7 @@ impl<I, O> Body<I, O> {
                 let decode = adapt(Arc::clone(&remote.decode), adapters.each);
                 Body::Remote(remote.with_decode(decode))
             }
+            Body::Fork(_) => Body::Invalid(FORK_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -317,6 +330,7 @@ impl<I, O> Body<I, O> {
             Body::Python(body) => body.launch(stage),
             #[cfg(feature = "remote")]
             Body::Remote(body) => remote::launch(body, stage),
+            Body::Fork(body) => fork::launch(body, stage),
             // `check` refuses it before any launch; should one happen, it fails the run
             // with the same reason rather than start anything.
             Body::Invalid(why) => {
@@ -347,6 +361,7 @@ impl<I, O> Body<Upstream<I>, O> {
             Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
             #[cfg(feature = "remote")]
             Body::Remote(_) => Body::Invalid("a remote task cannot join"),
+            Body::Fork(_) => Body::Invalid(FORK_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -373,6 +388,7 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
             Body::Python(_) => Body::Invalid(PYTHON_SHAPE),
             #[cfg(feature = "remote")]
             Body::Remote(_) => Body::Invalid("a remote task cannot join"),
+            Body::Fork(_) => Body::Invalid(FORK_SHAPE),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }
@@ -394,6 +410,7 @@ impl<I, O> Clone for Body<I, O> {
             Body::Python(body) => Body::Python(body.clone()),
             #[cfg(feature = "remote")]
             Body::Remote(remote) => Body::Remote(remote.clone()),
+            Body::Fork(fork) => Body::Fork(fork.clone()),
             Body::Invalid(why) => Body::Invalid(why),
         }
     }

@@ -16,6 +16,7 @@ pub(crate) use crate::stage::Body;
 
 #[cfg(feature = "async")]
 mod async_task;
+mod fork;
 mod per_worker;
 #[cfg(feature = "process")]
 pub(crate) mod process;
@@ -28,6 +29,7 @@ use crate::stage::{self, Adapters, Spec};
 use crate::Output;
 #[cfg(feature = "async")]
 pub use async_task::{async_task, try_async_task};
+pub use fork::{fork, ForkParts, ForkTasks};
 pub use per_worker::{task_per_worker, try_task_per_worker};
 #[cfg(feature = "python")]
 pub use python::python_task;

@@ -115,7 +115,10 @@ pub(crate) fn report<I, O>(
 ) {
     let error = match result {
         Ok(Ok(())) | Ok(Err(Fault::Stop)) => return,
-        Ok(Err(Fault::Failed(error))) => Error::failed(&stage.name, current_item, error),
+        // A task inside a fork is named in its own error.
+        Ok(Err(Fault::Failed(error))) => {
+            crate::stage::fork::attribute(&stage.name, current_item, error)
+        }
         Err(payload) => Error::panicked(&stage.name, current_item, payload),
     };
     stage.meter.failed();

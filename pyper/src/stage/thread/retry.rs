@@ -97,7 +97,7 @@ where
         }
     }
 
-    fn worker_body(self: &Arc<Self>) -> EachFn<I, O> {
+    pub(crate) fn worker_body(self: &Arc<Self>) -> EachFn<I, O> {
         let guard = Arc::clone(self);
         match self.policy.timeout {
             None => Arc::new(move |item, out: &mut dyn Emit<O>| {
