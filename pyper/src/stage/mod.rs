@@ -429,6 +429,7 @@ where
         input,
         output,
         launcher,
+        tuner: None,
     });
     next_input
 }
@@ -443,6 +444,8 @@ pub(crate) struct Launch<'a, I, O> {
     /// Already registered with the run: a cancel closes it.
     pub(crate) output: Sender<O>,
     pub(crate) launcher: &'a mut Launcher,
+    /// The stage's tuner, once `meter` made one (`auto_workers`).
+    pub(crate) tuner: Option<Arc<Tuner>>,
 }
 
 impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
@@ -455,7 +458,8 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
             let flow = tuner::flow_gauge(&self.launcher.state, meter.position);
             let tuner = Tuner::new(self.spec.workers, Some(flow), self.output.capacity());
             self.launcher.state.register(Box::new(Arc::clone(&tuner)));
-            meter.tune(tuner);
+            meter.tune(Arc::clone(&tuner) as Arc<dyn crate::engine::meter::TunerGauge>);
+            self.tuner = Some(tuner);
         }
         meter
     }
@@ -467,11 +471,13 @@ impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
         body: thread::StageBody<I, O>,
         kind: StageKind,
     ) -> Arc<thread::Stage<I, O>> {
+        let meter = self.meter(kind);
         Arc::new(thread::Stage {
             name: Arc::clone(&self.name),
             run: Arc::clone(&self.launcher.state),
             body,
-            meter: self.meter(kind),
+            meter,
+            tuner: self.tuner.clone(),
         })
     }
 

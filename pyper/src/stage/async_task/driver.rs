@@ -21,7 +21,8 @@ use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::engine::batch::{Fault, Halt, Outlet, Stop};
-use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
+use crate::engine::meter::poll::PollTimed;
+use crate::engine::meter::{Activity, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
 use crate::engine::reorder::{Gate, Reorder};
 use crate::engine::sync::Arc;
@@ -78,7 +79,7 @@ pub(crate) async fn drive<I, O>(
                 in_order: ordered.then(Reorder::new),
                 ready: Vec::new(),
                 meter: meter.clone(),
-                tuner: stage.meter.tuner().cloned(),
+                tuner: stage.tuner.clone(),
             };
             PollTimed::new(driver.run(&input), meter.clone()).await
         }

@@ -21,7 +21,7 @@ use super::supervisor::ProcessStage;
 use super::WORKER_ARGS;
 use crate::engine::batch::Halt;
 use crate::engine::meter::ProcessTimes;
-use crate::engine::queue::Close;
+use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{self, Arc};
 use crate::error::Error;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::PyItem;
 use crate::engine::batch::{Stop, MAX_BATCH};
-use crate::engine::queue::{Close, Sender};
+use crate::engine::queue::Sender;
+use crate::engine::run::Close;
 use crate::engine::sync::{self, Condvar, Mutex};
 
 /// The most outputs that may wait to be released before workers wait for room.

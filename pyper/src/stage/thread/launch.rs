@@ -56,9 +56,11 @@ where
 {
     let sequencer = stage.sequencer();
     let meter = stage.meter(StageKind::Threads);
+    let tuner = stage.tuner.clone();
     let (faults, clone_input) = (stage.spec.faults, stage.clone_input);
     for number in 1..=stage.spec.workers {
         let (setup, sequencer, meter) = (Arc::clone(setup), sequencer.clone(), Arc::clone(&meter));
+        let tuner = tuner.clone();
         let (name, run) = (Arc::clone(&stage.name), Arc::clone(&stage.launcher.state));
         let (input, output) = (stage.input.clone(), stage.output.clone());
         let start = move || {
@@ -77,6 +79,7 @@ where
                 run,
                 body,
                 meter,
+                tuner,
             };
             let worker = match faults.is_active() {
                 true => {

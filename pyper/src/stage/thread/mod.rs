@@ -12,10 +12,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::engine::batch::{hand_over_size, BatchLimit, Emit, Fault, Outlet};
 use crate::engine::meter::{Recorder, StageMeter};
+use crate::engine::queue::Shelf;
 use crate::engine::queue::{Receiver, Refill, Sender, SharedShelf};
 use crate::engine::run::{discard, discard_or_resume};
 use crate::engine::sequencer::{InOrder, Sequencer};
-use crate::engine::shelf::{Gather, Hands, Shelf};
+use crate::engine::shelf::{Gather, Hands};
 use crate::engine::sync::{Arc, Instant};
 use crate::engine::tuner::Seat;
 use crate::engine::upstream::Upstream;
@@ -38,6 +39,8 @@ pub(crate) struct Stage<I, O> {
     pub(crate) run: Arc<crate::engine::run::RunState>,
     pub(crate) body: StageBody<I, O>,
     pub(crate) meter: Arc<StageMeter>,
+    /// The stage's tuner (`auto_workers`), which its workers take a seat of.
+    pub(crate) tuner: Option<Arc<crate::engine::tuner::Tuner>>,
 }
 
 pub(crate) enum StageBody<I, O> {
@@ -191,7 +194,7 @@ where
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
     let meter = recorder.as_deref().map(|recorder| &recorder.meter);
-    let mut seat = stage.meter.tuner().map(|tuner| Seat::take(tuner, meter));
+    let mut seat = stage.tuner.as_ref().map(|tuner| Seat::take(tuner, meter));
     loop {
         if let Some(seat) = seat.as_mut() {
             let empty = input.looks_empty();
@@ -329,7 +332,7 @@ where
     let mut scratch = Vec::new();
     let mut limit = BatchLimit::new();
     let meter = recorder.as_deref().map(|recorder| &recorder.meter);
-    let mut seat = stage.meter.tuner().map(|tuner| Seat::take(tuner, meter));
+    let mut seat = stage.tuner.as_ref().map(|tuner| Seat::take(tuner, meter));
     loop {
         // Ends the run in hand (a worker waiting for input must not hold the turn), and
         // waits until what it handed in leaves room for more.

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::engine::batch::{Emit, Fault, Stop};
 use crate::engine::blocked::{self, Phase, Watch};
-use crate::engine::queue::Close;
+use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{lock_std as lock, Arc, Instant};
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
@@ -94,6 +94,7 @@ where
                 _ => unreachable!("only thread stages that take one item per call have a guard"),
             },
             meter: Arc::clone(&shared.meter),
+            tuner: shared.tuner.clone(),
         }
     }
 
