@@ -33,6 +33,8 @@ use thread::{EachFn, JoinFn, SetupFn};
 
 #[cfg(feature = "async")]
 pub(crate) mod async_task;
+#[cfg(feature = "process")]
+pub(crate) mod init;
 pub(crate) mod policy;
 #[cfg(feature = "process")]
 pub(crate) mod process;

@@ -24,7 +24,7 @@ use crate::engine::run::RunState;
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
 use crate::stage::policy::TimedOut;
-use crate::stage::process::RemoteError;
+use crate::stage::wire::RemoteError;
 use crate::stage::Launch;
 
 /// How many messages the coordinator has published and not yet seen acknowledged, at most.
