@@ -30,8 +30,8 @@ use crate::engine::sync::Instant;
 use crate::engine::tuner::Tuner;
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
-use crate::stage::async_task::AsyncFn;
-use crate::stage::thread::{report, Stage, StageBody};
+use crate::stage::func::AsyncFn;
+use crate::stage::workers::{report, Stage, StageBody};
 
 /// How many futures each driver of a stage with `workers` keeps in flight: one driver
 /// per runtime thread, or one driver for an ordered stage, sharing `workers` out.

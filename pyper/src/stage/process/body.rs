@@ -7,7 +7,7 @@ use super::protocol::Setup;
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::stage::thread::EachFn;
+use crate::stage::func::EachFn;
 use crate::stage::wire::codec;
 use crate::stage::wire::registry::Registered;
 

@@ -5,7 +5,7 @@ use super::supervisor::{work, ProcessStage};
 use super::worker::Children;
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
-use crate::stage::Launch;
+use crate::stage::launch::Launch;
 
 /// Starts the supervisor threads of a process stage.
 pub(crate) fn launch<I, O>(body: &ProcessFn<I, O>, mut stage: Launch<'_, I, O>)

@@ -395,7 +395,7 @@ trait Place<O> {
 }
 
 fn decode_into<O>(
-    decode: &crate::stage::thread::EachFn<Vec<u8>, O>,
+    decode: &crate::stage::func::EachFn<Vec<u8>, O>,
     bytes: Vec<u8>,
     out: &mut dyn Emit<O>,
     stage: &str,

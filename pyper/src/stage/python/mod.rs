@@ -47,7 +47,7 @@ use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
 use crate::engine::sync::{Arc, Instant};
 use crate::error::Error;
-use crate::stage::Launch;
+use crate::stage::launch::Launch;
 
 mod driver;
 mod join;

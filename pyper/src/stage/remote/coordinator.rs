@@ -23,9 +23,9 @@ use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
+use crate::stage::launch::Launch;
 use crate::stage::policy::TimedOut;
 use crate::stage::wire::RemoteError;
-use crate::stage::Launch;
 
 /// How many messages the coordinator has published and not yet seen acknowledged, at most.
 const PUBLISH_WINDOW: usize = 64;

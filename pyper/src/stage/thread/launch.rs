@@ -2,12 +2,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::retry;
+use super::work::work;
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
 use crate::error::Error;
-use crate::stage::thread::retry;
-use crate::stage::thread::{work, EachFn, JoinFn, SetupFn, Stage, StageBody};
-use crate::stage::Launch;
+use crate::stage::func::{EachFn, JoinFn, SetupFn};
+use crate::stage::launch::Launch;
+use crate::stage::workers::{Stage, StageBody};
 
 /// Starts the workers of a stage that calls `each` once per item.
 pub(crate) fn launch_each<I, O>(each: &EachFn<I, O>, mut stage: Launch<'_, I, O>)

@@ -35,8 +35,9 @@ use crate::engine::blocked::{self, Phase, Watch};
 use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{lock_std as lock, Arc, Instant};
+use crate::stage::func::EachFn;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
-use crate::stage::thread::{EachFn, Stage, StageBody};
+use crate::stage::workers::{Stage, StageBody};
 
 /// What the workers of a thread stage with a fault policy share.
 pub(crate) struct Guard<I, O> {
