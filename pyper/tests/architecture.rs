@@ -225,7 +225,7 @@ fn expand(tree: &str, prefix: &str, out: &mut Vec<String>) {
     match tree.find('{') {
         None => {
             let path = tree.split_once(" as ").map_or(tree, |(path, _)| path);
-            out.push(join(&path));
+            out.push(join(path));
         }
         Some(open) => {
             let head = tree[..open].trim_end_matches("::");
@@ -552,10 +552,7 @@ fn stage_kinds_import_no_other_kind_and_not_the_dispatcher() {
                 continue;
             }
             let shared = SHARED_LEAVES.iter().any(|(shared, users)| {
-                under(target, shared)
-                    && (leaf && under(&file, shared)
-                        || kind.is_some_and(|kind| users.contains(&kind))
-                        || leaf)
+                under(target, shared) && (leaf || kind.is_some_and(|kind| users.contains(&kind)))
             });
             let target_is_kind = kind_of(target).is_some();
             if !shared || (leaf && target_is_kind) {

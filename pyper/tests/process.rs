@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{wait_until, with_timeout};
+use common::{children, wait_until, with_timeout};
 use proptest::prelude::*;
 use pyper::{
     process_task, task, try_process_task, ErrorKind, Output, RemoteError, RetriesExhausted,
@@ -46,26 +46,6 @@ impl Serial {
     fn done(self) {
         wait_until("every worker process is reaped", || children().is_empty());
     }
-}
-
-/// The pids of this process's children (processes only: `/proc` lists no threads), alive
-/// or zombie.
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            let pid: u32 = name.to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == me).then_some(pid)
-        })
-        .collect()
 }
 
 fn alive(pid: u32) -> bool {
