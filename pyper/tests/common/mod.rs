@@ -6,6 +6,9 @@
 //! one has found a deadlock or a leak, not a slow machine.
 #![allow(dead_code)]
 
+pub mod grandchild;
+pub mod pyper_helpers;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
