@@ -386,7 +386,7 @@ impl Crate {
                 }
             }
             Some(first) => {
-                // A child module of this one (`use thread::EachFn` in `stage/mod.rs`).
+                // A child module of this one (`use func::EachFn` in `stage/mod.rs`).
                 let mut child = base.clone();
                 child.push(first.to_owned());
                 if !self.modules.contains_key(&child.join("::")) {

@@ -1,20 +1,23 @@
 //! The kinds of stage, and the one seam through which each plugs into the engine.
 //!
-//! A stage kind (threads, async tasks, processes; later Python callables and remote
-//! workers) is a module of its own that knows how to start its workers. Everything else
-//! about a stage is shared and done once, here, for every kind:
+//! A stage kind (threads, async tasks, processes, Python callables, remote workers) is a
+//! module of its own that knows how to start its workers. Everything else about a stage is
+//! shared and done once, for every kind, here and in the leaves the kinds import
+//! (`launch.rs`, `func.rs`, `policy.rs`; `workers.rs` for threads and async tasks, `wire/`
+//! for processes and remote workers), which import no kind and not this file:
 //!
-//! * [`Spec`]: everything about a stage but its function (workers, throttle, ordering,
+//! * [`Spec`] (`launch.rs`): everything about a stage but its function (workers, throttle, ordering,
 //!   daemon, the fault policy), with the checks that do not depend on the kind;
 //! * [`Body`]: the user's function in the form its kind runs it. It is the one dispatch
 //!   over the kinds, in the manner of crossbeam-channel's flavors: each method below has
 //!   one arm per kind and nothing else matches on it;
-//! * [`Launch`]: what a kind is handed to start its workers: the stage's name, its input
+//! * [`Launch`] (`launch.rs`): what a kind is handed to start its workers: the stage's name, its input
 //!   and output queues (the output already registered with the run, so a cancel closes
 //!   it), its meter, and, for an ordered stage, its sequencer.
 //!
 //! Adding a kind means one module with a `launch` function and a variant in [`Body`] with
-//! its arm in each of `Body`'s methods, all in this file.
+//! its arm in each of `Body`'s methods, all in this file (ARCHITECTURE.md, "Adding a
+//! kind of stage", has the whole list).
 
 use std::borrow::Cow;
 

@@ -23,7 +23,7 @@
 //! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
 //! worker process per worker); its `close()` is called when the worker ends.
 //!
-//! What the report needs to know about Python (see `observe/report.rs`):
+//! What the report needs to know about Python (see `observe/report/mod.rs`):
 //!
 //! * each worker records the time from asking for the GIL to holding it, after each of
 //!   its own detached waits ([`detach_timed`]): threads whose peers compute wait for it
