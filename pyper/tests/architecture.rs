@@ -168,8 +168,9 @@ fn use_declarations(code: &str) -> Vec<(bool, Vec<String>)> {
     let mut out = Vec::new();
     let mut rest = code;
     while let Some(at) = find_keyword(rest, "use") {
-        let before = rest[..at].trim_end();
-        let public = before.ends_with("pub") || before.ends_with(')') && before.contains("pub(");
+        // `pub use` and `pub(crate) use` re-export; a plain `use` only imports.
+        let visibility = rest[..at].split_whitespace().next_back().unwrap_or("");
+        let public = visibility == "pub" || visibility.starts_with("pub(");
         let after = &rest[at + 3..];
         let Some(end) = after.find(';') else { break };
         let tree = normalise(&after[..end]);
@@ -625,6 +626,14 @@ fn every_allowed_cycle_is_argued_in_architecture_md() {
 fn the_checker_reads_groups_super_and_code_paths() {
     let source = "use crate::{\n    engine::{queue::{self, Receiver}, run},\n    task::Task,\n};\nuse super::sibling::Thing;\n/// crate::observe in a doc\nlet x = crate::stage::Body::Invalid(\"crate::no\");\nsuper::f();\n#[cfg(test)]\nmod tests {\n    use crate::observe;\n}\n";
     let code = code_of(source);
+    let reexport = use_declarations("pub(crate) use child::Thing;\nuse other::Else;");
+    assert_eq!(
+        reexport
+            .iter()
+            .map(|(public, _)| *public)
+            .collect::<Vec<_>>(),
+        [true, false]
+    );
     let uses: Vec<String> = use_declarations(&code)
         .into_iter()
         .flat_map(|(_, paths)| paths)
