@@ -168,13 +168,17 @@ pub use output::{Canceller, Monitor, Output};
 #[cfg(feature = "async")]
 pub use pipeline::AsyncConsumer;
 pub use pipeline::{Consumer, IntoPipeline, Pipeline};
+#[cfg(feature = "process")]
+pub use stage::init::init;
 pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 #[cfg(feature = "process")]
-pub use stage::process::{init, RemoteError, WorkerDied};
+pub use stage::process::WorkerDied;
 #[cfg(feature = "python")]
 pub use stage::python::{PyItem, PyShape};
 #[cfg(feature = "remote")]
 pub use stage::remote::{Cluster, ClusterBuilder, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+#[cfg(feature = "process")]
+pub use stage::wire::RemoteError;
 /// The `PYPER_NATS_*` environment variables that give remote workers (and, for what a
 /// [`ClusterBuilder`] leaves unset, coordinators) their credentials and TLS settings.
 #[cfg(feature = "remote")]

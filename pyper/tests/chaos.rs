@@ -34,9 +34,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use common::{jitter, mix, pyper_thread_names, with_timeout, XorShift};
+use common::{
+    children, hide_panics_starting_with, jitter, mix, panic_text, pyper_thread_names, with_timeout,
+    XorShift,
+};
 use pyper::{task, try_task, Canceller, Pipeline, Task};
-use reliability_common::{children, eventually, hide_panics_starting_with, open_fds, panic_text};
+use reliability_common::{eventually, open_fds};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "process")]

@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::{wait_until, with_timeout};
+use common::grandchild::{fork_then_abort_on_3, fork_then_abort_on_4, KillGrandchild};
+use common::pyper_helpers::{consumer, f1, f5};
+use common::{children, wait_until, with_timeout};
 use proptest::prelude::*;
 use pyper::{
-    process_task, task, try_process_task, ErrorKind, Output, RemoteError, RetriesExhausted,
-    TimedOut, WorkerDied,
+    process_task, task, try_process_task, ErrorKind, RemoteError, RetriesExhausted, TimedOut,
+    WorkerDied,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,26 +48,6 @@ impl Serial {
     fn done(self) {
         wait_until("every worker process is reaped", || children().is_empty());
     }
-}
-
-/// The pids of this process's children (processes only: `/proc` lists no threads), alive
-/// or zombie.
-fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            let pid: u32 = name.to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == me).then_some(pid)
-        })
-        .collect()
 }
 
 fn alive(pid: u32) -> bool {
@@ -219,37 +201,6 @@ impl Drop for Markers {
 
 // ---------------------------------------------------------------------------------------
 // Pyper's scenario
-
-#[derive(Debug)]
-struct TestError;
-
-impl std::fmt::Display for TestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TestError")
-    }
-}
-
-impl std::error::Error for TestError {}
-
-/// `def f1(data): return data`
-fn f1(data: u32) -> u32 {
-    data
-}
-
-/// `def f5(data): time.sleep(0.2); raise TestError`
-fn f5(_data: u32) -> Result<u32, TestError> {
-    std::thread::sleep(Duration::from_millis(20));
-    Err(TestError)
-}
-
-/// `def consumer(data): total = 0; for i in data: total += i; return total`
-fn consumer(data: Output<u32>) -> Result<u32, pyper::Error> {
-    let mut total = 0;
-    for i in data {
-        total += i?;
-    }
-    Ok(total)
-}
 
 // Ports test_sync.py::test_multiprocessed_error_handling:
 // task(f1) | task(f5, workers=2, multiprocess=True) > consumer raises TestError. The error
@@ -804,56 +755,6 @@ fn worker_output_reaches_the_parents_stdout() {
 
 // ---------------------------------------------------------------------------------------
 // A worker that dies after forking a grandchild (which holds its connection open)
-
-/// Where a worker that forks writes its grandchild's pid: named after the test process
-/// (the worker's parent) and the item.
-fn grandchild_file(test_process: u32, item: u64) -> PathBuf {
-    std::env::temp_dir().join(format!("pyper-process-grandchild-{test_process}-{item}"))
-}
-
-/// On item `trigger`, forks a grandchild that sleeps a minute (holding the worker's
-/// connection), then aborts.
-fn fork_then_abort_on(x: u64, trigger: u64) -> u64 {
-    if x == trigger {
-        // SAFETY: the forked child only sleeps and `_exit`s, both async-signal-safe.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            std::thread::sleep(Duration::from_secs(60));
-            // SAFETY: ends the forked child without running the worker's exit handlers.
-            unsafe { libc::_exit(0) }
-        }
-        let file = grandchild_file(std::os::unix::process::parent_id(), x);
-        let _ = std::fs::write(file, pid.to_string());
-        std::process::abort();
-    }
-    x
-}
-
-fn fork_then_abort_on_3(x: u64) -> u64 {
-    fork_then_abort_on(x, 3)
-}
-
-fn fork_then_abort_on_4(x: u64) -> u64 {
-    fork_then_abort_on(x, 4)
-}
-
-/// Kills the grandchild forked on item `.0`, if any, when dropped (also when the test
-/// fails).
-struct KillGrandchild(u64);
-
-impl Drop for KillGrandchild {
-    fn drop(&mut self) {
-        let file = grandchild_file(std::process::id(), self.0);
-        if let Some(pid) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<i32>().ok())
-        {
-            // SAFETY: sends a signal to the grandchild, which only sleeps.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = std::fs::remove_file(file);
-    }
-}
 
 /// Checks that `err` reports the worker of item `item` as killed by SIGABRT.
 fn assert_died_of_abort(err: &pyper::Error, item: u64) {

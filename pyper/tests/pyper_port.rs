@@ -12,28 +12,12 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
+use common::pyper_helpers::{consumer, f1, f5, TestError};
 use common::with_timeout;
-use pyper::{task, try_task, ErrorKind, Output, Pipeline, Upstream};
-
-#[derive(Debug, PartialEq, Eq)]
-struct TestError;
-
-impl std::fmt::Display for TestError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TestError")
-    }
-}
-
-impl std::error::Error for TestError {}
+use pyper::{task, try_task, ErrorKind, Pipeline, Upstream};
 
 // Pyper's helper functions, one for one.
-
-/// `def f1(data): return data`
-fn f1(data: u32) -> u32 {
-    data
-}
 
 /// `def f2(data): yield data`
 fn f2(data: u32) -> std::iter::Once<u32> {
@@ -49,22 +33,6 @@ fn f3(data: Upstream<u32>) -> Upstream<u32> {
 /// order of the bound arguments is visible.
 fn f4(a1: u32, a2: u32, a3: u32, data: u32, k1: u32, k2: u32) -> [u32; 6] {
     [a1, a2, a3, data, k1, k2]
-}
-
-/// `def f5(data): time.sleep(0.2); raise TestError`. The pause lets the consumer block on
-/// the output before the error happens, as in Pyper; nothing depends on its length.
-fn f5(_data: u32) -> Result<u32, TestError> {
-    std::thread::sleep(Duration::from_millis(20));
-    Err(TestError)
-}
-
-/// `def consumer(data): total = 0; for i in data: total += i; return total`
-fn consumer(data: Output<u32>) -> Result<u32, pyper::Error> {
-    let mut total = 0;
-    for i in data {
-        total += i?;
-    }
-    Ok(total)
 }
 
 // test_sync.py

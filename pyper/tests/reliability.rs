@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+#[cfg(feature = "process")]
+use common::grandchild::{fork_then_abort_on_3, fork_then_abort_on_4, KillGrandchild};
 use common::{with_timeout, Gate};
 use pyper::{task, try_task, Backoff, RetriesExhausted};
 use reliability_common::{child_memory_guard, child_watchdog, is_child, run_child, status_kb};
@@ -485,66 +487,6 @@ fn more_workers_than_the_system_can_start_is_an_error_not_an_abort() {
 
 // ---------------------------------------------------------------------------------------
 // 5. A worker process that dies after forking a grandchild
-
-/// Where the worker process that forks writes its grandchild's pid: named after the test
-/// process (the worker's parent) and the item.
-#[cfg(feature = "process")]
-fn grandchild_file(test_process: u32, item: u64) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
-        "pyper-reliability-grandchild-{test_process}-{item}"
-    ))
-}
-
-/// On item `trigger`, forks a grandchild that sleeps a minute (holding the worker's
-/// connection), then aborts.
-#[cfg(feature = "process")]
-fn fork_then_abort_on(x: u64, trigger: u64) -> u64 {
-    if x == trigger {
-        // SAFETY: the forked child only sleeps and `_exit`s.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            std::thread::sleep(Duration::from_secs(60));
-            // SAFETY: ends the forked child without running the parent's exit handlers.
-            unsafe { libc::_exit(0) }
-        }
-        let _ = std::fs::write(
-            grandchild_file(std::os::unix::process::parent_id(), x),
-            pid.to_string(),
-        );
-        std::process::abort();
-    }
-    x
-}
-
-#[cfg(feature = "process")]
-fn fork_then_abort_on_3(x: u64) -> u64 {
-    fork_then_abort_on(x, 3)
-}
-
-#[cfg(feature = "process")]
-fn fork_then_abort_on_4(x: u64) -> u64 {
-    fork_then_abort_on(x, 4)
-}
-
-/// Kills the grandchild of item `item`, if it was forked, when dropped (also when the test
-/// fails).
-#[cfg(feature = "process")]
-struct KillGrandchild(u64);
-
-#[cfg(feature = "process")]
-impl Drop for KillGrandchild {
-    fn drop(&mut self) {
-        let file = grandchild_file(std::process::id(), self.0);
-        if let Some(pid) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<i32>().ok())
-        {
-            // SAFETY: sends a signal; the pid is the grandchild's, which only sleeps.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = std::fs::remove_file(file);
-    }
-}
 
 /// Checks that `err` reports item `item`'s worker as killed by SIGABRT.
 #[cfg(feature = "process")]

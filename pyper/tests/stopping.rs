@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::with_timeout;
+use common::{hide_panics_starting_with, with_timeout};
 use pyper::{task, try_task};
-use reliability_common::{child_watchdog, hide_panics_starting_with, is_child, run_child};
+use reliability_common::{child_watchdog, is_child, run_child};
 
 /// The watchdog of a run that must return promptly, in seconds: far above what a correct
 /// run takes, even on a loaded machine.

@@ -12,32 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 
-use crate::engine::batch::MAX_BATCH;
-use crate::engine::queue::Receiver;
+use crate::engine::next_batch::next_batch;
 use crate::engine::upstream::Upstream;
-
-/// A wait for the next batch: the receiver, the batch, and the index of its first item
-/// (`None` once the stream is over).
-pub(crate) type NextBatch<T> = BoxFuture<'static, (Receiver<T>, Vec<T>, Option<u64>)>;
-
-/// Waits for the next batch of `receiver` without blocking a thread.
-///
-/// The future owns the receiver and hands it back, rather than owning a clone: the queue
-/// shares its items fairly among receivers, and a clone would count as a second consumer.
-pub(crate) fn next_batch<T: Send + 'static>(receiver: Receiver<T>) -> NextBatch<T> {
-    async move {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let first = receiver.pop_batch_async(&mut batch, MAX_BATCH).await;
-        if let Some(meter) = receiver.meter() {
-            meter.items_in.add(batch.len() as u64);
-        }
-        (receiver, batch, first)
-    }
-    .boxed()
-}
 
 /// The input of an async [`join`](crate::Task::join) task: a `Stream` over the items that
 /// reach this worker, in arrival order. (Requires the `async` feature.)

@@ -11,6 +11,8 @@ pub(crate) mod batch;
 pub(crate) mod blocked;
 pub(crate) mod capacity;
 pub(crate) mod meter;
+#[cfg(feature = "async")]
+pub(crate) mod next_batch;
 pub(crate) mod queue;
 #[cfg(feature = "async")]
 pub(crate) mod reorder;

@@ -29,8 +29,7 @@
 use std::collections::VecDeque;
 
 use crate::engine::meter::{Activity, WorkerMeter};
-use crate::engine::run::discard_or_resume;
-use crate::engine::shelf::Shelf;
+use crate::engine::run::{discard_or_resume, Close};
 #[cfg(feature = "async")]
 use crate::engine::sync::Instant;
 use crate::engine::sync::{
@@ -201,15 +200,18 @@ pub(crate) struct Receiver<T> {
     meter: Option<Arc<WorkerMeter>>,
 }
 
-/// Anything the run must be able to close on cancellation, whatever its item type.
-pub(crate) trait Close: Send + Sync {
-    fn close(&self);
-}
+/// What the stage's input queue needs of a worker's shelf, whatever its output type.
+pub(crate) trait Shelf<T>: Send + Sync {
+    /// Puts items just taken from the queue (or stolen) on the shelf.
+    fn deposit(&self, items: &mut Vec<(u64, T)>);
 
-impl<C: Close> Close for Arc<C> {
-    fn close(&self) {
-        (**self).close();
-    }
+    /// Takes the back half of the unstarted items, rounded up, and `max` at most, into
+    /// `into`.
+    fn steal(&self, into: &mut Vec<(u64, T)>, max: usize);
+
+    /// Hands on the outputs gathered on the shelf. Never called under the queue's lock:
+    /// it may wait for room downstream.
+    fn hand_on(&self);
 }
 
 /// What a push achieved without waiting.

@@ -38,9 +38,19 @@ use std::time::Duration;
 use crate::engine::blocked::{self, Phase, Watch};
 use crate::engine::capacity::{CouldNotStart, ThreadBudget};
 use crate::engine::meter::RunMeter;
-use crate::engine::queue::Close;
 use crate::engine::sync::{self, thread, Arc, AtomicBool, Condvar, Mutex, Ordering};
 use crate::error::Error;
+
+/// Anything the run must be able to close on cancellation, whatever its item type.
+pub(crate) trait Close: Send + Sync {
+    fn close(&self);
+}
+
+impl<C: Close> Close for Arc<C> {
+    fn close(&self) {
+        (**self).close();
+    }
+}
 
 /// The state every worker of one run shares.
 pub(crate) struct RunState {

@@ -35,8 +35,9 @@ use std::collections::BTreeMap;
 
 use crate::engine::batch::{Emit, Outlet, Stop, MAX_BATCH};
 use crate::engine::meter::{Activity, WorkerMeter};
-use crate::engine::queue::{Close, Sender};
+use crate::engine::queue::Sender;
 use crate::engine::run::discard_or_resume;
+use crate::engine::run::Close;
 use crate::engine::sync::{self, Arc, AtomicU64, Condvar, Instant, Mutex, Ordering};
 
 /// What one worker of an ordered stage may hold that its consumer has not taken (see the

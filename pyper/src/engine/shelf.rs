@@ -16,23 +16,9 @@
 use std::collections::VecDeque;
 
 use crate::engine::batch::{Emit, Pace, Stop};
-use crate::engine::queue::Sender;
+use crate::engine::queue::{Sender, Shelf};
 use crate::engine::run::RunState;
 use crate::engine::sync::{self, Instant, Mutex};
-
-/// What the stage's input queue needs of a worker's shelf, whatever its output type.
-pub(crate) trait Shelf<T>: Send + Sync {
-    /// Puts items just taken from the queue (or stolen) on the shelf.
-    fn deposit(&self, items: &mut Vec<(u64, T)>);
-
-    /// Takes the back half of the unstarted items, rounded up, and `max` at most, into
-    /// `into`.
-    fn steal(&self, into: &mut Vec<(u64, T)>, max: usize);
-
-    /// Hands on the outputs gathered on the shelf. Never called under the queue's lock:
-    /// it may wait for room downstream.
-    fn hand_on(&self);
-}
 
 /// A worker's batch in hand: the items it has not started, and the outputs it has not
 /// handed on, both reachable by its idle siblings.

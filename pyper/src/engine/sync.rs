@@ -1,7 +1,9 @@
 //! The synchronisation primitives the engine is built on.
 //!
-//! Every lock, condition variable, atomic and thread the engine uses comes from here, the
-//! way tokio routes its primitives through `src/loom/`. With the `shuttle` feature they are
+//! Every lock, condition variable, atomic and thread of the shutdown protocol (the queue,
+//! the run, the sequencer, the shelf, the launcher) comes from here, the way tokio routes
+//! its primitives through `src/loom/`. The meters, the tuner and the async-only parts stay
+//! on `std`; ARCHITECTURE.md ("What `sync.rs` covers") says why. With the `shuttle` feature they are
 //! shuttle's, so `tests/model_check.rs` can explore the interleavings of the *real* queue
 //! and shutdown code rather than of a hand-written model of it.
 

@@ -34,7 +34,7 @@ pub struct Upstream<I> {
     pub(crate) ready: std::vec::IntoIter<I>,
     /// The batch a `Stream` consumer is waiting for; it holds `input` meanwhile.
     #[cfg(feature = "async")]
-    pub(crate) waiting: Option<crate::engine::async_upstream::NextBatch<I>>,
+    pub(crate) waiting: Option<crate::engine::next_batch::NextBatch<I>>,
 }
 
 impl<I> Upstream<I> {

@@ -15,7 +15,7 @@ use futures_core::Stream;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use crate::engine::async_upstream::{next_batch, NextBatch};
+use crate::engine::next_batch::{next_batch, NextBatch};
 use crate::error::Error;
 use crate::output::Output;
 

@@ -25,9 +25,11 @@ use std::time::Duration;
 use crate::engine::batch::{Emit, Fault, Stop};
 use crate::engine::run::RunState;
 use crate::engine::sync::Arc;
-use crate::error::{panic_message, BoxError, Error};
+use crate::error::BoxError;
+use crate::stage::func::{EachFn, SetupFn};
+use crate::stage::inner::{InnerCause, InnerFailure};
 use crate::stage::policy::FaultPolicy;
-use crate::stage::thread::{self, retry, EachFn, SetupFn};
+use crate::stage::thread::{self, retry};
 use crate::stage::{Body, Launch, Spec};
 
 /// One inner task's output, before the fork puts the tuple back together.
@@ -166,7 +168,7 @@ enum Plan<I> {
     #[cfg(feature = "async")]
     Async {
         name: Arc<str>,
-        body: crate::stage::async_task::AsyncFn<I, Erased>,
+        body: crate::stage::func::AsyncFn<I, Erased>,
     },
 }
 
@@ -213,7 +215,7 @@ enum Runner<I> {
         /// The task's place in the fork.
         index: usize,
         name: Arc<str>,
-        body: crate::stage::async_task::AsyncFn<I, Erased>,
+        body: crate::stage::func::AsyncFn<I, Erased>,
         runtime: tokio::runtime::Handle,
         reply: mpsc::Sender<Reply>,
         pending: Option<tokio::task::JoinHandle<()>>,
@@ -480,67 +482,5 @@ fn one_output(
             );
             Err(InnerFailure::failed(task, why.into()))
         }
-    }
-}
-
-/// An inner task's failure, on its way to become the run's [`Error`], which names the
-/// task rather than the fork.
-#[derive(Debug)]
-pub(crate) struct InnerFailure {
-    task: Arc<str>,
-    cause: InnerCause,
-}
-
-#[derive(Debug)]
-enum InnerCause {
-    Failed(BoxError),
-    Panicked(String),
-    /// The run stopped during the call: not an error.
-    Stop,
-}
-
-impl InnerFailure {
-    fn failed(task: &Arc<str>, error: BoxError) -> Self {
-        let task = Arc::clone(task);
-        InnerFailure {
-            task,
-            cause: InnerCause::Failed(error),
-        }
-    }
-
-    fn panicked(task: &Arc<str>, payload: Box<dyn Any + Send>) -> Self {
-        let message = panic_message(payload.as_ref());
-        InnerFailure {
-            task: Arc::clone(task),
-            cause: InnerCause::Panicked(message),
-        }
-    }
-
-    fn stop(task: &Arc<str>) -> Self {
-        InnerFailure {
-            task: Arc::clone(task),
-            cause: InnerCause::Stop,
-        }
-    }
-}
-
-impl std::fmt::Display for InnerFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "task `{}` of a fork failed", self.task)
-    }
-}
-
-impl std::error::Error for InnerFailure {}
-
-/// The run's error for a worker's failure `error` on `item`: the inner task's, named after
-/// it, if it came from a task inside a fork.
-pub(crate) fn attribute(stage: &str, item: Option<u64>, error: BoxError) -> Error {
-    match error.downcast::<InnerFailure>() {
-        Ok(inner) => match inner.cause {
-            InnerCause::Failed(error) => Error::failed(&inner.task, item, error),
-            InnerCause::Panicked(message) => Error::panicked(&inner.task, item, Box::new(message)),
-            InnerCause::Stop => Error::failed(stage, item, "the run stopped".into()),
-        },
-        Err(error) => Error::failed(stage, item, error),
     }
 }

@@ -1,39 +1,43 @@
 //! The kinds of stage, and the one seam through which each plugs into the engine.
 //!
-//! A stage kind (threads, async tasks, processes; later Python callables and remote
-//! workers) is a module of its own that knows how to start its workers. Everything else
-//! about a stage is shared and done once, here, for every kind:
+//! A stage kind (threads, async tasks, processes, Python callables, remote workers) is a
+//! module of its own that knows how to start its workers. Everything else about a stage is
+//! shared and done once, for every kind, here and in the leaves the kinds import
+//! (`launch.rs`, `func.rs`, `policy.rs`; `workers.rs` for threads and async tasks, `wire/`
+//! for processes and remote workers), which import no kind and not this file:
 //!
-//! * [`Spec`]: everything about a stage but its function (workers, throttle, ordering,
+//! * [`Spec`] (`launch.rs`): everything about a stage but its function (workers, throttle, ordering,
 //!   daemon, the fault policy), with the checks that do not depend on the kind;
 //! * [`Body`]: the user's function in the form its kind runs it. It is the one dispatch
 //!   over the kinds, in the manner of crossbeam-channel's flavors: each method below has
 //!   one arm per kind and nothing else matches on it;
-//! * [`Launch`]: what a kind is handed to start its workers: the stage's name, its input
+//! * [`Launch`] (`launch.rs`): what a kind is handed to start its workers: the stage's name, its input
 //!   and output queues (the output already registered with the run, so a cancel closes
 //!   it), its meter, and, for an ordered stage, its sequencer.
 //!
 //! Adding a kind means one module with a `launch` function and a variant in [`Body`] with
-//! its arm in each of `Body`'s methods, all in this file.
+//! its arm in each of `Body`'s methods, all in this file (ARCHITECTURE.md, "Adding a
+//! kind of stage", has the whole list).
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use crate::engine::batch::{Emit, Fault, Stop};
-use crate::engine::meter::{StageKind, StageMeter};
-use crate::engine::queue::{queue, Receiver, Sender};
+use crate::engine::queue::{queue, Receiver};
 use crate::engine::run::Launcher;
-use crate::engine::sequencer::Sequencer;
 use crate::engine::sync::{Arc, Instant};
-use crate::engine::tuner::{self, Tuner};
 use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
-use policy::FaultPolicy;
-use thread::{EachFn, JoinFn, SetupFn};
+use func::{EachFn, JoinFn, SetupFn};
+pub(crate) use launch::{Launch, Spec};
 
 #[cfg(feature = "async")]
 pub(crate) mod async_task;
 pub(crate) mod fork;
+pub(crate) mod func;
+#[cfg(feature = "process")]
+pub(crate) mod init;
+pub(crate) mod inner;
+pub(crate) mod launch;
 pub(crate) mod policy;
 #[cfg(feature = "process")]
 pub(crate) mod process;
@@ -44,55 +48,7 @@ pub(crate) mod remote;
 pub(crate) mod thread;
 #[cfg(feature = "process")]
 pub(crate) mod wire;
-
-/// Everything about a stage but its function.
-#[derive(Clone, Debug)]
-pub(crate) struct Spec {
-    pub(crate) name: Option<Arc<str>>,
-    pub(crate) workers: usize,
-    /// Whether `workers` is a most, the count being tuned by the run (`auto_workers`).
-    pub(crate) auto: bool,
-    pub(crate) throttle: usize,
-    pub(crate) ordered: bool,
-    pub(crate) daemon: bool,
-    pub(crate) faults: FaultPolicy,
-}
-
-impl Spec {
-    pub(crate) fn new(name: Option<Arc<str>>) -> Self {
-        Spec {
-            name,
-            workers: 1,
-            auto: false,
-            throttle: crate::engine::queue::DEFAULT_THROTTLE,
-            ordered: false,
-            daemon: false,
-            faults: FaultPolicy::default(),
-        }
-    }
-
-    /// The stage's name: the one it was given, or its 1-based position in the pipeline.
-    pub(crate) fn stage_name(&self, position: usize) -> Arc<str> {
-        match &self.name {
-            Some(name) => Arc::clone(name),
-            None => format!("stage {position}").into(),
-        }
-    }
-
-    /// The configuration errors that do not depend on the kind of stage.
-    fn check(&self, name: &str) -> Result<(), &'static str> {
-        if self.workers == 0 {
-            return Err("workers must be at least 1");
-        }
-        if self.faults.timeout == Some(Duration::ZERO) {
-            return Err("timeout must be longer than zero");
-        }
-        if name.contains('\0') {
-            return Err("a stage name cannot contain a NUL byte");
-        }
-        Ok(())
-    }
-}
+pub(crate) mod workers;
 
 /// A task's function, in the form its kind of stage runs it.
 pub(crate) enum Body<I, O> {
@@ -104,10 +60,10 @@ pub(crate) enum Body<I, O> {
     PerWorker(SetupFn<I, O>),
     /// Async tasks, one future (or stream) per item.
     #[cfg(feature = "async")]
-    AsyncEach(async_task::AsyncFn<I, O>),
+    AsyncEach(func::AsyncFn<I, O>),
     /// Async tasks, one future per worker with its share of the stream.
     #[cfg(feature = "async")]
-    AsyncJoin(async_task::AsyncFn<Upstream<I>, O>),
+    AsyncJoin(func::AsyncFn<Upstream<I>, O>),
     /// Worker processes.
     #[cfg(feature = "process")]
     Process(process::ProcessFn<I, O>),
@@ -373,7 +329,7 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
     pub(crate) fn join_stream(self) -> Body<I, O> {
         match self {
             Body::AsyncEach(each) => {
-                let join: async_task::AsyncFn<Upstream<I>, O> = Arc::new(move |upstream| {
+                let join: func::AsyncFn<Upstream<I>, O> = Arc::new(move |upstream| {
                     each(crate::engine::async_upstream::UpstreamStream(upstream))
                 });
                 Body::AsyncJoin(join)
@@ -439,75 +395,9 @@ where
         input,
         output,
         launcher,
+        tuner: None,
     });
     next_input
-}
-
-/// What a kind of stage is handed to start its workers.
-pub(crate) struct Launch<'a, I, O> {
-    pub(crate) name: Arc<str>,
-    pub(crate) spec: &'a Spec,
-    /// `I::clone`, when retries need the item again.
-    pub(crate) clone_input: Option<fn(&I) -> I>,
-    pub(crate) input: Receiver<I>,
-    /// Already registered with the run: a cancel closes it.
-    pub(crate) output: Sender<O>,
-    pub(crate) launcher: &'a mut Launcher,
-}
-
-impl<I: Send + 'static, O: Send + 'static> Launch<'_, I, O> {
-    /// Registers the stage's meter, of `kind`, with the run.
-    pub(crate) fn meter(&mut self, kind: StageKind) -> Arc<StageMeter> {
-        let queued = Some(self.input.depth_gauge());
-        let meter = (self.launcher.state.meter).stage(&self.name, kind, self.spec.workers, queued);
-        if self.spec.auto {
-            // The stage's workers find the tuner on their meter; a cancel wakes the parked.
-            let flow = tuner::flow_gauge(&self.launcher.state, meter.position);
-            let tuner = Tuner::new(self.spec.workers, Some(flow), self.output.capacity());
-            self.launcher.state.register(Box::new(Arc::clone(&tuner)));
-            meter.tune(tuner);
-        }
-        meter
-    }
-
-    /// What the workers of a thread or async stage share: its name, run, `body` and a
-    /// meter of `kind`.
-    pub(crate) fn shared(
-        &mut self,
-        body: thread::StageBody<I, O>,
-        kind: StageKind,
-    ) -> Arc<thread::Stage<I, O>> {
-        Arc::new(thread::Stage {
-            name: Arc::clone(&self.name),
-            run: Arc::clone(&self.launcher.state),
-            body,
-            meter: self.meter(kind),
-        })
-    }
-
-    /// Starts worker `number` (from 1) of the stage on a thread of its own.
-    pub(crate) fn spawn_thread(&mut self, number: usize, work: impl FnOnce() + Send + 'static) {
-        let (workers, daemon) = (self.spec.workers, self.spec.daemon);
-        (self.launcher).spawn(&self.name, (number, workers), daemon, work);
-    }
-
-    /// Whether outputs must leave in input order through several workers.
-    pub(crate) fn is_ordered(&self) -> bool {
-        self.spec.ordered && self.spec.workers > 1
-    }
-
-    /// The sequencer of an ordered stage with several workers, registered with the run
-    /// so that a cancel wakes its waiters; `None` for any other stage.
-    pub(crate) fn sequencer(&mut self) -> Option<Arc<Sequencer<O>>> {
-        if !self.is_ordered() {
-            return None;
-        }
-        let sequencer = Arc::new(Sequencer::new(self.spec.workers));
-        self.launcher
-            .state
-            .register(Box::new(Arc::clone(&sequencer)));
-        Some(sequencer)
-    }
 }
 
 /// Turns each output of a thread body into zero or more outputs of another type.

@@ -10,8 +10,8 @@ use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 use crate::error::{BoxError, Error};
 use crate::pipeline::{IntoPipeline, Stages};
+use crate::stage::func::EachFn;
 use crate::stage::policy::Backoff;
-use crate::stage::thread::EachFn;
 pub(crate) use crate::stage::Body;
 
 #[cfg(feature = "async")]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::{lock_std, Arc};
 use crate::error::BoxError;
-use crate::stage::thread::{EachFn, SetupFn};
+use crate::stage::func::{EachFn, SetupFn};
 use crate::stage::Body;
 use crate::task::Task;
 

@@ -8,6 +8,9 @@
 mod base;
 
 pub use base::{wait_until, HANG};
+// For `fault_common`, which the async fault tests share with the thread ones.
+#[allow(unused_imports)]
+pub use base::hide_panics_starting_with;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

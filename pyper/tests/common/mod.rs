@@ -1,9 +1,13 @@
 //! Helpers shared by the integration tests: hang detection, counting the engine's threads,
-//! serialising the tests that count them, and a tiny seeded RNG.
+//! serialising the tests that count them, a tiny seeded RNG, this process's children, and
+//! the panic hook that hides deliberate panics.
 //!
 //! Nothing here measures speed. Every bound is a generous hang detector: a test that hits
 //! one has found a deadlock or a leak, not a slow machine.
 #![allow(dead_code)]
+
+pub mod grandchild;
+pub mod pyper_helpers;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -241,4 +245,57 @@ pub fn jitter(item: u64, salt: u64, max_micros: u64) {
     if micros > 0 {
         std::thread::sleep(Duration::from_micros(micros));
     }
+}
+
+/// The pids of this process's children (processes only: `/proc` lists no threads), alive
+/// or zombie.
+pub fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            let pid: u32 = name.to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == me).then_some(pid)
+        })
+        .collect()
+}
+
+/// Hides the panic messages (and backtraces) of deliberate panics, whose message starts
+/// with `prefix`; every other panic is reported as usual. Installed once per process.
+pub fn hide_panics_starting_with(prefix: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !message.starts_with(prefix) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// The message of a panic's payload: its `&str` or `String`, else a placeholder.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+        })
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

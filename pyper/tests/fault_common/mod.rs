@@ -11,7 +11,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -45,23 +45,10 @@ impl fmt::Display for TestError {
 
 impl std::error::Error for TestError {}
 
-/// Keeps the deliberate panics of these tests out of the test output.
+/// Keeps the deliberate panics of these tests (whose messages start with "injected") out
+/// of the test output.
 pub fn quiet_panics() {
-    static QUIET: Once = Once::new();
-    QUIET.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with("injected") {
-                default(info);
-            }
-        }));
-    });
+    crate::common::hide_panics_starting_with("injected");
 }
 
 /// Counts the calls per item.

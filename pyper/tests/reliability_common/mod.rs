@@ -170,26 +170,6 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count().saturating_sub(1))
 }
 
-/// The pids of this process's children (processes only: `/proc` lists no threads), alive
-/// or zombie.
-pub fn children() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            let pid: u32 = name.to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`: the name may hold spaces and parentheses.
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == me).then_some(pid)
-        })
-        .collect()
-}
-
 /// Polls `condition` every few milliseconds until it holds or `bound` passed; returns
 /// whether it held. For waits whose failure the caller reports with its own message.
 pub fn eventually(bound: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -203,37 +183,4 @@ pub fn eventually(bound: Duration, mut condition: impl FnMut() -> bool) -> bool 
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// Hides the panic messages (and backtraces) of deliberate panics, whose message starts
-/// with `prefix`; every other panic is reported as usual. Installed once per process.
-pub fn hide_panics_starting_with(prefix: &'static str) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !message.starts_with(prefix) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// The message of a panic's payload: its `&str` or `String`, else a placeholder.
-pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| {
-            payload
-                .downcast_ref::<&str>()
-                .map(|text| (*text).to_owned())
-        })
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::meter::{process_cpu_time, thread_usage, Activity, WorkerMeter};
-use crate::engine::queue::Close;
-use crate::engine::run::RunState;
+use crate::engine::meter::{
+    process_cpu_time, thread_usage, Activity, Choice, TunerGauge, WorkerMeter,
+};
+use crate::engine::run::{Close, RunState};
 use crate::engine::sync::lock_std;
 use climb::{Climb, Window, OUTPACED};
 
@@ -152,16 +153,14 @@ struct State {
     began: Instant,
 }
 
-/// What the tuner chose, for the end-of-run report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Choice {
-    /// The active count at the end.
-    pub(crate) workers: usize,
-    pub(crate) max: usize,
-    pub(crate) peak: usize,
-    /// The active count on average over the stage's life, rounded (at least 1).
-    pub(crate) mean: usize,
-    pub(crate) why: &'static str,
+impl TunerGauge for Tuner {
+    fn active(&self) -> usize {
+        Tuner::active(self)
+    }
+
+    fn choice(&self) -> Choice {
+        Tuner::choice(self)
+    }
 }
 
 impl Tuner {

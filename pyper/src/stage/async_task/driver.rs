@@ -21,7 +21,8 @@ use futures_util::stream::{self, BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::engine::batch::{Fault, Halt, Outlet, Stop};
-use crate::engine::meter::{Activity, PollTimed, WorkerMeter};
+use crate::engine::meter::poll::PollTimed;
+use crate::engine::meter::{Activity, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
 use crate::engine::reorder::{Gate, Reorder};
 use crate::engine::sync::Arc;
@@ -29,8 +30,8 @@ use crate::engine::sync::Instant;
 use crate::engine::tuner::Tuner;
 use crate::engine::upstream::Upstream;
 use crate::error::Error;
-use crate::stage::async_task::AsyncFn;
-use crate::stage::thread::{report, Stage, StageBody};
+use crate::stage::func::AsyncFn;
+use crate::stage::workers::{report, Stage, StageBody};
 
 /// How many futures each driver of a stage with `workers` keeps in flight: one driver
 /// per runtime thread, or one driver for an ordered stage, sharing `workers` out.
@@ -78,7 +79,7 @@ pub(crate) async fn drive<I, O>(
                 in_order: ordered.then(Reorder::new),
                 ready: Vec::new(),
                 meter: meter.clone(),
-                tuner: stage.meter.tuner().cloned(),
+                tuner: stage.tuner.clone(),
             };
             PollTimed::new(driver.run(&input), meter.clone()).await
         }

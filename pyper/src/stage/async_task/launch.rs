@@ -4,9 +4,10 @@
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
-use crate::stage::async_task::{driver, retry, AsyncFn};
-use crate::stage::thread::StageBody;
-use crate::stage::Launch;
+use crate::stage::async_task::{driver, retry};
+use crate::stage::func::AsyncFn;
+use crate::stage::launch::Launch;
+use crate::stage::workers::StageBody;
 
 /// Starts the drivers of a stage that makes one future per item.
 pub(crate) fn launch_each<I, O>(each: &AsyncFn<I, O>, mut stage: Launch<'_, I, O>)

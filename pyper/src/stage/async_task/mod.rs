@@ -13,10 +13,7 @@ use futures_util::FutureExt;
 
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
-
-/// An async task's body: the outputs of one input, as a stream.
-pub(crate) type AsyncFn<I, O> =
-    Arc<dyn Fn(I) -> BoxStream<'static, Result<O, BoxError>> + Send + Sync + 'static>;
+use crate::stage::func::AsyncFn;
 
 /// Turns one output of an async body into a stream of outputs of another type.
 pub(crate) type StreamAdapter<O, P> = fn(O) -> BoxStream<'static, Result<P, BoxError>>;

@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::stage::async_task::AsyncFn;
+use crate::stage::func::AsyncFn;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
 
 /// `body` under `policy`; `body` itself when the policy changes nothing.

@@ -1,4 +1,5 @@
-//! The worker side: `init`, and the loop that serves one parent.
+//! The worker side: what `init` does in a process worker, and the loop that serves one
+//! parent.
 
 use std::io::{self, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -10,32 +11,9 @@ use crate::stage::wire::registry::{self, Registered};
 /// Set once `init` has taken over this process as a worker.
 static SERVING: AtomicBool = AtomicBool::new(false);
 
-/// Makes this process serve as a process-task worker if it was started as one; returns at
-/// once otherwise. Call it as the first line of `main` in any program that runs
-/// [`process_task!`](crate::process_task!)s.
-///
-/// A process stage starts its workers by running the program's own executable again, with
-/// a marker in the environment. In such a worker, `init` connects to the parent, runs the
-/// task's function on the items it is sent, and ends the process when the parent is done
-/// with it (or gone): it never returns. Whatever `main` does before `init` is done by every
-/// worker too, so nothing should come before it.
-///
-/// Integration tests have no `main` of their own: put
-/// [`process_test_support!()`](crate::process_test_support) at the root of the test crate
-/// instead. Without either, a process stage fails with an [`Error`](crate::Error) that
-/// names the missing line; it never hangs and never starts workers of workers.
-///
-/// ```
-/// fn main() {
-///     pyper::init();
-///     // The program itself starts here.
-/// }
-/// ```
-// The example is about `main` itself.
-#[allow(clippy::needless_doctest_main)]
-pub fn init() {
-    #[cfg(feature = "remote")]
-    crate::stage::remote::serve_if_worker();
+/// Makes this process serve as a process-task worker if it was started as one (see
+/// [`init`](crate::init)); returns at once otherwise.
+pub(crate) fn serve_if_worker() {
     let Some(address) = std::env::var_os(protocol::ADDRESS_ENV) else {
         return;
     };
@@ -114,7 +92,7 @@ impl Quit {
 }
 
 fn serve_parent(address: &std::ffi::OsStr) -> Result<(), Quit> {
-    let stream = super::connect(address).map_err(|error| Quit::io("connect to", error))?;
+    let stream = super::socket::connect(address).map_err(|error| Quit::io("connect to", error))?;
     let output = stream.try_clone().map_err(|error| error.to_string())?;
     let mut serve = Serve {
         input: BufReader::new(stream),

@@ -1,9 +1,11 @@
 //! How a process stage starts: one thread per worker, each supervising a worker process.
 
+use super::body::ProcessFn;
+use super::supervisor::{work, ProcessStage};
+use super::worker::Children;
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
-use crate::stage::process::{work, Children, ProcessFn, ProcessStage};
-use crate::stage::Launch;
+use crate::stage::launch::Launch;
 
 /// Starts the supervisor threads of a process stage.
 pub(crate) fn launch<I, O>(body: &ProcessFn<I, O>, mut stage: Launch<'_, I, O>)

@@ -7,8 +7,9 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+use super::body::ProcessFn;
+use super::died::WorkerDied;
 use super::worker::{Children, Gone, Worker};
-use super::{ProcessFn, RemoteError, WorkerDied};
 use crate::engine::batch::{Collect, Emit, Fault, Halt, Outlet, MAX_BATCH};
 use crate::engine::meter::{ProcessTimes, Recorder, StageMeter};
 use crate::engine::queue::{Receiver, Sender};
@@ -17,7 +18,7 @@ use crate::engine::sequencer::{InOrder, Sequencer};
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
-use crate::stage::wire::Reply;
+use crate::stage::wire::{RemoteError, Reply};
 
 /// How many times in a row a worker may die between items before the stage gives up:
 /// such deaths have no item to blame, so they are not retried as an item's would be.
@@ -255,7 +256,12 @@ impl<I, O> Supervisor<'_, I, O> {
             }
             let worker = match &mut self.worker {
                 Some(worker) => worker,
-                None => self.worker.insert(Worker::spawn(stage)?),
+                None => self.worker.insert(Worker::spawn(
+                    &stage.name,
+                    &stage.run,
+                    &stage.children,
+                    &stage.body.setup,
+                )?),
             };
             let items = todo.iter().map(|attempt| &attempt.bytes[..]);
             let sent = match worker.send(items, &stage.run) {
@@ -389,7 +395,7 @@ trait Place<O> {
 }
 
 fn decode_into<O>(
-    decode: &crate::stage::thread::EachFn<Vec<u8>, O>,
+    decode: &crate::stage::func::EachFn<Vec<u8>, O>,
     bytes: Vec<u8>,
     out: &mut dyn Emit<O>,
     stage: &str,

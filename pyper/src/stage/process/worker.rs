@@ -17,11 +17,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::protocol::{self, FrameReader, ADDRESS_ENV};
-use super::supervisor::ProcessStage;
-use super::WORKER_ARGS;
 use crate::engine::batch::Halt;
 use crate::engine::meter::ProcessTimes;
-use crate::engine::queue::Close;
+use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{self, Arc};
 use crate::error::Error;
@@ -110,19 +108,35 @@ pub(super) struct Worker {
     pub(super) last_times: std::cell::Cell<ProcessTimes>,
 }
 
+/// The arguments every worker process is started with. A program that calls [`init`](crate::init) at
+/// the top of `main` never sees them; a libtest binary runs only the test
+/// [`process_test_support!`](crate::process_test_support!) defines.
+const WORKER_ARGS: [&str; 5] = [
+    "__pyper_process_worker",
+    "--exact",
+    "--nocapture",
+    "--test-threads=1",
+    "-q",
+];
+
 static NEXT_WORKER: AtomicU64 = AtomicU64::new(0);
 
 impl Worker {
-    /// Starts a worker process for `stage` and waits until it is ready to serve.
-    pub(super) fn spawn<I, O>(stage: &ProcessStage<I, O>) -> Result<Worker, Halt> {
-        let setup_error = |why: String| Halt::Failed(Error::config(Some(&stage.name), why));
-        let io_error =
-            |error: io::Error| Halt::Failed(Error::failed(&stage.name, None, error.into()));
+    /// Starts a worker process for the stage `name` of `run`, one of its `children`, and
+    /// waits until it is ready to serve the function `setup` names.
+    pub(super) fn spawn(
+        name: &str,
+        run: &RunState,
+        children: &Arc<Children>,
+        setup: &protocol::Setup,
+    ) -> Result<Worker, Halt> {
+        let setup_error = |why: String| Halt::Failed(Error::config(Some(name), why));
+        let io_error = |error: io::Error| Halt::Failed(Error::failed(name, None, error.into()));
         let id = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
         // Unpredictable, so that no other process can bind the address first; not a secret:
         // who connects is checked by the socket's peer credentials, not by what it knows.
         let (listener, address) =
-            super::listen(&format!("{id}-{:016x}", unpredictable(id))).map_err(io_error)?;
+            super::socket::listen(&format!("{id}-{:016x}", unpredictable(id))).map_err(io_error)?;
         let mut command = Command::new(executable());
         if let Some(name) = std::env::args_os().next() {
             // Shown by `ps` (whose short name for the worker is `exe`, from the path).
@@ -136,7 +150,7 @@ impl Worker {
         let child = match spawned {
             Ok(child) => child,
             Err(error) => {
-                super::unlisten(&address);
+                super::socket::unlisten(&address);
                 return Err(io_error(error));
             }
         };
@@ -147,7 +161,7 @@ impl Worker {
             input: BufReader::new(UnixStream::pair().map_err(io_error)?.0),
             output: UnixStream::pair().map_err(io_error)?.0,
             id,
-            children: Arc::clone(&stage.children),
+            children: Arc::clone(children),
             reader: FrameReader::default(),
             scratch: Vec::new(),
             batch: Vec::new(),
@@ -156,8 +170,8 @@ impl Worker {
             reaped: false,
             last_times: std::cell::Cell::new(ProcessTimes::default()),
         };
-        let accepted = worker.accept(&listener, &stage.run);
-        super::unlisten(&address);
+        let accepted = worker.accept(&listener, run);
+        super::socket::unlisten(&address);
         let stream = match accepted {
             Ok(stream) => stream,
             Err(Gone::Cancelled) => return Err(Halt::Stop),
@@ -181,7 +195,7 @@ impl Worker {
         // From here on, a cancel wakes this thread if it waits for the worker.
         let registered = stream
             .try_clone()
-            .map(|stream| stage.children.add(id, stream))
+            .map(|stream| children.add(id, stream))
             .map_err(io_error)?;
         worker.input = BufReader::new(stream);
         if !registered {
@@ -193,7 +207,7 @@ impl Worker {
             if worker.reader.read(&mut worker.input)? != Some(protocol::HELLO) {
                 return Ok(Err("the worker process broke off the handshake".into()));
             }
-            let setup = postcard::to_stdvec(&*stage.body.setup)
+            let setup = postcard::to_stdvec(setup)
                 .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
             let (output, scratch) = (&mut worker.output, &mut worker.scratch);
             protocol::write_frame(output, scratch, protocol::SETUP, &[&setup])?;
@@ -214,7 +228,7 @@ impl Worker {
         match handshake {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(setup_error(why)),
-            Err(error) if stage.run.is_cancelled() => {
+            Err(error) if run.is_cancelled() => {
                 drop(error);
                 return Err(Halt::Stop);
             }

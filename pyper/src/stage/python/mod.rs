@@ -23,7 +23,7 @@
 //! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
 //! worker process per worker); its `close()` is called when the worker ends.
 //!
-//! What the report needs to know about Python (see `observe/report.rs`):
+//! What the report needs to know about Python (see `observe/report/mod.rs`):
 //!
 //! * each worker records the time from asking for the GIL to holding it, after each of
 //!   its own detached waits ([`detach_timed`]): threads whose peers compute wait for it
@@ -47,7 +47,7 @@ use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
 use crate::engine::sync::{Arc, Instant};
 use crate::error::Error;
-use crate::stage::Launch;
+use crate::stage::launch::Launch;
 
 mod driver;
 mod join;
@@ -227,10 +227,7 @@ impl Worker {
                 let result = match (shape.driver, shape.join, shape.per_worker) {
                     (true, _, _) => turn.drive(&input),
                     (false, true, _) => turn.join(input),
-                    (false, false, false) => match self.reorder.clone() {
-                        Some(reorder) => turn.each_ordered(&input, &reorder),
-                        None => turn.each(&input),
-                    },
+                    (false, false, false) => turn.each(&input, self.reorder.clone().as_deref()),
                     (false, false, true) => turn.per_worker(&input),
                 };
                 result.and_then(|()| turn.flush())
@@ -269,11 +266,13 @@ struct Turn<'a, 'py> {
 }
 
 impl<'py> Turn<'_, 'py> {
-    /// One call per item.
-    fn each(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
+    /// One call per item. In an ordered stage (`reorder`), a batch's outputs are
+    /// collected, then handed in to leave in input order (see `reorder.rs`); otherwise they
+    /// are handed on as they come.
+    fn each(&mut self, input: &Receiver<PyItem>, reorder: Option<&Reorder>) -> Result<(), Fault> {
         let function = self.worker.callable.function.bind(self.py).clone();
         let shape = self.worker.callable.shape;
-        let mut batch = Vec::new();
+        let (mut batch, mut collected) = (Vec::new(), Vec::new());
         let mut limit = BatchLimit::new();
         while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
             let started = self.begin_batch();
@@ -285,6 +284,17 @@ impl<'py> Turn<'_, 'py> {
                 *self.current = Some(index);
                 let called = Instant::now();
                 let result = self.call(&function, item, shape)?;
+                if reorder.is_some() {
+                    match shape.branch {
+                        true => {
+                            for element in result.try_iter().map_err(failed)? {
+                                collected.push(element.map_err(failed)?.unbind());
+                            }
+                        }
+                        false => collected.push(result.unbind()),
+                    }
+                    continue;
+                }
                 match shape.branch {
                     true => self.emit_all(result)?,
                     false => self.output.add(result.unbind())?,
@@ -298,39 +308,11 @@ impl<'py> Turn<'_, 'py> {
                 self.pause_if_due()?;
             }
             self.end_batch(started, &mut limit, count);
-        }
-        Ok(())
-    }
-
-    /// [`each`](Turn::each) for an ordered stage: a batch's outputs are collected, then
-    /// handed in to leave in input order (see `reorder.rs`).
-    fn each_ordered(&mut self, input: &Receiver<PyItem>, reorder: &Reorder) -> Result<(), Fault> {
-        let function = self.worker.callable.function.bind(self.py).clone();
-        let shape = self.worker.callable.shape;
-        let (mut batch, mut collected) = (Vec::new(), Vec::new());
-        let mut limit = BatchLimit::new();
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
-            let started = self.begin_batch();
-            let count = batch.len();
-            for (index, item) in (first..).zip(batch.drain(..)) {
-                if self.worker.run.is_cancelled() {
-                    return Err(Fault::Stop);
-                }
-                *self.current = Some(index);
-                let result = self.call(&function, item, shape)?;
-                match shape.branch {
-                    true => {
-                        for element in result.try_iter().map_err(failed)? {
-                            collected.push(element.map_err(failed)?.unbind());
-                        }
-                    }
-                    false => collected.push(result.unbind()),
-                }
+            if let Some(reorder) = reorder {
+                let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
+                let end = first + count as u64;
+                self.detached(|| reorder.hand_in((first, end), outputs, output))?;
             }
-            self.end_batch(started, &mut limit, count);
-            let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
-            let end = first + count as u64;
-            self.detached(|| reorder.hand_in((first, end), outputs, output))?;
         }
         Ok(())
     }

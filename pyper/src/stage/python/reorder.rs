@@ -13,10 +13,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::PyItem;
 use crate::engine::batch::{Stop, MAX_BATCH};
-use crate::engine::queue::{Close, Sender};
+use crate::engine::queue::Sender;
+use crate::engine::run::Close;
 use crate::engine::sync::{self, Condvar, Mutex};
+use pyo3::{Py, PyAny};
 
 /// The most outputs that may wait to be released before workers wait for room.
 const BOUND: usize = 4 * MAX_BATCH;
@@ -33,7 +34,7 @@ struct State {
     /// The first position not yet released.
     next: u64,
     /// Runs handed in, by first position: their end and outputs.
-    waiting: BTreeMap<u64, (u64, Vec<PyItem>)>,
+    waiting: BTreeMap<u64, (u64, Vec<Py<PyAny>>)>,
     /// How many outputs wait in `waiting`.
     held: usize,
     stopped: bool,
@@ -46,8 +47,8 @@ impl Reorder {
     pub(crate) fn hand_in(
         &self,
         (first, end): (u64, u64),
-        outputs: Vec<PyItem>,
-        output: &Sender<PyItem>,
+        outputs: Vec<Py<PyAny>>,
+        output: &Sender<Py<PyAny>>,
     ) -> Result<(), Stop> {
         let mut state = sync::lock(&self.state);
         if state.stopped {

@@ -19,13 +19,14 @@ use super::lease::{self, Sweeper};
 use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
 use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
-use crate::engine::queue::{Close, Receiver, Sender};
+use crate::engine::queue::{Receiver, Sender};
+use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::Arc;
 use crate::error::{BoxError, Error};
+use crate::stage::launch::Launch;
 use crate::stage::policy::TimedOut;
-use crate::stage::process::RemoteError;
-use crate::stage::Launch;
+use crate::stage::wire::RemoteError;
 
 /// How many messages the coordinator has published and not yet seen acknowledged, at most.
 const PUBLISH_WINDOW: usize = 64;

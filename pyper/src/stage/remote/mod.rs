@@ -59,7 +59,7 @@ pub(crate) use worker::serve_if_worker;
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
-use crate::stage::thread::EachFn;
+use crate::stage::func::EachFn;
 use crate::stage::wire::codec;
 use crate::stage::wire::registry::{FunctionRef, Registered};
 

@@ -25,8 +25,8 @@ use super::security::Security;
 use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
 use crate::error::BoxError;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
-use crate::stage::process::RemoteError;
 use crate::stage::wire::registry::{self, Registered};
+use crate::stage::wire::RemoteError;
 use crate::stage::wire::{panic_message, Reply};
 
 /// The NATS URL this process was started to serve, if it was started as a worker:

@@ -2,12 +2,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::retry;
+use super::work::work;
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
 use crate::error::Error;
-use crate::stage::thread::retry;
-use crate::stage::thread::{work, EachFn, JoinFn, SetupFn, Stage, StageBody};
-use crate::stage::Launch;
+use crate::stage::func::{EachFn, JoinFn, SetupFn};
+use crate::stage::launch::Launch;
+use crate::stage::workers::{Stage, StageBody};
 
 /// Starts the workers of a stage that calls `each` once per item.
 pub(crate) fn launch_each<I, O>(each: &EachFn<I, O>, mut stage: Launch<'_, I, O>)
@@ -56,9 +58,11 @@ where
 {
     let sequencer = stage.sequencer();
     let meter = stage.meter(StageKind::Threads);
+    let tuner = stage.tuner.clone();
     let (faults, clone_input) = (stage.spec.faults, stage.clone_input);
     for number in 1..=stage.spec.workers {
         let (setup, sequencer, meter) = (Arc::clone(setup), sequencer.clone(), Arc::clone(&meter));
+        let tuner = tuner.clone();
         let (name, run) = (Arc::clone(&stage.name), Arc::clone(&stage.launcher.state));
         let (input, output) = (stage.input.clone(), stage.output.clone());
         let start = move || {
@@ -77,6 +81,7 @@ where
                 run,
                 body,
                 meter,
+                tuner,
             };
             let worker = match faults.is_active() {
                 true => {

@@ -32,11 +32,12 @@ use std::time::Duration;
 
 use crate::engine::batch::{Emit, Fault, Stop};
 use crate::engine::blocked::{self, Phase, Watch};
-use crate::engine::queue::Close;
+use crate::engine::run::Close;
 use crate::engine::run::RunState;
 use crate::engine::sync::{lock_std as lock, Arc, Instant};
+use crate::stage::func::EachFn;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, Verdict};
-use crate::stage::thread::{EachFn, Stage, StageBody};
+use crate::stage::workers::{Stage, StageBody};
 
 /// What the workers of a thread stage with a fault policy share.
 pub(crate) struct Guard<I, O> {
@@ -94,6 +95,7 @@ where
                 _ => unreachable!("only thread stages that take one item per call have a guard"),
             },
             meter: Arc::clone(&shared.meter),
+            tuner: shared.tuner.clone(),
         }
     }
 

@@ -7,7 +7,10 @@
 //! checked against the function's name, and a worker calls only what it finds there.
 
 pub(crate) mod codec;
+mod error;
 pub(crate) mod registry;
+
+pub use error::RemoteError;
 
 use std::any::Any;
 use std::io::Write;

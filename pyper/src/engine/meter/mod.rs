@@ -21,17 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::sync::{lock_std as lock, Instant};
-use crate::engine::tuner::Tuner;
 pub(crate) use sched::{process_cpu_time, thread_cpu_time, thread_usage};
 use sched::{this_thread_id, Sched};
 
 #[cfg(feature = "async")]
-mod poll;
+pub(crate) mod poll;
 mod sched;
 mod times;
 
-#[cfg(feature = "async")]
-pub(crate) use poll::PollTimed;
 pub(crate) use sched::ProcessTimes;
 
 /// How often, at most, a worker reads its CPU clock (a system call, unlike the wall clock).
@@ -41,6 +38,27 @@ const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(1);
 /// that waits the async way returns from a poll in microseconds.
 #[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) const STALL: Duration = Duration::from_millis(1);
+
+/// What a stage's meter reads of its tuner (`engine::tuner::Tuner`, which implements it),
+/// so that the meter, which the tuner reads, does not depend on the tuner.
+pub(crate) trait TunerGauge: Send + Sync {
+    /// How many workers are active now.
+    fn active(&self) -> usize;
+    /// What the tuner chose, for the end-of-run report.
+    fn choice(&self) -> Choice;
+}
+
+/// What the tuner chose, for the end-of-run report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Choice {
+    /// The active count at the end.
+    pub(crate) workers: usize,
+    pub(crate) max: usize,
+    pub(crate) peak: usize,
+    /// The active count on average over the stage's life, rounded (at least 1).
+    pub(crate) mean: usize,
+    pub(crate) why: &'static str,
+}
 
 /// A worker's spans beyond this many are not recorded, so a trace file of a long run of
 /// tiny batches cannot grow without bound.
@@ -302,7 +320,7 @@ pub(crate) struct StageMeter {
     pub(crate) meters: Mutex<Vec<Arc<WorkerMeter>>>,
     /// For a stage whose worker count the run tunes (`auto_workers`): its tuner, which its
     /// workers find here and the report reads.
-    tuner: std::sync::OnceLock<Arc<Tuner>>,
+    tuner: std::sync::OnceLock<Arc<dyn TunerGauge>>,
     recording: bool,
     spans: Option<Arc<dyn SpanSink>>,
     run_started: Instant,
@@ -378,12 +396,12 @@ impl StageMeter {
     }
 
     /// Makes `tuner` the stage's.
-    pub(crate) fn tune(&self, tuner: Arc<Tuner>) {
+    pub(crate) fn tune(&self, tuner: Arc<dyn TunerGauge>) {
         let _ = self.tuner.set(tuner);
     }
 
     /// The stage's tuner, if its worker count is tuned.
-    pub(crate) fn tuner(&self) -> Option<&Arc<Tuner>> {
+    pub(crate) fn tuner(&self) -> Option<&Arc<dyn TunerGauge>> {
         self.tuner.get()
     }
 
