@@ -60,18 +60,6 @@ const ALLOWED_CYCLES: &[(&[&str], &str)] = &[
         "one public type's faces: an `Output` becomes an `OutputStream` and back, and its `Monitor` reads the run an `Output` holds",
     ),
     (
-        &[
-            "stage/remote/cluster.rs",
-            "stage/remote/coordinator.rs",
-            "stage/remote/envelope.rs",
-            "stage/remote/lease.rs",
-            "stage/remote/mod.rs",
-            "stage/remote/security.rs",
-            "stage/remote/worker.rs",
-        ],
-        "the run's setup and envelopes, and the NATS helpers (publish, fetch, dead letters), are shared by the coordinator, the worker and the lease's sweeper; to untie by moving the helpers into one file",
-    ),
-    (
         &["stage/fork.rs", "stage/mod.rs"],
         "a fork is made of tasks: its body holds its tasks' `Body`s, and the dispatcher's `Body` holds the fork's",
     ),

@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use super::security::{ClusterBuilder, Security};
+use std::path::PathBuf;
+
+use super::nats::{
+    block_on, connect, dead_letter_stream, redacted, run_stream_names, DEAD_LETTER_STREAM,
+};
+use super::security::Security;
 use crate::engine::sync::Arc;
 use crate::error::Error;
 
@@ -22,16 +27,6 @@ use crate::error::Error;
 ///     .unwrap();
 /// ```
 pub const WORKER_ENV: &str = "PYPER_WORKER";
-
-/// The stream that keeps the items that failed for good: an item whose function failed
-/// after its retries, or whose workers kept dying on it. Subjects `pyper.dead.<run id>`;
-/// each message is the item's envelope, with the headers `Pyper-Stage`, `Pyper-Item` and
-/// `Pyper-Reason`. It is shared by all runs and kept for a week.
-///
-/// ```
-/// assert_eq!(pyper::DEAD_LETTER_STREAM, "PYPER_DEAD_LETTERS");
-/// ```
-pub const DEAD_LETTER_STREAM: &str = "PYPER_DEAD_LETTERS";
 
 /// How long an item may go unacknowledged before the server delivers it again, unless
 /// the cluster says otherwise: long enough for a busy worker's progress acks, short
@@ -130,17 +125,15 @@ impl Cluster {
             // Inside the runtime: the context starts a task of its own.
             let jetstream = jetstream::new(client.clone());
             // Making the dead-letter stream checks that the server has JetStream.
-            super::coordinator::dead_letter_stream(&jetstream)
-                .await
-                .map_err(|error| {
-                    Error::config(
-                        None,
-                        format!(
-                            "the NATS server has no JetStream (start it with `nats-server -js`): \
+            dead_letter_stream(&jetstream).await.map_err(|error| {
+                Error::config(
+                    None,
+                    format!(
+                        "the NATS server has no JetStream (start it with `nats-server -js`): \
                          {error}"
-                        ),
-                    )
-                })?;
+                    ),
+                )
+            })?;
             Ok::<_, Error>((client, jetstream))
         })?;
         Ok(Cluster {
@@ -289,7 +282,7 @@ impl Cluster {
             .map_err(|error| Error::config(None, error.to_string()))?;
         let jetstream = self.inner.jetstream.clone();
         block_on(&runtime, async move {
-            let names = super::worker::run_stream_names(&jetstream, "")
+            let names = run_stream_names(&jetstream, "")
                 .await
                 .map_err(|error| Error::config(None, format!("cannot list streams: {error}")))?;
             Ok(names)
@@ -304,75 +297,6 @@ impl fmt::Debug for Cluster {
             .field("ack_wait", &self.inner.ack_wait)
             .field("max_deliver", &self.inner.max_deliver)
             .finish()
-    }
-}
-
-/// Connects to `url`, failing clearly if the server cannot be reached, or, with
-/// `patient`, waiting until it can be (a worker started before its server).
-pub(super) async fn connect(
-    url: String,
-    patient: bool,
-    security: &Security,
-) -> Result<async_nats::Client, Error> {
-    let options = security.options().await?;
-    let options = match patient {
-        true => options.retry_on_initial_connect(),
-        false => options,
-    };
-    options.connect(url.as_str()).await.map_err(|error| {
-        let url = redacted(&url);
-        Error::config(None, format!("cannot connect to NATS at {url}: {error}"))
-    })
-}
-
-/// `url` without the password it may hold (`nats://user:***@host`), for messages.
-pub(super) fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split(':').next().unwrap_or("");
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
-    format!("{scheme}{user}:***@{host}")
-}
-
-/// Runs `future` to its end on pyper's runtime from a thread outside it.
-pub(super) fn block_on<T: Send + 'static>(
-    runtime: &tokio::runtime::Handle,
-    future: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
-    // A task rather than `Handle::block_on`, so that the future runs on the runtime's
-    // threads, whatever thread waits.
-    let task = runtime.spawn(future);
-    match futures_executor_block_on(task) {
-        Ok(value) => value,
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(error) => panic!("a task of pyper's runtime was cancelled: {error}"),
-    }
-}
-
-/// Waits for a future on the current thread, parking it between polls.
-fn futures_executor_block_on<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut context = Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut context) {
-            Poll::Ready(value) => return value,
-            Poll::Pending => std::thread::park(),
-        }
     }
 }
 
@@ -420,3 +344,159 @@ impl fmt::Display for DeadLetter {
 }
 
 impl std::error::Error for DeadLetter {}
+
+/// A [`Cluster`] to connect to, with credentials and TLS: what a server shared across
+/// hosts should require. Made by [`Cluster::builder`]. (Requires the `remote` feature.)
+///
+/// What the builder leaves unset comes from the environment, the same `PYPER_NATS_*`
+/// variables that workers read ([`USER_ENV`](crate::nats_env::USER_ENV) and [`PASSWORD_ENV`](crate::nats_env::PASSWORD_ENV), [`TOKEN_ENV`](crate::nats_env::TOKEN_ENV),
+/// [`CREDS_ENV`](crate::nats_env::CREDS_ENV), [`NKEY_ENV`](crate::nats_env::NKEY_ENV), [`TLS_CA_ENV`](crate::nats_env::TLS_CA_ENV), [`TLS_CLIENT_ENV`](crate::nats_env::TLS_CLIENT_ENV), [`TLS_REQUIRED_ENV`](crate::nats_env::TLS_REQUIRED_ENV)),
+/// so one environment file can configure a coordinator and its workers alike. A user and
+/// password in the URL (`nats://user:password@host:4222`) work too.
+///
+/// ```no_run
+/// # fn main() -> Result<(), pyper::Error> {
+/// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
+///     .user_and_password("pipeline", "s3cret")
+///     .root_certificates("/etc/pyper/ca.pem")
+///     .connect()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterBuilder {
+    url: String,
+    security: Security,
+}
+
+impl ClusterBuilder {
+    pub(super) fn new(url: &str) -> ClusterBuilder {
+        ClusterBuilder {
+            url: url.to_owned(),
+            security: Security::default(),
+        }
+    }
+
+    /// Connects with a user name and password (the server's `authorization { user,
+    /// password }`, or `nats-server --user U --pass P`).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222")
+    ///     .user_and_password("pipeline", "s3cret")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn user_and_password(mut self, user: &str, password: &str) -> ClusterBuilder {
+        self.security.user = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Connects with a token (the server's `authorization { token }`).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222").token("t0ken").connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn token(mut self, token: &str) -> ClusterBuilder {
+        self.security.token = Some(token.to_owned());
+        self
+    }
+
+    /// Connects with a NATS credentials file (a user JWT and its nkey seed, as `nsc`
+    /// makes them).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
+    ///     .credentials_file("/etc/pyper/pipeline.creds")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
+        self.security.creds_file = Some(path.into());
+        self
+    }
+
+    /// Connects with the nkey whose seed (`SU…`) is in the file at `path`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222")
+    ///     .nkey_file("/etc/pyper/pipeline.nk")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn nkey_file(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
+        self.security.nkey_file = Some(path.into());
+        self
+    }
+
+    /// Refuses to connect without TLS.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats.internal:4222").require_tls().connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn require_tls(mut self) -> ClusterBuilder {
+        self.security.tls_required = true;
+        self
+    }
+
+    /// Trusts the root certificates in the PEM file at `path` (a private CA), and
+    /// requires TLS.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
+    ///     .root_certificates("/etc/pyper/ca.pem")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn root_certificates(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
+        self.security.root_certificates = Some(path.into());
+        self
+    }
+
+    /// Presents the PEM client certificate at `cert`, with its key at `key` (mutual
+    /// TLS), and requires TLS.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
+    ///     .client_certificate("/etc/pyper/client.pem", "/etc/pyper/client-key.pem")
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn client_certificate(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> ClusterBuilder {
+        self.security.client_certificate = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Connects: a clear [`Error`] if the server cannot be reached, refuses the
+    /// credentials, or has no JetStream.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), pyper::Error> {
+    /// let cluster = pyper::Cluster::builder("nats://127.0.0.1:4222").connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect(self) -> Result<Cluster, Error> {
+        let security = self.security.or(Security::from_env()?);
+        Cluster::connect_with(&self.url, security)
+    }
+}
+
+impl std::fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        f.debug_struct("ClusterBuilder")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}

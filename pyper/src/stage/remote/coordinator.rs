@@ -8,15 +8,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::cluster::{block_on, DeadLetter, DEAD_LETTER_STREAM};
+use super::body::RemoteFn;
+use super::cluster::DeadLetter;
 use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::lease::{self, Sweeper};
-use super::{in_stream, in_subject, out_stream, out_subject, RemoteFn, Setup, CONSUMER};
+use super::nats::{block_on, dead_letter, dead_letter_stream, fetch, host_name, publish, redacted};
+use super::setup::{
+    in_stream, in_subject, out_stream, out_subject, solo_id, starts_subject, Setup, ANNOUNCE,
+    CONSUMER, STOP, VERSION,
+};
 use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
 use crate::engine::queue::{Receiver, Sender};
@@ -50,8 +54,6 @@ const ITEM_OVERHEAD: usize = 20;
 /// How many times an item that ran out of deliveries without being started (held by
 /// workers that died of another item) is sent again before it is dead-lettered anyway.
 const MAX_RESCUES: u32 = 3;
-/// How long a publish may keep failing (the server unreachable, say) before the run fails.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 
 /// Starts the coordinator of a remote stage: one thread, driving its work on pyper's
 /// runtime.
@@ -68,7 +70,7 @@ where
     let spec = stage.spec;
     let id = run_id();
     let setup = Setup {
-        version: super::VERSION,
+        version: VERSION,
         id: id.clone(),
         stage: stage.name.to_string(),
         build: cluster.build.to_owned(),
@@ -157,7 +159,7 @@ fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos() as u64);
-    let host = super::worker::host_name();
+    let host = host_name();
     let mut hash = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&(host, std::process::id(), nanos), &mut hash);
     let count = COUNT.fetch_add(1, Ordering::Relaxed);
@@ -336,10 +338,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             .await
             .map_err(|error| fail("make the run's item consumer", &error))?;
         // Workers also look for runs every second; this makes them start at once.
-        let _ = cluster
-            .client
-            .publish(super::ANNOUNCE, in_stream(id).into())
-            .await;
+        let _ = cluster.client.publish(ANNOUNCE, in_stream(id).into()).await;
         Ok((work, advisories, starts, alive))
     }
 
@@ -806,7 +805,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                      `Cluster::fail_without_workers`",
                     waited.as_secs_f64(),
                     info.num_pending,
-                    super::cluster::redacted(&cluster.url)
+                    redacted(&cluster.url)
                 )
                 .into();
                 return Err(Halt::Failed(Error::failed(&self.name, None, why)));
@@ -829,7 +828,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     }
                 }
             }
-            let _ = cluster.client.publish(super::STOP, id.clone().into()).await;
+            let _ = cluster.client.publish(STOP, id.clone().into()).await;
             let _ = cluster.client.flush().await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
@@ -851,126 +850,6 @@ fn duplicate_window(ack_wait: Duration) -> Duration {
     (ack_wait * 2).max(Duration::from_secs(10))
 }
 
-/// The error code of a publish refused because the stream is full (`max_msgs` with
-/// `discard=new`).
-const STREAM_FULL: u64 = 10077;
-
-/// Publishes `payload`, a message of `items` items, with the dedup id `id` until the
-/// server acknowledges it: a full stream is waited out with a growing back-off, a server
-/// away (a restart) is waited for up to [`GIVE_UP_AFTER`]. Publishing again is safe: the
-/// id makes the server drop a copy. The item count goes in the `Pyper-Items` header, for
-/// whoever inspects the streams.
-///
-/// `stopped` says whether the run is over, which ends the attempts (with an error).
-pub(super) async fn publish(
-    js: &jetstream::Context,
-    subject: String,
-    id: String,
-    payload: Bytes,
-    items: u64,
-    stage: &str,
-    stopped: &(dyn Fn() -> bool + Sync),
-) -> Result<(), Error> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Pyper-Items", items.to_string().as_str());
-    let mut backoff = Duration::from_micros(500);
-    let mut failing_since = None;
-    loop {
-        if stopped() {
-            let why: BoxError = "the run is over".into();
-            return Err(Error::failed(stage, None, why));
-        }
-        let message = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .headers(headers.clone())
-            .message_id(id.as_str());
-        let sent = js.send_publish(subject.clone(), message).await;
-        let result = match sent {
-            Ok(ack) => ack.await.map(drop),
-            Err(error) => Err(error),
-        };
-        let error = match result {
-            Ok(()) => return Ok(()),
-            Err(error) => error,
-        };
-        if publish_error_code(&error) == Some(STREAM_FULL) {
-            // Backpressure: the stream holds `throttle` items. Not a failure.
-            failing_since = None;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
-            continue;
-        }
-        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-        if since.elapsed() > GIVE_UP_AFTER {
-            let why: BoxError = format!("cannot publish to {subject}: {error}").into();
-            return Err(Error::failed(stage, None, why));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(super) fn publish_error_code(error: &jetstream::context::PublishError) -> Option<u64> {
-    use std::error::Error as _;
-    error
-        .source()
-        .and_then(|source| source.downcast_ref::<jetstream::Error>())
-        .map(|error| error.error_code().0)
-}
-
-/// Takes up to `max` messages from `consumer`: those ready at once, or else the first to
-/// arrive within `wait`.
-///
-/// Bounded in time: a pull request sent while the server restarts is never answered, and
-/// a request without `expires` would wait for ever. A pull that times out is an error, and
-/// the caller makes a fresh one.
-pub(super) async fn fetch(
-    consumer: &consumer::PullConsumer,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<jetstream::Message>, BoxError> {
-    let bound = wait + Duration::from_secs(2);
-    match tokio::time::timeout(bound, pull(consumer, max, wait)).await {
-        Ok(result) => result,
-        Err(_) => Err("a pull request went unanswered".into()),
-    }
-}
-
-async fn pull(
-    consumer: &consumer::PullConsumer,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<jetstream::Message>, BoxError> {
-    let mut messages = Vec::new();
-    let mut ready = consumer.fetch().max_messages(max).messages().await?;
-    while let Some(message) = ready.next().await {
-        messages.push(message?);
-    }
-    if !messages.is_empty() {
-        return Ok(messages);
-    }
-    let mut next = consumer
-        .batch()
-        .max_messages(1)
-        .expires(wait)
-        .messages()
-        .await?;
-    while let Some(message) = next.next().await {
-        messages.push(message?);
-    }
-    Ok(messages)
-}
-
-/// The dedup id of item `seq` of run `id` in a message of its own, split from a message
-/// of several (`tag` "solo") or sent again (`tag` "again<n>").
-pub(super) fn solo_id(id: &str, seq: u64, tag: &str) -> String {
-    format!("{id}.in.{seq}.{tag}")
-}
-
-/// The subject on which workers say they start an item on a redelivery.
-pub(super) fn starts_subject(id: &str) -> String {
-    format!("pyper.{id}.started")
-}
-
 /// Why an item of `bytes` bytes cannot go to the workers.
 fn too_big(bytes: usize, max_payload: usize) -> BoxError {
     format!(
@@ -981,44 +860,4 @@ fn too_big(bytes: usize, max_payload: usize) -> BoxError {
         max_payload.saturating_sub(MESSAGE_OVERHEAD + ITEM_OVERHEAD)
     )
     .into()
-}
-
-/// Makes the dead-letter stream, unless it is there already.
-pub(super) async fn dead_letter_stream(
-    js: &jetstream::Context,
-) -> Result<(), jetstream::context::CreateStreamError> {
-    js.get_or_create_stream(stream::Config {
-        name: DEAD_LETTER_STREAM.to_owned(),
-        subjects: vec!["pyper.dead.>".to_owned()],
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    })
-    .await
-    .map(drop)
-}
-
-/// Copies an item to the dead-letter stream, saying why. Best effort: the run's error
-/// says the same.
-pub(super) async fn dead_letter(
-    js: &jetstream::Context,
-    setup: &Setup,
-    seq: u64,
-    reason: &str,
-    payload: Bytes,
-) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Pyper-Stage", setup.stage.as_str());
-    headers.insert("Pyper-Item", seq.to_string().as_str());
-    headers.insert("Pyper-Reason", reason.replace(['\r', '\n'], " ").as_str());
-    let message = jetstream::message::PublishMessage::build()
-        .payload(payload)
-        .headers(headers)
-        .message_id(format!("{}.dead.{seq}", setup.id));
-    if let Ok(ack) = js
-        .send_publish(format!("pyper.dead.{}", setup.id), message)
-        .await
-    {
-        let _ = ack.await;
-    }
 }

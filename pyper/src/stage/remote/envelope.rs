@@ -69,7 +69,7 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Res
             "cannot read {what} (version {} of the envelope; this build reads version {}): \
              {error}",
             bytes.first().copied().unwrap_or(0) + 1,
-            super::VERSION
+            super::setup::VERSION
         )
     })
 }

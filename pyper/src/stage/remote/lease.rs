@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures_util::StreamExt;
 
-use super::{in_stream, out_stream, Setup, STREAM_PREFIX};
+use super::setup::{in_stream, out_stream, Setup, STREAM_PREFIX};
 
 /// How long a run's coordinator may go unheard before its streams are deleted, unless the
 /// cluster says otherwise.

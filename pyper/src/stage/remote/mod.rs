@@ -37,146 +37,23 @@
 //!   coordinator deletes both streams, with their consumers, and announces the stop, so
 //!   the workers drop that run's work.
 
+mod body;
 mod build;
 mod cluster;
 mod coordinator;
 mod envelope;
 mod lease;
+mod nats;
 mod security;
+mod setup;
 mod worker;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-
-pub use cluster::{Cluster, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+pub(crate) use body::{body, RemoteFn};
+pub use cluster::{Cluster, ClusterBuilder, DeadLetter, WORKER_ENV};
 pub(crate) use coordinator::launch;
+pub use nats::DEAD_LETTER_STREAM;
 pub use security::{
-    ClusterBuilder, CREDS_ENV, NKEY_ENV, PASSWORD_ENV, TLS_CA_ENV, TLS_CLIENT_ENV,
-    TLS_REQUIRED_ENV, TOKEN_ENV, USER_ENV,
+    CREDS_ENV, NKEY_ENV, PASSWORD_ENV, TLS_CA_ENV, TLS_CLIENT_ENV, TLS_REQUIRED_ENV, TOKEN_ENV,
+    USER_ENV,
 };
 pub(crate) use worker::serve_if_worker;
-
-use crate::engine::batch::{Emit, Fault};
-use crate::engine::sync::Arc;
-use crate::error::BoxError;
-use crate::stage::func::EachFn;
-use crate::stage::wire::codec;
-use crate::stage::wire::registry::{FunctionRef, Registered};
-
-/// The subject on which a coordinator announces a new run (the input stream's name).
-const ANNOUNCE: &str = "pyper.runs";
-/// The subject on which a coordinator announces the end of a run (its id).
-const STOP: &str = "pyper.stop";
-/// The prefix of every stream a run makes.
-const STREAM_PREFIX: &str = "PYPER_";
-/// The name of the consumer on each stream.
-const CONSUMER: &str = "work";
-/// The version of the setup and envelopes this build speaks.
-const VERSION: u32 = 2;
-
-/// Which function a worker serves, and how: the input stream's description, in JSON.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Setup {
-    version: u32,
-    /// The run's id: the streams are `PYPER_<id>_IN` and `PYPER_<id>_OUT`.
-    id: String,
-    /// The stage's name, for messages.
-    stage: String,
-    /// The build of the coordinator's executable: only a worker of the same build serves
-    /// the run.
-    build: String,
-    /// The registered function to call.
-    function: FunctionRef,
-    /// Items each worker process runs at once (the stage's `workers`).
-    slots: usize,
-    timeout_nanos: Option<u64>,
-    retries: u32,
-    backoff: crate::stage::policy::Backoff,
-    /// How long an unacknowledged item waits before redelivery: progress acks are sent
-    /// well within it.
-    ack_wait_nanos: u64,
-    /// How long the run's coordinator may go unheard before its streams are deleted.
-    lease_nanos: u64,
-}
-
-impl Setup {
-    fn in_stream(&self) -> String {
-        in_stream(&self.id)
-    }
-
-    fn out_subject(&self) -> String {
-        out_subject(&self.id)
-    }
-}
-
-fn in_stream(id: &str) -> String {
-    format!("{STREAM_PREFIX}{id}_IN")
-}
-
-fn out_stream(id: &str) -> String {
-    format!("{STREAM_PREFIX}{id}_OUT")
-}
-
-fn in_subject(id: &str) -> String {
-    format!("pyper.{id}.in")
-}
-
-fn out_subject(id: &str) -> String {
-    format!("pyper.{id}.out")
-}
-
-/// The coordinator's side of a remote task's function: where workers find it, the
-/// cluster it runs on, and how its items and outputs cross.
-pub(crate) struct RemoteFn<I, O> {
-    cluster: Cluster,
-    function: FunctionRef,
-    encode: fn(&I) -> Result<Vec<u8>, BoxError>,
-    /// Decodes one output and hands it on, through `branch` and the like.
-    pub(crate) decode: EachFn<Vec<u8>, O>,
-}
-
-/// The body of a remote task calling the registered `function` on the cluster's workers,
-/// or why it cannot (an entry made outside the table).
-pub(crate) fn body<I, O>(
-    cluster: &Cluster,
-    function: &'static Registered,
-) -> Result<RemoteFn<I, O>, String>
-where
-    I: Serialize + Send + 'static,
-    O: DeserializeOwned + Send + 'static,
-{
-    Ok(RemoteFn {
-        cluster: cluster.clone(),
-        function: function.reference()?,
-        encode: |item| codec::encode(item, "the item").map_err(BoxError::from),
-        decode: Arc::new(|bytes: Vec<u8>, out: &mut dyn Emit<O>| {
-            let output: O = postcard::from_bytes(&bytes).map_err(|error| {
-                Fault::Failed(format!("cannot decode the worker's output: {error}").into())
-            })?;
-            out.emit(output).map_err(Fault::from)
-        }),
-    })
-}
-
-impl<I, O> RemoteFn<I, O> {
-    /// The same function with another output decoder.
-    pub(crate) fn with_decode<P>(self, decode: EachFn<Vec<u8>, P>) -> RemoteFn<I, P> {
-        RemoteFn {
-            cluster: self.cluster,
-            function: self.function,
-            encode: self.encode,
-            decode,
-        }
-    }
-}
-
-impl<I, O> Clone for RemoteFn<I, O> {
-    fn clone(&self) -> Self {
-        RemoteFn {
-            cluster: self.cluster.clone(),
-            function: self.function.clone(),
-            encode: self.encode,
-            decode: Arc::clone(&self.decode),
-        }
-    }
-}

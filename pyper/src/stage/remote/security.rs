@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 
-use super::cluster::Cluster;
 use crate::error::Error;
 
 /// A user name; with [`PASSWORD_ENV`], the credentials to connect with.
@@ -34,13 +33,13 @@ pub const TLS_REQUIRED_ENV: &str = "PYPER_NATS_TLS_REQUIRED";
 /// How to authenticate to the server, and what TLS to require.
 #[derive(Clone, Default)]
 pub(super) struct Security {
-    user: Option<(String, String)>,
-    token: Option<String>,
-    creds_file: Option<PathBuf>,
-    nkey_file: Option<PathBuf>,
-    tls_required: bool,
-    root_certificates: Option<PathBuf>,
-    client_certificate: Option<(PathBuf, PathBuf)>,
+    pub(super) user: Option<(String, String)>,
+    pub(super) token: Option<String>,
+    pub(super) creds_file: Option<PathBuf>,
+    pub(super) nkey_file: Option<PathBuf>,
+    pub(super) tls_required: bool,
+    pub(super) root_certificates: Option<PathBuf>,
+    pub(super) client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
 impl Security {
@@ -78,7 +77,7 @@ impl Security {
     }
 
     /// `self`, with whatever it leaves unset taken from `defaults`.
-    fn or(self, defaults: Security) -> Security {
+    pub(super) fn or(self, defaults: Security) -> Security {
         Security {
             user: self.user.or(defaults.user),
             token: self.token.or(defaults.token),
@@ -130,161 +129,5 @@ impl Security {
             options = options.require_tls(true);
         }
         Ok(options)
-    }
-}
-
-/// A [`Cluster`] to connect to, with credentials and TLS: what a server shared across
-/// hosts should require. Made by [`Cluster::builder`]. (Requires the `remote` feature.)
-///
-/// What the builder leaves unset comes from the environment, the same `PYPER_NATS_*`
-/// variables that workers read ([`USER_ENV`] and [`PASSWORD_ENV`], [`TOKEN_ENV`],
-/// [`CREDS_ENV`], [`NKEY_ENV`], [`TLS_CA_ENV`], [`TLS_CLIENT_ENV`], [`TLS_REQUIRED_ENV`]),
-/// so one environment file can configure a coordinator and its workers alike. A user and
-/// password in the URL (`nats://user:password@host:4222`) work too.
-///
-/// ```no_run
-/// # fn main() -> Result<(), pyper::Error> {
-/// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
-///     .user_and_password("pipeline", "s3cret")
-///     .root_certificates("/etc/pyper/ca.pem")
-///     .connect()?;
-/// # Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct ClusterBuilder {
-    url: String,
-    security: Security,
-}
-
-impl ClusterBuilder {
-    pub(super) fn new(url: &str) -> ClusterBuilder {
-        ClusterBuilder {
-            url: url.to_owned(),
-            security: Security::default(),
-        }
-    }
-
-    /// Connects with a user name and password (the server's `authorization { user,
-    /// password }`, or `nats-server --user U --pass P`).
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222")
-    ///     .user_and_password("pipeline", "s3cret")
-    ///     .connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn user_and_password(mut self, user: &str, password: &str) -> ClusterBuilder {
-        self.security.user = Some((user.to_owned(), password.to_owned()));
-        self
-    }
-
-    /// Connects with a token (the server's `authorization { token }`).
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222").token("t0ken").connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn token(mut self, token: &str) -> ClusterBuilder {
-        self.security.token = Some(token.to_owned());
-        self
-    }
-
-    /// Connects with a NATS credentials file (a user JWT and its nkey seed, as `nsc`
-    /// makes them).
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
-    ///     .credentials_file("/etc/pyper/pipeline.creds")
-    ///     .connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
-        self.security.creds_file = Some(path.into());
-        self
-    }
-
-    /// Connects with the nkey whose seed (`SU…`) is in the file at `path`.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("nats://10.0.0.1:4222")
-    ///     .nkey_file("/etc/pyper/pipeline.nk")
-    ///     .connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn nkey_file(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
-        self.security.nkey_file = Some(path.into());
-        self
-    }
-
-    /// Refuses to connect without TLS.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("nats.internal:4222").require_tls().connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn require_tls(mut self) -> ClusterBuilder {
-        self.security.tls_required = true;
-        self
-    }
-
-    /// Trusts the root certificates in the PEM file at `path` (a private CA), and
-    /// requires TLS.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
-    ///     .root_certificates("/etc/pyper/ca.pem")
-    ///     .connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn root_certificates(mut self, path: impl Into<PathBuf>) -> ClusterBuilder {
-        self.security.root_certificates = Some(path.into());
-        self
-    }
-
-    /// Presents the PEM client certificate at `cert`, with its key at `key` (mutual
-    /// TLS), and requires TLS.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("tls://nats.internal:4222")
-    ///     .client_certificate("/etc/pyper/client.pem", "/etc/pyper/client-key.pem")
-    ///     .connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn client_certificate(
-        mut self,
-        cert: impl Into<PathBuf>,
-        key: impl Into<PathBuf>,
-    ) -> ClusterBuilder {
-        self.security.client_certificate = Some((cert.into(), key.into()));
-        self
-    }
-
-    /// Connects: a clear [`Error`] if the server cannot be reached, refuses the
-    /// credentials, or has no JetStream.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), pyper::Error> {
-    /// let cluster = pyper::Cluster::builder("nats://127.0.0.1:4222").connect()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn connect(self) -> Result<Cluster, Error> {
-        let security = self.security.or(Security::from_env()?);
-        Cluster::connect_with(&self.url, security)
-    }
-}
-
-impl std::fmt::Debug for ClusterBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the secrets.
-        f.debug_struct("ClusterBuilder")
-            .field("url", &self.url)
-            .finish_non_exhaustive()
     }
 }

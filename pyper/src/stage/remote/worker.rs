@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 
-use super::cluster::{block_on, connect, redacted, WORKER_ENV};
-use super::coordinator::{dead_letter, fetch, publish, solo_id, starts_subject};
+use super::cluster::WORKER_ENV;
 use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::lease::Sweeper;
+use super::nats::{
+    block_on, connect, dead_letter, fetch, host_name, publish, redacted, run_stream_names,
+};
 use super::security::Security;
-use super::{Setup, CONSUMER, STREAM_PREFIX, VERSION};
-use crate::error::BoxError;
+use super::setup::{solo_id, starts_subject, Setup, ANNOUNCE, CONSUMER, STOP, VERSION};
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
 use crate::stage::wire::registry::{self, Registered};
 use crate::stage::wire::RemoteError;
@@ -58,35 +59,6 @@ pub(crate) fn serve_if_worker() {
         }
     };
     std::process::exit(code);
-}
-
-/// This host's name, for metrics and run ids.
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// The names of the streams of runs on the server that end in `suffix`.
-pub(crate) async fn run_stream_names(
-    js: &jetstream::Context,
-    suffix: &str,
-) -> Result<Vec<String>, BoxError> {
-    let mut names = Vec::new();
-    let mut listed = js.stream_names();
-    while let Some(name) = listed.next().await {
-        let name = name?;
-        if name.starts_with(STREAM_PREFIX)
-            && name != super::DEAD_LETTER_STREAM
-            && name.ends_with(suffix)
-        {
-            names.push(name);
-        }
-    }
-    Ok(names)
 }
 
 enum Never {}
@@ -130,8 +102,8 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
                 .map_err(|error| format!("cannot subscribe to {subject}: {error}"))
         }
     };
-    let mut announced = subscribe(super::ANNOUNCE).await?;
-    let mut stops = subscribe(super::STOP).await?;
+    let mut announced = subscribe(ANNOUNCE).await?;
+    let mut stops = subscribe(STOP).await?;
     let mut served: HashMap<String, Served> = HashMap::new();
     // Runs this process has served or cannot serve: never looked at again.
     let mut done: HashSet<String> = HashSet::new();
@@ -144,7 +116,7 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
             }
             Some(message) = stops.next() => {
                 let id = String::from_utf8_lossy(&message.payload).into_owned();
-                if let Some(run) = served.get(&super::in_stream(&id)) {
+                if let Some(run) = served.get(&super::setup::in_stream(&id)) {
                     run.stopped.store(true, Ordering::SeqCst);
                 }
                 continue;
@@ -579,7 +551,7 @@ impl Worker<'_> {
     fn split(&self, items: Vec<Item>, runtime: &tokio::runtime::Handle) -> Done {
         let (js, setup) = (self.js.clone(), self.setup.clone());
         let published = block_on(runtime, async move {
-            let subject = super::in_subject(&setup.id);
+            let subject = super::setup::in_subject(&setup.id);
             // Bounded by `publish`'s own patience with a server that is away.
             let never = || false;
             let mut in_flight = futures_util::stream::FuturesUnordered::new();
