@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{serial, with_timeout};
 use pyper::{remote_task, try_remote_task, Cluster, DeadLetter, Error, RemoteError};
-use remote_common::{run_script, script, server_url, tempdir, Workers};
+use remote_common::{run_script, script, server_url, tempdir, Supervisor, Workers};
 
 pyper::process_test_support!();
 
@@ -196,31 +196,17 @@ fn an_item_that_keeps_killing_its_worker_is_dead_lettered_and_named() {
             .unwrap()
             .ack_wait(Duration::from_millis(500))
             .max_deliver(2);
-        let workers = Arc::new(Workers::new(&url));
+        let workers = Workers::new(&url);
         workers.start();
         workers.start();
-        // A supervisor, as systemd would be: a worker that dies is started again.
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let supervisor = {
-            let (workers, done) = (Arc::clone(&workers), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let mut restarted = 0;
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    restarted += workers.restart_dead();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                restarted
-            })
-        };
-        let _stop = remote_common::SetOnDrop(Arc::clone(&done));
+        let supervisor = Supervisor::new(workers);
         let stage = remote_task!(&cluster, fragile).name("fragile");
         let error: Error = stage
             .feed(0..40u64)
             .find_map(Result::err)
             .expect("the run fails");
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(
-            supervisor.join().unwrap() >= 2,
+            supervisor.stop() >= 2,
             "item 13 killed a worker per delivery"
         );
         assert_eq!(error.stage(), Some("fragile"));
@@ -253,21 +239,10 @@ fn a_poison_item_in_a_batch_goes_to_the_dead_letters_alone() {
             .unwrap()
             .ack_wait(Duration::from_millis(300))
             .max_deliver(2);
-        let workers = Arc::new(Workers::new(&url));
+        let workers = Workers::new(&url);
         workers.start();
         workers.start();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let supervisor = {
-            let (workers, done) = (Arc::clone(&workers), Arc::clone(&done));
-            std::thread::spawn(move || {
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    workers.restart_dead();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        };
-        // Should an assertion fail, the supervisor stops and the workers go with the test.
-        let _stop = remote_common::SetOnDrop(Arc::clone(&done));
+        let supervisor = Supervisor::new(workers);
         for run in 0..20 {
             let dead_before = dead_letter_count(&url);
             let mut outputs = Vec::new();
@@ -293,8 +268,7 @@ fn a_poison_item_in_a_batch_goes_to_the_dead_letters_alone() {
             assert_eq!(outputs.len(), before, "run {run}: an output twice");
             assert!(!outputs.contains(&150));
         }
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
-        supervisor.join().unwrap();
+        supervisor.stop();
         assert!(cluster.run_streams().unwrap().is_empty());
     });
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The URL of the server `scripts/test.sh` started.
@@ -148,11 +149,44 @@ pub fn run_script(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Sets its flag when dropped: stops a helper thread however the test ends.
-pub struct SetOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+/// A supervisor of workers, as systemd would be: a worker that dies is started again, until
+/// the supervisor is stopped or dropped (however the test ends).
+pub struct Supervisor {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
 
-impl Drop for SetOnDrop {
+impl Supervisor {
+    pub fn new(workers: Workers) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let done = Arc::clone(&done);
+            move || {
+                let mut restarted = 0;
+                while !done.load(Ordering::SeqCst) {
+                    restarted += workers.restart_dead();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                restarted
+            }
+        });
+        Supervisor {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops supervising, and ends the workers; returns how many it restarted.
+    pub fn stop(mut self) -> usize {
+        self.done.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .map_or(0, |thread| thread.join().unwrap())
+    }
+}
+
+impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.store(true, Ordering::SeqCst);
     }
 }
