@@ -25,10 +25,11 @@ toml_between() {
     printf '%s\n' "$lines"
 }
 
-# The first `rust` block after a marker, fences left out.
+# The first `rust` block after a marker, fences left out. (awk reads to the end rather than
+# exiting early: an early exit would kill sed with SIGPIPE, which `pipefail` makes fatal.)
 rust_after() {
     sed -n "/<!-- $1:end -->/,\$p" "$readme" |
-        awk '/^```rust$/ && !open { open = 1; next } open && /^```$/ { exit } open { print }'
+        awk '!done && /^```rust$/ { open = 1; next } open && /^```$/ { open = 0; done = 1 } open { print }'
 }
 
 # A project named $1 with the given dependencies and main.rs, built and run with the
