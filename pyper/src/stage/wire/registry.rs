@@ -112,29 +112,25 @@ pub(crate) fn lookup(reference: &FunctionRef) -> Result<&'static Registered, Str
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __register {
+    // One body for both forms: whatever was matched, it is forwarded as one token tree.
+    (@entry $call:path, $function:tt) => {{
+        #[$crate::__private::linkme::distributed_slice($crate::__private::FUNCTIONS)]
+        #[linkme(crate = $crate::__private::linkme)]
+        // linkme puts the entry in a link section, which the lint counts as unsafe code.
+        #[allow(unsafe_code)]
+        static FUNCTION: $crate::__private::Registered = $crate::__private::Registered::new(
+            concat!(module_path!(), "::", stringify!($function)),
+            |item| $call(item, $function),
+        );
+        &FUNCTION
+    }};
     // A path forwarded from another macro is opaque: it matches `path`, never `expr`.
-    (@path $call:path, $function:path) => {{
-        #[$crate::__private::linkme::distributed_slice($crate::__private::FUNCTIONS)]
-        #[linkme(crate = $crate::__private::linkme)]
-        // linkme puts the entry in a link section, which the lint counts as unsafe code.
-        #[allow(unsafe_code)]
-        static FUNCTION: $crate::__private::Registered = $crate::__private::Registered::new(
-            concat!(module_path!(), "::", stringify!($function)),
-            |item| $call(item, $function),
-        );
-        &FUNCTION
-    }};
-    ($call:path, $function:expr) => {{
-        #[$crate::__private::linkme::distributed_slice($crate::__private::FUNCTIONS)]
-        #[linkme(crate = $crate::__private::linkme)]
-        // linkme puts the entry in a link section, which the lint counts as unsafe code.
-        #[allow(unsafe_code)]
-        static FUNCTION: $crate::__private::Registered = $crate::__private::Registered::new(
-            concat!(module_path!(), "::", stringify!($function)),
-            |item| $call(item, $function),
-        );
-        &FUNCTION
-    }};
+    (@path $call:path, $function:path) => {
+        $crate::__register!(@entry $call, $function)
+    };
+    ($call:path, $function:expr) => {
+        $crate::__register!(@entry $call, $function)
+    };
 }
 
 #[cfg(test)]
