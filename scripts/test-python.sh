@@ -12,7 +12,8 @@
 #    - python-pyper 0.4.4's own test suite, taken at test time from its source
 #      distribution on PyPI (only its tests/ folder), unmodified, against this package;
 #    - this package's own suite (python/tests/), each test under a watchdog so a hang
-#      fails.
+#      fails; each pytest process has a limit too (15 min), for a hang at the
+#      interpreter's exit.
 #
 # A second run reuses the tools venv, the download and cargo's build; the test venv is
 # made afresh each time.
@@ -89,9 +90,9 @@ fi
 # Their tests must import this package, not theirs.
 (cd "$pyper_tests" && in_users python -c 'import pyper, sys; sys.exit(0 if hasattr(pyper, "_engine") else "not our pyper")')
 echo "python-pyper 0.4.4's own tests, against the pyperflow wheel:"
-(cd "$pyper_tests" && in_users python -m pytest -q -p no:cacheprovider tests --timeout 120 \
+(cd "$pyper_tests" && in_users timeout -k 10 900 python -m pytest -q -p no:cacheprovider tests --timeout 120 \
     -o asyncio_default_fixture_loop_scope=function)
 
 echo "pyperflow's own tests, against the wheel:"
-in_users python -m pytest -q -p no:cacheprovider python/tests --timeout 60 \
+in_users timeout -k 10 900 python -m pytest -q -p no:cacheprovider python/tests --timeout 60 \
     -o asyncio_default_fixture_loop_scope=function

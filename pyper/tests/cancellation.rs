@@ -502,3 +502,34 @@ fn an_output_can_be_moved_to_and_dropped_on_another_thread() {
     });
     assert_final(&[&calls]);
 }
+
+#[test]
+fn a_stage_that_drops_its_own_runs_output_ends_the_run_without_waiting_for_itself() {
+    let _serial = serial();
+    // What Python's garbage collection can do: finalize a run on one of its own workers.
+    with_timeout(60, || {
+        let slot: Arc<std::sync::Mutex<Option<pyper::Output<u64>>>> = Arc::default();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let pipeline = task({
+            let (slot, dropped) = (slot.clone(), dropped.clone());
+            move |x: u64| {
+                let own_output = slot.lock().unwrap().take();
+                if let Some(own_output) = own_output {
+                    drop(own_output);
+                    dropped.store(true, Ordering::SeqCst);
+                }
+                x
+            }
+        })
+        .workers(2);
+        let mut out = pipeline.feed(0..);
+        out.next().unwrap().unwrap();
+        let canceller = out.canceller();
+        *slot.lock().unwrap() = Some(out);
+        wait_until("the stage dropped the output", || {
+            dropped.load(Ordering::SeqCst)
+        });
+        assert!(canceller.is_cancelled());
+    });
+    wait_for_pyper_threads(0);
+}

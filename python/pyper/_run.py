@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from types import SimpleNamespace
 from typing import (
     TYPE_CHECKING,
@@ -91,10 +92,21 @@ def outputs(tasks: Sequence[Task], args: Args, kwargs: Kwargs
             ) -> Generator[Any, None, None]:
     """The generator a `Pipeline` call returns."""
     run = start(tasks, args, kwargs)
+    reader = threading.get_ident()
     try:
-        yield from run
+        # Not `yield from`: closing the generator would call `run.close()` on whichever
+        # thread closes it, before the check below.
+        for item in run:  # noqa: UP028
+            yield item
     finally:
-        run.close()
+        if threading.get_ident() == reader:
+            run.close()
+        else:
+            # Garbage collection finalizes an unclosed generator on whichever thread it
+            # runs, which may be one the run's workers wait for (one of its own, or a
+            # pool thread of a fork): waiting there could never end. The run is
+            # cancelled, and its workers are waited for off this thread.
+            run.cancel()
 
 
 _END = object()

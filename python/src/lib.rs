@@ -8,8 +8,9 @@
 //!   and waits for more detached, a little at a time, checking for signals between waits,
 //!   so Ctrl-C raises `KeyboardInterrupt` promptly and stops the run;
 //! * the first error in time reaches the caller as the original Python exception;
-//! * closing it, dropping it (garbage collection) or the interpreter's exit cancels the
-//!   run and waits for its workers, always detached.
+//! * closing it or the interpreter's exit cancels the run and waits for its workers,
+//!   always detached; dropping it (garbage collection, on whichever thread that runs)
+//!   cancels it, and a thread of its own waits for the workers.
 
 use std::sync::{Arc, Mutex, OnceLock, TryLockError, Weak};
 use std::task::Poll;
@@ -294,13 +295,41 @@ impl Drop for Run {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(output) = output {
-            // Never wait for the workers while holding the GIL: they may need it.
-            let waited = Python::try_attach(|py| py.detach(|| drop(output)));
-            if waited.is_none() {
-                // The interpreter is going away (the exit handler ended every run before
-                // that): nothing left to wait for.
-            }
+            // Garbage collection drops a run on whichever thread it runs, which may be
+            // one the run's workers wait for (its own, or a pool thread of a fork), so
+            // the wait for the workers happens on a thread of its own; the exit handler
+            // waits for that one.
+            output.canceller().cancel();
+            reap(output);
         }
+    }
+}
+
+/// The threads that wait for the workers of dropped runs (see `Drop for Run`).
+fn reapers() -> &'static Mutex<Vec<std::thread::JoinHandle<()>>> {
+    static REAPERS: OnceLock<Mutex<Vec<std::thread::JoinHandle<()>>>> = OnceLock::new();
+    REAPERS.get_or_init(Mutex::default)
+}
+
+/// Waits for a cancelled run's workers on a thread of its own (or here, if no thread can
+/// be started).
+fn reap(output: Output<PyItem>) {
+    let mut reapers = reapers()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    reapers.retain(|reaper| !reaper.is_finished());
+    // The output goes over a channel once the thread runs, so a failed spawn leaves it here.
+    let (send, receive) = std::sync::mpsc::channel::<Output<PyItem>>();
+    let spawned = std::thread::Builder::new()
+        .name("pyper:reaper".into())
+        .spawn(move || drop(receive.recv()));
+    match spawned {
+        Ok(reaper) => {
+            reapers.push(reaper);
+            // The reaper receives until this send: it cannot fail.
+            let _ = send.send(output);
+        }
+        Err(_) => drop(Python::try_attach(|py| py.detach(|| drop(output)))),
     }
 }
 
@@ -339,6 +368,10 @@ fn end_all_runs(py: Python<'_>) {
         if let Some(output) = py.detach(|| take_output(&run)) {
             py.detach(|| drop(output));
         }
+    }
+    let reapers = std::mem::take(&mut *reapers().lock().unwrap_or_else(|p| p.into_inner()));
+    for reaper in reapers {
+        py.detach(|| drop(reaper.join()));
     }
 }
 

@@ -106,3 +106,33 @@ def test_interpreter_exit_mid_run_with_worker_processes(tmp_path):
     assert done.returncode == 0, done.stderr
     outputs = [int(x) for x in done.stdout.split()]
     assert len(outputs) == 2 and all(round(x ** 0.5) ** 2 == x for x in outputs)
+
+
+def test_a_run_finalized_on_a_thread_it_waits_for_never_hangs():
+    # Garbage collection finalizes a generator on whichever thread it runs: here the last
+    # reference goes on one of the run's own workers, and on a pool thread of a fork.
+    done = run_script("""
+        import time
+        from pyper import task
+
+        holder = {}
+
+        def let_go(x):
+            holder.pop("outputs", None)
+            return x
+
+        def identity(x):
+            return x
+
+        for pipeline in (task(range, branch=True) | task(let_go, workers=2),
+                         task(range, branch=True) | (task(let_go) & task(identity))):
+            outputs = pipeline(10**9)
+            next(outputs)
+            holder["outputs"] = outputs
+            del outputs
+            while "outputs" in holder:
+                time.sleep(0.01)
+        print("let go")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "let go" in done.stdout

@@ -387,6 +387,16 @@ const RECHECK: Duration = Duration::from_millis(5);
 pub(crate) fn finish(run: &RunState, threads: Vec<WorkerThread>) -> Option<Error> {
     let mut waiting = threads;
     let mut gone = Vec::new();
+    // A run ended from one of its own workers (a drop inside a stage) cannot wait for
+    // that worker: it is left to end on its own, as the cancel tells it to.
+    let here = thread::current().id();
+    if waiting
+        .iter()
+        .any(|worker| worker.handle.thread().id() == here)
+    {
+        run.cancel();
+        waiting.retain(|worker| worker.handle.thread().id() != here);
+    }
     loop {
         let changed = sync::lock(&run.changed);
         let stopped = run.is_cancelled();
