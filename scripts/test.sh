@@ -30,7 +30,8 @@ nats_dir=$(mktemp -d)
 trap 'bash scripts/nats-server.sh stop "$nats_dir"; rm -rf "$nats_dir"' EXIT
 PYPER_NATS_URL=$(bash scripts/nats-server.sh start "$nats_dir")
 export PYPER_NATS_URL
-cargo test -p pyperflow --features remote --lib --test remote --test remote_lifecycle --test trust
+cargo test -p pyperflow --features remote --lib --test remote --test remote_lifecycle --test remote_report \
+    --test trust
 # The remote kind's doc examples (the rest ran with `--features async` above).
 cargo test -p pyperflow --features remote --doc remote
 cargo run -p pyperflow --features remote --example remote_crawl -- --pages 40

@@ -82,7 +82,12 @@ fn run(url: &str, pages: u64) -> Result<(), Box<dyn std::error::Error>> {
         | task(summarise::<Upstream<PageStats>>).join();
     let mut output = pipeline.feed(0..pages);
     let report = output.next().ok_or("no report")??;
+    if let Some(extra) = output.next() {
+        return Err(format!("a join of everything gave a second output: {extra:?}").into());
+    }
     let took = started.elapsed();
+    // Taken now, so that it covers the pipeline's run alone, not the loop below.
+    let run_report = output.report();
     workers.stop();
     let sequential = summarise((0..pages).map(|n| analyse(fetch(n))));
     if sequential != report {
@@ -93,7 +98,7 @@ fn run(url: &str, pages: u64) -> Result<(), Box<dyn std::error::Error>> {
         "Pipeline: {:.2} s (the same report as a plain loop)\n",
         took.as_secs_f64()
     );
-    println!("{}", output.report());
+    println!("{run_report}");
     Ok(())
 }
 

@@ -527,9 +527,11 @@ fn throttle_bounds_the_servers_queue() {
         }
         assert_eq!(count, 600);
         assert!(largest > 0, "the stream was seen with items in it");
+        // 20 without an outcome, and as many whose outcome is in but whose worker's
+        // acknowledgement is still on its way (see docs/remote.md, "Memory").
         assert!(
-            largest <= 20,
-            "the stream held {largest} items, its bound is 20"
+            largest <= 40,
+            "the stream held {largest} items, its bound is 2 × 20"
         );
     });
 }

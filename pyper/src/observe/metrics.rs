@@ -158,8 +158,13 @@ pub struct RemoteMetrics {
     /// Redeliveries as the server counts them (its consumer's `num_redelivered`), which
     /// also counts deliveries whose outcome was a duplicate.
     pub server_redeliveries: u64,
-    /// Worker processes that sent outcomes, per host name, sorted by host.
+    /// Worker processes that sent outcomes, per host name, sorted by host: every one
+    /// seen, including those gone since.
     pub workers_per_host: Vec<(String, usize)>,
+    /// The worker processes that serve the stage now: those that sent an outcome lately
+    /// (within 5 s, or three times the longest a message of items took, if more). The
+    /// stage's `workers` are their threads: this times the task's `workers(n)`.
+    pub live_workers: usize,
     /// How long items have waited on the server with no worker taking any, if they are
     /// waiting so now: no worker is started, or none serves this build, or all are busy
     /// elsewhere.
@@ -371,11 +376,18 @@ impl Metrics {
                     redeliveries: gauges.redeliveries.load(Relaxed),
                     server_redeliveries: gauges.server_redeliveries.load(Relaxed),
                     workers_per_host: gauges.workers(),
+                    live_workers: gauges.live_workers(),
                     unserved: match gauges.unserved_ms.load(Relaxed) {
                         0 => None,
                         ms => Some(Duration::from_millis(ms)),
                     },
                 });
+                if let Some(gauges) = stage.remote_gauges() {
+                    // The work is done by the worker processes: the stage's times are
+                    // theirs, as their outcomes tell them, and the coordinator's waits.
+                    remote_times(&mut metrics, &gauges, &meters);
+                    return metrics;
+                }
                 for meter in &meters {
                     if let Some((gave_up, took)) = meter.gave_up_core_in_items() {
                         let (total, items) = metrics.gave_up_core.unwrap_or_default();
@@ -429,6 +441,33 @@ impl Metrics {
     pub fn stage(&self, name: &str) -> Option<&StageMetrics> {
         self.stages.iter().find(|stage| stage.name == name)
     }
+}
+
+/// A remote stage's times: its workers are the worker processes' threads that serve it
+/// now, busy for as long as their calls took, and starved (or blocked) all of them while
+/// the coordinator waited for input with no item out (or for room for outputs).
+fn remote_times(
+    metrics: &mut StageMetrics,
+    gauges: &crate::engine::meter::RemoteGauges,
+    meters: &[std::sync::Arc<crate::engine::meter::WorkerMeter>],
+) {
+    for meter in meters {
+        metrics.items_in += meter.items_in.get();
+        metrics.items_out += meter.items_out.get();
+    }
+    let nanos = |gauge: &std::sync::atomic::AtomicU64| Duration::from_nanos(gauge.load(Relaxed));
+    let live = metrics
+        .remote
+        .as_ref()
+        .map_or(0, |remote| remote.live_workers);
+    let slots = gauges.slots.load(Relaxed).max(1) as usize;
+    metrics.workers = live * slots;
+    metrics.busy = nanos(&gauges.busy_nanos);
+    metrics.working = metrics.busy;
+    metrics.cpu = Some(nanos(&gauges.cpu_nanos));
+    let threads = metrics.workers.max(1) as u32;
+    metrics.starved = nanos(&gauges.starved_nanos).saturating_mul(threads);
+    metrics.blocked = nanos(&gauges.blocked_nanos).saturating_mul(threads);
 }
 
 pub(crate) fn cores() -> usize {

@@ -221,7 +221,13 @@ fn remote_workers(stage: &StageMetrics) -> String {
             "no worker has taken an item for {} (start workers with --pyper-worker URL)",
             clock(waited)
         ),
-        _ => format!("{processes} worker processes on {hosts} hosts"),
+        _ if remote.live_workers == processes => {
+            format!("{processes} worker processes on {hosts} hosts")
+        }
+        _ => format!(
+            "{} worker processes serving ({processes} seen on {hosts} hosts)",
+            remote.live_workers
+        ),
     }
 }
 

@@ -15,6 +15,7 @@
 //! for over [`STALL`] is a *stall*: a blocking call or heavy computation inside async
 //! code, which stops every other future on that thread.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
@@ -341,21 +342,72 @@ pub(crate) struct RemoteGauges {
     pub(crate) redeliveries: AtomicU64,
     /// Redeliveries the server counts (`num_redelivered` of the stage's consumer).
     pub(crate) server_redeliveries: AtomicU64,
-    /// Worker processes seen per host.
-    workers: Mutex<Vec<(String, usize)>>,
+    /// The worker processes that sent outcomes: when each last did, by host and pid.
+    workers: Mutex<SeenWorkers>,
     /// For how long (ms) items have waited on the server with no worker holding any; 0
     /// while workers take them.
     pub(crate) unserved_ms: AtomicU64,
+    /// The threads each worker process runs the stage's items on (its `workers(n)`).
+    pub(crate) slots: AtomicU64,
+    /// What the outcomes say the workers' calls took: wall time and CPU time (ns).
+    pub(crate) busy_nanos: AtomicU64,
+    pub(crate) cpu_nanos: AtomicU64,
+    /// The coordinator's waits (ns): for input with no item out (every worker thread of
+    /// the stage had nothing of it to do), and for room downstream for outputs.
+    pub(crate) starved_nanos: AtomicU64,
+    pub(crate) blocked_nanos: AtomicU64,
 }
 
+/// The worker processes a remote stage has heard from.
+#[derive(Default)]
+struct SeenWorkers {
+    last_outcome: BTreeMap<(String, u32), std::time::Instant>,
+    /// The longest a message of items took a worker: a worker still counts as live for
+    /// a few of those after its last outcome.
+    longest_message: Duration,
+}
+
+/// How long a worker still counts as serving after its last outcome, at least.
+const LIVE_AFTER_OUTCOME: Duration = Duration::from_secs(5);
+
 impl RemoteGauges {
+    /// Notes an outcome message from worker process `pid` on `host`, whose calls took
+    /// `busy` and `cpu`.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))]
-    pub(crate) fn set_workers(&self, per_host: Vec<(String, usize)>) {
-        *lock(&self.workers) = per_host;
+    pub(crate) fn outcome_from(&self, host: &str, pid: u32, busy: Duration, cpu: Duration) {
+        self.busy_nanos.fetch_add(busy.as_nanos() as u64, Relaxed);
+        self.cpu_nanos.fetch_add(cpu.as_nanos() as u64, Relaxed);
+        let mut workers = lock(&self.workers);
+        workers.longest_message = workers.longest_message.max(busy);
+        let now = std::time::Instant::now();
+        match workers.last_outcome.get_mut(&(host.to_owned(), pid)) {
+            Some(last) => *last = now,
+            None => drop(workers.last_outcome.insert((host.to_owned(), pid), now)),
+        }
     }
 
+    /// Worker processes that sent outcomes, per host, sorted by host.
     pub(crate) fn workers(&self) -> Vec<(String, usize)> {
-        lock(&self.workers).clone()
+        let workers = lock(&self.workers);
+        let mut per_host: Vec<(String, usize)> = Vec::new();
+        for (host, _) in workers.last_outcome.keys() {
+            match per_host.last_mut() {
+                Some((last, count)) if last == host => *count += 1,
+                _ => per_host.push((host.clone(), 1)),
+            }
+        }
+        per_host
+    }
+
+    /// The worker processes that serve the stage now: those whose last outcome is recent,
+    /// for a stage whose messages take at most a few seconds; longer for slower ones.
+    pub(crate) fn live_workers(&self) -> usize {
+        let workers = lock(&self.workers);
+        let window = LIVE_AFTER_OUTCOME.max(workers.longest_message.saturating_mul(3));
+        let now = std::time::Instant::now();
+        (workers.last_outcome.values())
+            .filter(|last| now.saturating_duration_since(**last) <= window)
+            .count()
     }
 }
 

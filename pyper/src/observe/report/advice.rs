@@ -93,6 +93,7 @@ impl Report {
         let suggested = stage.suggested_workers.unwrap_or(workers);
         match (stage.bound, m.kind) {
             (Bound::BlocksExecutor, _) | (Bound::Cpu, StageKind::Async) => self.stall_advice(stage),
+            (Bound::Cpu | Bound::Waiting, StageKind::Remote) => remote_advice(stage),
             (Bound::Cpu, StageKind::Input) => format!(
                 "the input iterator is the bottleneck and CPU-bound ({cpu}): make it \
                  cheaper, or move its work into a task with workers"
@@ -213,7 +214,7 @@ impl Report {
         let m = &stage.metrics;
         let cores = self.cores;
         match (stage.bound, m.kind) {
-            (_, StageKind::Input) => None,
+            (_, StageKind::Input | StageKind::Remote) => None,
             // Python code on threads takes turns on the GIL: as many worker processes as
             // the cores, whatever its threads. (Threads that compute without waiting for
             // it run code that releases it, numpy's say, and are counted as Rust threads.)
@@ -322,4 +323,31 @@ fn tuned_advice(name: &str, mean: usize, tuned: &crate::observe::metrics::Tuned)
         tuned.max,
         tuned.why
     )
+}
+
+/// A remote stage that is the bottleneck: its cores are its workers' hosts', not this
+/// machine's, so the advice is about how many workers serve it.
+fn remote_advice(stage: &StageReport) -> String {
+    let m = &stage.metrics;
+    let name = &m.name;
+    let cpu = stage.cpu_description();
+    let processes = m.remote.as_ref().map_or(0, |remote| remote.live_workers);
+    let threads = m.workers / processes.max(1);
+    let served = format!(
+        "{} of {}",
+        super::worker_processes(processes),
+        count(threads, "thread")
+    );
+    match stage.bound {
+        Bound::Cpu => format!(
+            "`{name}` is CPU-bound on its remote workers ({cpu}), served by {served}: start \
+             more worker processes, on hosts with free cores (or raise `workers(n)` where \
+             a host has cores to spare)"
+        ),
+        _ => format!(
+            "`{name}` waits on its remote workers ({cpu}), served by {served}: raise \
+             `workers(n)` (each process then runs more items at once), or start more \
+             worker processes"
+        ),
+    }
 }

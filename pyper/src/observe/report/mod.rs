@@ -423,6 +423,14 @@ fn percent(share: f64) -> String {
 }
 
 /// `1 worker`, `2 workers`.
+/// `1 remote worker process`, `3 remote worker processes`.
+fn worker_processes(n: usize) -> String {
+    match n {
+        1 => "1 remote worker process".to_owned(),
+        n => format!("{n} remote worker processes"),
+    }
+}
+
 fn count(n: usize, what: &str) -> String {
     match n {
         1 => format!("1 {what}"),
@@ -485,11 +493,12 @@ impl fmt::Display for Report {
                     .collect();
                 writeln!(
                     f,
-                    "{}: remote workers {}; {} in the server's queue; {} redelivered",
+                    "{}: {} serving ({}); {} in the server's queue; {} redelivered",
                     stage.metrics.name,
+                    worker_processes(remote.live_workers),
                     match hosts.is_empty() {
                         true => "none seen".to_owned(),
-                        false => hosts.join(", "),
+                        false => format!("seen: {}", hosts.join(", ")),
                     },
                     remote.queue_depth,
                     remote.redeliveries,

@@ -2,10 +2,10 @@
 //! input into one, collects outcomes from the other, watches for dead letters, and
 //! removes everything from the server when the run ends, however it ends.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::stream::FuturesUnordered;
@@ -64,6 +64,11 @@ where
 {
     let meter = stage.meter(StageKind::Remote);
     let gauges = meter.remote_gauges();
+    if let Some(gauges) = &gauges {
+        gauges
+            .slots
+            .store(stage.spec.workers.max(1) as u64, Ordering::Relaxed);
+    }
     let (stop, stopped) = watch::channel(false);
     stage.launcher.state.register(Box::new(StopSignal(stop)));
     let cluster = &body.cluster.inner;
@@ -375,7 +380,15 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 }
             };
             let most = self.batch_size().min(room.try_into().unwrap_or(usize::MAX));
-            let Some(first) = input.pop_batch_async(&mut batch, most).await else {
+            // With no item out, every worker thread of the stage waits with this pop.
+            let idle = count == self.released.load(Ordering::Acquire);
+            let waited = Instant::now();
+            let popped = input.pop_batch_async(&mut batch, most).await;
+            if let (true, Some(gauges)) = (idle, &self.gauges) {
+                let starved = waited.elapsed().as_nanos() as u64;
+                gauges.starved_nanos.fetch_add(starved, Ordering::Relaxed);
+            }
+            let Some(first) = popped else {
                 break;
             };
             let mut items = Vec::with_capacity(batch.len());
@@ -489,7 +502,6 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
         total: watch::Receiver<Option<u64>>,
     ) -> Result<(), Halt> {
         let mut outputs = Vec::new();
-        let mut hosts: BTreeMap<String, HashSet<u32>> = BTreeMap::new();
         // For an ordered stage: the outputs of items that came before their turn.
         let mut early: BTreeMap<u64, Vec<O>> = BTreeMap::new();
         let mut next = 0u64;
@@ -516,6 +528,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     pid,
                     delivered,
                     busy_nanos,
+                    cpu_nanos,
                     outcomes,
                 } = envelope
                 else {
@@ -527,14 +540,11 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     if delivered > 1 {
                         gauges.redeliveries.fetch_add(1, Ordering::Relaxed);
                     }
-                    if hosts.entry(host).or_default().insert(pid) {
-                        gauges.set_workers(
-                            hosts
-                                .iter()
-                                .map(|(host, pids)| (host.clone(), pids.len()))
-                                .collect(),
-                        );
-                    }
+                    let (busy, cpu) = (
+                        Duration::from_nanos(busy_nanos),
+                        Duration::from_nanos(cpu_nanos),
+                    );
+                    gauges.outcome_from(&host, pid, busy, cpu);
                 }
                 for (seq, outcome) in outcomes {
                     // Only an item that was sent has an outcome: anything else (a message
@@ -565,8 +575,13 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 }
             }
             let handed = outputs.len() as u64;
+            let waited = Instant::now();
             if output.push_all_async(&mut outputs).await.is_err() {
                 return Err(Halt::Stop);
+            }
+            if let Some(gauges) = &self.gauges {
+                let blocked = waited.elapsed().as_nanos() as u64;
+                gauges.blocked_nanos.fetch_add(blocked, Ordering::Relaxed);
             }
             self.released.store(next, Ordering::Release);
             self.progress.notify_one();

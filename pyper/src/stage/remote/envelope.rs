@@ -40,6 +40,9 @@ pub(super) enum OutcomeEnvelope {
         /// How long the calls took, all told, in nanoseconds: what the coordinator sizes
         /// its batches by, and the stage's busy time.
         busy_nanos: u64,
+        /// The CPU time of the calls (the worker thread's), in nanoseconds: with
+        /// `busy_nanos`, what tells the stage's verdict.
+        cpu_nanos: u64,
         /// Each item's outcome, by its index.
         outcomes: Vec<(u64, Outcome)>,
     },

@@ -25,6 +25,7 @@ use super::nats::{
 };
 use super::security::Security;
 use super::setup::{solo_id, starts_subject, Setup, ANNOUNCE, CONSUMER, STOP, VERSION};
+use crate::engine::meter::thread_cpu_time;
 use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
 use crate::stage::wire::registry::{self, Registered};
 use crate::stage::wire::RemoteError;
@@ -468,6 +469,7 @@ impl Worker<'_> {
             self.say_started(&items, runtime);
         }
         let started = Instant::now();
+        let cpu_at_start = calls_cpu_time();
         let (first, count) = (items.first().map_or(0, |item| item.seq), items.len());
         let mut outcomes = Vec::with_capacity(count);
         for item in items {
@@ -485,6 +487,10 @@ impl Worker<'_> {
             pid: std::process::id(),
             delivered,
             busy_nanos: started.elapsed().as_nanos() as u64,
+            cpu_nanos: match (cpu_at_start, calls_cpu_time()) {
+                (Some(start), Some(end)) => end.saturating_sub(start).as_nanos() as u64,
+                _ => 0,
+            },
             outcomes,
         });
         let id = format!("{}.out.{first}.{count}", self.setup.id);
@@ -540,6 +546,7 @@ impl Worker<'_> {
             pid: std::process::id(),
             delivered: 1,
             busy_nanos: 0,
+            cpu_nanos: 0,
             outcomes: vec![(u64::MAX, Outcome::Failed(vec![why.to_owned()]))],
         });
         Done::Outcomes(format!("{}.out.unplaced", self.setup.id), envelope, 1)
@@ -648,14 +655,28 @@ fn call_within(
     let spawned = std::thread::Builder::new()
         .name("pyper-remote-call".into())
         .spawn(move || {
-            let _ = sender.send(function.call(&item));
+            let reply = function.call(&item);
+            let _ = sender.send((reply, thread_cpu_time()));
         });
     if spawned.is_err() {
         return Some(Reply::Failed(vec![
             "cannot start a thread for the call".into()
         ]));
     }
-    receiver.recv_timeout(timeout).ok()
+    let (reply, cpu) = receiver.recv_timeout(timeout).ok()?;
+    CALLS_ELSEWHERE_CPU.with(|total| total.set(total.get() + cpu.unwrap_or_default()));
+    Some(reply)
+}
+
+thread_local! {
+    /// The CPU time of the calls this thread ran on threads of their own (to time them
+    /// out), which its own CPU clock does not count.
+    static CALLS_ELSEWHERE_CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// The CPU time the calling thread spent, its calls on threads of their own included.
+fn calls_cpu_time() -> Option<Duration> {
+    Some(thread_cpu_time()? + CALLS_ELSEWHERE_CPU.with(std::cell::Cell::get))
 }
 
 /// Tells the server, every `every`, that the items this thread holds are still being
