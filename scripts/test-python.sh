@@ -89,6 +89,15 @@ if [ ! -d "$pyper_tests/tests" ]; then
 fi
 # Their tests must import this package, not theirs.
 (cd "$pyper_tests" && in_users python -c 'import pyper, sys; sys.exit(0 if hasattr(pyper, "_engine") else "not our pyper")')
+# The remote tasks' tests need a nats-server: scripts/test.sh passes its own; run alone,
+# this script starts one (scripts/nats-server.sh installs it if missing).
+if [ -z "${PYPER_NATS_URL:-}" ]; then
+    nats_dir=$(mktemp -d)
+    trap 'bash "$root/scripts/nats-server.sh" stop "$nats_dir"; rm -rf "$nats_dir"' EXIT
+    PYPER_NATS_URL=$(bash scripts/nats-server.sh start "$nats_dir")
+    export PYPER_NATS_URL
+fi
+
 echo "python-pyper 0.4.4's own tests, against the pyperflow wheel:"
 (cd "$pyper_tests" && in_users timeout -k 10 900 python -m pytest -q -p no:cacheprovider tests --timeout 120 \
     -o asyncio_default_fixture_loop_scope=function)

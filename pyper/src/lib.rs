@@ -175,10 +175,16 @@ pub use stage::policy::{Backoff, Panicked, RetriesExhausted, TimedOut};
 pub use stage::process::WorkerDied;
 #[cfg(feature = "python")]
 pub use stage::python::{PyItem, PyShape};
+#[cfg(all(feature = "remote", feature = "python"))]
+pub use stage::remote::serve_python_worker;
 #[cfg(feature = "remote")]
-pub use stage::remote::{Cluster, ClusterBuilder, DeadLetter, DEAD_LETTER_STREAM, WORKER_ENV};
+pub use stage::remote::{
+    Cluster, ClusterBuilder, DeadLetter, PythonFunction, DEAD_LETTER_STREAM, WORKER_ENV,
+};
 #[cfg(feature = "process")]
 pub use stage::wire::RemoteError;
+#[cfg(all(feature = "remote", feature = "python"))]
+pub use task::remote::python_remote_task;
 /// The `PYPER_NATS_*` environment variables that give remote workers (and, for what a
 /// [`ClusterBuilder`] leaves unset, coordinators) their credentials and TLS settings.
 #[cfg(feature = "remote")]

@@ -201,11 +201,11 @@ fn forged_setups_are_refused_and_the_worker_stays_up() {
             forged.push(format!("PYPER_{id}_IN"));
         };
         forge("range", &|setup| {
-            setup["function"]["index"] = 1_000_000.into()
+            setup["function"]["Registered"]["index"] = 1_000_000.into()
         });
         forge("unregistered", &|setup| {
-            setup["function"]["index"] = 0.into();
-            setup["function"]["name"] = "std::process::exit".into();
+            setup["function"]["Registered"]["index"] = 0.into();
+            setup["function"]["Registered"]["name"] = "std::process::exit".into();
         });
         // The wire format of builds that sent code addresses: an offset to jump to.
         forge("address", &|setup| {
@@ -272,10 +272,16 @@ fn a_cluster_that_requires_a_password() {
         let by_env = Workers::new(&url)
             .env(pyper::nats_env::USER_ENV, "pyper")
             .env(pyper::nats_env::PASSWORD_ENV, "s3cret");
-        by_env.start();
         let in_url = url.replace("nats://", "nats://pyper:s3cret@");
         let by_url = Workers::new(&in_url);
-        by_url.start();
+        let by_url_pid = by_url.start();
+        // The worker with the credentials in its URL serves alone first.
+        let first: Vec<(u64, u32)> = remote_task!(&cluster, tagged)
+            .feed(0..50)
+            .map(Result::unwrap)
+            .collect();
+        assert!(first.iter().all(|&(_, pid)| pid == by_url_pid), "{first:?}");
+        by_env.start();
         let outputs: Vec<(u64, u32)> = remote_task!(&cluster, tagged)
             .feed(0..500)
             .map(Result::unwrap)

@@ -14,9 +14,14 @@ from ._fork import fork
 from ._metrics import Metrics, StageMetrics
 from ._pipeline import AsyncPipeline, Pipeline
 from ._process import WorkerDied
+from ._remote import RemoteError
 from ._task import task
 
-__all__ = ["task", "fork", "Pipeline", "AsyncPipeline", "WorkerDied", "Metrics", "StageMetrics"]
+Cluster = _engine.Cluster
+DeadLetter = _engine.DeadLetter
+
+__all__ = ["task", "fork", "Pipeline", "AsyncPipeline", "WorkerDied", "Metrics", "StageMetrics",
+           "Cluster", "DeadLetter", "RemoteError"]
 
 # Every run still going is cancelled, and its workers waited for, before the interpreter
 # finalizes: a worker thread must never find the interpreter gone.

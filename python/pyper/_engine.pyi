@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Iterator, List, Protocol, TypeVar
+from typing import Any, Generic, Iterator, List, Optional, Protocol, TypeVar
 
 from ._metrics import Metrics
 
@@ -23,6 +23,24 @@ class _StageSpec(Protocol):
     driver: bool
     ordered: bool
     concurrency: int
+    remote: Optional[Cluster]
+    module: Optional[str]
+    qualname: Optional[str]
+    timeout: Optional[float]
+
+class Cluster:
+    """A NATS server with JetStream that remote tasks send their items through."""
+
+    def __init__(self, url: str, *, user: Optional[str] = None,
+                 password: Optional[str] = None, token: Optional[str] = None,
+                 ack_wait: Optional[float] = None, max_deliver: Optional[int] = None,
+                 lease: Optional[float] = None, no_worker_notice: Optional[float] = None,
+                 fail_without_workers: Optional[float] = None) -> None: ...
+    def run_streams(self) -> List[str]:
+        """The streams of runs on the server now: none once every run has ended."""
+
+class DeadLetter(RuntimeError):
+    """An item of a remote task that went to the dead letters."""
 
 class Engine:
     """A pipeline of Python stages, built once and run any number of times."""
@@ -51,6 +69,9 @@ class Run(Generic[_T]):
         """The engine's report: each stage classified, the bottleneck, advice."""
     def metrics(self) -> Metrics:
         """The report's figures as plain data, live while the run goes on."""
+
+def serve_worker(url: str) -> None:
+    """Serves remote tasks from the server at `url`, for ever; raises why it cannot."""
 
 def end_all_runs() -> None:
     """Cancels every run still going and waits for its workers (at exit)."""

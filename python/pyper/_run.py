@@ -56,7 +56,7 @@ def _stages(tasks: Sequence[Task],
         first = position == 0
         func: Any = task.func
         workers, plain = task.workers, True
-        driver = task.is_async
+        driver = task.is_async and task.remote is None
         if driver:
             assert loop is not None, "an async task runs on a loop"
             # One engine worker feeds the stage's coroutines, `workers` at once.
@@ -78,6 +78,10 @@ def _stages(tasks: Sequence[Task],
             driver=driver,
             ordered=task.ordered,
             concurrency=task.workers,
+            remote=task.remote,
+            module=task.located[0] if task.located else None,
+            qualname=task.located[1] if task.located else None,
+            timeout=task.timeout if task.remote is not None else None,
         ))
     return stages
 

@@ -25,6 +25,7 @@ from typing import (
     overload,
 )
 
+from . import _engine, _remote
 from ._typing import I, P, R
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 # What `task.bind` returns: extra positional and keyword arguments.
 Bind = Optional[Tuple[Tuple[Any, ...], Dict[str, Any]]]
+
+# What `remote=` takes: a cluster, or its URL.
+Remote = Union[_engine.Cluster, str, None]
 
 
 def _is_gen(func: object) -> bool:
@@ -91,12 +95,12 @@ class Task:
     """One function of a pipeline, with its options."""
 
     __slots__ = ("func", "branch", "join", "workers", "throttle", "multiprocess",
-                 "is_async", "is_gen", "retries", "ordered", "timeout")
+                 "is_async", "is_gen", "retries", "ordered", "timeout", "remote", "located")
 
     def __init__(self, func: Callable[..., Any], branch: bool = False, join: bool = False,
                  workers: int = 1, throttle: int = 0, multiprocess: bool = False,
                  bind: Bind = None, retries: int = 0, ordered: bool = False,
-                 timeout: Optional[float] = None):
+                 timeout: Optional[float] = None, remote: Remote = None):
         # `bool` is an `int` in Python, and Pyper accepts it too.
         if not isinstance(workers, int):
             raise TypeError("workers must be an integer")
@@ -114,6 +118,14 @@ class Task:
             raise TypeError("A task function must be a callable object")
         self.is_gen = _is_gen(func)
         self.is_async = _is_async(func)
+        self.remote: Optional[_engine.Cluster] = None
+        self.located: Optional[Tuple[str, str]] = None
+        if remote is not None:
+            if join or multiprocess or bind is not None:
+                raise ValueError("a remote task cannot be a join or multiprocess task, nor"
+                                 " take bind: its workers call the function on one item")
+            self.located = _remote.locate(func)
+            self.remote = _remote.cluster_of(remote)
         if multiprocess:
             if self.is_async:
                 raise ValueError("multiprocess cannot be True for an async task")
@@ -141,7 +153,8 @@ class Task:
                 raise ValueError("timeout applies to a function called once per item, in"
                                  " threads or as a coroutine (not to a generator, join or"
                                  " multiprocess task)")
-            self.func = _timed(self.func, timeout, self.is_async)
+            if remote is None:
+                self.func = _timed(self.func, timeout, self.is_async)
         self.multiprocess = multiprocess
         self.retries = retries
         self.ordered = ordered
@@ -204,6 +217,12 @@ class _TaskFactory:
             ``TimeoutError`` (retried if ``retries`` allows). A coroutine is cancelled; a
             sync call runs on a thread of its own and is abandoned, and goes on until it
             returns. Not for generators, ``join`` or ``multiprocess`` tasks.
+        remote: extension (not in Pyper): a `Cluster` (or its URL): the function runs on
+            remote workers (``python -m pyper.worker URL``, on any host) that import it by
+            module and name, with ``workers`` items at once in each worker process; items
+            and outputs are pickled. ``timeout`` and ``retries`` apply in the worker. Not
+            for ``join`` or ``multiprocess`` tasks, nor with ``bind``, nor for a function
+            the workers cannot import (a lambda, a closure, one defined in the script).
     """
 
     # The overloads tell a type checker each stage's input and output: a function
@@ -216,94 +235,107 @@ class _TaskFactory:
     def __call__(self, func: Callable[[AsyncIterator[I]], AsyncIterable[R]], /, *,
                 branch: Literal[True], join: Literal[True], workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ...,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> AsyncPipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[AsyncIterator[I]], Awaitable[R]], /, *,
                 branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ...,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> AsyncPipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[Iterator[I]], Iterable[R]], /, *,
                 branch: Literal[True], join: Literal[True], workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ...,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> Pipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[Iterator[I]], R], /, *,
                 branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ...,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> Pipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[P, AsyncIterable[R]], /, *, branch: Literal[True],
                 join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...
+                ordered: bool = ..., timeout: Optional[float] = ..., remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Awaitable[Iterable[R]]], /, *,
                 branch: Literal[True], join: Literal[False] = ..., workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ...,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Awaitable[R]], /, *, branch: Literal[False] = ...,
                 join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...
+                ordered: bool = ..., timeout: Optional[float] = ..., remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Iterable[R]], /, *, branch: Literal[True],
                 join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...) -> Pipeline[P, R]: ...
+                ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...) -> Pipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, R], /, *, branch: Literal[False] = ...,
                 join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...) -> Pipeline[P, R]: ...
+                ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...) -> Pipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[..., Union[Awaitable[Any], AsyncIterable[Any]]], /, *,
                 branch: bool = ..., join: bool = ..., workers: int = ...,
                 throttle: int = ..., multiprocess: bool = ..., bind: Bind,
-                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...
+                retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...
                 ) -> AsyncPipeline[..., Any]: ...
     @overload
     def __call__(self, func: Callable[..., Any], /, *, branch: bool = ..., join: bool = ...,
                 workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
                 bind: Bind, retries: int = ..., ordered: bool = ...,
-                timeout: Optional[float] = ...) -> Pipeline[..., Any]: ...
+                timeout: Optional[float] = ..., remote: Remote = ...) -> Pipeline[..., Any]: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[True], join: bool = ...,
                 workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
                 bind: Bind = ..., retries: int = ..., ordered: bool = ...,
-                timeout: Optional[float] = ...) -> _BranchDecorator: ...
+                timeout: Optional[float] = ..., remote: Remote = ...) -> _BranchDecorator: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
                 join: Literal[True], workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...) -> _JoinDecorator: ...
+                ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...) -> _JoinDecorator: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
                 join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
                 multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
-                ordered: bool = ..., timeout: Optional[float] = ...) -> _Decorator: ...
+                ordered: bool = ..., timeout: Optional[float] = ...,
+                remote: Remote = ...) -> _Decorator: ...
 
     def __call__(self, func: Optional[Callable[..., Any]] = None, /, *, branch: bool = False,
                 join: bool = False, workers: int = 1, throttle: int = 0,
                 multiprocess: bool = False, bind: Bind = None, retries: int = 0,
-                ordered: bool = False, timeout: Optional[float] = None) -> Any:
+                ordered: bool = False, timeout: Optional[float] = None,
+                remote: Remote = None) -> Any:
         from ._pipeline import Pipeline
 
         if func is None:
             return functools.partial(self, branch=branch, join=join, workers=workers,
                                      throttle=throttle, multiprocess=multiprocess, bind=bind,
-                                     retries=retries, ordered=ordered, timeout=timeout)
+                                     retries=retries, ordered=ordered, timeout=timeout,
+                                     remote=remote)
         return Pipeline([Task(func=func, branch=branch, join=join, workers=workers,
                               throttle=throttle, multiprocess=multiprocess, bind=bind,
-                              retries=retries, ordered=ordered, timeout=timeout)])
+                              retries=retries, ordered=ordered, timeout=timeout,
+                              remote=remote)])
 
     @staticmethod
     def bind(*args: Any, **kwargs: Any) -> Bind:

@@ -21,6 +21,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyper::{python_task, Canceller, Monitor, Output, Pipeline, PyItem, PyShape, Task};
 
+pyo3::create_exception!(
+    _engine,
+    DeadLetter,
+    PyRuntimeError,
+    "An item of a remote stage that went to the dead letters: it failed, or killed every \
+     worker it was given, `max_deliver` times."
+);
+
 /// How long a wait for outputs lasts before it looks for signals again.
 const SIGNAL_CHECK: Duration = Duration::from_millis(20);
 
@@ -46,6 +54,112 @@ struct StageSpec {
     ordered: bool,
     /// For an async stage: the coroutines it runs at once.
     concurrency: usize,
+    /// For a remote stage: its cluster, and the function's module and qualified name.
+    remote: Option<Py<PyCluster>>,
+    module: Option<String>,
+    qualname: Option<String>,
+    /// For a remote stage: how long a call may take, in seconds.
+    timeout: Option<f64>,
+}
+
+/// A NATS server with JetStream that remote stages send their items through
+/// (`pyper.Cluster`).
+#[pyclass(frozen, name = "Cluster", module = "pyper._engine")]
+struct PyCluster {
+    cluster: pyper::Cluster,
+    url: String,
+}
+
+#[pymethods]
+impl PyCluster {
+    /// Connects to the server at `url` (credentials in it, or in the keyword arguments,
+    /// or in the `PYPER_NATS_*` variables). Seconds for the durations.
+    #[new]
+    #[pyo3(signature = (url, *, user = None, password = None, token = None, ack_wait = None,
+                        max_deliver = None, lease = None, no_worker_notice = None,
+                        fail_without_workers = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        url: String,
+        user: Option<String>,
+        password: Option<String>,
+        token: Option<String>,
+        ack_wait: Option<f64>,
+        max_deliver: Option<u32>,
+        lease: Option<f64>,
+        no_worker_notice: Option<f64>,
+        fail_without_workers: Option<f64>,
+    ) -> PyResult<Self> {
+        let seconds = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!("{name} must be a positive number of seconds"))
+                })
+        };
+        let mut builder = pyper::Cluster::builder(&url);
+        if let (Some(user), Some(password)) = (&user, &password) {
+            builder = builder.user_and_password(user, password);
+        } else if user.is_some() || password.is_some() {
+            return Err(PyValueError::new_err(
+                "give both user and password, or neither",
+            ));
+        }
+        if let Some(token) = &token {
+            builder = builder.token(token);
+        }
+        let mut cluster = py
+            .detach(|| builder.connect())
+            .map_err(|error| PyRuntimeError::new_err(error.to_string()))?;
+        if let Some(value) = ack_wait {
+            cluster = cluster.ack_wait(seconds("ack_wait", value)?);
+        }
+        if let Some(value) = max_deliver {
+            cluster = cluster.max_deliver(value);
+        }
+        if let Some(value) = lease {
+            cluster = cluster.lease(seconds("lease", value)?);
+        }
+        if let Some(value) = no_worker_notice {
+            cluster = cluster.no_worker_notice(seconds("no_worker_notice", value)?);
+        }
+        if let Some(value) = fail_without_workers {
+            cluster = cluster.fail_without_workers(seconds("fail_without_workers", value)?);
+        }
+        // The URL as given, less any password, for `repr`.
+        let shown = match url.split_once('@') {
+            Some((credentials, host)) if credentials.contains(':') => {
+                let scheme_end = credentials.find("://").map_or(0, |at| at + 3);
+                let user = credentials[scheme_end..].split(':').next().unwrap_or("");
+                format!("{}{user}:***@{host}", &credentials[..scheme_end])
+            }
+            _ => url.clone(),
+        };
+        Ok(PyCluster {
+            cluster,
+            url: shown,
+        })
+    }
+
+    /// The streams of runs on the server now: none once every run has ended.
+    fn run_streams(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.cluster.run_streams())
+            .map_err(|error| PyRuntimeError::new_err(error.to_string()))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Cluster({:?})", self.url)
+    }
+}
+
+/// Serves remote Python tasks (and this package's) from the server at `url`, for ever:
+/// `python -m pyper.worker URL`. Returns only by raising why it cannot.
+#[pyfunction]
+fn serve_worker(py: Python<'_>, url: String) -> PyResult<()> {
+    let why = py.detach(|| pyper::serve_python_worker(&url));
+    Err(PyRuntimeError::new_err(why))
 }
 
 #[pymethods]
@@ -63,7 +177,23 @@ impl Engine {
                 driver: stage.driver,
                 concurrency: stage.concurrency,
             };
-            let task = python_task(stage.function, shape)
+            let task = match &stage.remote {
+                Some(cluster) => {
+                    let function = pyper::PythonFunction {
+                        module: stage.module.clone().unwrap_or_default(),
+                        qualname: stage.qualname.clone().unwrap_or_default(),
+                        branch: stage.branch,
+                        star_args: stage.star_args,
+                    };
+                    let timeout = stage
+                        .timeout
+                        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+                    let cluster = &cluster.get().cluster;
+                    pyper::python_remote_task(cluster, function, timeout, stage.retries)
+                }
+                None => python_task(stage.function, shape),
+            };
+            let task = task
                 .name(stage.name)
                 .workers(stage.workers)
                 .throttle(stage.throttle);
@@ -378,7 +508,16 @@ fn end_all_runs(py: Python<'_>) {
 /// The Python exception a run's error stands for: the original one if a Python callable
 /// raised it, else a `RuntimeError` that says what went wrong and where.
 fn into_pyerr(error: pyper::Error) -> PyErr {
-    let message = error.to_string();
+    // The error's own message, then its causes': where it happened, and why.
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(error) = cause {
+        message = format!("{message}: {error}");
+        cause = error.source();
+    }
+    if error.downcast_ref::<pyper::DeadLetter>().is_some() {
+        return DeadLetter::new_err(message);
+    }
     match error.into_source().map(|source| source.downcast::<PyErr>()) {
         Some(Ok(original)) => *original,
         _ => PyRuntimeError::new_err(message),
@@ -389,6 +528,9 @@ fn into_pyerr(error: pyper::Error) -> PyErr {
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Engine>()?;
     module.add_class::<Run>()?;
+    module.add_class::<PyCluster>()?;
+    module.add_function(wrap_pyfunction!(serve_worker, module)?)?;
+    module.add("DeadLetter", module.py().get_type::<DeadLetter>())?;
     module.add_function(wrap_pyfunction!(end_all_runs, module)?)?;
     Ok(())
 }

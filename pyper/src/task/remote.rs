@@ -151,3 +151,23 @@ where
     let body = remote::body(cluster, function).map_or(Body::Invalid(UNREGISTERED), Body::Remote);
     Task::new(body, None)
 }
+
+/// A task whose items a Python function on remote workers runs: what the `pyperflow`
+/// Python package's `task(f, remote=cluster)` builds (feature `python`). Its items and
+/// outputs are Python objects, pickled on the way; Python workers
+/// (`python -m pyper.worker URL`, [`serve_python_worker`](crate::serve_python_worker))
+/// import `function` by module and qualified name, give up on a call after `timeout`,
+/// and make `retries` more attempts of an item whose call raised or timed out.
+#[cfg(feature = "python")]
+pub fn python_remote_task(
+    cluster: &Cluster,
+    function: crate::PythonFunction,
+    timeout: Option<std::time::Duration>,
+    retries: u32,
+) -> Task<crate::PyItem, crate::PyItem> {
+    let mut task = Task::new(Body::Remote(remote::python_body(cluster, function)), None);
+    // The worker applies both, on its own copy of the item: none is needed here.
+    task.options.faults.timeout = timeout;
+    task.options.faults.retries = retries;
+    task
+}

@@ -168,7 +168,8 @@ impl Reply {
     pub(crate) fn write(&self, out: &mut impl Write, scratch: &mut Vec<u8>) -> io::Result<()> {
         match self {
             Reply::Done(output) => write_frame(out, scratch, DONE, &[output]),
-            Reply::Failed(chain) => {
+            // Only a Python worker on a remote stage raises; over a socket it is a failure.
+            Reply::Failed(chain) | Reply::Raised { chain, .. } => {
                 let chain = postcard::to_stdvec(chain)
                     .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
                 write_frame(out, scratch, FAILED, &[&chain])

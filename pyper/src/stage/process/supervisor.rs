@@ -294,7 +294,7 @@ impl<I, O> Supervisor<'_, I, O> {
                         out.put(attempt.index, bytes, &stage.body, &stage.name)?;
                         continue;
                     }
-                    Ok(Reply::Failed(chain)) => {
+                    Ok(Reply::Failed(chain) | Reply::Raised { chain, .. }) => {
                         let error = RemoteError::new(chain_or_default(chain));
                         AttemptFailure::Failed(Box::new(error))
                     }

@@ -5,21 +5,34 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::cluster::Cluster;
+use super::setup::Callee;
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
 use crate::stage::func::EachFn;
 use crate::stage::wire::codec;
-use crate::stage::wire::registry::{FunctionRef, Registered};
+use crate::stage::wire::registry::Registered;
+use crate::stage::wire::RemoteError;
 
 /// The coordinator's side of a remote task's function: where workers find it, the
 /// cluster it runs on, and how its items and outputs cross.
 pub(crate) struct RemoteFn<I, O> {
     pub(super) cluster: Cluster,
-    pub(super) function: FunctionRef,
+    pub(super) function: Callee,
     pub(super) encode: fn(&I) -> Result<Vec<u8>, BoxError>,
     /// Decodes one output and hands it on, through `branch` and the like.
     pub(crate) decode: EachFn<Vec<u8>, O>,
+    /// The error an exception raised in a worker stands for here (Python's, unpickled),
+    /// from its messages and its encoding.
+    pub(super) raised: fn(Vec<String>, Vec<u8>) -> BoxError,
+}
+
+/// A raised exception as a Rust program sees it: its messages (it cannot be decoded).
+pub(super) fn raised_messages(chain: Vec<String>, _exception: Vec<u8>) -> BoxError {
+    Box::new(RemoteError::new(match chain.is_empty() {
+        true => vec!["the worker raised an exception without a message".to_owned()],
+        false => chain,
+    }))
 }
 
 /// The body of a remote task calling the registered `function` on the cluster's workers,
@@ -34,7 +47,7 @@ where
 {
     Ok(RemoteFn {
         cluster: cluster.clone(),
-        function: function.reference()?,
+        function: Callee::Registered(function.reference()?),
         encode: |item| codec::encode(item, "the item").map_err(BoxError::from),
         decode: Arc::new(|bytes: Vec<u8>, out: &mut dyn Emit<O>| {
             let output: O = postcard::from_bytes(&bytes).map_err(|error| {
@@ -42,6 +55,7 @@ where
             })?;
             out.emit(output).map_err(Fault::from)
         }),
+        raised: raised_messages,
     })
 }
 
@@ -53,6 +67,7 @@ impl<I, O> RemoteFn<I, O> {
             function: self.function,
             encode: self.encode,
             decode,
+            raised: self.raised,
         }
     }
 }
@@ -64,6 +79,7 @@ impl<I, O> Clone for RemoteFn<I, O> {
             function: self.function.clone(),
             encode: self.encode,
             decode: Arc::clone(&self.decode),
+            raised: self.raised,
         }
     }
 }

@@ -18,8 +18,8 @@ use super::envelope::{self, Item, ItemEnvelope, Outcome, OutcomeEnvelope};
 use super::lease::{self, Sweeper};
 use super::nats::{block_on, dead_letter, dead_letter_stream, fetch, host_name, publish, redacted};
 use super::setup::{
-    in_stream, in_subject, out_stream, out_subject, solo_id, starts_subject, Setup, ANNOUNCE,
-    CONSUMER, STOP, VERSION,
+    in_stream, in_subject, out_stream, out_subject, python_fingerprint, solo_id, starts_subject,
+    Callee, Setup, ANNOUNCE, CONSUMER, STOP, VERSION,
 };
 use crate::engine::batch::{Collect, Fault, Halt};
 use crate::engine::meter::{RemoteGauges, StageKind, WorkerMeter};
@@ -78,7 +78,10 @@ where
         version: VERSION,
         id: id.clone(),
         stage: stage.name.to_string(),
-        build: cluster.build.to_owned(),
+        build: match &body.function {
+            Callee::Registered(_) => cluster.build.to_owned(),
+            Callee::Python(_) => python_fingerprint(),
+        },
         function: body.function.clone(),
         slots: spec.workers,
         timeout_nanos: spec.faults.timeout.map(|t| t.as_nanos() as u64),
@@ -552,7 +555,9 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     // run, and never makes the bitmap grow.
                     if seq >= self.numbered.load(Ordering::Acquire) {
                         let why = match outcome {
-                            Outcome::Failed(chain) => chain.join(": "),
+                            Outcome::Failed(chain) | Outcome::Raised { chain, .. } => {
+                                chain.join(": ")
+                            }
                             _ => format!("an outcome for item {seq}, which was never sent"),
                         };
                         return Err(Halt::Failed(Error::failed(&self.name, None, why.into())));
@@ -633,6 +638,9 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                     false => chain,
                 };
                 Error::failed(name, Some(seq), Box::new(RemoteError::new(chain)))
+            }
+            Outcome::Raised { chain, exception } => {
+                Error::failed(name, Some(seq), (self.body.raised)(chain, exception))
             }
             Outcome::Panicked(message) => Error::panicked(name, Some(seq), Box::new(message)),
             Outcome::TimedOut(nanos) => Error::failed(

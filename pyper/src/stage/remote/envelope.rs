@@ -59,6 +59,12 @@ pub(super) enum Outcome {
     Panicked(String),
     /// The call overran the stage's timeout, in nanoseconds.
     TimedOut(u64),
+    /// The function raised an exception (Python's): its message and traceback, and the
+    /// exception, pickled.
+    Raised {
+        chain: Vec<String>,
+        exception: Vec<u8>,
+    },
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -44,6 +44,8 @@ mod coordinator;
 mod envelope;
 mod lease;
 mod nats;
+#[cfg(feature = "python")]
+mod python;
 mod security;
 mod setup;
 mod worker;
@@ -52,8 +54,13 @@ pub(crate) use body::{body, RemoteFn};
 pub use cluster::{Cluster, ClusterBuilder, DeadLetter, WORKER_ENV};
 pub(crate) use coordinator::launch;
 pub use nats::DEAD_LETTER_STREAM;
+#[cfg(feature = "python")]
+pub(crate) use python::body as python_body;
 pub use security::{
     CREDS_ENV, NKEY_ENV, PASSWORD_ENV, TLS_CA_ENV, TLS_CLIENT_ENV, TLS_REQUIRED_ENV, TOKEN_ENV,
     USER_ENV,
 };
+pub use setup::PythonFunction;
 pub(crate) use worker::serve_if_worker;
+#[cfg(feature = "python")]
+pub use worker::serve_python_worker;

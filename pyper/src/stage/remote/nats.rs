@@ -210,7 +210,7 @@ pub(super) async fn connect(
     patient: bool,
     security: &Security,
 ) -> Result<async_nats::Client, Error> {
-    let options = security.options().await?;
+    let options = security.with_url_credentials(&url).options().await?;
     let options = match patient {
         true => options.retry_on_initial_connect(),
         false => options,

@@ -90,6 +90,27 @@ impl Security {
     }
 
     /// The client's connect options with these settings.
+    /// These settings, with the credentials a URL holds (`nats://user:password@host`, or
+    /// `nats://token@host`) when they give none: the NATS client reads a URL's host, not
+    /// its credentials.
+    pub(super) fn with_url_credentials(&self, url: &str) -> Security {
+        let mut security = self.clone();
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let Some((userinfo, _)) = rest.rsplit_once('@') else {
+            return security;
+        };
+        if security.user.is_some() || security.token.is_some() || userinfo.is_empty() {
+            return security;
+        }
+        match userinfo.split_once(':') {
+            Some((user, password)) => {
+                security.user = Some((user.to_owned(), password.to_owned()));
+            }
+            None => security.token = Some(userinfo.to_owned()),
+        }
+        security
+    }
+
     pub(super) async fn options(&self) -> Result<ConnectOptions, Error> {
         let unreadable = |what: &str, path: &PathBuf, error: std::io::Error| {
             Error::config(

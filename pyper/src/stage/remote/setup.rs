@@ -2,6 +2,8 @@
 //! subjects and stream names made from its id, and the protocol's version. A leaf: every
 //! file of the remote kind uses it, and it uses none of them.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::stage::wire::registry::FunctionRef;
@@ -32,8 +34,8 @@ pub(super) struct Setup {
     /// The build of the coordinator's executable: only a worker of the same build serves
     /// the run.
     pub(super) build: String,
-    /// The registered function to call.
-    pub(super) function: FunctionRef,
+    /// The function to call.
+    pub(super) function: Callee,
     /// Items each worker process runs at once (the stage's `workers`).
     pub(super) slots: usize,
     pub(super) timeout_nanos: Option<u64>,
@@ -44,6 +46,53 @@ pub(super) struct Setup {
     pub(super) ack_wait_nanos: u64,
     /// How long the run's coordinator may go unheard before its streams are deleted.
     pub(super) lease_nanos: u64,
+}
+
+/// The function a run's workers call on its items.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) enum Callee {
+    /// A Rust function the program registered: only a worker of the same build serves it.
+    Registered(FunctionRef),
+    /// A Python function (the `pyperflow` package's `task(f, remote=...)`), which a Python
+    /// worker (`python -m pyper.worker`) imports by module and qualified name. Its items
+    /// and outputs are pickles.
+    Python(PythonFunction),
+}
+
+/// A Python function as a run names it, and how it is called.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonFunction {
+    /// The module the worker imports.
+    pub module: String,
+    /// The function's qualified name in the module (`Class.method` for a static one).
+    pub qualname: String,
+    /// Whether the function's result is iterated into several outputs.
+    pub branch: bool,
+    /// Whether each item is an `(args, kwargs)` pair to call it with (a pipeline's first
+    /// stage).
+    pub star_args: bool,
+}
+
+/// What a Python run's workers must match in place of a build fingerprint: the package's
+/// version (its pickles and its helper's calling convention), not the interpreter's
+/// executable, which differs from host to host.
+pub(super) fn python_fingerprint() -> String {
+    format!("python:pyperflow-{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl fmt::Display for Callee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Callee::Registered(reference) => reference.fmt(f),
+            Callee::Python(function) => {
+                write!(
+                    f,
+                    "Python function `{}:{}`",
+                    function.module, function.qualname
+                )
+            }
+        }
+    }
 }
 
 impl Setup {

@@ -24,10 +24,12 @@ use super::nats::{
     block_on, connect, dead_letter, fetch, host_name, publish, redacted, run_stream_names,
 };
 use super::security::Security;
-use super::setup::{solo_id, starts_subject, Setup, ANNOUNCE, CONSUMER, STOP, VERSION};
+use super::setup::{solo_id, starts_subject, Callee, Setup, ANNOUNCE, CONSUMER, STOP, VERSION};
 use crate::engine::meter::thread_cpu_time;
-use crate::stage::policy::{AttemptFailure, Attempts, FaultPolicy, TimedOut, Verdict};
-use crate::stage::wire::registry::{self, Registered};
+use crate::stage::policy::{
+    AttemptFailure, Attempts, FaultPolicy, RetriesExhausted, TimedOut, Verdict,
+};
+use crate::stage::wire::registry;
 use crate::stage::wire::RemoteError;
 use crate::stage::wire::{panic_message, Reply};
 
@@ -52,14 +54,26 @@ pub(crate) fn serve_if_worker() {
     let Some(url) = worker_url() else { return };
     // Programs that the task's function starts must not take themselves for workers.
     std::env::remove_var(WORKER_ENV);
-    let code = match serve(&url) {
+    let why = serve_url(&url);
+    eprintln!("pyper remote worker {}: {why}", std::process::id());
+    std::process::exit(1);
+}
+
+/// Serves the remote runs of Python functions (and of this build's Rust ones) from the
+/// server at `url`, for ever; returns only why it cannot. What `python -m pyper.worker
+/// URL` runs, with the GIL released. (For the `pyperflow` Python package.)
+#[cfg(feature = "python")]
+pub fn serve_python_worker(url: &str) -> String {
+    super::python::become_python_worker();
+    serve_url(url)
+}
+
+/// Serves remote tasks from the server at `url` for ever; returns only why it cannot.
+fn serve_url(url: &str) -> String {
+    match serve(url) {
         Ok(never) => match never {},
-        Err(why) => {
-            eprintln!("pyper remote worker {}: {why}", std::process::id());
-            1
-        }
-    };
-    std::process::exit(code);
+        Err(why) => why,
+    }
 }
 
 enum Never {}
@@ -145,15 +159,23 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
                 continue;
             }
             match setup_of(&js, &name).await {
-                Ok(Some((setup, function))) => {
+                Found::Serve(setup, function) => {
                     served.insert(name, start(&client, &js, setup, function));
                 }
-                Ok(None) => {}
-                Err(why) => {
+                Found::Gone => {}
+                Found::NotMine(why) => {
                     eprintln!(
                         "pyper remote worker {}: not serving {name}: {why}",
                         std::process::id()
                     );
+                    done.insert(name);
+                }
+                Found::Broken(setup, why) => {
+                    eprintln!(
+                        "pyper remote worker {}: cannot serve {name}: {why}",
+                        std::process::id()
+                    );
+                    fail_run(&js, &setup, &why).await;
                     done.insert(name);
                 }
             }
@@ -161,39 +183,110 @@ async fn discover(client: async_nats::Client) -> Result<Never, String> {
     }
 }
 
-/// The setup of the run whose item stream is `name`, and the registered function it
-/// names, if the stream is still there; an error if this worker will not serve it. The
+/// What a worker makes of a run it found.
+enum Found {
+    /// It serves the run, calling this on its items.
+    Serve(Setup, Call),
+    /// The run is not for this worker (another build, another language, a setup it cannot
+    /// read): it says so once and lets the run be.
+    NotMine(String),
+    /// The run is for this worker, but its function cannot be loaded here (a Python module
+    /// this host cannot import): the run fails at once, with the reason.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    Broken(Setup, String),
+    /// The run's stream is gone.
+    Gone,
+}
+
+/// The setup of the run whose item stream is `name`, and what serving it calls. The
 /// description is anyone's to write, so nothing in it is trusted: it must parse, speak this
-/// version, come from this very build, and name a function this program registered.
-async fn setup_of(
-    js: &jetstream::Context,
-    name: &str,
-) -> Result<Option<(Setup, &'static Registered)>, String> {
+/// version, come from this very build, and name a function this program registered (or,
+/// for a Python run, come from this version of the Python package, and be served by a
+/// Python worker).
+async fn setup_of(js: &jetstream::Context, name: &str) -> Found {
     let Ok(mut stream) = js.get_stream(name).await else {
-        return Ok(None);
+        return Found::Gone;
     };
     let Ok(info) = stream.info().await else {
-        return Ok(None);
+        return Found::Gone;
     };
     let description = info.config.description.clone().unwrap_or_default();
-    let setup: Setup = serde_json::from_str(&description)
-        .map_err(|error| format!("cannot read the run's setup: {error}"))?;
+    let setup: Setup = match serde_json::from_str(&description) {
+        Ok(setup) => setup,
+        Err(error) => return Found::NotMine(format!("cannot read the run's setup: {error}")),
+    };
     if setup.version != VERSION {
-        return Err(format!(
+        return Found::NotMine(format!(
             "the run speaks version {} of pyper's remote protocol, this worker {VERSION}",
             setup.version
         ));
     }
-    let build = super::build::fingerprint()?;
+    match setup.function.clone() {
+        Callee::Registered(reference) => {
+            let build = match super::build::fingerprint() {
+                Ok(build) => build,
+                Err(why) => return Found::NotMine(why),
+            };
+            if setup.build != build {
+                return Found::NotMine(format!(
+                    "the run (stage `{}`) is of another build of the program ({}; this \
+                     worker is {build}): a worker serves only runs of its own build",
+                    setup.stage, setup.build
+                ));
+            }
+            match registry::lookup(&reference) {
+                Ok(entry) => Found::Serve(setup, Arc::new(move |item| entry.call(item))),
+                Err(why) => Found::NotMine(why),
+            }
+        }
+        Callee::Python(function) => python_run(setup, &function),
+    }
+}
+
+/// A Python run, which only a Python worker of the same package version serves.
+#[cfg(feature = "python")]
+fn python_run(setup: Setup, function: &super::setup::PythonFunction) -> Found {
+    if !super::python::serves_python() {
+        return Found::NotMine(PYTHON_ONLY.to_owned());
+    }
+    let build = super::python::fingerprint();
     if setup.build != build {
-        return Err(format!(
-            "the run (stage `{}`) is of another build of the program ({}; this worker is \
-             {build}): a worker serves only runs of its own build",
+        return Found::NotMine(format!(
+            "the run (stage `{}`) is of another version of the Python package ({}; this \
+             worker is {build})",
             setup.stage, setup.build
         ));
     }
-    let function = registry::lookup(&setup.function)?;
-    Ok(Some((setup, function)))
+    match super::python::load(function) {
+        Ok(call) => Found::Serve(setup, Arc::new(call)),
+        Err(why) => Found::Broken(setup, format!("{why} (on worker host {})", host_name())),
+    }
+}
+
+#[cfg(not(feature = "python"))]
+fn python_run(_: Setup, _: &super::setup::PythonFunction) -> Found {
+    Found::NotMine(PYTHON_ONLY.to_owned())
+}
+
+const PYTHON_ONLY: &str =
+    "a run of Python functions, which Python workers serve (`python -m pyper.worker URL`)";
+
+/// Fails a run whose function this worker cannot load: an outcome that names no item,
+/// which the coordinator takes for the run's error.
+async fn fail_run(js: &jetstream::Context, setup: &Setup, why: &str) {
+    let (host, pid) = (host_name(), std::process::id());
+    let envelope = envelope::encode(&OutcomeEnvelope::V2 {
+        host: host.clone(),
+        pid,
+        delivered: 1,
+        busy_nanos: 0,
+        cpu_nanos: 0,
+        outcomes: vec![(u64::MAX, Outcome::Failed(vec![why.to_owned()]))],
+    });
+    let id = format!("{}.out.broken.{host}.{pid}", setup.id);
+    let never = || false;
+    let subject = setup.out_subject();
+    let _ = publish(js, subject, id, envelope.into(), 1, &setup.stage, &never).await;
 }
 
 /// Starts the threads that serve one run.
@@ -201,7 +294,7 @@ fn start(
     client: &async_nats::Client,
     js: &jetstream::Context,
     setup: Setup,
-    function: &'static Registered,
+    function: Call,
 ) -> Served {
     let stopped = Arc::new(AtomicBool::new(false));
     let setup = Arc::new(setup);
@@ -211,7 +304,10 @@ fn start(
             let (setup, stopped) = (Arc::clone(&setup), Arc::clone(&stopped));
             std::thread::Builder::new()
                 .name(format!("pyper-remote-{slot}"))
-                .spawn(move || serve_run(client, js, &setup, function, &stopped))
+                .spawn({
+                    let function = Arc::clone(&function);
+                    move || serve_run(client, js, &setup, function, &stopped)
+                })
                 .ok()
         })
         .collect();
@@ -228,7 +324,7 @@ fn serve_run(
     client: async_nats::Client,
     js: jetstream::Context,
     setup: &Arc<Setup>,
-    function: &'static Registered,
+    function: Call,
     stopped: &Arc<AtomicBool>,
 ) {
     let Ok(runtime) = crate::engine::runtime::handle() else {
@@ -434,7 +530,7 @@ struct Worker<'a> {
     client: async_nats::Client,
     js: jetstream::Context,
     setup: &'a Setup,
-    function: &'static Registered,
+    function: Call,
     host: String,
 }
 
@@ -585,7 +681,7 @@ impl Worker<'_> {
     /// Copies an item that failed for good to the dead-letter stream, alone.
     fn dead_letter(&self, outcome: &Outcome, item: &Item, runtime: &tokio::runtime::Handle) {
         let reason = match outcome {
-            Outcome::Failed(chain) => chain.join(": "),
+            Outcome::Failed(chain) | Outcome::Raised { chain, .. } => chain.join(": "),
             Outcome::Panicked(message) => format!("panicked: {message}"),
             Outcome::TimedOut(nanos) => TimedOut::new(Duration::from_nanos(*nanos)).to_string(),
             Outcome::Done(_) => return,
@@ -609,13 +705,16 @@ impl Worker<'_> {
             backoff: self.setup.backoff,
         });
         loop {
-            let failure = match call_within(self.function, item.clone(), timeout) {
+            let failure = match call_within(&self.function, item.clone(), timeout) {
                 Some(Reply::Done(bytes)) => return Outcome::Done(bytes),
                 Some(Reply::Failed(chain)) => {
                     AttemptFailure::Failed(Box::new(RemoteError::new(match chain.is_empty() {
                         true => vec!["an error without a message".to_owned()],
                         false => chain,
                     })))
+                }
+                Some(Reply::Raised { chain, exception }) => {
+                    AttemptFailure::Failed(Box::new(Raised { chain, exception }))
                 }
                 Some(Reply::Panicked(message)) => AttemptFailure::Panicked(Box::new(message)),
                 None => AttemptFailure::TimedOut(timeout.expect("only a timeout gives none")),
@@ -625,6 +724,17 @@ impl Worker<'_> {
                 Verdict::Fail(error) => {
                     if let Some(timed_out) = error.downcast_ref::<TimedOut>() {
                         return Outcome::TimedOut(timed_out.limit().as_nanos() as u64);
+                    }
+                    // An exception crosses as itself: after retries, the last one.
+                    let last = match error.downcast_ref::<RetriesExhausted>() {
+                        Some(exhausted) => exhausted.attempts().last(),
+                        None => Some(&error),
+                    };
+                    if let Some(raised) = last.and_then(|last| last.downcast_ref::<Raised>()) {
+                        return Outcome::Raised {
+                            chain: raised.chain.clone(),
+                            exception: raised.exception.clone(),
+                        };
                     }
                     let mut chain = Vec::new();
                     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
@@ -640,23 +750,40 @@ impl Worker<'_> {
     }
 }
 
+/// What a worker calls on one encoded item of a run.
+pub(super) type Call = Arc<dyn Fn(&[u8]) -> Reply + Send + Sync>;
+
+/// An exception a call raised (Python's), kept whole between attempts.
+#[derive(Debug)]
+struct Raised {
+    chain: Vec<String>,
+    exception: Vec<u8>,
+}
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.chain.first().map_or("an exception", String::as_str))
+    }
+}
+
+impl std::error::Error for Raised {}
+
 /// Calls `function` on `item`, on this thread without a timeout, or on a thread of its
 /// own that is abandoned if it overruns (`None`): a call cannot be stopped from outside,
 /// and its result is refused anyway.
-fn call_within(
-    function: &'static Registered,
-    item: Vec<u8>,
-    timeout: Option<Duration>,
-) -> Option<Reply> {
+fn call_within(function: &Call, item: Vec<u8>, timeout: Option<Duration>) -> Option<Reply> {
     let Some(timeout) = timeout else {
-        return Some(function.call(&item));
+        return Some(function(&item));
     };
     let (sender, receiver) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("pyper-remote-call".into())
-        .spawn(move || {
-            let reply = function.call(&item);
-            let _ = sender.send((reply, thread_cpu_time()));
+        .spawn({
+            let function = Arc::clone(function);
+            move || {
+                let reply = function(&item);
+                let _ = sender.send((reply, thread_cpu_time()));
+            }
         });
     if spawned.is_err() {
         return Some(Reply::Failed(vec![

@@ -31,6 +31,13 @@ pub enum Reply {
     Failed(Vec<String>),
     /// The panic's message.
     Panicked(String),
+    /// An exception of another language (Python's): its message and traceback, and the
+    /// exception itself as that language encodes it (a pickle), for the coordinator to
+    /// raise again.
+    Raised {
+        chain: Vec<String>,
+        exception: Vec<u8>,
+    },
 }
 
 /// Calls `f` on the postcard-encoded `item` and encodes what it gives: what a registered
