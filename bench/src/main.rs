@@ -141,7 +141,11 @@ fn run(options: &Options) -> Result<(), String> {
     }
 
     let mut skipped = Vec::new();
-    let remote = [scenarios::remote::TRIVIAL, scenarios::remote::MS];
+    let remote = [
+        scenarios::remote::TRIVIAL,
+        scenarios::remote::MS,
+        scenarios::python_package::PY_REMOTE_MS,
+    ];
     if std::env::var_os(scenarios::remote::URL_ENV).is_none()
         && cases.iter().any(|case| remote.contains(&case.name))
     {

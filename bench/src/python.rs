@@ -211,12 +211,69 @@ if __name__ == "__main__":
 "#,
 };
 
-const SCRIPTS: [&Script; 5] = [
+/// `py-remote-1ms`: items of about 1 ms of Python CPU work on 2 remote workers
+/// (`python -m pyper.worker`, started by the run) or on 2 worker processes
+/// (`multiprocess=True`). The function is in a module of its own, which workers import.
+pub static REMOTE_MS: Script = Script {
+    file: "remote_ms.py",
+    body: r#"
+import os
+import subprocess
+
+from pyper import Cluster, task
+from remote_work import work
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def source(limit):
+    for i in range(limit):
+        yield i
+
+
+def run(items, kind):
+    if kind == "processes":
+        pipeline = task(source, branch=True) | task(work, workers=2, multiprocess=True)
+        return sum(pipeline(items))
+    url = os.environ["PYPER_NATS_URL"]
+    workers = [subprocess.Popen([sys.executable, "-m", "pyper.worker", url], cwd=HERE,
+                                stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        pipeline = task(source, branch=True) | task(work, remote=Cluster(url))
+        return sum(pipeline(items))
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+
+
+if __name__ == "__main__":
+    measure(run)
+"#,
+};
+
+/// The module `remote_ms.py`'s workers import.
+static REMOTE_WORK: Script = Script {
+    file: "remote_work.py",
+    body: r#"
+
+def work(x):
+    """About 1 ms of CPU work in the interpreter; returns `x`."""
+    total = 0
+    for i in range(25_000):
+        total ^= i * x
+    return x + (total & 0)
+"#,
+};
+
+const SCRIPTS: [&Script; 7] = [
     &OVERHEAD,
     &CONSIDERATIONS,
     &PROCESS,
     &IO_BLOCKING,
     &ASYNC_IO,
+    &REMOTE_MS,
+    &REMOTE_WORK,
 ];
 
 /// A ready venv with python-pyper and the scripts written out.

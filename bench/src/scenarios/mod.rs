@@ -20,7 +20,7 @@ mod overhead;
 mod overhead_throttle;
 mod overhead_w4;
 mod process;
-mod python_package;
+pub mod python_package;
 pub mod remote;
 mod straggler;
 
@@ -163,6 +163,19 @@ impl Impl {
             },
             items: None,
             warm_up: None,
+        }
+    }
+
+    /// Another row run by this repository's Python package, named `name`.
+    pub fn pyperflow_named(
+        name: &'static str,
+        about: &'static str,
+        script: &'static Script,
+        args: &'static [&'static str],
+    ) -> Self {
+        Impl {
+            name,
+            ..Impl::pyperflow(about, script, args)
         }
     }
 

@@ -7,6 +7,9 @@ use super::{no_notes, Case, Impl, Sizes};
 use crate::python;
 use crate::work::{long_computation_result, stepped_sum, SEED_STEPS};
 
+/// Python items on remote workers: run only with a nats-server, as `remote`.
+pub const PY_REMOTE_MS: &str = "py-remote-1ms";
+
 fn considerations_sum(n: u64) -> u64 {
     (0..n)
         .map(|x| long_computation_result(x, SEED_STEPS))
@@ -80,6 +83,29 @@ pub fn cases() -> Vec<Case> {
             items: Sizes::new(10_000, 1_000),
             expected: plain_sum,
             impls: pair("the Python package", &python::ASYNC_IO, &[]),
+            notes: no_notes,
+        },
+        Case {
+            name: PY_REMOTE_MS,
+            about: "Python: items of ~1 ms of interpreter work on 2 remote workers \
+                    (`remote=`, through NATS JetStream) or on 2 worker processes \
+                    (`multiprocess=True`), both with the Python package",
+            items: Sizes::new(2_000, 200),
+            expected: plain_sum,
+            impls: vec![
+                Impl::pyperflow(
+                    "`task(work, remote=Cluster(url))`: 2 local `python -m pyper.worker` \
+                     processes on a loopback nats-server, started and stopped by each run",
+                    &python::REMOTE_MS,
+                    &["remote"],
+                ),
+                Impl::pyperflow_named(
+                    "pyper-multiprocess",
+                    "`task(work, workers=2, multiprocess=True)`: 2 worker processes",
+                    &python::REMOTE_MS,
+                    &["processes"],
+                ),
+            ],
             notes: no_notes,
         },
         Case {
