@@ -518,6 +518,10 @@ fn into_pyerr(error: pyper::Error) -> PyErr {
     if error.downcast_ref::<pyper::DeadLetter>().is_some() {
         return DeadLetter::new_err(message);
     }
+    // A remote call that overran its `timeout`, as a local one fails.
+    if error.downcast_ref::<pyper::TimedOut>().is_some() {
+        return pyo3::exceptions::PyTimeoutError::new_err(message);
+    }
     match error.into_source().map(|source| source.downcast::<PyErr>()) {
         Some(Ok(original)) => *original,
         _ => PyRuntimeError::new_err(message),

@@ -55,6 +55,26 @@ def where(x):
     return os.getpid()
 
 
+def sleepy(x):
+    time.sleep(5 if x == 2 else 0)
+    return x
+
+
+async def later(x):
+    return x + 1
+
+
+attempts = {}
+
+
+def flaky(x):
+    # Fails on its first call for each item in this worker process.
+    attempts[x] = attempts.get(x, 0) + 1
+    if attempts[x] == 1:
+        raise OSError(f"flaky {x}")
+    return x
+
+
 def abort_on_7(x):
     if x == 7:
         os.abort()
@@ -273,3 +293,35 @@ def test_a_server_that_requires_a_password(functions, tmp_path):
     finally:
         workers.stop()
         nats_server("stop", store)
+
+
+def test_timeout_and_retries_apply_in_the_worker(functions, workers):
+    workers.start()
+    module = functions[1]
+    timed = task(range, branch=True) | task(module.sleepy, timeout=0.5, remote=URL)
+    with pytest.raises(TimeoutError):
+        list(timed(5))
+    retried = task(range, branch=True) | task(module.flaky, retries=1, remote=URL)
+    assert sorted(retried(20)) == list(range(20))
+
+
+def test_an_async_pipeline_with_remote_tasks(functions, workers):
+    import asyncio
+
+    from pyper import AsyncPipeline
+
+    module = functions[1]
+    workers.start()
+
+    async def plus_one(x):
+        await asyncio.sleep(0)
+        return x + 1
+
+    pipeline = (task(range, branch=True) | task(plus_one, workers=4)
+                | task(module.double, remote=URL) | task(module.later, remote=URL))
+    assert isinstance(pipeline, AsyncPipeline)
+
+    async def collect():
+        return sorted([x async for x in pipeline(20)])
+
+    assert asyncio.run(collect()) == sorted(2 * (x + 1) + 1 for x in range(20))
