@@ -79,35 +79,30 @@ def loads(payload: bytes) -> Any:
     return pickle.loads(payload)
 
 
-def _finish(result: Any, branch: bool) -> List[Any]:
-    """A call's result as its outputs, awaiting it first if it is a coroutine."""
-    if inspect.isasyncgen(result):
-        async def gather() -> List[Any]:
-            return [output async for output in result]
-        return asyncio.run(gather())
-    if inspect.iscoroutine(result):
-        result = asyncio.run(result)
-    if not branch:
-        return [result]
-    return list(result)
+def _run_to_end(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` as a plain function: an async one's call is run to its end on a loop of its
+    own (an async generator's gathered into a list), so that it is called as any other."""
+    if inspect.isasyncgenfunction(func):
+        async def gather(*args: Any, **kwargs: Any) -> List[Any]:
+            return [output async for output in func(*args, **kwargs)]
+        return lambda *args, **kwargs: asyncio.run(gather(*args, **kwargs))
+    if inspect.iscoroutinefunction(func):
+        return lambda *args, **kwargs: asyncio.run(func(*args, **kwargs))
+    return func
 
 
 def load(module: str, qualname: str, branch: bool, star_args: bool
          ) -> Callable[[bytes], Tuple[bool, bytes, str]]:
     """In a worker: imports the function, and gives its call on one pickled item, which
     answers ``(True, pickled outputs, "")`` or ``(False, pickled exception, message)``."""
-    func: Any = importlib.import_module(module)
+    found: Any = importlib.import_module(module)
     for part in qualname.split("."):
-        func = getattr(func, part)
+        found = getattr(found, part)
+    func = _run_to_end(found)
 
     def serve(payload: bytes) -> Tuple[bool, bytes, str]:
         try:
-            item = pickle.loads(payload)
-            if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-                result = func(*item[0], **item[1]) if star_args else func(item)
-                outputs = _finish(result, branch)
-            else:
-                outputs = _call(func, item, branch, star_args)
+            outputs = _call(func, pickle.loads(payload), branch, star_args)
             return True, dumps(outputs), ""
         except BaseException as error:  # noqa: B902 - every failure goes to the program
             text = traceback.format_exc()

@@ -81,7 +81,8 @@ def _stages(tasks: Sequence[Task],
             remote=task.remote,
             module=task.located[0] if task.located else None,
             qualname=task.located[1] if task.located else None,
-            timeout=task.timeout if task.remote is not None else None,
+            # Applied by the engine to a remote task only (a local one's function is timed).
+            timeout=task.timeout,
         ))
     return stages
 

@@ -67,7 +67,6 @@ struct StageSpec {
 #[pyclass(frozen, name = "Cluster", module = "pyper._engine")]
 struct PyCluster {
     cluster: pyper::Cluster,
-    url: String,
 }
 
 #[pymethods]
@@ -128,19 +127,7 @@ impl PyCluster {
         if let Some(value) = fail_without_workers {
             cluster = cluster.fail_without_workers(seconds("fail_without_workers", value)?);
         }
-        // The URL as given, less any password, for `repr`.
-        let shown = match url.split_once('@') {
-            Some((credentials, host)) if credentials.contains(':') => {
-                let scheme_end = credentials.find("://").map_or(0, |at| at + 3);
-                let user = credentials[scheme_end..].split(':').next().unwrap_or("");
-                format!("{}{user}:***@{host}", &credentials[..scheme_end])
-            }
-            _ => url.clone(),
-        };
-        Ok(PyCluster {
-            cluster,
-            url: shown,
-        })
+        Ok(PyCluster { cluster })
     }
 
     /// The streams of runs on the server now: none once every run has ended.
@@ -149,8 +136,9 @@ impl PyCluster {
             .map_err(|error| PyRuntimeError::new_err(error.to_string()))
     }
 
+    /// The cluster's settings, its URL without the password.
     fn __repr__(&self) -> String {
-        format!("Cluster({:?})", self.url)
+        format!("{:?}", self.cluster)
     }
 }
 

@@ -460,8 +460,8 @@ fn remote_times(
         .remote
         .as_ref()
         .map_or(0, |remote| remote.live_workers);
-    let slots = gauges.slots.load(Relaxed).max(1) as usize;
-    metrics.workers = live * slots;
+    // Until here, `workers` is the task's `workers(n)`: each process's threads.
+    metrics.workers = live * metrics.workers.max(1);
     metrics.busy = nanos(&gauges.busy_nanos);
     metrics.working = metrics.busy;
     metrics.cpu = Some(nanos(&gauges.cpu_nanos));

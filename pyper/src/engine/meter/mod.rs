@@ -347,8 +347,6 @@ pub(crate) struct RemoteGauges {
     /// For how long (ms) items have waited on the server with no worker holding any; 0
     /// while workers take them.
     pub(crate) unserved_ms: AtomicU64,
-    /// The threads each worker process runs the stage's items on (its `workers(n)`).
-    pub(crate) slots: AtomicU64,
     /// What the outcomes say the workers' calls took: wall time and CPU time (ns).
     pub(crate) busy_nanos: AtomicU64,
     pub(crate) cpu_nanos: AtomicU64,
@@ -374,16 +372,14 @@ impl RemoteGauges {
     /// Notes an outcome message from worker process `pid` on `host`, whose calls took
     /// `busy` and `cpu`.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))]
-    pub(crate) fn outcome_from(&self, host: &str, pid: u32, busy: Duration, cpu: Duration) {
+    pub(crate) fn outcome_from(&self, host: String, pid: u32, busy: Duration, cpu: Duration) {
         self.busy_nanos.fetch_add(busy.as_nanos() as u64, Relaxed);
         self.cpu_nanos.fetch_add(cpu.as_nanos() as u64, Relaxed);
         let mut workers = lock(&self.workers);
         workers.longest_message = workers.longest_message.max(busy);
-        let now = std::time::Instant::now();
-        match workers.last_outcome.get_mut(&(host.to_owned(), pid)) {
-            Some(last) => *last = now,
-            None => drop(workers.last_outcome.insert((host.to_owned(), pid), now)),
-        }
+        workers
+            .last_outcome
+            .insert((host, pid), std::time::Instant::now());
     }
 
     /// Worker processes that sent outcomes, per host, sorted by host.

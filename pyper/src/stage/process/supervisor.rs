@@ -295,7 +295,7 @@ impl<I, O> Supervisor<'_, I, O> {
                         continue;
                     }
                     Ok(Reply::Failed(chain) | Reply::Raised { chain, .. }) => {
-                        let error = RemoteError::new(chain_or_default(chain));
+                        let error = RemoteError::from_worker(chain);
                         AttemptFailure::Failed(Box::new(error))
                     }
                     Ok(Reply::Panicked(message)) => AttemptFailure::Panicked(Box::new(message)),
@@ -373,13 +373,6 @@ impl<I, O> Supervisor<'_, I, O> {
             }
             std::thread::sleep(left.min(POLL));
         }
-    }
-}
-
-fn chain_or_default(chain: Vec<String>) -> Vec<String> {
-    match chain.is_empty() {
-        true => vec!["the worker reported an error without a message".into()],
-        false => chain,
     }
 }
 

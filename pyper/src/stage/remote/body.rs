@@ -29,10 +29,7 @@ pub(crate) struct RemoteFn<I, O> {
 
 /// A raised exception as a Rust program sees it: its messages (it cannot be decoded).
 pub(super) fn raised_messages(chain: Vec<String>, _exception: Vec<u8>) -> BoxError {
-    Box::new(RemoteError::new(match chain.is_empty() {
-        true => vec!["the worker raised an exception without a message".to_owned()],
-        false => chain,
-    }))
+    Box::new(RemoteError::from_worker(chain))
 }
 
 /// The body of a remote task calling the registered `function` on the cluster's workers,

@@ -64,11 +64,6 @@ where
 {
     let meter = stage.meter(StageKind::Remote);
     let gauges = meter.remote_gauges();
-    if let Some(gauges) = &gauges {
-        gauges
-            .slots
-            .store(stage.spec.workers.max(1) as u64, Ordering::Relaxed);
-    }
     let (stop, stopped) = watch::channel(false);
     stage.launcher.state.register(Box::new(StopSignal(stop)));
     let cluster = &body.cluster.inner;
@@ -385,9 +380,13 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
             let most = self.batch_size().min(room.try_into().unwrap_or(usize::MAX));
             // With no item out, every worker thread of the stage waits with this pop.
             let idle = count == self.released.load(Ordering::Acquire);
-            let waited = Instant::now();
+            let waited = self
+                .gauges
+                .as_ref()
+                .filter(|_| idle)
+                .map(|_| Instant::now());
             let popped = input.pop_batch_async(&mut batch, most).await;
-            if let (true, Some(gauges)) = (idle, &self.gauges) {
+            if let (Some(gauges), Some(waited)) = (&self.gauges, waited) {
                 let starved = waited.elapsed().as_nanos() as u64;
                 gauges.starved_nanos.fetch_add(starved, Ordering::Relaxed);
             }
@@ -547,7 +546,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                         Duration::from_nanos(busy_nanos),
                         Duration::from_nanos(cpu_nanos),
                     );
-                    gauges.outcome_from(&host, pid, busy, cpu);
+                    gauges.outcome_from(host, pid, busy, cpu);
                 }
                 for (seq, outcome) in outcomes {
                     // Only an item that was sent has an outcome: anything else (a message
@@ -580,11 +579,11 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 }
             }
             let handed = outputs.len() as u64;
-            let waited = Instant::now();
+            let waited = self.gauges.as_ref().map(|_| Instant::now());
             if output.push_all_async(&mut outputs).await.is_err() {
                 return Err(Halt::Stop);
             }
-            if let Some(gauges) = &self.gauges {
+            if let (Some(gauges), Some(waited)) = (&self.gauges, waited) {
                 let blocked = waited.elapsed().as_nanos() as u64;
                 gauges.blocked_nanos.fetch_add(blocked, Ordering::Relaxed);
             }
@@ -633,11 +632,7 @@ impl<I: Send + 'static, O: Send + 'static> Coordinator<I, O> {
                 };
             }
             Outcome::Failed(chain) => {
-                let chain = match chain.is_empty() {
-                    true => vec!["the worker reported an error without a message".to_owned()],
-                    false => chain,
-                };
-                Error::failed(name, Some(seq), Box::new(RemoteError::new(chain)))
+                Error::failed(name, Some(seq), Box::new(RemoteError::from_worker(chain)))
             }
             Outcome::Raised { chain, exception } => {
                 Error::failed(name, Some(seq), (self.body.raised)(chain, exception))

@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::security::Security;
+use super::security::{split_credentials, Security};
 use super::setup::{Setup, STREAM_PREFIX};
 use crate::error::{BoxError, Error};
 
@@ -223,16 +223,10 @@ pub(super) async fn connect(
 
 /// `url` without the password it may hold (`nats://user:***@host`), for messages.
 pub(super) fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+    let Some((scheme, credentials, host)) = split_credentials(url) else {
         return url.to_owned();
     };
-    let user = userinfo.split(':').next().unwrap_or("");
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
+    let user = credentials.split(':').next().unwrap_or("");
     format!("{scheme}{user}:***@{host}")
 }
 

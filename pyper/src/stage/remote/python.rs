@@ -21,10 +21,10 @@ use super::setup::{Callee, PythonFunction};
 use crate::engine::batch::{Emit, Fault};
 use crate::engine::sync::Arc;
 use crate::error::BoxError;
+use crate::stage::wire::Reply;
 
 /// A Python object, as the engine's Python stages move them.
 type PyItem = Py<PyAny>;
-use crate::stage::wire::Reply;
 
 /// The Python half's module.
 const HELPER: &str = "pyper._remote";
@@ -40,8 +40,6 @@ pub(super) fn serves_python() -> bool {
 pub(super) fn become_python_worker() {
     SERVES_PYTHON.store(true, Ordering::SeqCst);
 }
-
-pub(super) use super::setup::python_fingerprint as fingerprint;
 
 /// The call of `function` on one pickled item, or why it cannot be loaded here.
 pub(super) fn load(
@@ -114,13 +112,8 @@ pub(crate) fn body(cluster: &Cluster, function: PythonFunction) -> RemoteFn<PyIt
             });
             match raised {
                 Ok(error) => Box::new(error),
-                Err(_) => super::body::raised_messages(chain, exception_unread()),
+                Err(_) => super::body::raised_messages(chain, exception),
             }
         },
     }
-}
-
-/// An exception that could not be unpickled here leaves only its messages.
-fn exception_unread() -> Vec<u8> {
-    Vec::new()
 }

@@ -95,8 +95,7 @@ impl Security {
     /// its credentials.
     pub(super) fn with_url_credentials(&self, url: &str) -> Security {
         let mut security = self.clone();
-        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let Some((userinfo, _)) = rest.rsplit_once('@') else {
+        let Some((_, userinfo, _)) = split_credentials(url) else {
             return security;
         };
         if security.user.is_some() || security.token.is_some() || userinfo.is_empty() {
@@ -150,5 +149,42 @@ impl Security {
             options = options.require_tls(true);
         }
         Ok(options)
+    }
+}
+
+/// `url` around the credentials it holds: what comes before them (the scheme and `://`,
+/// if any), the credentials (`user:password`, or a token), and the rest; `None` if it
+/// holds none.
+pub(super) fn split_credentials(url: &str) -> Option<(&str, &str, &str)> {
+    let start = url.find("://").map_or(0, |at| at + 3);
+    let (credentials, rest) = url[start..].rsplit_once('@')?;
+    Some((&url[..start], credentials, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_urls_credentials_are_used_unless_others_are_given() {
+        let none = Security::default();
+        let user = none.with_url_credentials("nats://pyper:s3cret@10.0.0.1:4222");
+        assert_eq!(user.user, Some(("pyper".into(), "s3cret".into())));
+        let token = none.with_url_credentials("nats://t0ken@10.0.0.1:4222");
+        assert_eq!(token.token.as_deref(), Some("t0ken"));
+        assert!(none
+            .with_url_credentials("nats://10.0.0.1:4222")
+            .user
+            .is_none());
+        let given = Security {
+            token: Some("given".into()),
+            ..Security::default()
+        };
+        let kept = given.with_url_credentials("nats://pyper:s3cret@10.0.0.1:4222");
+        assert_eq!((kept.user, kept.token.as_deref()), (None, Some("given")));
+        assert_eq!(
+            super::super::nats::redacted("nats://pyper:s3cret@10.0.0.1:4222"),
+            "nats://pyper:***@10.0.0.1:4222"
+        );
     }
 }

@@ -249,7 +249,7 @@ fn python_run(setup: Setup, function: &super::setup::PythonFunction) -> Found {
     if !super::python::serves_python() {
         return Found::NotMine(PYTHON_ONLY.to_owned());
     }
-    let build = super::python::fingerprint();
+    let build = super::setup::python_fingerprint();
     if setup.build != build {
         return Found::NotMine(format!(
             "the run (stage `{}`) is of another version of the Python package ({}; this \
@@ -274,19 +274,24 @@ const PYTHON_ONLY: &str =
 /// Fails a run whose function this worker cannot load: an outcome that names no item,
 /// which the coordinator takes for the run's error.
 async fn fail_run(js: &jetstream::Context, setup: &Setup, why: &str) {
-    let (host, pid) = (host_name(), std::process::id());
-    let envelope = envelope::encode(&OutcomeEnvelope::V2 {
-        host: host.clone(),
-        pid,
+    let host = host_name();
+    let id = format!("{}.out.broken.{host}.{}", setup.id, std::process::id());
+    let envelope = run_failure(host, why);
+    let never = || false;
+    let subject = setup.out_subject();
+    let _ = publish(js, subject, id, envelope.into(), 1, &setup.stage, &never).await;
+}
+
+/// An outcome that names no item, with `why`: the coordinator takes it for the run's error.
+fn run_failure(host: String, why: &str) -> Vec<u8> {
+    envelope::encode(&OutcomeEnvelope::V2 {
+        host,
+        pid: std::process::id(),
         delivered: 1,
         busy_nanos: 0,
         cpu_nanos: 0,
         outcomes: vec![(u64::MAX, Outcome::Failed(vec![why.to_owned()]))],
-    });
-    let id = format!("{}.out.broken.{host}.{pid}", setup.id);
-    let never = || false;
-    let subject = setup.out_subject();
-    let _ = publish(js, subject, id, envelope.into(), 1, &setup.stage, &never).await;
+    })
 }
 
 /// Starts the threads that serve one run.
@@ -637,14 +642,7 @@ impl Worker<'_> {
 
     /// The outcome of a message whose items cannot be read: the run fails.
     fn unplaced(&self, why: &str) -> Done {
-        let envelope = envelope::encode(&OutcomeEnvelope::V2 {
-            host: self.host.clone(),
-            pid: std::process::id(),
-            delivered: 1,
-            busy_nanos: 0,
-            cpu_nanos: 0,
-            outcomes: vec![(u64::MAX, Outcome::Failed(vec![why.to_owned()]))],
-        });
+        let envelope = run_failure(self.host.clone(), why);
         Done::Outcomes(format!("{}.out.unplaced", self.setup.id), envelope, 1)
     }
 
@@ -708,10 +706,7 @@ impl Worker<'_> {
             let failure = match call_within(&self.function, item.clone(), timeout) {
                 Some(Reply::Done(bytes)) => return Outcome::Done(bytes),
                 Some(Reply::Failed(chain)) => {
-                    AttemptFailure::Failed(Box::new(RemoteError::new(match chain.is_empty() {
-                        true => vec!["an error without a message".to_owned()],
-                        false => chain,
-                    })))
+                    AttemptFailure::Failed(Box::new(RemoteError::from_worker(chain)))
                 }
                 Some(Reply::Raised { chain, exception }) => {
                     AttemptFailure::Failed(Box::new(Raised { chain, exception }))

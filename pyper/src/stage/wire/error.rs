@@ -43,6 +43,15 @@ impl RemoteError {
         error
     }
 
+    /// The error a worker reported as `chain`, which a hostile or broken worker may send
+    /// empty: then one that says so.
+    pub(crate) fn from_worker(chain: Vec<String>) -> Self {
+        match chain.is_empty() {
+            true => RemoteError::new(["the worker reported an error without a message"]),
+            false => RemoteError::new(chain),
+        }
+    }
+
     /// The error's own message (its `Display` in the worker).
     pub fn message(&self) -> &str {
         &self.message
