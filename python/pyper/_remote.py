@@ -18,7 +18,7 @@ import traceback
 from typing import Any, Callable, List, Tuple, Union
 
 from . import _engine
-from ._process import RemoteTraceback, _call
+from ._process import RemoteTraceback, outputs_of
 
 Cluster = _engine.Cluster
 
@@ -102,7 +102,7 @@ def load(module: str, qualname: str, branch: bool, star_args: bool
 
     def serve(payload: bytes) -> Tuple[bool, bytes, str]:
         try:
-            outputs = _call(func, pickle.loads(payload), branch, star_args)
+            outputs = outputs_of(func, pickle.loads(payload), branch, star_args)
             return True, dumps(outputs), ""
         except BaseException as error:  # noqa: B902 - every failure goes to the program
             text = traceback.format_exc()

@@ -19,9 +19,9 @@ from typing import (
     Tuple,
 )
 
-from . import _engine
+from . import _engine, _timeout
 from ._aio import driver_factory
-from ._process import process_worker
+from ._process import process_worker, stage_payload
 from ._typing import R
 
 if TYPE_CHECKING:
@@ -63,8 +63,10 @@ def _stages(tasks: Sequence[Task],
             func, workers, plain = driver_factory(task, first, loop), 1, False
         per_worker = task.multiprocess
         if per_worker:
-            func, plain = functools.partial(process_worker, func, task.branch, first,
-                                            _name(task.func)), False
+            payload = stage_payload(func, task.branch, first, task.timeout, task.throttle)
+            overran = None if task.timeout is None else _timeout.overran(func, task.timeout)
+            func, plain = functools.partial(process_worker, payload, _name(task.func),
+                                            overran, task.retries, task.timeout), False
         stages.append(SimpleNamespace(
             function=func,
             name=_name(task.func),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import pickle
-import threading
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -26,6 +24,7 @@ from typing import (
 )
 
 from . import _engine, _remote
+from ._timeout import timed
 from ._typing import I, P, R
 
 if TYPE_CHECKING:
@@ -48,47 +47,6 @@ def _is_async(func: object) -> bool:
     call = getattr(func, "__call__", None)  # noqa: B004 - a callable object's method
     return (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
             or inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
-
-
-def _timed(func: Callable[..., Any], timeout: float, is_async: bool) -> Callable[..., Any]:
-    """``func``, failing with ``TimeoutError`` when a call takes longer than ``timeout``.
-
-    A coroutine is cancelled at the deadline. A sync call cannot be interrupted, so it runs
-    on a thread of its own and is abandoned at the deadline (it goes on until it returns,
-    as a Rust task's timed-out call does); that costs a thread start per call.
-    """
-    name = getattr(func, "__name__", repr(func))
-    message = f"{name} did not return within {timeout} s"
-
-    if is_async:
-        @functools.wraps(func)
-        async def timed_coroutine(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await asyncio.wait_for(func(*args, **kwargs), timeout)
-            except asyncio.TimeoutError:
-                raise TimeoutError(message) from None
-        return timed_coroutine
-
-    @functools.wraps(func)
-    def timed_call(*args: Any, **kwargs: Any) -> Any:
-        outcome: Dict[str, Any] = {}
-        done = threading.Event()
-
-        def call() -> None:
-            try:
-                outcome["value"] = func(*args, **kwargs)
-            except BaseException as error:  # noqa: B902 - handed to the caller as is
-                outcome["error"] = error
-            finally:
-                done.set()
-
-        threading.Thread(target=call, name=f"pyper-timed:{name}", daemon=True).start()
-        if not done.wait(timeout):
-            raise TimeoutError(message)
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-    return timed_call
 
 
 class Task:
@@ -141,20 +99,18 @@ class Task:
         self.join = join
         self.workers = workers
         self.throttle = throttle
-        if ordered and (join or multiprocess or self.is_async):
-            raise ValueError("ordered applies to a sync task called once per item in threads"
-                             " (not to a join, multiprocess or async task)")
+        if ordered and (join or self.is_async):
+            raise ValueError("ordered applies to a sync task called once per item, in threads"
+                             " or worker processes (not to a join or async task)")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                 raise TypeError("timeout must be a number of seconds")
             if not timeout > 0:
                 raise ValueError("timeout must be longer than zero")
-            if self.is_gen or join or multiprocess:
-                raise ValueError("timeout applies to a function called once per item, in"
-                                 " threads or as a coroutine (not to a generator, join or"
-                                 " multiprocess task)")
-            if remote is None:
-                self.func = _timed(self.func, timeout, self.is_async)
+            # A worker process is killed at its deadline; a remote worker times its calls.
+            if remote is None and not multiprocess:
+                self.func = timed(self.func, timeout, self.is_async, self.is_gen, branch,
+                                   join)
         self.multiprocess = multiprocess
         self.retries = retries
         self.ordered = ordered
@@ -205,18 +161,26 @@ class _TaskFactory:
         join: the function receives an iterator over every input, not one input.
         workers: how many workers run the function at once.
         throttle: the most outputs waiting for the next task (0: no limit).
-        multiprocess: run the function in worker processes (it must be picklable).
+        multiprocess: run the function in worker processes (it must be picklable). The
+            processes are kept warm for the program's next stages and runs, and end with
+            the program however it ends.
         bind: extra arguments, from ``task.bind(*args, **kwargs)``.
         retries: extension (not in Pyper): how many times a call that raised is made
             again (after 10 ms, doubling up to 1 s) before its exception stops the run.
-            Not for ``multiprocess`` tasks.
+            A ``branch`` call that has handed on an output is not made again.
         ordered: extension (not in Pyper): with several workers, outputs leave in the
             order of their inputs (each batch's outputs are collected, then released in
-            turn). Not for ``join``, ``multiprocess`` or async tasks.
+            turn). Not for ``join`` or async tasks.
         timeout: extension (not in Pyper): seconds a call may take before it fails with
             ``TimeoutError`` (retried if ``retries`` allows). A coroutine is cancelled; a
             sync call runs on a thread of its own and is abandoned, and goes on until it
-            returns. Not for generators, ``join`` or ``multiprocess`` tasks.
+            returns. A sync ``branch`` function's iterable is consumed within the limit, and
+            its outputs handed on once it has ended (an endless generator times out); an
+            async generator's outputs are handed on as they come, and the limit covers it
+            from its first step to its end. A ``join`` must end within ``timeout`` of its
+            last input (from when its input iterator is exhausted; not before), handing on
+            a generator's outputs as they come. A ``multiprocess`` task's worker process
+            is killed at the deadline and replaced (its outputs are handed on as they come).
         remote: extension (not in Pyper): a `Cluster` (or its URL): the function runs on
             remote workers (``python -m pyper.worker URL``, on any host) that import it by
             module and name, with ``workers`` items at once in each worker process; items

@@ -36,6 +36,15 @@ impl ProcessTimes {
             runnable: self.runnable + other.runnable,
         }
     }
+
+    /// The times since `earlier`, a reading of the same process.
+    #[cfg_attr(not(feature = "python"), allow(dead_code))]
+    pub(crate) fn minus(self, earlier: Self) -> Self {
+        ProcessTimes {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            runnable: self.runnable.saturating_sub(earlier.runnable),
+        }
+    }
 }
 
 /// A thread's scheduler statistics since it started: its CPU time, how long it waited,

@@ -20,8 +20,9 @@
 //! the function, across its own waits. A `join` function receives an iterator over the
 //! stage's input, whose waits are detached too. A `per_worker` function is called once by
 //! each worker, on its thread, and returns the worker's own callable, which receives
-//! lists of items and returns lists of outputs (the package's `multiprocess=True`: one
-//! worker process per worker); its `close()` is called when the worker ends.
+//! lists of items and returns an iterator of lists of outputs, which it yields as they
+//! come (the package's `multiprocess=True`: one worker process per worker); its
+//! `close()` is called when the worker ends.
 //!
 //! What the report needs to know about Python (see `observe/report/mod.rs`):
 //!
@@ -41,7 +42,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::engine::batch::{BatchLimit, Fault, Stop};
+use crate::engine::batch::{should_hand_over, BatchLimit, Fault, Stop};
 use crate::engine::meter::{ProcessTimes, Recorder, StageKind, StageMeter, WorkerMeter};
 use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
@@ -74,6 +75,12 @@ const SLOW: Duration = Duration::from_micros(50);
 /// Outputs gathered for this long are offered downstream.
 const HAND_OVER: Duration = Duration::from_micros(200);
 
+/// How long a batch for a worker process should take. A batch costs a round trip through
+/// a pipe (tens of µs), so quick items go in batches; but an item waits for those before
+/// it in its batch, so items that take over half of this go one at a time, and no item
+/// of a millisecond waits behind a slow one while another worker could take it.
+const PROCESS_BATCH: Duration = Duration::from_micros(500);
+
 /// How a Python function is called. The defaults are Pyper's: one call per item, one
 /// output per call.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,8 +94,9 @@ pub struct PyShape {
     /// called with the run's arguments.
     pub star_args: bool,
     /// The function is called once per worker, with no argument, and returns the worker's
-    /// callable, which takes a list of items and returns a list of outputs (a `branch`
-    /// already flattened). Its `close()`, if it has one, is called when the worker ends.
+    /// callable, which takes a list of items and returns an iterator of lists of outputs
+    /// (a `branch` already flattened), handed on as each list comes. Its `close()`, if it
+    /// has one, is called when the worker ends.
     pub per_worker: bool,
     /// How many times a call that raised is made again, after the engine's default
     /// backoff (10 ms, doubling up to 1 s), before its exception is the run's error. A
@@ -143,10 +151,11 @@ impl<I, O> PythonBody<I, O> {
         self.callable.shape.join
     }
 
-    /// Whether `ordered()` applies: one call per item, in this process.
+    /// Whether `ordered()` applies: one call per item (in this process or a worker
+    /// process).
     pub(crate) fn may_order(&self) -> bool {
         let shape = self.callable.shape;
-        !(shape.join || shape.per_worker || shape.driver)
+        !(shape.join || shape.driver)
     }
 }
 
@@ -228,7 +237,9 @@ impl Worker {
                     (true, _, _) => turn.drive(&input),
                     (false, true, _) => turn.join(input),
                     (false, false, false) => turn.each(&input, self.reorder.clone().as_deref()),
-                    (false, false, true) => turn.per_worker(&input),
+                    (false, false, true) => {
+                        turn.per_worker(&input, self.reorder.clone().as_deref())
+                    }
                 };
                 result.and_then(|()| turn.flush())
             })
@@ -363,11 +374,22 @@ impl<'py> Turn<'_, 'py> {
         }
     }
 
-    /// A callable of the worker's own, called with lists of items.
-    fn per_worker(&mut self, input: &Receiver<PyItem>) -> Result<(), Fault> {
+    /// A callable of the worker's own, called with lists of items. In an ordered stage
+    /// (`reorder`), a batch's outputs are collected, then handed in as in [`each`].
+    fn per_worker(
+        &mut self,
+        input: &Receiver<PyItem>,
+        reorder: Option<&Reorder>,
+    ) -> Result<(), Fault> {
         let function = self.worker.callable.function.bind(self.py);
         let handle = function.call0().map_err(failed)?;
-        let result = self.batches(&handle, input);
+        // The worker process's CPU time is the stage's: read from its scheduler
+        // statistics now and then (file reads), and as the worker ends.
+        let mut times = ProcessClock::new(self.meter.clone());
+        // Where the process's times start: a warm one has served earlier stages.
+        times.read(&handle);
+        let result = self.batches(&handle, input, reorder, &mut times);
+        times.read(&handle);
         // Closed however the worker ends; its own failure comes second to the worker's.
         let closed = match handle.hasattr("close") {
             Ok(true) => handle.call_method0("close").map(drop),
@@ -378,32 +400,18 @@ impl<'py> Turn<'_, 'py> {
         closed.map_err(failed)
     }
 
+    /// Feeds the callable batches: it returns an iterator of lists of outputs, which the
+    /// worker process sends as it goes (a slow item's at once, a generator's in chunks).
     fn batches(
         &mut self,
         handle: &Bound<'py, PyAny>,
         input: &Receiver<PyItem>,
-    ) -> Result<(), Fault> {
-        let mut batch = Vec::new();
-        // A batch costs the callable a round trip: aim for batches that take longer.
-        let mut limit = BatchLimit::with_target(Duration::from_millis(2));
-        // The worker process's CPU time is the stage's: read from its scheduler
-        // statistics now and then (file reads), and as the worker ends.
-        let pid: Option<u32> = handle.getattr("pid").and_then(|pid| pid.extract()).ok();
-        let mut times = ProcessClock::new(pid, self.meter.clone());
-        let result = self.batches_timed(handle, input, &mut batch, &mut limit, &mut times);
-        times.read();
-        result
-    }
-
-    fn batches_timed(
-        &mut self,
-        handle: &Bound<'py, PyAny>,
-        input: &Receiver<PyItem>,
-        batch: &mut Vec<PyItem>,
-        limit: &mut BatchLimit,
+        reorder: Option<&Reorder>,
         times: &mut ProcessClock,
     ) -> Result<(), Fault> {
-        while let Some(first) = self.next_batch(input, batch, limit.get())? {
+        let (mut batch, mut collected) = (Vec::new(), Vec::new());
+        let mut limit = BatchLimit::with_target(PROCESS_BATCH);
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
             if self.worker.run.is_cancelled() {
                 return Err(Fault::Stop);
             }
@@ -411,13 +419,27 @@ impl<'py> Turn<'_, 'py> {
             let count = batch.len();
             *self.current = Some(first);
             let items = PyList::new(self.py, batch.drain(..)).map_err(failed)?;
-            let outputs = handle.call1((items,)).map_err(failed)?;
-            for output in outputs.try_iter().map_err(failed)? {
-                self.output.add(output.map_err(failed)?.unbind())?;
+            let chunks = handle.call1((items,)).map_err(failed)?;
+            for chunk in chunks.try_iter().map_err(failed)? {
+                for output in chunk.map_err(failed)?.try_iter().map_err(failed)? {
+                    let output = output.map_err(failed)?.unbind();
+                    match reorder {
+                        Some(_) => collected.push(output),
+                        None => self.output.add(output)?,
+                    }
+                    if self.output.is_full() {
+                        self.flush()?;
+                    }
+                }
+                self.output.offer()?;
+                times.read_if_due(handle);
             }
-            self.output.offer()?;
-            self.end_batch(started, limit, count);
-            times.read_if_due();
+            self.end_batch(started, &mut limit, count);
+            if let Some(reorder) = reorder {
+                let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
+                let end = first + count as u64;
+                self.detached(|| reorder.hand_in((first, end), outputs, output))?;
+            }
         }
         Ok(())
     }
@@ -560,10 +582,18 @@ fn failed(error: PyErr) -> Fault {
     Fault::Failed(Box::new(error))
 }
 
-/// Reads a worker process's CPU time into its engine worker's meter.
+/// Reads a worker process's CPU time into its engine worker's meter. The callable's
+/// `pid` may change (a process killed at a timeout is replaced) and a process may have
+/// served earlier stages (warm processes): each process counts from when it was first
+/// seen here.
 struct ProcessClock {
-    pid: Option<u32>,
     meter: Option<Arc<WorkerMeter>>,
+    /// The process being read, and its times when it was first seen.
+    current: Option<(u32, ProcessTimes)>,
+    /// What the processes read before the current one added.
+    earlier: ProcessTimes,
+    /// The last reading of the current process, less its first.
+    last: ProcessTimes,
     next_read: Instant,
 }
 
@@ -571,27 +601,42 @@ struct ProcessClock {
 const PROCESS_TIMES_EVERY: Duration = Duration::from_millis(10);
 
 impl ProcessClock {
-    fn new(pid: Option<u32>, meter: Option<Arc<WorkerMeter>>) -> Self {
+    fn new(meter: Option<Arc<WorkerMeter>>) -> Self {
         ProcessClock {
-            pid,
             meter,
+            current: None,
+            earlier: ProcessTimes::default(),
+            last: ProcessTimes::default(),
             next_read: Instant::now(),
         }
     }
 
-    fn read_if_due(&mut self) {
+    fn read_if_due(&mut self, handle: &Bound<'_, PyAny>) {
         if Instant::now() >= self.next_read {
-            self.read();
+            self.read(handle);
         }
     }
 
-    fn read(&mut self) {
+    fn read(&mut self, handle: &Bound<'_, PyAny>) {
         self.next_read = Instant::now() + PROCESS_TIMES_EVERY;
-        if let (Some(pid), Some(meter)) = (self.pid, &self.meter) {
-            if let Some(times) = ProcessTimes::of(pid) {
-                meter.set_process_times(times);
+        let Some(meter) = &self.meter else {
+            return;
+        };
+        let Ok(pid) = handle.getattr("pid").and_then(|pid| pid.extract::<u32>()) else {
+            return;
+        };
+        let Some(now) = ProcessTimes::of(pid) else {
+            return;
+        };
+        match self.current {
+            Some((seen, first)) if seen == pid => self.last = now.minus(first),
+            _ => {
+                self.earlier = self.earlier.plus(self.last);
+                self.last = ProcessTimes::default();
+                self.current = Some((pid, now));
             }
         }
+        meter.set_process_times(self.earlier.plus(self.last));
     }
 }
 
@@ -625,7 +670,11 @@ impl<'a> Out<'a> {
             self.since = Instant::now();
         }
         self.buffer.push(item);
-        if self.buffer.len() >= self.max || self.since.elapsed() >= HAND_OVER {
+        // An idle consumer gets an output at once: what comes next (a generator's next
+        // element, say) may be long in coming.
+        if should_hand_over(&self.buffer, self.max, self.output)
+            || self.since.elapsed() >= HAND_OVER
+        {
             self.offer()?;
         }
         Ok(())
