@@ -174,7 +174,7 @@ fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
     };
     meter.runs_python();
     let reorder = stage.is_ordered().then(|| {
-        let reorder = Arc::new(Reorder::default());
+        let reorder = Arc::new(Reorder::new(stage.output.capacity()));
         // A cancel wakes the workers that wait for room.
         (stage.launcher.state).register(Box::new(Arc::clone(&reorder)));
         reorder
@@ -285,7 +285,10 @@ impl<'py> Turn<'_, 'py> {
         let shape = self.worker.callable.shape;
         let (mut batch, mut collected) = (Vec::new(), Vec::new());
         let mut limit = BatchLimit::new();
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+        let hold = reorder.map_or(usize::MAX, |reorder| reorder.hold);
+        // With `auto_workers`, the worker asks its seat before each batch: it may park.
+        let seat = Seat::take(self.meter.as_ref());
+        while let Some(first) = self.admitted_batch(seat.as_ref(), input, &mut batch, limit.get().min(hold))? {
             let started = self.begin_batch();
             let count = batch.len();
             for (index, item) in (first..).zip(batch.drain(..)) {
@@ -411,7 +414,8 @@ impl<'py> Turn<'_, 'py> {
     ) -> Result<(), Fault> {
         let (mut batch, mut collected) = (Vec::new(), Vec::new());
         let mut limit = BatchLimit::with_target(PROCESS_BATCH);
-        while let Some(first) = self.next_batch(input, &mut batch, limit.get())? {
+        let hold = reorder.map_or(usize::MAX, |reorder| reorder.hold);
+        while let Some(first) = self.next_batch(input, &mut batch, limit.get().min(hold))? {
             if self.worker.run.is_cancelled() {
                 return Err(Fault::Stop);
             }
