@@ -5,10 +5,12 @@ The fork is one engine stage (a task whose function is a ``Fork``): the engine r
 with the fork's ``workers``, so that many inputs are in flight, each with all its tasks
 running. Inside one call the tasks run at once, each of its own kind: a sync task on a
 thread of the fork's pool, an async task as a coroutine on the caller's loop (a sync task
-in an async fork runs on the pool too). The fork is built here, in Python, over that one
-engine stage rather than as an engine stage kind: the engine's Python stages call one
-Python callable per item, and calling a few more, at once, is what Python's own thread
-pools and ``asyncio.wait`` do well; the concurrency is the same.
+in an async fork runs on the pool too), and a ``multiprocess`` task in a worker process
+of the program's pool, taken for the call (a thread of the pool waits for it). The fork
+is built here, in Python, over that one engine stage rather than as an engine stage kind:
+the engine's Python stages call one Python callable per item, and calling a few more, at
+once, is what Python's own thread pools and ``asyncio.wait`` do well; the concurrency is
+the same.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
+from . import _process
 from ._task import Task
+from ._timeout import overran as overran_message
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -49,6 +53,8 @@ def _noted(error: BaseException, task: Task) -> BaseException:
 
 def _call(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     """One sync task on one input, with its retries."""
+    if task.multiprocess:
+        return _in_process(task, args, kwargs)
     attempt = 0
     while True:
         try:
@@ -58,6 +64,18 @@ def _call(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
             if attempt > task.retries:
                 raise _noted(error, task) from None
             time.sleep(_backoff(attempt))
+
+
+def _in_process(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    """A ``multiprocess`` task on one input, in a worker process of the program's pool,
+    which applies its ``timeout`` (killing the process) and ``retries``."""
+    payload = _process.stage_payload(task.func, False, True, task.timeout, 0)
+    overran = None if task.timeout is None else overran_message(task.func, task.timeout)
+    try:
+        return _process.call_once(payload, _name(task), overran, task.retries, task.timeout,
+                                  args, kwargs)
+    except Exception as error:
+        raise _noted(error, task) from error.__cause__
 
 
 async def _acall(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any],
@@ -81,8 +99,6 @@ def _check(task: Task) -> None:
     if task.branch or task.join:
         raise ValueError("a branch or join task cannot be forked: each task of a fork"
                          " makes one output per input")
-    if task.multiprocess:
-        raise ValueError("a multiprocess task cannot be forked yet")
     if task.workers != 1 or task.throttle != 0 or task.ordered:
         raise ValueError("workers, throttle and ordered apply to the fork, not to a task"
                          " inside it: pyper.fork(..., workers=n)")
@@ -156,8 +172,8 @@ def fork(*pipelines: Pipeline[Any, Any], workers: int = 1, throttle: int = 0,
 
     ``task(f) & task(g)`` is ``fork(task(f), task(g))``; ``fork`` also takes the fork's
     own options: ``workers`` (how many inputs are in flight), ``throttle`` and ``ordered``.
-    Each task keeps its kind (sync or async), ``timeout`` and ``retries``; ``branch``,
-    ``join`` and ``multiprocess`` tasks cannot be forked, and ``workers``, ``throttle``
+    Each task keeps its kind (sync, async or ``multiprocess``), ``timeout`` and
+    ``retries``; ``branch`` and ``join`` tasks cannot be forked, and ``workers``, ``throttle``
     and ``ordered`` go on the fork (each a ``ValueError``). A fork is async if any of its
     tasks is.
     """

@@ -31,7 +31,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Generator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 # How many answers a worker process sends ahead of the parent's acknowledgements.
 AHEAD = 2
@@ -458,6 +458,18 @@ def process_worker(payload: bytes, stage: str, overran: Optional[str], retries: 
     function; returns the callable the engine's worker feeds it with. `overran` is the
     message of a call that overran `timeout`."""
     return _Worker(payload, stage, overran, retries, timeout)
+
+
+def call_once(payload: bytes, stage: str, overran: Optional[str], retries: int,
+              timeout: Optional[float], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    """One call in a worker process, whose one output it returns: a `multiprocess` task
+    inside a fork. The process is taken from the pool, and goes back to it."""
+    worker = _Worker(payload, stage, overran, retries, timeout)
+    try:
+        outputs = [output for chunk in worker([(args, kwargs)]) for output in chunk]
+    finally:
+        worker.close()
+    return outputs[0]
 
 
 def stage_payload(func: Callable[..., Any], branch: bool, star_args: bool,

@@ -129,8 +129,6 @@ def test_what_does_not_combine_is_refused():
         task(double) & task(square, workers=2)
     with pytest.raises(ValueError, match="single task"):
         task(double) & (task(double) | task(square))
-    with pytest.raises(ValueError, match="multiprocess"):
-        task(double) & task(square, multiprocess=True)
     with pytest.raises(ValueError, match="at least two"):
         fork(task(double))
 
@@ -173,3 +171,52 @@ async def test_an_async_failure_cancels_the_other_coroutines_of_the_input():
         async for _ in p(1):
             pass
     assert cancelled == [0]
+
+
+def own_pid(x):
+    import os
+
+    return os.getpid()
+
+
+def fails_on_three(x):
+    if x == 3:
+        raise Boom(f"boom {x}")
+    return x
+
+
+def test_a_multiprocess_task_in_a_fork_runs_in_a_worker_process():
+    import os
+
+    p = task(numbers, branch=True) | fork(task(own_pid, multiprocess=True), task(double),
+                                          task(square, multiprocess=True), workers=3)
+    outputs = list(p(12))
+    assert sorted(output[1:] for output in outputs) == [[2 * x, x * x] for x in range(12)]
+    assert all(output[0] != os.getpid() for output in outputs)
+
+
+def test_a_multiprocess_task_in_a_fork_fails_the_run_with_its_own_exception():
+    p = task(numbers, branch=True) | (task(fails_on_three, multiprocess=True) & task(double))
+    with pytest.raises(Boom, match="boom 3"):
+        list(p(6))
+
+
+def sleepy(x):
+    import time
+
+    if x == 1:
+        time.sleep(3600)
+    return x
+
+
+def test_a_multiprocess_task_in_a_fork_keeps_its_timeout():
+    p = task(numbers, branch=True) | (task(sleepy, multiprocess=True, timeout=0.3)
+                                      & task(double))
+    with pytest.raises(TimeoutError, match="sleepy did not return within 0.3 s"):
+        list(p(3))
+
+
+@pytest.mark.asyncio
+async def test_a_multiprocess_task_in_an_async_fork():
+    p = task(numbers, branch=True) | (task(square, multiprocess=True) & task(later))
+    assert sorted([x async for x in p(5)]) == [[x * x, x + 1] for x in range(5)]
