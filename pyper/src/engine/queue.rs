@@ -14,9 +14,13 @@
 //!
 //! The queue is a `VecDeque` behind one mutex with two condition variables. A consumer
 //! takes every ready item up to its batch limit in one lock; a producer appends a whole
-//! batch in one lock. Nobody is woken unless somebody is parked. (Spinning before parking
-//! was measured in the benchmark harness and did not pay on 2 cores: threads outnumber
-//! cores, so a spinning consumer only delays the producer it waits for.)
+//! batch in one lock. Nobody is woken unless somebody is parked. A worker that finds the
+//! queue full (or empty) first gives up its core a few times before it parks
+//! ([`Shared::snooze`]): spinning did not pay on 2 cores (threads outnumber cores, so a
+//! spinning consumer only delays the producer it waits for), but a yield hands the core
+//! to that very producer, and with a small throttle it saved most of the parks and
+//! wake-ups (3 trivial stages at `throttle(1)` went from 0.45× to 2.3× hand-written
+//! `bounded(1)` channels, see docs/benchmarks.md).
 //!
 //! With the `async` feature, async tasks wait on the same queue through two tokio
 //! `Notify`s, next to the condition variables, so one queue joins any mix of thread and
@@ -64,6 +68,18 @@ struct State<T> {
 /// the same (see [`Sender::push_all_lazy`]): the most latency that waking a consumer a
 /// batch at a time adds to a busy pipeline, and how often such a consumer wakes.
 const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How many times a worker that finds its queue full (or empty) gives up its core before
+/// it parks: see [`Shared::snooze`].
+const SNOOZES: u32 = 4;
+
+/// Where a consumer that announces before it waits stands (`pop_batch_then`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announced {
+    No,
+    Yes,
+    AndSnoozed,
+}
 
 /// The bound of a task's output queue unless [`Task::throttle`](crate::Task::throttle) says otherwise.
 ///
@@ -322,6 +338,20 @@ impl<T> Shared<T> {
         Popped::Items(first)
     }
 
+    /// Gives up the core a few times ([`SNOOZES`]), until `ready` holds of the queue's
+    /// length (read without the lock), before a worker parks: with a small throttle, the
+    /// thread it waits for is often ready to run on this very core, and a yield hands it
+    /// over for a fraction of a park and a wake-up. The caller then looks again under the
+    /// lock, so no wake-up is missed.
+    fn snooze(&self, ready: impl Fn(usize) -> bool) {
+        for _ in 0..SNOOZES {
+            sync::thread::yield_now();
+            if ready(self.gauge.len.load(Ordering::Relaxed)) {
+                return;
+            }
+        }
+    }
+
     /// Wakes every waiter of both kinds: the queue has ended, closed or lost its readers.
     fn wake_everyone(&self) {
         self.not_empty.notify_all();
@@ -417,6 +447,7 @@ impl<T> Sender<T> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
         let mut offered = batch.len();
+        let mut may_snooze = true;
         loop {
             match shared.try_push(&mut state, batch, lazy) {
                 Pushed::All => {
@@ -437,6 +468,13 @@ impl<T> Sender<T> {
                         meter.items_out.add((offered - batch.len()) as u64);
                     }
                     offered = batch.len();
+                    if std::mem::replace(&mut may_snooze, false) {
+                        drop(state);
+                        shared.snooze(|len| len < shared.capacity);
+                        state = sync::lock(&shared.state);
+                        continue;
+                    }
+                    may_snooze = true;
                     state.parked_senders += 1;
                     let since = self
                         .meter
@@ -539,11 +577,20 @@ impl<T> Receiver<T> {
     pub(crate) fn pop_batch(&self, out: &mut Vec<T>, max: usize) -> Option<u64> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
+        let mut may_snooze = true;
         loop {
             match shared.try_pop(&mut state, out, max) {
                 Popped::Items(first) => return Some(first),
                 Popped::Over => return None,
-                Popped::Empty => state = self.park(state, max),
+                Popped::Empty if std::mem::replace(&mut may_snooze, false) => {
+                    drop(state);
+                    shared.snooze(|len| len > 0);
+                    state = sync::lock(&shared.state);
+                }
+                Popped::Empty => {
+                    state = self.park(state, max);
+                    may_snooze = true;
+                }
             }
         }
     }
@@ -692,20 +739,26 @@ impl<T> Receiver<T> {
     ) -> Option<u64> {
         let shared = &*self.shared;
         let mut state = sync::lock(&shared.state);
-        let mut announced = false;
+        let mut announced = Announced::No;
         loop {
             match shared.try_pop(&mut state, out, max) {
                 Popped::Items(first) => return Some(first),
                 Popped::Over => return None,
-                Popped::Empty if !announced => {
+                Popped::Empty if announced == Announced::No => {
                     drop(state);
                     before_wait();
-                    announced = true;
+                    announced = Announced::Yes;
+                    state = sync::lock(&shared.state);
+                }
+                Popped::Empty if announced == Announced::Yes => {
+                    drop(state);
+                    shared.snooze(|len| len > 0);
+                    announced = Announced::AndSnoozed;
                     state = sync::lock(&shared.state);
                 }
                 Popped::Empty => {
                     state = self.park(state, max);
-                    announced = false;
+                    announced = Announced::No;
                 }
             }
         }
