@@ -12,7 +12,21 @@ blocking call or a computation inside a coroutine, during which every other coro
 the loop waits), with their CPU time. The stage's report reads them. Timing steps costs
 a few percent of a loop busy with short awaits, so only a sample of the items is timed
 step by step (the first 16, then one in 8), and their figures stand for every item's;
-each item's time in flight is timed."""
+each item's time in flight is timed.
+
+An ordered stage's driver (`ordered=True`, several workers) numbers its items as they are
+handed over and releases their outputs in that order: the oldest item not yet released
+(the head) streams its outputs as they come; every other item collects its own, up to the
+stage's hold (its throttle, at most `_HOLD`), and is then paused until it is the head.
+An item is done for the engine's worker when it is released, so the worker hands over no
+more than the driver's `capacity` of items between taking them and releasing them:
+`workers` running and up to as many again finished and waiting for older ones (`workers`
+with `throttle=1`), so a stage runs ahead of a stalled consumer by about
+`throttle × (workers + 1)` items, as an ordered thread stage does.
+
+A generator (or an iterable) that outputs faster than the worker takes its outputs is
+paused while `_EVENTS_HELD` events wait for it: an endless one in front of a stalled
+consumer holds bounded memory."""
 
 from __future__ import annotations
 
@@ -28,6 +42,7 @@ from typing import (
     Callable,
     Coroutine,
     Deque,
+    Dict,
     Generator,
     List,
     Optional,
@@ -42,6 +57,13 @@ OUTPUT, DONE, ERROR, JOIN_DONE = 0, 1, 2, 3
 
 # How many items a join stage's coroutines may have waiting for them on the loop.
 _JOIN_BUFFER = 256
+
+# The most outputs an item of an ordered stage that is not the head collects before it is
+# paused (the engine's batch); a throttle below it is the bound.
+_HOLD = 1024
+
+# The events a generator's outputs may leave waiting for the worker before it is paused.
+_EVENTS_HELD = 1024
 
 
 # A step that holds the loop longer than this stalls it (the engine's `STALL`).
@@ -124,6 +146,18 @@ def _stepped(awaitable: Awaitable[Any], clock: _Clock) -> Generator[Any, Any, An
             value, error = None, thrown
 
 
+class _Place:
+    """An item of an ordered stage, from its start until its outputs are released."""
+
+    __slots__ = ("outputs", "done", "gate")
+
+    def __init__(self) -> None:
+        self.outputs: List[Any] = []
+        self.done = False
+        # Set while the item is paused: it has collected all it may and is not the head.
+        self.gate: Optional[asyncio.Future[None]] = None
+
+
 class _Upstream:
     """A join coroutine's input: an async iterator over the stage's items."""
 
@@ -158,7 +192,17 @@ class Driver:
         self.is_gen = task.is_gen
         self.star_args = star_args
         self.join = task.join
-        self.capacity = _JOIN_BUFFER if task.join else task.workers
+        self.workers = task.workers
+        # One coroutine at a time keeps the order by itself.
+        self.ordered = task.ordered and task.workers > 1 and not task.join
+        if task.join:
+            self.capacity = _JOIN_BUFFER
+        elif self.ordered:
+            # `workers` running and up to as many again waiting to be released (as many
+            # as the throttle per worker, when it is 1).
+            self.capacity = task.workers * (min(task.throttle, 2) if task.throttle else 2)
+        else:
+            self.capacity = task.workers
         self.joins = task.workers if task.join else 0
         self._ring = ring
         self._events: Deque[Tuple[int, Any]] = collections.deque()
@@ -167,6 +211,15 @@ class Driver:
         self.input_over = False
         self.input_ready: Optional[asyncio.Event] = None
         self.clock = _Clock()
+        # An ordered stage's items: handed over and not started (in `inputs`), then by
+        # position (in the order they were handed over) from their start to their release.
+        self._hold = min(task.throttle, _HOLD) if task.throttle else _HOLD
+        self._places: Dict[int, _Place] = {}
+        self._head = self._taken = self._running = 0
+        # The generators waiting for the worker to take events, and whether the worker
+        # must wake them when it does (set on the loop, cleared by `drain`).
+        self._waiting_room: List[asyncio.Future[None]] = []
+        self._full = False
         if self.join:
             self._call_soon(self._start_joins)
 
@@ -182,6 +235,11 @@ class Driver:
         events = []
         while self._events:
             events.append(self._events.popleft())
+        # After taking them: a generator that saw too many events sets `_full` before it
+        # looks again (see `_hand_on`), so either it sees them taken or it is woken.
+        if self._full:
+            self._full = False
+            self._call_soon(self._make_room)
         return events
 
     def stop(self) -> None:
@@ -223,8 +281,23 @@ class Driver:
             assert self.input_ready is not None
             self.input_ready.set()
             return
+        if self.ordered:
+            self.inputs.extend(items)
+            self._start_ordered()
+            return
         for item in items:
-            self._spawn(self._one(item))
+            self._spawn(self._one(item, -1))
+
+    def _start_ordered(self) -> None:
+        """Starts items handed over, in order, while fewer than `workers` run and fewer
+        than `capacity` wait for their release (the worker hands over no more anyway)."""
+        inputs, places = self.inputs, self._places
+        while inputs and self._running < self.workers and len(places) < self.capacity:
+            position = self._taken
+            self._taken += 1
+            places[position] = _Place()
+            self._running += 1
+            self._spawn(self._one(inputs.popleft(), position))
 
     def _end_input(self) -> None:
         self.input_over = True
@@ -237,10 +310,71 @@ class Driver:
             self._spawn(self._join())
 
     def _cancel(self) -> None:
+        self.inputs.clear()
         for task in list(self._tasks):
             task.cancel()
 
-    async def _emit(self, result: Any, timed: bool) -> None:
+    def _make_room(self) -> None:
+        waiting, self._waiting_room = self._waiting_room, []
+        for room in waiting:
+            if not room.done():
+                room.set_result(None)
+
+    def _hand_on(self, position: int, output: Any) -> Optional[asyncio.Future[None]]:
+        """Hands on one output of the item at `position` (-1 in a stage not ordered, or a
+        join), or keeps it until the item is the oldest not released. Returns what the
+        item must wait for before its next output, if anything: its turn, once it has
+        kept all it may, or the worker, while `_EVENTS_HELD` events wait for it (a
+        generator that outputs faster than its consumer takes: a stalled one holds it
+        there)."""
+        if position < 0 or position == self._head:
+            events = self._events
+            events.append((OUTPUT, output))
+            self._ring()
+            if len(events) < _EVENTS_HELD:
+                return None
+            room = self.loop.create_future()
+            self._waiting_room.append(room)
+            self._full = True
+            # Taken before `drain` could see `_full`: it will not wake this one.
+            if len(events) < _EVENTS_HELD:
+                return None
+            return room
+        place = self._places[position]
+        place.outputs.append(output)
+        if len(place.outputs) < self._hold:
+            return None
+        # Paused until it is the head (`_release` hands its outputs on then).
+        gate: asyncio.Future[None] = self.loop.create_future()
+        place.gate = gate
+        return gate
+
+    def _release(self, position: int) -> None:
+        """The item at `position` is done: hands on, in order, the outputs that may leave
+        now (of the items released, then what the new head collected), and lets the new
+        head go on."""
+        self._running -= 1
+        places = self._places
+        places[position].done = True
+        events = self._events
+        before = len(events)
+        while self._head in places:
+            place = places[self._head]
+            events.extend((OUTPUT, output) for output in place.outputs)
+            place.outputs = []
+            if not place.done:
+                if place.gate is not None and not place.gate.done():
+                    place.gate.set_result(None)
+                place.gate = None
+                break
+            del places[self._head]
+            self._head += 1
+            events.append((DONE, None))
+        if len(events) != before:
+            self._ring()
+        self._start_ordered()
+
+    async def _emit(self, result: Any, timed: bool, position: int) -> None:
         clock = self.clock
         if self.is_gen:
             following = result.__anext__
@@ -250,10 +384,13 @@ class Driver:
                     output = await (_stepped(step, clock) if timed else step)
                 except StopAsyncIteration:
                     return
-                self.event(OUTPUT, output)
+                waiting = self._hand_on(position, output)
+                if waiting is not None:
+                    await waiting
         result = await (_stepped(result, clock) if timed else result)
         if not self.branch:
-            self.event(OUTPUT, result)
+            # Its item's only output: nothing follows it to wait for.
+            self._hand_on(position, result)
             return
         if not isinstance(result, Iterable):
             raise TypeError(
@@ -261,23 +398,28 @@ class Driver:
                 " could not be iterated over. (the task should be a generator, or return an"
                 " iterable)")
         for output in result:
-            self.event(OUTPUT, output)
+            waiting = self._hand_on(position, output)
+            if waiting is not None:
+                await waiting
 
-    async def _one(self, item: Any) -> None:
+    async def _one(self, item: Any, position: int) -> None:
         clock = self.clock
         timed = clock.sample()
         began = perf_counter_ns()
         try:
             if self.star_args:
                 args, kwargs = item
-                await self._emit(self.func(*args, **kwargs), timed)
+                await self._emit(self.func(*args, **kwargs), timed, position)
             else:
-                await self._emit(self.func(item), timed)
+                await self._emit(self.func(item), timed, position)
             clock.items += 1
             clock.busy += perf_counter_ns() - began
             if timed:
                 clock.sampled += 1
-            self.event(DONE, None)
+            if position < 0:
+                self.event(DONE, None)
+            else:
+                self._release(position)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # noqa: B902 - the run's error, whatever it is
@@ -286,7 +428,7 @@ class Driver:
     async def _join(self) -> None:
         began = perf_counter_ns()
         try:
-            await self._emit(self.func(_Upstream(self)), True)
+            await self._emit(self.func(_Upstream(self)), True, -1)
             # A join coroutine is busy its whole life, as a sync join's worker is.
             self.clock.busy += perf_counter_ns() - began
             self.event(JOIN_DONE, None)

@@ -99,9 +99,10 @@ class Task:
         self.join = join
         self.workers = workers
         self.throttle = throttle
-        if ordered and (join or self.is_async):
-            raise ValueError("ordered applies to a sync task called once per item, in threads"
-                             " or worker processes (not to a join or async task)")
+        if ordered and join:
+            raise ValueError("ordered applies to a task called once per item, not to a join:"
+                             " a join receives the whole stream, so its outputs have no"
+                             " inputs to keep the order of")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                 raise TypeError("timeout must be a number of seconds")
@@ -170,7 +171,9 @@ class _TaskFactory:
             A ``branch`` call that has handed on an output is not made again.
         ordered: extension (not in Pyper): with several workers, outputs leave in the
             order of their inputs (each batch's outputs are collected, then released in
-            turn). Not for ``join`` or async tasks.
+            turn; an async task's items are numbered as they start, the oldest one's
+            outputs stream on as they come and the others' wait their turn). Not for
+            ``join`` tasks, which receive the whole stream.
         timeout: extension (not in Pyper): seconds a call may take before it fails with
             ``TimeoutError`` (retried if ``retries`` allows). A coroutine is cancelled; a
             sync call runs on a thread of its own and is abandoned, and goes on until it

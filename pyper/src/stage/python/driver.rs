@@ -21,7 +21,9 @@ impl<'py> Turn<'_, 'py> {
     /// since the last call: `(0, output)`, `(1, None)` for an item done, `(2, exception)`,
     /// `(3, None)` for a join coroutine done), `end_input()`, `stop()`, and the ints
     /// `capacity` (items in flight at most) and `joins` (join coroutines to wait for).
-    /// It calls `ring()` after each event, which wakes this worker. Its `totals()` are
+    /// It calls `ring()` after each event, which wakes this worker. An ordered driver
+    /// hands on its outputs in input order and counts an item done when it releases it,
+    /// so `capacity` bounds the items it holds for their turn too. Its `totals()` are
     /// the times of its coroutines so far, for the stage's metrics: `(items done, their
     /// time in flight, their time running on the loop, the loop's stalls (steps of over a
     /// millisecond): total, longest, and total and CPU time of those measured)`, in
@@ -74,6 +76,12 @@ impl<'py> Turn<'_, 'py> {
                     3 => joins_left = joins_left.saturating_sub(1),
                     _ => return Err(failed(PyErr::from_value(value))),
                 }
+            }
+            // What found no room downstream goes before more input is taken: the worker
+            // holds at most a hand-over's worth beyond one drain, and a stalled consumer
+            // holds the driver back (its generators pause while their events wait).
+            if self.output.is_full() {
+                self.flush()?;
             }
             clock.in_flight = in_flight;
             clock.read_if_due(driver, self.meter.as_deref());

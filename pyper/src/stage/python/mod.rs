@@ -152,14 +152,15 @@ impl<I, O> PythonBody<I, O> {
     }
 
     /// Whether `ordered()` applies: one call per item (in this process or a worker
-    /// process).
+    /// process, or a coroutine on an event loop, whose driver releases its outputs in
+    /// order: see `_aio.py`; the package refuses an ordered async join).
     pub(crate) fn may_order(&self) -> bool {
-        let shape = self.callable.shape;
-        !(shape.join || shape.driver)
+        !self.callable.shape.join
     }
 }
 
-/// Starts the stage's workers: `workers(n)` threads.
+/// Starts the stage's workers: `workers(n)` threads (with `auto_workers(max)`, `max` of
+/// them, each with its seat in the stage's tuner: see [`Seat`]).
 fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
     let shape = callable.shape;
     let meter = match (shape.driver, shape.per_worker) {
