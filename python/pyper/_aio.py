@@ -202,7 +202,11 @@ class Driver:
             # as the throttle per worker, when it is 1).
             self.capacity = task.workers * (min(task.throttle, 2) if task.throttle else 2)
         else:
-            self.capacity = task.workers
+            # `workers` running and as many on standby: a coroutine that ends starts the
+            # next item at once, without waiting for the engine's worker, which tops the
+            # standby up when it next holds the GIL (up to the interpreter's switch
+            # interval, 5 ms, later while the loop is busy).
+            self.capacity = 2 * task.workers
         self.joins = task.workers if task.join else 0
         self._ring = ring
         self._events: Deque[Tuple[int, Any]] = collections.deque()
@@ -285,8 +289,15 @@ class Driver:
             self.inputs.extend(items)
             self._start_ordered()
             return
-        for item in items:
-            self._spawn(self._one(item, -1))
+        self.inputs.extend(items)
+        self._start_standby()
+
+    def _start_standby(self) -> None:
+        """Starts items on standby while fewer than `workers` run."""
+        inputs = self.inputs
+        while inputs and self._running < self.workers:
+            self._running += 1
+            self._spawn(self._one(inputs.popleft(), -1))
 
     def _start_ordered(self) -> None:
         """Starts items handed over, in order, while fewer than `workers` run and fewer
@@ -417,6 +428,8 @@ class Driver:
             if timed:
                 clock.sampled += 1
             if position < 0:
+                self._running -= 1
+                self._start_standby()
                 self.event(DONE, None)
             else:
                 self._release(position)
