@@ -14,6 +14,7 @@ class _StageSpec(Protocol):
     function: Any
     name: str
     workers: int
+    auto: bool
     throttle: int
     branch: bool
     join: bool

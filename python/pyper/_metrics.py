@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import List, Optional, TypedDict
 
 
-class StageMetrics(TypedDict):
-    """One stage's figures. Times are in seconds, summed over the stage's workers."""
+class TunedMetrics(TypedDict):
+    """What the run chose for a stage with ``workers="auto"``, and why."""
+
+    workers: int
+    max: int
+    peak: int
+    why: str
+
+
+class _StageFigures(TypedDict):
 
     name: str
     kind: str
@@ -25,6 +33,13 @@ class StageMetrics(TypedDict):
     verdict: str
     waits_for_gil: bool
     suggested_workers: Optional[int]
+
+
+class StageMetrics(_StageFigures, total=False):
+    """One stage's figures. Times are in seconds, summed over the stage's workers. A stage
+    with ``workers="auto"`` also has ``tuned``."""
+
+    tuned: TunedMetrics
 
 
 class Metrics(TypedDict):

@@ -71,6 +71,8 @@ def _stages(tasks: Sequence[Task],
             function=func,
             name=_name(task.func),
             workers=workers,
+            # `workers="auto"`: `workers` is a most, and the engine tunes the count.
+            auto=task.auto,
             throttle=task.throttle,
             branch=task.branch and plain,
             join=task.join and plain,

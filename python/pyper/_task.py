@@ -36,6 +36,13 @@ Bind = Optional[Tuple[Tuple[Any, ...], Dict[str, Any]]]
 # What `remote=` takes: a cluster, or its URL.
 Remote = Union[_engine.Cluster, str, None]
 
+# What `workers=` takes: a count, or "auto" (the run tunes the count, up to `AUTO_MAX`).
+Workers = Union[int, Literal["auto"]]
+
+# The most workers a task with `workers="auto"` may have: threads, all started with the
+# run, those not needed parked.
+AUTO_MAX = 64
+
 
 def _is_gen(func: object) -> bool:
     call = getattr(func, "__call__", None)  # noqa: B004 - a callable object's method
@@ -49,19 +56,45 @@ def _is_async(func: object) -> bool:
             or inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
 
 
+def _check_auto(func: object, join: bool, multiprocess: bool, remote: Remote) -> None:
+    """Refuses `workers="auto"` where the engine cannot tune the count, saying why."""
+    why = None
+    if join:
+        why = ("a join task: each worker receives a share of the stream, so workers cannot"
+               " be parked and resumed")
+    elif _is_async(func):
+        why = ("an async task: its workers are coroutines on the event loop, which cost"
+               " next to nothing while they wait; give it as many as may wait at once")
+    elif multiprocess:
+        why = ("a multiprocess task: its workers are processes; for work that computes,"
+               " give it one per core (os.cpu_count())")
+    elif remote is not None:
+        why = ("a remote task: its workers are processes on other hosts, and workers is"
+               " how many items each runs at once")
+    if why is not None:
+        raise ValueError(f'workers="auto" does not apply to {why}: use workers=n')
+
+
 class Task:
     """One function of a pipeline, with its options."""
 
-    __slots__ = ("func", "branch", "join", "workers", "throttle", "multiprocess",
+    __slots__ = ("func", "branch", "join", "workers", "auto", "throttle", "multiprocess",
                  "is_async", "is_gen", "retries", "ordered", "timeout", "remote", "located")
 
     def __init__(self, func: Callable[..., Any], branch: bool = False, join: bool = False,
-                 workers: int = 1, throttle: int = 0, multiprocess: bool = False,
+                 workers: Workers = 1, throttle: int = 0, multiprocess: bool = False,
                  bind: Bind = None, retries: int = 0, ordered: bool = False,
                  timeout: Optional[float] = None, remote: Remote = None):
         # `bool` is an `int` in Python, and Pyper accepts it too.
-        if not isinstance(workers, int):
-            raise TypeError("workers must be an integer")
+        self.auto = False
+        if isinstance(workers, str):
+            if workers != "auto":
+                raise ValueError(f'workers must be an integer or "auto", not {workers!r}')
+            _check_auto(func, join, multiprocess, remote)
+            # A most: the engine starts them all, and tunes how many take input.
+            self.auto, workers = True, AUTO_MAX
+        elif not isinstance(workers, int):
+            raise TypeError('workers must be an integer or "auto"')
         if workers < 1:
             raise ValueError("workers cannot be less than 1")
         if not isinstance(throttle, int):
@@ -160,7 +193,10 @@ class _TaskFactory:
         branch: the function returns an iterable (a generator, say) whose every element
             is an output.
         join: the function receives an iterator over every input, not one input.
-        workers: how many workers run the function at once.
+        workers: how many workers run the function at once; extension (not in Pyper):
+            ``"auto"``, for a sync task on threads (not a join, async, multiprocess or
+            remote task, nor the first task), lets the run tune the count from its
+            throughput, up to 64 threads.
         throttle: the most outputs waiting for the next task (0: no limit).
         multiprocess: run the function in worker processes (it must be picklable). The
             processes are kept warm for the program's next stages and runs, and end with
@@ -200,95 +236,95 @@ class _TaskFactory:
 
     @overload
     def __call__(self, func: Callable[[AsyncIterator[I]], AsyncIterable[R]], /, *,
-                branch: Literal[True], join: Literal[True], workers: int = ...,
+                branch: Literal[True], join: Literal[True], workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ...,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> AsyncPipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[AsyncIterator[I]], Awaitable[R]], /, *,
-                branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
+                branch: Literal[False] = ..., join: Literal[True], workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ...,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> AsyncPipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[Iterator[I]], Iterable[R]], /, *,
-                branch: Literal[True], join: Literal[True], workers: int = ...,
+                branch: Literal[True], join: Literal[True], workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ...,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> Pipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[[Iterator[I]], R], /, *,
-                branch: Literal[False] = ..., join: Literal[True], workers: int = ...,
+                branch: Literal[False] = ..., join: Literal[True], workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ...,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> Pipeline[[I], R]: ...
     @overload
     def __call__(self, func: Callable[P, AsyncIterable[R]], /, *, branch: Literal[True],
-                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                join: Literal[False] = ..., workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ..., remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Awaitable[Iterable[R]]], /, *,
-                branch: Literal[True], join: Literal[False] = ..., workers: int = ...,
+                branch: Literal[True], join: Literal[False] = ..., workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ...,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Awaitable[R]], /, *, branch: Literal[False] = ...,
-                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                join: Literal[False] = ..., workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ..., remote: Remote = ...
                 ) -> AsyncPipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, Iterable[R]], /, *, branch: Literal[True],
-                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                join: Literal[False] = ..., workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...) -> Pipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[P, R], /, *, branch: Literal[False] = ...,
-                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                join: Literal[False] = ..., workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...) -> Pipeline[P, R]: ...
     @overload
     def __call__(self, func: Callable[..., Union[Awaitable[Any], AsyncIterable[Any]]], /, *,
-                branch: bool = ..., join: bool = ..., workers: int = ...,
+                branch: bool = ..., join: bool = ..., workers: Workers = ...,
                 throttle: int = ..., multiprocess: bool = ..., bind: Bind,
                 retries: int = ..., ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...
                 ) -> AsyncPipeline[..., Any]: ...
     @overload
     def __call__(self, func: Callable[..., Any], /, *, branch: bool = ..., join: bool = ...,
-                workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
+                workers: Workers = ..., throttle: int = ..., multiprocess: bool = ...,
                 bind: Bind, retries: int = ..., ordered: bool = ...,
                 timeout: Optional[float] = ..., remote: Remote = ...) -> Pipeline[..., Any]: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[True], join: bool = ...,
-                workers: int = ..., throttle: int = ..., multiprocess: bool = ...,
+                workers: Workers = ..., throttle: int = ..., multiprocess: bool = ...,
                 bind: Bind = ..., retries: int = ..., ordered: bool = ...,
                 timeout: Optional[float] = ..., remote: Remote = ...) -> _BranchDecorator: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
-                join: Literal[True], workers: int = ..., throttle: int = ...,
+                join: Literal[True], workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...) -> _JoinDecorator: ...
     @overload
     def __call__(self, func: None = ..., /, *, branch: Literal[False] = ...,
-                join: Literal[False] = ..., workers: int = ..., throttle: int = ...,
+                join: Literal[False] = ..., workers: Workers = ..., throttle: int = ...,
                 multiprocess: bool = ..., bind: Bind = ..., retries: int = ...,
                 ordered: bool = ..., timeout: Optional[float] = ...,
                 remote: Remote = ...) -> _Decorator: ...
 
     def __call__(self, func: Optional[Callable[..., Any]] = None, /, *, branch: bool = False,
-                join: bool = False, workers: int = 1, throttle: int = 0,
+                join: bool = False, workers: Workers = 1, throttle: int = 0,
                 multiprocess: bool = False, bind: Bind = None, retries: int = 0,
                 ordered: bool = False, timeout: Optional[float] = None,
                 remote: Remote = None) -> Any:

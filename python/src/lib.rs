@@ -44,6 +44,8 @@ struct StageSpec {
     function: PyItem,
     name: String,
     workers: usize,
+    /// `workers="auto"`: `workers` is a most, the count tuned by the run (`auto_workers`).
+    auto: bool,
     throttle: usize,
     branch: bool,
     join: bool,
@@ -181,10 +183,11 @@ impl Engine {
                 }
                 None => python_task(stage.function, shape),
             };
-            let task = task
-                .name(stage.name)
-                .workers(stage.workers)
-                .throttle(stage.throttle);
+            let task = task.name(stage.name).throttle(stage.throttle);
+            let task = match stage.auto {
+                true => task.auto_workers(stage.workers),
+                false => task.workers(stage.workers),
+            };
             match stage.ordered {
                 true => task.ordered(),
                 false => task,
@@ -316,8 +319,9 @@ impl Run {
 
     /// The report's figures as plain data: a dict with `elapsed` (seconds), `cores`,
     /// `bottleneck` (a stage's name or `None`), `advice` (a list of lines) and `stages`,
-    /// a list with a dict per stage (see `docs/python.md`). Live while the run goes on,
-    /// final once it ended.
+    /// a list with a dict per stage (see `docs/python.md`); a stage with `workers="auto"`
+    /// has `tuned` too: the workers active now, the `max`, the `peak` and `why`. Live
+    /// while the run goes on, final once it ended.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let report = self.monitor.report();
         let stages = PyList::empty(py);
@@ -342,6 +346,15 @@ impl Run {
             row.set_item("verdict", stage.bound.label())?;
             row.set_item("waits_for_gil", stage.waits_for_gil)?;
             row.set_item("suggested_workers", stage.suggested_workers)?;
+            // Only for a stage with `workers="auto"`: what the run chose, and why.
+            if let Some(tuned) = &m.tuned {
+                let choice = PyDict::new(py);
+                choice.set_item("workers", tuned.workers)?;
+                choice.set_item("max", tuned.max)?;
+                choice.set_item("peak", tuned.peak)?;
+                choice.set_item("why", tuned.why)?;
+                row.set_item("tuned", choice)?;
+            }
             stages.append(row)?;
         }
         let metrics = PyDict::new(py);

@@ -108,9 +108,12 @@ const PROCESS_AUTO: &str =
 const PYTHON_FAULTS: &str =
     "timeouts and engine retries are not available on Python tasks: use PyShape::retries";
 
-/// Why a Python task cannot have its workers tuned.
+/// Why an async or per-worker Python task cannot have its workers tuned.
 #[cfg(feature = "python")]
-const PYTHON_AUTO: &str = "auto_workers() does not apply to a Python task yet: use workers(n)";
+const PYTHON_AUTO: &str =
+    "auto_workers() applies to a Python task called once per item on threads, not to an \
+     async task (its workers are coroutines) nor to a task per worker (worker processes): \
+     use workers(n)";
 
 /// Why a Python task cannot be ordered.
 #[cfg(feature = "python")]
@@ -179,7 +182,7 @@ impl<I, O> Body<I, O> {
             #[cfg(feature = "python")]
             Body::Python(_) if spec.faults.is_active() => return Err(PYTHON_FAULTS.into()),
             #[cfg(feature = "python")]
-            Body::Python(_) if spec.auto => return Err(PYTHON_AUTO.into()),
+            Body::Python(body) if spec.auto && !body.may_tune() => return Err(PYTHON_AUTO.into()),
             #[cfg(feature = "python")]
             Body::Python(body) if spec.ordered && !body.may_order() => {
                 return Err(PYTHON_ORDER.into())

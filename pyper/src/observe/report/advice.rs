@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{count, millis, percent, Bound, Report, StageReport, MANY_THREADS, MOST_WORKERS};
-use crate::observe::metrics::StageKind;
+use crate::observe::metrics::{StageKind, StageMetrics, Tuned};
 
 impl Report {
     /// What to change, in words and numbers: one line for the bottleneck, then one for
@@ -26,11 +26,7 @@ impl Report {
         let tuned = |at: usize| self.stages[at].metrics.tuned.as_ref();
         for stage in &self.stages {
             if let Some(tuned) = &stage.metrics.tuned {
-                advice.push(tuned_advice(
-                    &stage.metrics.name,
-                    stage.metrics.workers,
-                    tuned,
-                ));
+                advice.push(tuned_advice(&stage.metrics, tuned));
             }
         }
         match self.bottleneck {
@@ -301,17 +297,22 @@ fn takes_turns_on_the_gil(stage: &StageReport) -> bool {
 }
 
 /// What the tuner chose for a stage with `auto_workers`, and why, in plain sentences.
-fn tuned_advice(name: &str, mean: usize, tuned: &crate::observe::metrics::Tuned) -> String {
+fn tuned_advice(m: &StageMetrics, tuned: &Tuned) -> String {
+    let (name, mean) = (&m.name, m.workers);
     let workers = |n: usize| match n {
         1 => "1 worker".to_owned(),
         n => format!("{n} workers"),
     };
-    let limit = match tuned.workers >= tuned.max {
+    // Python's `workers="auto"` has a fixed most: more threads are `workers=n`.
+    let more = match m.python {
         true => format!(
-            " It is at its limit: if it is the bottleneck, allow it more than {} with \
-             `auto_workers`.",
+            "give it `workers=n` above {} (or make it an async task)",
             tuned.max
         ),
+        false => format!("allow it more than {} with `auto_workers`", tuned.max),
+    };
+    let limit = match tuned.workers >= tuned.max {
+        true => format!(" It is at its limit: if it is the bottleneck, {more}."),
         false => String::new(),
     };
     format!(

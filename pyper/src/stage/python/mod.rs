@@ -47,14 +47,17 @@ use crate::engine::meter::{ProcessTimes, Recorder, StageKind, StageMeter, Worker
 use crate::engine::queue::{Popped, Receiver, Sender};
 use crate::engine::run::RunState;
 use crate::engine::sync::{Arc, Instant};
+use crate::engine::tuner::Tuner;
 use crate::error::Error;
 use crate::stage::launch::Launch;
 
 mod driver;
 mod join;
 mod reorder;
+mod seat;
 
 use reorder::Reorder;
+use seat::Seat;
 
 /// A Python object owned by the engine: any item of a Python stage.
 pub type PyItem = Py<PyAny>;
@@ -157,6 +160,13 @@ impl<I, O> PythonBody<I, O> {
     pub(crate) fn may_order(&self) -> bool {
         !self.callable.shape.join
     }
+
+    /// Whether `auto_workers` applies: one call per item, on threads of this process (a
+    /// join's workers are refused as any join's are).
+    pub(crate) fn may_tune(&self) -> bool {
+        let shape = self.callable.shape;
+        !(shape.driver || shape.per_worker)
+    }
 }
 
 /// Starts the stage's workers: `workers(n)` threads (with `auto_workers(max)`, `max` of
@@ -187,6 +197,7 @@ fn launch(callable: &Arc<Callable>, mut stage: Launch<'_, PyItem, PyItem>) {
             callable: Arc::clone(callable),
             meter: Arc::clone(&meter),
             reorder: reorder.clone(),
+            seat: stage.tuner.clone().map(|tuner| (tuner, number - 1)),
         };
         let (input, output) = (stage.input.clone(), stage.output.clone());
         stage.spawn_thread(number, move || worker.work(input, output));
@@ -200,6 +211,8 @@ struct Worker {
     meter: Arc<StageMeter>,
     /// An ordered stage's runs waiting for their turn, shared by its workers.
     reorder: Option<Arc<Reorder>>,
+    /// With `auto_workers`: the stage's tuner, and this worker's index among its workers.
+    seat: Option<(Arc<Tuner>, usize)>,
 }
 
 impl Worker {
@@ -288,8 +301,10 @@ impl<'py> Turn<'_, 'py> {
         let mut limit = BatchLimit::new();
         let hold = reorder.map_or(usize::MAX, |reorder| reorder.hold);
         // With `auto_workers`, the worker asks its seat before each batch: it may park.
-        let seat = Seat::take(self.meter.as_ref());
-        while let Some(first) = self.admitted_batch(seat.as_ref(), input, &mut batch, limit.get().min(hold))? {
+        let seat = (self.worker.seat.clone()).map(|seat| Seat::new(seat, self.meter.clone()));
+        while let Some(first) =
+            self.admitted_batch(seat.as_ref(), input, &mut batch, limit.get().min(hold))?
+        {
             let started = self.begin_batch();
             let count = batch.len();
             for (index, item) in (first..).zip(batch.drain(..)) {
@@ -323,6 +338,9 @@ impl<'py> Turn<'_, 'py> {
                 self.pause_if_due()?;
             }
             self.end_batch(started, &mut limit, count);
+            if let Some(seat) = &seat {
+                seat.finished(count);
+            }
             if let Some(reorder) = reorder {
                 let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
                 let end = first + count as u64;
