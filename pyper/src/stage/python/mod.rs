@@ -57,7 +57,6 @@ mod reorder;
 mod seat;
 
 use reorder::Reorder;
-use seat::Seat;
 
 /// A Python object owned by the engine: any item of a Python stage.
 pub type PyItem = Py<PyAny>;
@@ -301,7 +300,7 @@ impl<'py> Turn<'_, 'py> {
         let mut limit = BatchLimit::new();
         let hold = reorder.map_or(usize::MAX, |reorder| reorder.hold);
         // With `auto_workers`, the worker asks its seat before each batch: it may park.
-        let seat = (self.worker.seat.clone()).map(|seat| Seat::new(seat, self.meter.clone()));
+        let seat = self.seat();
         while let Some(first) =
             self.admitted_batch(seat.as_ref(), input, &mut batch, limit.get().min(hold))?
         {

@@ -55,6 +55,12 @@ impl Drop for Seat {
 }
 
 impl Turn<'_, '_> {
+    /// The worker's seat in its stage's tuner, with `auto_workers`.
+    pub(super) fn seat(&self) -> Option<Seat> {
+        let seat = self.worker.seat.clone()?;
+        Some(Seat::new(seat, self.meter.clone()))
+    }
+
     /// [`next_batch`](Turn::next_batch), after the worker's seat, if it has one, admitted
     /// it: `None` also when the stage ends while the worker is parked.
     pub(super) fn admitted_batch(
