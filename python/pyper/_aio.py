@@ -209,6 +209,8 @@ class Driver:
             self.capacity = 2 * task.workers
         self.joins = task.workers if task.join else 0
         self._ring = ring
+        # Whether the worker was rung since it last drained the events.
+        self._rung = False
         self._events: Deque[Tuple[int, Any]] = collections.deque()
         self._tasks: Set[asyncio.Task[None]] = set()
         self.inputs: Deque[Any] = collections.deque()
@@ -220,6 +222,8 @@ class Driver:
         self._hold = min(task.throttle, _HOLD) if task.throttle else _HOLD
         self._places: Dict[int, _Place] = {}
         self._head = self._taken = self._running = 0
+        # The runners of a stage not ordered that wait for items (see `_runner`).
+        self._idle: List[asyncio.Future[None]] = []
         # The generators waiting for the worker to take events, and whether the worker
         # must wake them when it does (set on the loop, cleared by `drain`).
         self._waiting_room: List[asyncio.Future[None]] = []
@@ -236,6 +240,8 @@ class Driver:
         self._call_soon(self._end_input)
 
     def drain(self) -> List[Tuple[int, Any]]:
+        # Before taking them: an event added from now on rings again.
+        self._rung = False
         events = []
         while self._events:
             events.append(self._events.popleft())
@@ -265,7 +271,13 @@ class Driver:
 
     def event(self, kind: int, value: Any) -> None:
         self._events.append((kind, value))
-        self._ring()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Rings the worker, once between two of its drains: it takes every event then."""
+        if not self._rung:
+            self._rung = True
+            self._ring()
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         try:
@@ -293,11 +305,32 @@ class Driver:
         self._start_standby()
 
     def _start_standby(self) -> None:
-        """Starts items on standby while fewer than `workers` run."""
-        inputs = self.inputs
-        while inputs and self._running < self.workers:
+        """Wakes the idle runners for the items on standby, and starts more runners (up
+        to `workers`) for the items they leave."""
+        idle, self._idle = self._idle, []
+        for wake in idle:
+            if not wake.done():
+                wake.set_result(None)
+        more = min(self.workers - self._running, len(self.inputs) - len(idle))
+        for _ in range(max(more, 0)):
             self._running += 1
-            self._spawn(self._one(inputs.popleft(), -1))
+            self._spawn(self._runner())
+
+    async def _runner(self) -> None:
+        """Runs items on standby one after the other, as a worker coroutine of a plain
+        asyncio program does: no task to create per item. Waits while there is none."""
+        inputs = self.inputs
+        try:
+            while True:
+                while inputs:
+                    await self._one(inputs.popleft(), -1)
+                if self.input_over:
+                    return
+                wake = self.loop.create_future()
+                self._idle.append(wake)
+                await wake
+        finally:
+            self._running -= 1
 
     def _start_ordered(self) -> None:
         """Starts items handed over, in order, while fewer than `workers` run and fewer
@@ -312,6 +345,9 @@ class Driver:
 
     def _end_input(self) -> None:
         self.input_over = True
+        if not (self.join or self.ordered):
+            # Idle runners end.
+            self._start_standby()
         if self.input_ready is not None:
             self.input_ready.set()
 
@@ -341,7 +377,7 @@ class Driver:
         if position < 0 or position == self._head:
             events = self._events
             events.append((OUTPUT, output))
-            self._ring()
+            self._wake()
             if len(events) < _EVENTS_HELD:
                 return None
             room = self.loop.create_future()
@@ -382,7 +418,7 @@ class Driver:
             self._head += 1
             events.append((DONE, None))
         if len(events) != before:
-            self._ring()
+            self._wake()
         self._start_ordered()
 
     async def _emit(self, result: Any, timed: bool, position: int) -> None:
@@ -428,8 +464,6 @@ class Driver:
             if timed:
                 clock.sampled += 1
             if position < 0:
-                self._running -= 1
-                self._start_standby()
                 self.event(DONE, None)
             else:
                 self._release(position)
