@@ -333,6 +333,8 @@ class _Worker:
         self._timeout, self._retries = timeout, retries
         # Set while a batch is in the process: a worker stopped then is not reused.
         self._busy = False
+        # Set when the run stops (`cancel`, from another thread).
+        self._cancelled = False
         # Taken when the stage starts, so that items find it ready; after a timeout or a
         # death, the next batch takes another.
         self._process: Optional[_Process] = self._started()
@@ -371,7 +373,7 @@ class _Worker:
             if done:
                 attempts = 0
             position += done
-            if attempts >= self._retries or produced:
+            if attempts >= self._retries or produced or self._cancelled:
                 raise error
             attempts += 1
             time.sleep(_backoff(attempts))
@@ -435,6 +437,15 @@ class _Worker:
                            f" (exit code {process.exitcode})")
         self._discard()
         return error
+
+    def cancel(self) -> None:
+        """The run stopped (the engine calls this from whichever thread stops it): a
+        process in the middle of a batch is killed, so that the engine's worker waiting
+        for its answer is free at once (it then finds the process gone)."""
+        self._cancelled = True
+        process = self._process
+        if process is not None and self._busy:
+            process.process.kill()
 
     def close(self) -> None:
         """Gives the process back to the pool; one stopped mid-batch is killed."""

@@ -254,3 +254,58 @@ def test_ordered_branch_in_worker_processes():
     p = task(numbers, branch=True) | task(pairs, branch=True, workers=3, multiprocess=True,
                                           ordered=True)
     assert list(p(300)) == [x for x in range(300) for _ in range(2)]
+
+
+def one_stuck(pids, x):
+    # Item 1 sleeps for an hour; the others return at once.
+    if x == 1:
+        with open(pids, "a") as file:
+            file.write(f"{os.getpid()}\n")
+        time.sleep(3600)
+    return x
+
+
+def ended_within(action, limit=30.0):
+    """Runs `action` on a thread; whether it ended within `limit` (a hang detector)."""
+    import threading
+
+    done = threading.Thread(target=action, daemon=True)
+    done.start()
+    done.join(limit)
+    return not done.is_alive()
+
+
+def test_closing_the_output_kills_a_worker_process_in_a_long_call(tmp_path):
+    pids = str(tmp_path / "pids")
+    p = task(numbers, branch=True) | task(one_stuck, workers=2, multiprocess=True,
+                                          bind=task.bind(pids))
+    outputs = p(4)
+    assert next(outputs) in (0, 2, 3)
+    assert wait_until(lambda: os.path.exists(pids))
+    assert ended_within(outputs.close)
+    with open(pids) as file:
+        stuck = int(file.read())
+    assert wait_until(lambda: not os.path.exists(f"/proc/{stuck}"))
+
+
+def fails_on_zero(x):
+    if x == 0:
+        raise Custom("downstream failed")
+    return x
+
+
+def test_an_error_elsewhere_stops_a_worker_process_in_a_long_call(tmp_path):
+    pids = str(tmp_path / "pids")
+    p = (task(numbers, branch=True)
+         | task(one_stuck, workers=2, multiprocess=True, bind=task.bind(pids))
+         | task(fails_on_zero))
+    raised = []
+
+    def run():
+        try:
+            list(p(2))
+        except Custom as error:
+            raised.append(error)
+
+    assert ended_within(run)
+    assert [str(error) for error in raised] == ["downstream failed"]

@@ -404,6 +404,11 @@ impl<'py> Turn<'_, 'py> {
     ) -> Result<(), Fault> {
         let function = self.worker.callable.function.bind(self.py);
         let handle = function.call0().map_err(failed)?;
+        // A stopped run stops the worker process at once, even inside a long call.
+        if handle.hasattr("cancel").map_err(failed)? {
+            let cancel = CancelCallable(handle.clone().unbind());
+            self.worker.run.register(Box::new(cancel));
+        }
         // The worker process's CPU time is the stage's: read from its scheduler
         // statistics now and then (file reads), and as the worker ends.
         let mut times = ProcessClock::new(self.meter.clone());
@@ -441,6 +446,13 @@ impl<'py> Turn<'_, 'py> {
             let count = batch.len();
             *self.current = Some(first);
             let items = PyList::new(self.py, batch.drain(..)).map_err(failed)?;
+            // The process a stopped run killed (see `CancelCallable`) fails its batch:
+            // that is the stop, not an error of the stage.
+            let run = &self.worker.run;
+            let failed = |error| match run.is_cancelled() {
+                true => Fault::Stop,
+                false => failed(error),
+            };
             let chunks = handle.call1((items,)).map_err(failed)?;
             for chunk in chunks.try_iter().map_err(failed)? {
                 for output in chunk.map_err(failed)?.try_iter().map_err(failed)? {
@@ -602,6 +614,22 @@ fn call<'py>(
 
 fn failed(error: PyErr) -> Fault {
     Fault::Failed(Box::new(error))
+}
+
+/// Calls a per-worker callable's `cancel()` when the run stops: a `multiprocess` worker
+/// kills its process if it is in the middle of a batch, so the engine's worker, which
+/// waits for its answer, is free at once.
+struct CancelCallable(PyItem);
+
+impl crate::engine::run::Close for CancelCallable {
+    fn close(&self) {
+        // An interpreter that is shutting down has no callable to call.
+        Python::try_attach(|py| {
+            if let Err(error) = self.0.bind(py).call_method0("cancel") {
+                error.write_unraisable(py, None);
+            }
+        });
+    }
 }
 
 /// Reads a worker process's CPU time into its engine worker's meter. The callable's
