@@ -470,7 +470,7 @@ impl<T> Sender<T> {
                     offered = batch.len();
                     if std::mem::replace(&mut may_snooze, false) {
                         drop(state);
-                        shared.snooze(|len| len < shared.capacity);
+                        self.snooze_for_room();
                         state = sync::lock(&shared.state);
                         continue;
                     }
@@ -487,6 +487,20 @@ impl<T> Sender<T> {
                     state.parked_senders -= 1;
                 }
             }
+        }
+    }
+
+    /// Gives up the core a few times until there is room ([`Shared::snooze`]): a wait
+    /// for room as much as a park is, timed as blocked.
+    fn snooze_for_room(&self) {
+        let since = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.wait_begins(Activity::Blocked));
+        let capacity = self.shared.capacity;
+        self.shared.snooze(|len| len < capacity);
+        if let (Some(meter), Some(since)) = (&self.meter, since) {
+            meter.wait_ends(Activity::Blocked, since);
         }
     }
 
@@ -584,7 +598,7 @@ impl<T> Receiver<T> {
                 Popped::Over => return None,
                 Popped::Empty if std::mem::replace(&mut may_snooze, false) => {
                     drop(state);
-                    shared.snooze(|len| len > 0);
+                    self.snooze_for_items();
                     state = sync::lock(&shared.state);
                 }
                 Popped::Empty => {
@@ -628,6 +642,22 @@ impl<T> Receiver<T> {
             state.parked_receivers.park();
             state = sync::wait_timeout(&shared.not_empty, state, left).0;
             state.parked_receivers.unpark();
+        }
+    }
+
+    /// Gives up the core a few times until items come ([`Shared::snooze`]): a wait for
+    /// input as much as a park is, for the meter too.
+    fn snooze_for_items(&self) {
+        let since = self
+            .meter
+            .as_ref()
+            .and_then(|m| m.wait_begins(Activity::Starved));
+        self.shared.snooze(|len| len > 0);
+        if let Some(meter) = &self.meter {
+            match since {
+                Some(since) => meter.wait_ends(Activity::Starved, since),
+                None => meter.wait_ends_untimed(),
+            }
         }
     }
 
@@ -752,7 +782,7 @@ impl<T> Receiver<T> {
                 }
                 Popped::Empty if announced == Announced::Yes => {
                     drop(state);
-                    shared.snooze(|len| len > 0);
+                    self.snooze_for_items();
                     announced = Announced::AndSnoozed;
                     state = sync::lock(&shared.state);
                 }
