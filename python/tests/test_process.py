@@ -193,9 +193,10 @@ def test_a_function_the_worker_process_cannot_find_is_reported(tmp_path):
     assert "AttributeError" in done.stderr and "square" in done.stderr
 
 
-def stuck_on_two(pids, x):
-    # Item 2 never returns; the process says who it is first.
-    if x == 2:
+def stuck_at(which, pids, x):
+    # Item `which` sleeps for an hour; the process says who it is first. The others
+    # return at once.
+    if x == which:
         with open(pids, "a") as file:
             file.write(f"{os.getpid()}\n")
         time.sleep(3600)
@@ -204,9 +205,9 @@ def stuck_on_two(pids, x):
 
 def test_a_timeout_kills_the_worker_process_at_the_deadline(tmp_path):
     pids = str(tmp_path / "pids")
-    p = task(numbers, branch=True) | task(stuck_on_two, multiprocess=True, timeout=0.5,
-                                          bind=task.bind(pids))
-    with pytest.raises(TimeoutError, match="stuck_on_two did not return within 0.5 s"):
+    p = task(numbers, branch=True) | task(stuck_at, multiprocess=True, timeout=0.5,
+                                          bind=task.bind(2, pids))
+    with pytest.raises(TimeoutError, match="stuck_at did not return within 0.5 s"):
         list(p(5))
     with open(pids) as file:
         stuck = int(file.read())
@@ -256,15 +257,6 @@ def test_ordered_branch_in_worker_processes():
     assert list(p(300)) == [x for x in range(300) for _ in range(2)]
 
 
-def one_stuck(pids, x):
-    # Item 1 sleeps for an hour; the others return at once.
-    if x == 1:
-        with open(pids, "a") as file:
-            file.write(f"{os.getpid()}\n")
-        time.sleep(3600)
-    return x
-
-
 def ended_within(action, limit=30.0):
     """Runs `action` on a thread; whether it ended within `limit` (a hang detector)."""
     import threading
@@ -277,8 +269,8 @@ def ended_within(action, limit=30.0):
 
 def test_closing_the_output_kills_a_worker_process_in_a_long_call(tmp_path):
     pids = str(tmp_path / "pids")
-    p = task(numbers, branch=True) | task(one_stuck, workers=2, multiprocess=True,
-                                          bind=task.bind(pids))
+    p = task(numbers, branch=True) | task(stuck_at, workers=2, multiprocess=True,
+                                          bind=task.bind(1, pids))
     outputs = p(4)
     assert next(outputs) in (0, 2, 3)
     assert wait_until(lambda: os.path.exists(pids))
@@ -297,7 +289,7 @@ def fails_on_zero(x):
 def test_an_error_elsewhere_stops_a_worker_process_in_a_long_call(tmp_path):
     pids = str(tmp_path / "pids")
     p = (task(numbers, branch=True)
-         | task(one_stuck, workers=2, multiprocess=True, bind=task.bind(pids))
+         | task(stuck_at, workers=2, multiprocess=True, bind=task.bind(1, pids))
          | task(fails_on_zero))
     raised = []
 

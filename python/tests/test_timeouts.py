@@ -33,17 +33,24 @@ def test_a_sync_call_over_its_timeout_fails_the_run():
         release.set()
 
 
-class SlowOnce:
-    """Stuck on its first call, quick afterwards."""
+class FirstCall:
+    """Tells its first call from the others, whichever thread makes them."""
 
     def __init__(self):
         self.calls = 0
         self.lock = threading.Lock()
 
-    def __call__(self, x):
+    def first(self):
         with self.lock:
             self.calls += 1
-            first = self.calls == 1
+            return self.calls == 1
+
+
+class SlowOnce(FirstCall):
+    """Stuck on its first call, quick afterwards."""
+
+    def __call__(self, x):
+        first = self.first()
         if first:
             release.wait(30)
         return x
@@ -115,17 +122,11 @@ def test_a_sync_generator_within_its_timeout_gives_all_its_outputs():
     assert list(p(4)) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
-class StuckOnceGenerator:
+class StuckOnceGenerator(FirstCall):
     """Yields ``x`` and ``x + 100``; its first call is stuck between the two."""
 
-    def __init__(self):
-        self.calls = 0
-        self.lock = threading.Lock()
-
     def __call__(self, x):
-        with self.lock:
-            self.calls += 1
-            first = self.calls == 1
+        first = self.first()
         yield x
         if first:
             release.wait(30)
