@@ -89,7 +89,8 @@ class Task:
         self.auto = False
         if isinstance(workers, str):
             if workers != "auto":
-                raise ValueError(f'workers must be an integer or "auto", not {workers!r}')
+                # A TypeError, as Pyper raises for any string (its suite checks `'1'`).
+                raise TypeError(f'workers must be an integer or "auto", not {workers!r}')
             _check_auto(func, join, multiprocess, remote)
             # A most: the engine starts them all, and tunes how many take input.
             self.auto, workers = True, AUTO_MAX
