@@ -214,3 +214,29 @@ fn a_tuned_process_stage_is_a_configuration_error() {
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(error.to_string().contains("auto_workers"), "{error}");
 }
+
+/// A stage that computes, in front of a join that folds what it makes at once: the join
+/// waits for input nearly all the time, so nothing holds the stage back, and the report
+/// says the count is the cores', not that "the stage after it could not keep up". (The
+/// join takes its input in batches, so within a window it may have taken only half of
+/// what the stage finished: that alone is not a consumer falling behind.)
+#[test]
+fn a_stage_in_front_of_a_waiting_join_is_not_held_back_by_it() {
+    let _serial = serial();
+    with_timeout(120, || {
+        let pipeline = task(|item: u64| burn(1) ^ item)
+            .name("burn")
+            .auto_workers(16)
+            | task(|items: pyper::Upstream<u64>| items.fold(0u64, |a, b| a ^ b)).join();
+        for _ in 0..3 {
+            let mut output = pipeline.clone().feed(0..400u64);
+            assert_eq!(output.by_ref().map(Result::unwrap).count(), 1);
+            let report = output.report().to_string();
+            assert!(
+                report.contains("`burn`: the run tuned it to")
+                    && !report.contains("the stage after it could not keep up"),
+                "{report}"
+            );
+        }
+    });
+}

@@ -43,6 +43,10 @@ const PARKED_CHECK: Duration = Duration::from_millis(50);
 /// The backlog between a stage and its consumer counts as grown over a window only from
 /// this many items: a consumer that keeps up is a few items behind now and then.
 const GREW_AT_LEAST: u64 = 2;
+/// A consumer that waited for input this share of a window (over its workers) has time to
+/// spare, whatever it took.
+const CONSUMER_WAITING: f64 = 0.5;
+
 /// A consumer busy this share of a window (its active workers' time) had little time to
 /// spare. (Its busy time is counted as each batch ends, so a window of a few slow items
 /// reads a little low or high.)
@@ -65,6 +69,10 @@ pub(crate) struct Flow {
     pub(crate) queued: usize,
     /// The consumer's busy time so far, over all its workers.
     pub(crate) consumer_busy: Duration,
+    /// The consumer's time waiting for input so far, over all its workers, as far as it
+    /// is timed as it goes (a join's is; a worker whose waits are the rest of its time
+    /// has its busy time timed instead).
+    pub(crate) consumer_starved: Duration,
     /// The consumer's workers taking input now.
     pub(crate) consumer_workers: usize,
 }
@@ -89,15 +97,17 @@ pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
             taken += worker.items_in.get();
             blocked_now += usize::from(worker.activity() == Activity::Blocked);
         }
-        let (mut consumed, mut busy) = (0, 0);
+        let (mut consumed, mut busy, mut starved) = (0, 0, 0);
         for worker in consumer.meters() {
             consumed += worker.items_in.get();
             busy += worker.busy.get();
+            starved += worker.starved.get();
         }
         let queued = consumer.queued.as_ref().map_or(0, |queued| queued());
         let consumer_workers = consumer.tuner().map_or(consumer.workers, |t| t.active());
         Some(Flow {
             consumer_busy: Duration::from_nanos(busy),
+            consumer_starved: Duration::from_nanos(starved),
             consumer_workers,
             queued,
             taken,
@@ -352,10 +362,17 @@ impl Tuner {
             let made = now.taken.saturating_sub(before.taken) as f64;
             let consumed = now.consumed.saturating_sub(before.consumed) as f64;
             let busy = now.consumer_busy.saturating_sub(before.consumer_busy);
-            let busy_share = busy.as_secs_f64() / (seconds * now.consumer_workers.max(1) as f64);
+            let workers_time = seconds * now.consumer_workers.max(1) as f64;
+            let busy_share = busy.as_secs_f64() / workers_time;
+            let starved = now.consumer_starved.saturating_sub(before.consumer_starved);
+            // A consumer that waited for input most of the window is not behind, whatever
+            // it took: a join takes its input in batches, as they are handed over.
+            let waiting = starved.as_secs_f64() / workers_time >= CONSUMER_WAITING;
             let behind = BEHIND.min(self.capacity / 2).max(1);
-            let saturated =
-                busy_share >= SATURATED || now.queued >= behind || made >= consumed + behind as f64;
+            let saturated = !waiting
+                && (busy_share >= SATURATED
+                    || now.queued >= behind
+                    || made >= consumed + behind as f64);
             let took = match made >= consumed + GREW_AT_LEAST as f64 {
                 true => consumed / made,
                 false => 1.0,
