@@ -16,6 +16,7 @@ the same.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _process
 from ._task import Task
+from ._timeout import name_of
 from ._timeout import overran as overran_message
 
 if TYPE_CHECKING:
@@ -33,14 +35,8 @@ if TYPE_CHECKING:
 _POOL_THREADS = 256
 
 
-def _backoff(attempt: int) -> float:
-    """The wait before retry ``attempt`` (from 1): 10 ms doubling up to 1 s, as the
-    engine waits between a task's attempts."""
-    return float(min(0.01 * 2 ** (attempt - 1), 1.0))
-
-
 def _name(task: Task) -> str:
-    return str(getattr(task.func, "__name__", repr(task.func)))
+    return name_of(task.func)
 
 
 def _noted(error: BaseException, task: Task) -> BaseException:
@@ -63,13 +59,19 @@ def _call(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
             attempt += 1
             if attempt > task.retries:
                 raise _noted(error, task) from None
-            time.sleep(_backoff(attempt))
+            time.sleep(_process.backoff(attempt))
+
+
+@functools.lru_cache(maxsize=64)
+def _in_process_payload(task: Task) -> bytes:
+    """A ``multiprocess`` task's function, pickled once rather than for each input."""
+    return _process.stage_payload(task.func, False, True, task.timeout, 0)
 
 
 def _in_process(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
     """A ``multiprocess`` task on one input, in a worker process of the program's pool,
     which applies its ``timeout`` (killing the process) and ``retries``."""
-    payload = _process.stage_payload(task.func, False, True, task.timeout, 0)
+    payload = _in_process_payload(task)
     overran = None if task.timeout is None else overran_message(task.func, task.timeout)
     try:
         return _process.call_once(payload, _name(task), overran, task.retries, task.timeout,
@@ -92,7 +94,7 @@ async def _acall(task: Task, args: Tuple[Any, ...], kwargs: Dict[str, Any],
             attempt += 1
             if attempt > task.retries:
                 raise _noted(error, task) from None
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(_process.backoff(attempt))
 
 
 def _check(task: Task) -> None:

@@ -315,8 +315,9 @@ _pool = _Pool()
 atexit.register(_pool.close)
 
 
-def _backoff(attempt: int) -> float:
-    """The engine's backoff before attempt `attempt + 1`: 10 ms, doubling up to 1 s."""
+def backoff(attempt: int) -> float:
+    """The engine's wait before retry `attempt` (from 1): 10 ms, doubling up to 1 s (also
+    a fork's, `_fork.py`)."""
     return float(min(0.01 * 2 ** (attempt - 1), 1.0))
 
 
@@ -361,9 +362,7 @@ class _Worker:
         self._busy, self._process = False, None
 
     def __call__(self, items: List[Any]) -> Generator[List[Any], None, None]:
-        return self._outputs(items)
-
-    def _outputs(self, items: List[Any]) -> Generator[List[Any], None, None]:
+        """The outputs of `items`, list by list as the process sends them."""
         position, attempts = 0, 0
         while position < len(items):
             failure = yield from self._batch(items[position:] if position else items)
@@ -376,7 +375,7 @@ class _Worker:
             if attempts >= self._retries or produced or self._cancelled:
                 raise error
             attempts += 1
-            time.sleep(_backoff(attempts))
+            time.sleep(backoff(attempts))
 
     def _batch(self, items: List[Any]) -> Generator[List[Any], None, Optional[Failure]]:
         if self._process is None:

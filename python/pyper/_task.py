@@ -56,13 +56,13 @@ def _is_async(func: object) -> bool:
             or inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call))
 
 
-def _check_auto(func: object, join: bool, multiprocess: bool, remote: Remote) -> None:
+def _check_auto(is_async: bool, join: bool, multiprocess: bool, remote: Remote) -> None:
     """Refuses `workers="auto"` where the engine cannot tune the count, saying why."""
     why = None
     if join:
         why = ("a join task: each worker receives a share of the stream, so workers cannot"
                " be parked and resumed")
-    elif _is_async(func):
+    elif is_async:
         why = ("an async task: its workers are coroutines on the event loop, which cost"
                " next to nothing while they wait; give it as many as may wait at once")
     elif multiprocess:
@@ -91,7 +91,7 @@ class Task:
             if workers != "auto":
                 # A TypeError, as Pyper raises for any string (its suite checks `'1'`).
                 raise TypeError(f'workers must be an integer or "auto", not {workers!r}')
-            _check_auto(func, join, multiprocess, remote)
+            _check_auto(_is_async(func), join, multiprocess, remote)
             # A most: the engine starts them all, and tunes how many take input.
             self.auto, workers = True, AUTO_MAX
         elif not isinstance(workers, int):
