@@ -341,11 +341,22 @@ impl<'py> Turn<'_, 'py> {
                 seat.finished(count);
             }
             if let Some(reorder) = reorder {
-                let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
-                let end = first + count as u64;
-                self.detached(|| reorder.hand_in((first, end), outputs, output))?;
+                self.hand_in(reorder, first..first + count as u64, &mut collected)?;
             }
         }
+        Ok(())
+    }
+
+    /// Hands an ordered stage's batch, the outputs of input positions `run`, in to leave
+    /// in turn (see `reorder.rs`); waits, detached, until they have left.
+    fn hand_in(
+        &mut self,
+        reorder: &Reorder,
+        run: std::ops::Range<u64>,
+        collected: &mut Vec<PyItem>,
+    ) -> Result<(), Fault> {
+        let (output, outputs) = (self.output.output, std::mem::take(collected));
+        self.detached(|| reorder.hand_in((run.start, run.end), outputs, output))?;
         Ok(())
     }
 
@@ -470,9 +481,7 @@ impl<'py> Turn<'_, 'py> {
             }
             self.end_batch(started, &mut limit, count);
             if let Some(reorder) = reorder {
-                let (output, outputs) = (self.output.output, std::mem::take(&mut collected));
-                let end = first + count as u64;
-                self.detached(|| reorder.hand_in((first, end), outputs, output))?;
+                self.hand_in(reorder, first..first + count as u64, &mut collected)?;
             }
         }
         Ok(())
