@@ -127,23 +127,14 @@ impl Impl {
         }
     }
 
+    /// A Python script run by python-pyper's venv.
     pub fn python(
         name: &'static str,
         about: &'static str,
         script: &'static Script,
         args: &'static [&'static str],
     ) -> Self {
-        Impl {
-            name,
-            about,
-            runner: Runner::Python {
-                script,
-                args,
-                ours: false,
-            },
-            items: None,
-            warm_up: None,
-        }
+        Impl::python_run(name, about, (script, args), false)
     }
 
     /// The same script run by this repository's Python package (`pyperflow`, imported as
@@ -153,17 +144,7 @@ impl Impl {
         script: &'static Script,
         args: &'static [&'static str],
     ) -> Self {
-        Impl {
-            name: "pyper",
-            about,
-            runner: Runner::Python {
-                script,
-                args,
-                ours: true,
-            },
-            items: None,
-            warm_up: None,
-        }
+        Impl::pyperflow_named("pyper", about, script, args)
     }
 
     /// Another row run by this repository's Python package, named `name`.
@@ -173,9 +154,22 @@ impl Impl {
         script: &'static Script,
         args: &'static [&'static str],
     ) -> Self {
+        Impl::python_run(name, about, (script, args), true)
+    }
+
+    /// A Python row: `ours` says which package's venv runs the script.
+    fn python_run(
+        name: &'static str,
+        about: &'static str,
+        (script, args): (&'static Script, &'static [&'static str]),
+        ours: bool,
+    ) -> Self {
         Impl {
             name,
-            ..Impl::pyperflow(about, script, args)
+            about,
+            runner: Runner::Python { script, args, ours },
+            items: None,
+            warm_up: None,
         }
     }
 
