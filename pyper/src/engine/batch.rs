@@ -76,13 +76,18 @@ pub(crate) trait Emit<O> {
 /// `size_hint` that promises nothing (a channel), or elements that took [`SLOW_ELEMENT`] or
 /// more to come. While elements come quickly from an iterator that promises more (a range,
 /// a `Vec`, a cheap `map`), they move in batches.
-pub(crate) fn emit_each<It, T>(
+///
+/// `out` is generic so that a worker's own [`Outlet`] (the input iterator's) is compiled
+/// into the loop, rather than called through `dyn` three times per element.
+#[inline]
+pub(crate) fn emit_each<It, T, E>(
     elements: It,
-    out: &mut dyn Emit<T>,
-    mut each: impl FnMut(It::Item, &mut dyn Emit<T>) -> Result<(), Fault>,
+    out: &mut E,
+    mut each: impl FnMut(It::Item, &mut E) -> Result<(), Fault>,
 ) -> Result<(), Fault>
 where
     It: IntoIterator,
+    E: Emit<T> + ?Sized,
 {
     let mut elements = elements.into_iter();
     // The element may never come: marked, a stopped run does not wait for it.
@@ -121,15 +126,18 @@ impl Pace {
         }
     }
 
+    #[inline]
     pub(crate) fn slow(&self) -> bool {
         self.quick_streak < QUICK_STREAK
     }
 
+    #[inline]
     pub(crate) fn before(&mut self) -> Option<Instant> {
         self.asked = self.asked.wrapping_add(1);
         (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
     }
 
+    #[inline]
     pub(crate) fn after(&mut self, asked: Option<Instant>) {
         if let Some(asked) = asked {
             self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
@@ -165,6 +173,16 @@ impl BatchLimit {
 
     pub(crate) fn get(&self) -> usize {
         self.limit
+    }
+
+    /// The limit of a stage's only worker: once its items are quick enough for the
+    /// largest batch, everything that is ready. No sibling could take any of it, and
+    /// taking all that a queue holds moves its buffer, not its items.
+    pub(crate) fn lone(&self) -> usize {
+        match self.limit {
+            MAX_BATCH => usize::MAX,
+            limit => limit,
+        }
     }
 
     /// Sizes the next batch from the last: `count` items that took `took`.

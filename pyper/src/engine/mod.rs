@@ -10,6 +10,7 @@ pub(crate) mod async_upstream;
 pub(crate) mod batch;
 pub(crate) mod blocked;
 pub(crate) mod capacity;
+pub(crate) mod map;
 pub(crate) mod meter;
 #[cfg(feature = "async")]
 pub(crate) mod next_batch;

@@ -259,7 +259,13 @@ impl<T> Shared<T> {
             return Pushed::Full;
         }
         let n = room.min(batch.len());
-        state.items.extend(batch.drain(..n));
+        if state.items.is_empty() && n == batch.len() {
+            // The whole batch into an empty queue: the two exchange buffers, no item moves.
+            let spare = Vec::from(std::mem::take(&mut state.items));
+            state.items = VecDeque::from(std::mem::replace(batch, spare));
+        } else {
+            state.items.extend(batch.drain(..n));
+        }
         self.gauge.len.store(state.items.len(), Ordering::Relaxed);
         if !(lazy && self.may_hold(state)) {
             self.wake_receivers(state, n);
@@ -323,7 +329,13 @@ impl<T> Shared<T> {
         // ones, one worker cannot take them all while the stage's others sit idle.
         let fair_share = state.items.len().div_ceil(state.receivers.max(1));
         let n = max.clamp(1, fair_share);
-        out.extend(state.items.drain(..n));
+        if n == state.items.len() && out.is_empty() {
+            // Every item, into an empty batch: the two exchange buffers, no item moves.
+            let spare = VecDeque::from(std::mem::take(out));
+            *out = Vec::from(std::mem::replace(&mut state.items, spare));
+        } else {
+            out.extend(state.items.drain(..n));
+        }
         self.gauge.held.store(false, Ordering::Relaxed);
         let first = state.popped;
         state.popped += n as u64;

@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::engine::batch::{emit_each, Fault, Outlet};
+use crate::engine::batch::{emit_each, Emit, Fault, Outlet};
 use crate::engine::meter::Recorder;
 use crate::engine::meter::StageKind;
 use crate::engine::queue::{queue, Receiver, DEFAULT_THROTTLE};

@@ -193,7 +193,20 @@ impl<O> Unpin for Output<O> {}
 impl<O> Iterator for Output<O> {
     type Item = Result<O, Error>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        match self.ready.next() {
+            Some(item) => Some(Ok(item)),
+            None => self.next_batch(),
+        }
+    }
+}
+
+impl<O> Output<O> {
+    /// [`next`](Iterator::next) once the outputs in hand are used up: waits for the next
+    /// batch, or ends the run.
+    #[cold]
+    fn next_batch(&mut self) -> Option<Result<O, Error>> {
         loop {
             if let Some(item) = self.ready.next() {
                 return Some(Ok(item));
@@ -212,11 +225,13 @@ impl<O> Iterator for Output<O> {
                 drop(self.begin_finish());
                 return Some(Err(error));
             }
-            let mut batch = Vec::with_capacity(MAX_BATCH);
+            // Everything ready: taking all that the queue holds moves its buffer, not its
+            // items.
+            let mut batch = Vec::new();
             match self
                 .receiver
                 .as_ref()
-                .map(|r| r.pop_batch(&mut batch, MAX_BATCH))
+                .map(|r| r.pop_batch(&mut batch, usize::MAX))
             {
                 Some(Some(_)) => self.ready = batch.into_iter(),
                 _ => return self.finish().map(Err),

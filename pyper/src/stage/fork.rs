@@ -98,7 +98,7 @@ impl<I, O> ForkBody<I, O> {
                 .check(&inner.spec, &task)
                 .map_err(|why| at_fault(&why))?;
             let refused = match &inner.body {
-                Body::Each(_) | Body::PerWorker(_) => None,
+                Body::Each(..) | Body::PerWorker(_) => None,
                 #[cfg(feature = "async")]
                 Body::AsyncEach(_) => None,
                 Body::Join(_) => Some("a join task cannot be forked: it receives the stream"),
@@ -239,7 +239,7 @@ impl<I: Send + 'static> Worker<I> {
                     clone_input,
                 } => {
                     let mut each = match body {
-                        Body::Each(each) => Arc::clone(each),
+                        Body::Each(each, _) => Arc::clone(each),
                         Body::PerWorker(setup) => setup()?,
                         _ => return Err("a fork's task of an unexpected kind".into()),
                     };

@@ -6,6 +6,7 @@
 use futures_util::stream::BoxStream;
 
 use crate::engine::batch::{Emit, Fault};
+use crate::engine::map::MapBatch;
 use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 #[cfg(feature = "async")]
@@ -14,6 +15,12 @@ use crate::error::BoxError;
 /// A task body called once per input item.
 pub(crate) type EachFn<I, O> =
     Arc<dyn Fn(I, &mut dyn Emit<O>) -> Result<(), Fault> + Send + Sync + 'static>;
+
+/// The same body as an [`EachFn`], called once per batch with the function inlined into
+/// the loop: what a plain `task(f)` offers a thread stage with one worker (see
+/// [`crate::engine::map`]).
+pub(crate) type BatchFn<I, O> =
+    Arc<dyn Fn(&mut MapBatch<'_, '_, I, O>) -> Result<(), Fault> + Send + Sync + 'static>;
 
 /// Builds, in each worker, the body that worker calls (a task with per-worker state).
 pub(crate) type SetupFn<I, O> =

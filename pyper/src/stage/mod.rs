@@ -27,7 +27,7 @@ use crate::engine::run::Launcher;
 use crate::engine::sync::{Arc, Instant};
 use crate::engine::upstream::Upstream;
 use crate::error::BoxError;
-use func::{EachFn, JoinFn, SetupFn};
+use func::{BatchFn, EachFn, JoinFn, SetupFn};
 pub(crate) use launch::{Launch, Spec};
 
 #[cfg(feature = "async")]
@@ -52,8 +52,9 @@ pub(crate) mod workers;
 
 /// A task's function, in the form its kind of stage runs it.
 pub(crate) enum Body<I, O> {
-    /// Threads, one call per item.
-    Each(EachFn<I, O>),
+    /// Threads, one call per item; and, for a plain function, the same body called once
+    /// per batch, which a stage with one worker and no fault policy prefers.
+    Each(EachFn<I, O>, Option<BatchFn<I, O>>),
     /// Threads, one call per worker with its share of the stream.
     Join(JoinFn<I, O>),
     /// Threads, each with a body it builds for itself when it starts.
@@ -140,7 +141,7 @@ impl<I, O> Body<I, O> {
     /// A short name of the kind of body, for `Debug`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Body::Each(_) => "each",
+            Body::Each(..) => "each",
             Body::Join(_) => "join",
             Body::PerWorker(_) => "per-worker each",
             #[cfg(feature = "async")]
@@ -162,7 +163,7 @@ impl<I, O> Body<I, O> {
     pub(crate) fn check(&self, spec: &Spec, name: &str) -> Result<(), Cow<'static, str>> {
         spec.check(name)?;
         let is_join = match self {
-            Body::Each(_) => false,
+            Body::Each(..) => false,
             Body::Join(_) => true,
             Body::PerWorker(_) if spec.faults.timeout.is_some() => {
                 return Err(PER_WORKER_TIMEOUT.into())
@@ -221,7 +222,7 @@ impl<I, O> Body<I, O> {
         P: Send + 'static,
     {
         match self {
-            Body::Each(each) => Body::Each(adapt(each, adapters.each)),
+            Body::Each(each, _) => Body::Each(adapt(each, adapters.each), None),
             Body::Join(join) => Body::Join(adapt(join, adapters.each)),
             Body::PerWorker(setup) => {
                 let each = adapters.each;
@@ -276,7 +277,7 @@ impl<I, O> Body<I, O> {
         O: Send + 'static,
     {
         match self {
-            Body::Each(each) => thread::launch_each(each, stage),
+            Body::Each(each, batch) => thread::launch_each(each, batch.as_ref(), stage),
             Body::Join(join) => thread::launch_join(join, stage),
             Body::PerWorker(setup) => thread::launch_per_worker(setup, stage),
             #[cfg(feature = "async")]
@@ -304,7 +305,7 @@ impl<I, O> Body<Upstream<I>, O> {
     /// The body of `join()`: the function receives the stream rather than items.
     pub(crate) fn join(self) -> Body<I, O> {
         match self {
-            Body::Each(each) => Body::Join(each),
+            Body::Each(each, _) => Body::Join(each),
             Body::Join(_) => Body::Invalid("join() was applied twice"),
             Body::PerWorker(_) => Body::Invalid("a per-worker task cannot join: use task()"),
             // Reading a blocking iterator would stall the runtime.
@@ -337,7 +338,7 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
                 });
                 Body::AsyncJoin(join)
             }
-            Body::Each(_) | Body::PerWorker(_) => {
+            Body::Each(..) | Body::PerWorker(_) => {
                 Body::Invalid("a sync join task reads an `Upstream`, not an `UpstreamStream`")
             }
             Body::Join(_) | Body::AsyncJoin(_) => Body::Invalid("join() was applied twice"),
@@ -356,7 +357,7 @@ impl<I: Send + 'static, O: 'static> Body<crate::engine::async_upstream::Upstream
 impl<I, O> Clone for Body<I, O> {
     fn clone(&self) -> Self {
         match self {
-            Body::Each(each) => Body::Each(Arc::clone(each)),
+            Body::Each(each, batch) => Body::Each(Arc::clone(each), batch.clone()),
             Body::Join(join) => Body::Join(Arc::clone(join)),
             Body::PerWorker(setup) => Body::PerWorker(Arc::clone(setup)),
             #[cfg(feature = "async")]

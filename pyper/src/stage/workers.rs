@@ -11,7 +11,7 @@ use crate::engine::upstream::Upstream;
 use crate::error::Error;
 #[cfg(feature = "async")]
 use crate::stage::func::AsyncFn;
-use crate::stage::func::{EachFn, JoinFn};
+use crate::stage::func::{BatchFn, EachFn, JoinFn};
 use crate::stage::launch::Launch;
 
 /// What one stage's workers share.
@@ -25,7 +25,8 @@ pub(crate) struct Stage<I, O> {
 }
 
 pub(crate) enum StageBody<I, O> {
-    Each(EachFn<I, O>),
+    /// A body per item, and the same body per batch, which a lone worker prefers.
+    Each(EachFn<I, O>, Option<BatchFn<I, O>>),
     Ordered(EachFn<I, O>, Arc<Sequencer<O>>),
     Join(JoinFn<I, O>),
     #[cfg(feature = "async")]

@@ -4,13 +4,14 @@
 use std::fmt;
 
 use crate::engine::batch::{emit_each, Emit, Fault};
+use crate::engine::map::MapBatch;
 use crate::engine::queue::Receiver;
 use crate::engine::run::Launcher;
 use crate::engine::sync::Arc;
 use crate::engine::upstream::Upstream;
 use crate::error::{BoxError, Error};
 use crate::pipeline::{IntoPipeline, Stages};
-use crate::stage::func::EachFn;
+use crate::stage::func::{BatchFn, EachFn};
 use crate::stage::policy::Backoff;
 pub(crate) use crate::stage::Body;
 
@@ -82,9 +83,12 @@ where
     O: Send + 'static,
 {
     let name = readable_name::<F>();
+    let f = Arc::new(f);
+    let each = Arc::clone(&f);
     let body: EachFn<I, O> =
-        Arc::new(move |item, out: &mut dyn Emit<O>| out.emit(f(item)).map_err(Fault::from));
-    Task::new(Body::Each(body), name)
+        Arc::new(move |item, out: &mut dyn Emit<O>| out.emit(each(item)).map_err(Fault::from));
+    let batch: BatchFn<I, O> = Arc::new(move |batch: &mut MapBatch<'_, '_, I, O>| batch.map(&*f));
+    Task::new(Body::Each(body, Some(batch)), name)
 }
 
 /// Builds a task from a fallible function. An `Err` stops the whole run, and the caller
@@ -109,11 +113,15 @@ where
     O: Send + 'static,
 {
     let name = readable_name::<F>();
-    let body: EachFn<I, O> = Arc::new(move |item, out: &mut dyn Emit<O>| match f(item) {
+    let f = Arc::new(f);
+    let each = Arc::clone(&f);
+    let body: EachFn<I, O> = Arc::new(move |item, out: &mut dyn Emit<O>| match each(item) {
         Ok(value) => out.emit(value).map_err(Fault::from),
         Err(error) => Err(Fault::Failed(error.into())),
     });
-    Task::new(Body::Each(body), name)
+    let batch: BatchFn<I, O> =
+        Arc::new(move |batch: &mut MapBatch<'_, '_, I, O>| batch.try_map(&*f));
+    Task::new(Body::Each(body, Some(batch)), name)
 }
 
 impl<I, O> Task<I, O> {

@@ -136,6 +136,14 @@ impl RunProbe {
         self.0.get().is_some_and(pyper::Canceller::is_cancelled)
     }
 
+    /// Cancels the run, as a stage's code may through the canceller.
+    pub fn cancel(&self) {
+        self.0
+            .get()
+            .expect("attached before the first output")
+            .cancel();
+    }
+
     pub fn wait_cancelled(&self) {
         wait_until("the run was never cancelled", || self.is_cancelled());
     }

@@ -7,13 +7,16 @@ use super::work::work;
 use crate::engine::meter::StageKind;
 use crate::engine::sync::Arc;
 use crate::error::Error;
-use crate::stage::func::{EachFn, JoinFn, SetupFn};
+use crate::stage::func::{BatchFn, EachFn, JoinFn, SetupFn};
 use crate::stage::launch::Launch;
 use crate::stage::workers::{Stage, StageBody};
 
 /// Starts the workers of a stage that calls `each` once per item.
-pub(crate) fn launch_each<I, O>(each: &EachFn<I, O>, mut stage: Launch<'_, I, O>)
-where
+pub(crate) fn launch_each<I, O>(
+    each: &EachFn<I, O>,
+    batch: Option<&BatchFn<I, O>>,
+    mut stage: Launch<'_, I, O>,
+) where
     I: Send + 'static,
     O: Send + 'static,
 {
@@ -25,7 +28,7 @@ where
     });
     let body = match stage.sequencer() {
         Some(sequencer) => StageBody::Ordered(Arc::clone(each), sequencer),
-        None => StageBody::Each(Arc::clone(each)),
+        None => StageBody::Each(Arc::clone(each), batch.cloned()),
     };
     let shared = stage.shared(body, StageKind::Threads);
     for number in 1..=stage.spec.workers {
@@ -74,7 +77,7 @@ where
             };
             let body = match sequencer {
                 Some(sequencer) => StageBody::Ordered(Arc::clone(&each), sequencer),
-                None => StageBody::Each(Arc::clone(&each)),
+                None => StageBody::Each(Arc::clone(&each), None),
             };
             let worker = Stage {
                 name,

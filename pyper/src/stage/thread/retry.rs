@@ -90,7 +90,7 @@ where
             name: Arc::clone(&shared.name),
             run: Arc::clone(&shared.run),
             body: match &shared.body {
-                StageBody::Each(_) => StageBody::Each(body),
+                StageBody::Each(..) => StageBody::Each(body, None),
                 StageBody::Ordered(_, sequencer) => StageBody::Ordered(body, Arc::clone(sequencer)),
                 _ => unreachable!("only thread stages that take one item per call have a guard"),
             },

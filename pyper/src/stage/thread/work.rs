@@ -3,6 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::engine::batch::{hand_over_size, BatchLimit, Emit, Fault, Outlet};
+use crate::engine::map::MapBatch;
 use crate::engine::meter::Recorder;
 use crate::engine::queue::Shelf;
 use crate::engine::queue::{Receiver, Refill, Sender, SharedShelf};
@@ -12,7 +13,7 @@ use crate::engine::shelf::{Gather, Hands};
 use crate::engine::sync::{Arc, Instant};
 use crate::engine::tuner::Seat;
 use crate::engine::upstream::Upstream;
-use crate::stage::func::EachFn;
+use crate::stage::func::{BatchFn, EachFn};
 use crate::stage::workers::{report, Stage, StageBody};
 
 /// Runs one worker of `stage` until its input ends, the run stops, or it fails.
@@ -36,7 +37,8 @@ where
         };
         let recorder = recorder.as_mut();
         match &stage.body {
-            StageBody::Each(body) => {
+            StageBody::Each(body, batch) => {
+                let body = (body, batch.as_ref());
                 each(&stage, body, receiver, &output, recorder, &mut current_item)
             }
             StageBody::Ordered(body, sequencer) => ordered(
@@ -73,7 +75,7 @@ where
 
 fn each<I, O>(
     stage: &Stage<I, O>,
-    body: &EachFn<I, O>,
+    (body, batch_body): (&EachFn<I, O>, Option<&BatchFn<I, O>>),
     input: &Receiver<I>,
     output: &Sender<O>,
     mut recorder: Option<&mut Recorder>,
@@ -89,11 +91,23 @@ where
     let mut outlet = Outlet::new(output, &stage.run).lazy();
     let mut batch = Vec::new();
     let mut limit = BatchLimit::new();
-    while let Some(first) = input.pop_batch_then(&mut batch, limit.get(), || output.announce()) {
+    while let Some(first) = input.pop_batch_then(&mut batch, limit.lone(), || output.announce()) {
         let started = begin_batch(recorder.as_deref_mut());
         let count = batch.len();
-        let (called, result) =
-            call_batch(stage, body, first, &mut batch, &mut outlet, current_item);
+        let (called, result) = match batch_body {
+            Some(batch_body) => {
+                let mut map = MapBatch {
+                    items: &mut batch,
+                    first,
+                    outlet: &mut outlet,
+                    current_item,
+                    called: 0,
+                };
+                let result = batch_body(&mut map);
+                (map.called, result)
+            }
+            None => call_batch(stage, body, first, &mut batch, &mut outlet, current_item),
+        };
         end_batch(recorder.as_deref_mut(), &mut limit, started, count, called);
         result?;
         outlet.flush()?;
