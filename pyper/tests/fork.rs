@@ -378,3 +378,183 @@ proptest! {
         }
     }
 }
+
+#[cfg(feature = "process")]
+pyper::process_test_support!();
+
+/// Process tasks in a fork: each fork worker calls a worker process of its own, one item
+/// at a time, under the task's own timeout and retries.
+#[cfg(feature = "process")]
+mod with_process {
+    use std::sync::MutexGuard;
+
+    use super::*;
+    use common::{children, wait_until};
+    use pyper::{process_task, try_process_task, RemoteError, RetriesExhausted};
+
+    /// The process tests run one at a time, so that each can check at its end that no
+    /// worker process is left (the other tests of this file start none).
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn no_worker_process_is_left() {
+        wait_until("every worker process is reaped", || children().is_empty());
+    }
+
+    fn square(x: u64) -> u64 {
+        x * x
+    }
+
+    fn refuse_3(x: u64) -> Result<u64, String> {
+        match x {
+            3 => Err("3 is refused".to_string()),
+            x => Ok(x),
+        }
+    }
+
+    fn panic_on_2(x: u64) -> u64 {
+        assert_ne!(x, 2, "2 panics");
+        x
+    }
+
+    fn sleep_for_ever(x: u64) -> u64 {
+        std::thread::sleep(Duration::from_secs(600));
+        x
+    }
+
+    fn sleep_unless_0(x: u64) -> u64 {
+        if x != 0 {
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        x
+    }
+
+    fn pid(_: u64) -> u32 {
+        std::process::id()
+    }
+
+    #[test]
+    fn a_process_task_runs_in_worker_processes_next_to_a_thread_task() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let stage = fork((process_task!(square), task(|x: u64| x + 1))).workers(3);
+            let mut out: Vec<(u64, u64)> = stage.feed(0..200).map(Result::unwrap).collect();
+            out.sort();
+            let expected: Vec<_> = (0..200).map(|x| (x * x, x + 1)).collect();
+            assert_eq!(out, expected);
+        });
+        no_worker_process_is_left();
+    }
+
+    #[test]
+    fn each_fork_worker_keeps_one_worker_process_of_its_own() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let stage = fork((process_task!(pid), task(|x: u64| x))).workers(2);
+            let pids: std::collections::HashSet<u32> =
+                stage.feed(0..100).map(|out| out.unwrap().0).collect();
+            assert!(!pids.contains(&std::process::id()));
+            assert!(
+                (1..=2).contains(&pids.len()),
+                "{} worker processes for 2 fork workers",
+                pids.len()
+            );
+        });
+        no_worker_process_is_left();
+    }
+
+    #[test]
+    fn a_process_tasks_error_and_panic_name_the_task_and_the_item() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let refuse = try_process_task!(refuse_3).name("refuse");
+            let error = fork((task(|x: u64| x), refuse))
+                .feed(0..10)
+                .find_map(Result::err)
+                .unwrap();
+            assert_eq!((error.stage(), error.item()), (Some("refuse"), Some(3)));
+            let remote = error.downcast_ref::<RemoteError>().unwrap();
+            assert_eq!(remote.to_string(), "3 is refused");
+
+            let panics = process_task!(panic_on_2);
+            let error = fork((panics, task(|x: u64| x)))
+                .feed(0..10)
+                .find_map(Result::err)
+                .unwrap();
+            assert_eq!((error.stage(), error.item()), (Some("panic_on_2"), Some(2)));
+            let message = error.panic_message().unwrap_or_default();
+            assert!(message.contains("2 panics"), "{error:#}");
+        });
+        no_worker_process_is_left();
+    }
+
+    #[test]
+    fn a_process_task_keeps_its_own_timeout_and_retries() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let stuck = process_task!(sleep_for_ever)
+                .name("stuck")
+                .timeout(Duration::from_millis(200))
+                .retries(1)
+                .backoff(Backoff::fixed(Duration::from_millis(1)));
+            let error = fork((stuck, task(|x: u64| x)))
+                .run(5)
+                .find_map(Result::err)
+                .unwrap();
+            assert_eq!((error.stage(), error.item()), (Some("stuck"), Some(0)));
+            let exhausted = error.downcast_ref::<RetriesExhausted>().unwrap();
+            assert_eq!(exhausted.attempts().len(), 2);
+            assert!(exhausted.attempts()[1].downcast_ref::<TimedOut>().is_some());
+        });
+        no_worker_process_is_left();
+    }
+
+    #[test]
+    fn dropping_the_output_kills_the_process_calls_in_progress() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let stage = fork((process_task!(sleep_unless_0), task(|x: u64| x))).workers(2);
+            let mut output = stage.feed(0..4);
+            assert_eq!(output.next().unwrap().unwrap(), (0, 0));
+            // The other calls never end on their own: the drop must not wait for them.
+            drop(output);
+        });
+        no_worker_process_is_left();
+    }
+
+    #[test]
+    fn a_cancel_kills_the_process_calls_in_progress() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let stage = fork((process_task!(sleep_unless_0), task(|x: u64| x))).workers(2);
+            let mut output = stage.feed(0..4);
+            assert_eq!(output.next().unwrap().unwrap(), (0, 0));
+            output.canceller().cancel();
+            assert!(output.all(|item| item.is_ok()), "a cancel is not an error");
+        });
+        no_worker_process_is_left();
+    }
+
+    #[cfg(feature = "async")]
+    #[test]
+    fn process_thread_and_async_tasks_mix_in_one_fork() {
+        let _serial = serial();
+        with_timeout(120, || {
+            let fetch = pyper::async_task(|x: u64| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                x * 10
+            });
+            let stage = fork((process_task!(square), fetch, task(|x: u64| x + 1))).workers(4);
+            let mut out: Vec<(u64, u64, u64)> = stage.feed(0..100).map(Result::unwrap).collect();
+            out.sort();
+            let expected: Vec<_> = (0..100).map(|x| (x * x, x * 10, x + 1)).collect();
+            assert_eq!(out, expected);
+        });
+        no_worker_process_is_left();
+    }
+}

@@ -4,7 +4,9 @@
 //! A fork stage is a thread stage whose workers each own one *runner* per inner task: a
 //! helper thread for a thread task (which calls the task's body under its own timeout and
 //! retries, through the same [`Guard`](crate::stage::thread::retry::Guard) as a thread
-//! stage), or pyper's runtime for an async task (its body under the async guard). A
+//! stage), or pyper's runtime for an async task (its body under the async guard). A process
+//! task is a thread task whose body calls a worker process of its own, one item at a time,
+//! under the process kind's own supervision (`process::one_by_one`). A
 //! worker's call on one item starts every runner, then waits for their replies: the first
 //! failure returns at once (its siblings' calls finish on their own before the worker
 //! ends, as any call in progress does when a run stops); a cancel aborts the async calls.
@@ -105,7 +107,7 @@ impl<I, O> ForkBody<I, O> {
                 #[cfg(feature = "async")]
                 Body::AsyncJoin(_) => Some("a join task cannot be forked: it receives the stream"),
                 #[cfg(feature = "process")]
-                Body::Process(_) => Some("a process task cannot be forked yet"),
+                Body::Process(_) => None,
                 #[cfg(feature = "python")]
                 Body::Python(_) => Some("a Python task is forked with `&` in Python"),
                 #[cfg(feature = "remote")]
@@ -137,7 +139,7 @@ where
 {
     let run = Arc::clone(&stage.launcher.state);
     let plans: Arc<[Plan<I>]> = (body.inners.iter().enumerate())
-        .map(|(index, inner)| Plan::new(inner, inner_name(&inner.spec, &stage.name, index)))
+        .map(|(index, inner)| Plan::new(inner, inner_name(&inner.spec, &stage.name, index), &run))
         .collect();
     let (assemble, clone_item) = (body.assemble, body.clone_item);
     let setup: SetupFn<I, O> = Arc::new(move || {
@@ -173,8 +175,24 @@ enum Plan<I> {
 }
 
 impl<I: Send + 'static> Plan<I> {
-    fn new(inner: &Inner<I>, name: Arc<str>) -> Self {
+    /// `run` is where a process task registers its worker processes, to be killed at a cancel.
+    #[cfg_attr(not(feature = "process"), allow(unused_variables))]
+    fn new(inner: &Inner<I>, name: Arc<str>, run: &Arc<RunState>) -> Self {
         match &inner.body {
+            // A thread task whose body calls a worker process of its own, which applies
+            // the task's timeout and retries itself.
+            #[cfg(feature = "process")]
+            Body::Process(process) => Plan::Thread {
+                body: Body::PerWorker(crate::stage::process::one_by_one(
+                    process,
+                    &name,
+                    inner.spec.faults,
+                    run,
+                )),
+                name,
+                faults: FaultPolicy::default(),
+                clone_input: inner.clone_input,
+            },
             #[cfg(feature = "async")]
             Body::AsyncEach(each) => Plan::Async {
                 body: crate::stage::async_task::retry::guard(

@@ -13,7 +13,9 @@ use crate::task::Task;
 ///
 /// * Each task keeps its kind and its own options: a [`task`](crate::task) or
 ///   [`task_per_worker`](crate::task_per_worker) runs on a thread of the fork's worker, an
-///   [`async_task`](crate::async_task) on pyper's runtime, each with its own
+///   [`async_task`](crate::async_task) on pyper's runtime, a `process_task!` in a worker
+///   process of the fork worker's own (started on first use, killed at the task's timeout
+///   or when the run stops), each with its own
 ///   [`timeout`](Task::timeout), [`retries`](Task::retries) and
 ///   [`backoff`](Task::backoff), and its name in errors.
 /// * The fork is a task like any other: [`workers(n)`](Task::workers) is how many items are
@@ -33,8 +35,8 @@ use crate::task::Task;
 /// tasks, and forks of forks, are refused (a branch task is only found out when it runs,
 /// by the number of outputs it made); `workers`, `auto_workers`, `throttle`, `ordered`
 /// and `daemon` go on the fork, not on its tasks; the fork itself has no `timeout`,
-/// `retries` or `auto_workers` (put them on its tasks); process, remote and Python tasks
-/// cannot be forked yet (in Python, `&` forks Python tasks).
+/// `retries` or `auto_workers` (put them on its tasks); remote and Python tasks cannot be
+/// forked here (in Python, `&` forks Python tasks, multiprocess ones included).
 ///
 /// Tuples of 2 to 6 tasks make a fork; anything else does not compile.
 ///

@@ -84,7 +84,7 @@ mod worker;
 pub(crate) use body::{body, ProcessFn};
 pub(crate) use child::{may_spawn, serve_if_worker};
 pub use died::WorkerDied;
-pub(crate) use launch::launch;
+pub(crate) use launch::{launch, one_by_one};
 
 /// Defines the entry point that lets an integration test's binary serve as a worker of
 /// its process tasks. Put it once at the root of the test crate (a file in `tests/`).

@@ -60,12 +60,15 @@ pub(crate) struct ProcessStage<I, O> {
     /// a stage with one worker is in order, and a retried item must not fall behind the
     /// items after it.
     pub(crate) in_order: bool,
-    pub(crate) meter: Arc<StageMeter>,
+    /// The stage's meter; a fork's process task has none of its own.
+    pub(crate) meter: Option<Arc<StageMeter>>,
 }
 
 /// Runs one worker of a process stage until its input ends, the run stops, or it fails.
 pub(crate) fn work<I, O>(stage: Arc<ProcessStage<I, O>>, input: Receiver<I>, output: Sender<O>) {
-    let recorder = stage.meter.worker().map(Recorder::begin_elsewhere);
+    let recorder = (stage.meter.as_ref())
+        .and_then(|meter| meter.worker())
+        .map(Recorder::begin_elsewhere);
     let meter = recorder.as_ref().map(|recorder| &recorder.meter);
     let (input, output) = (input.metered(meter), output.metered(meter));
     let mut supervisor = Supervisor {
@@ -89,7 +92,9 @@ pub(crate) fn work<I, O>(stage: Arc<ProcessStage<I, O>>, input: Receiver<I>, out
         )),
     };
     if let Some(error) = error {
-        stage.meter.failed();
+        if let Some(meter) = &stage.meter {
+            meter.failed();
+        }
         stage.run.fail(error);
     }
     supervisor.record_process_times();
@@ -436,5 +441,84 @@ impl<O> Place<O> for Slots<'_, O> {
         let result = decode_into(&body.decode, bytes, &mut collect, stage, index);
         self.outputs[slot] = collect.items;
         result
+    }
+}
+
+/// A process task called on one item at a time, by the thread that holds it: a fork's
+/// runner for a process task (see [`crate::stage::fork`]). It keeps one worker process
+/// between calls, and each call goes through the same supervision as a stage's batch:
+/// the worker is started on first use, replaced when it dies, killed at the task's
+/// timeout, and the item retried as the task's policy says.
+pub(crate) struct OneByOne<I, O> {
+    stage: Arc<ProcessStage<I, O>>,
+    worker: Option<Worker>,
+    idle_deaths: u32,
+}
+
+impl<I, O> OneByOne<I, O> {
+    pub(crate) fn new(stage: Arc<ProcessStage<I, O>>) -> Self {
+        OneByOne {
+            stage,
+            worker: None,
+            idle_deaths: 0,
+        }
+    }
+
+    /// Runs `item` in the worker process and emits its outputs. A failure is the task's
+    /// own error; a panic in the worker process panics here, with its message.
+    pub(crate) fn call(&mut self, item: I, out: &mut dyn Emit<O>) -> Result<(), Fault> {
+        let stage = &*self.stage;
+        let bytes = (stage.body.encode)(&item).map_err(Fault::Failed)?;
+        let mut supervisor = Supervisor {
+            stage,
+            worker: self.worker.take(),
+            current_item: None,
+            idle_deaths: self.idle_deaths,
+            recorder: None,
+            retired_times: ProcessTimes::default(),
+        };
+        let attempt = Attempt {
+            index: 0,
+            bytes,
+            attempts: Attempts::new(stage.faults),
+            not_before: Some(Instant::now()),
+        };
+        let result = supervisor.run_batch(VecDeque::from([attempt]), &mut Emitting(out));
+        (self.worker, self.idle_deaths) = (supervisor.worker.take(), supervisor.idle_deaths);
+        match result {
+            Ok(()) => Ok(()),
+            Err(Halt::Stop) => Err(Fault::Stop),
+            Err(Halt::Failed(error)) => match error.panic_message() {
+                Some(message) => std::panic::resume_unwind(Box::new(message.to_string())),
+                // An error of the stage's own (a worker that cannot start): kept whole.
+                None if std::error::Error::source(&error).is_none() => {
+                    Err(Fault::Failed(Box::new(error)))
+                }
+                None => Err(Fault::Failed(error.into_source().expect("checked above"))),
+            },
+        }
+    }
+}
+
+impl<I, O> Drop for OneByOne<I, O> {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.retire(!self.stage.run.is_cancelled());
+        }
+    }
+}
+
+/// The outputs of a [`OneByOne`] call, straight to its caller's emitter.
+struct Emitting<'a, 'b, O>(&'a mut (dyn Emit<O> + 'b));
+
+impl<O> Place<O> for Emitting<'_, '_, O> {
+    fn put(
+        &mut self,
+        index: u64,
+        bytes: Vec<u8>,
+        body: &ProcessFn<impl Sized, O>,
+        stage: &str,
+    ) -> Result<(), Halt> {
+        decode_into(&body.decode, bytes, self.0, stage, index)
     }
 }
