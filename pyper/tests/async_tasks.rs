@@ -2021,3 +2021,52 @@ mod mixes {
         run_mixes(128, true);
     }
 }
+
+/// A driver polls each item's stream right after an output, to hand on a one-output item's
+/// output and its end as one event. Whatever that second poll finds must be handed on in
+/// order: the next output, or a panic. (A failure after an output comes from the retry
+/// guard's stream: `async_faults.rs`.)
+mod an_items_stream {
+    use super::*;
+
+    #[test]
+    fn outputs_that_come_together_all_arrive_in_order() {
+        let three =
+            async_task(|x: u64| async move { stream::iter([x, x + 1, x + 2]) }).branch_stream();
+        let out: Vec<u64> = three.run(10).map(Result::unwrap).collect();
+        assert_eq!(out, [10, 11, 12]);
+    }
+
+    #[test]
+    fn an_output_then_a_panic_hands_the_output_on_and_names_the_panic() {
+        let panicking = async_task(|x: u64| async move {
+            stream::iter([x, x + 1]).map(|y| {
+                assert!(y == 0, "{y} panics after the first output");
+                y
+            })
+        })
+        .branch_stream();
+        let out: Vec<Result<u64, Error>> = panicking.run(0).collect();
+        assert_eq!(*out[0].as_ref().unwrap(), 0);
+        let error = out.last().unwrap().as_ref().unwrap_err();
+        let message = error.panic_message().unwrap_or_default();
+        assert!(
+            message.contains("1 panics after the first output"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_hundred_thousand_items_in_flight_all_complete() {
+        // Far past tokio's budget of 128 operations per poll (see the driver).
+        let total = within("100,000 timers in flight", || {
+            let wait = async_task(|x: u64| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                x
+            })
+            .workers(100_000);
+            wait.feed(0..100_000).map(Result::unwrap).sum::<u64>()
+        });
+        assert_eq!(total, (0..100_000).sum::<u64>());
+    }
+}

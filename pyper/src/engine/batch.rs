@@ -244,6 +244,12 @@ impl<'a, O> Outlet<'a, O> {
         Ok(should_hand_over(&self.buffer, self.max, self.output))
     }
 
+    /// Whether a batch's worth is gathered.
+    #[cfg(feature = "async")]
+    pub(crate) fn is_full(&self) -> bool {
+        self.buffer.len() >= self.max
+    }
+
     pub(crate) fn flush(&mut self) -> Result<(), Stop> {
         if self.buffer.is_empty() {
             return Ok(());
