@@ -596,6 +596,12 @@ struct SchedCounters {
 }
 
 impl WorkerMeter {
+    /// Whether this worker's waits for input go untimed: they are what its life leaves
+    /// once its busy and blocked times are taken out.
+    pub(crate) fn starved_untimed(&self) -> bool {
+        self.starved_is_the_rest.load(Relaxed)
+    }
+
     fn new(index: usize, spans: Option<SpanLog>, run_started: Instant) -> Self {
         WorkerMeter {
             index,

@@ -38,8 +38,11 @@ const ITEMS_PER_WORKER: u64 = 2;
 /// Items that compute give up their core at most this often per item (a hand-over that
 /// finds the next queue full, say); items that wait give it up at least once each.
 const GAVE_UP_WHEN_COMPUTING: f64 = 0.25;
-/// A parked worker checks the stage's state at least this often (a cancel also wakes it).
-const PARKED_CHECK: Duration = Duration::from_millis(50);
+/// A parked worker checks the stage's state at least this often, should a wake-up be
+/// missed: a step up, the stage's end and a cancel all wake it. Not more often: a stage
+/// tuned up to 128 workers parks most of them, and their checks every 50 ms took 2% of
+/// the cores from the stages that computed.
+const PARKED_CHECK: Duration = Duration::from_secs(1);
 /// The backlog between a stage and its consumer counts as grown over a window only from
 /// this many items: a consumer that keeps up is a few items behind now and then.
 const GREW_AT_LEAST: u64 = 2;
@@ -73,6 +76,11 @@ pub(crate) struct Flow {
     /// is timed as it goes (a join's is; a worker whose waits are the rest of its time
     /// has its busy time timed instead).
     pub(crate) consumer_starved: Duration,
+    /// The consumer's time waiting for room downstream so far, over all its workers.
+    pub(crate) consumer_blocked: Duration,
+    /// Whether the consumer's waits for input go untimed (see [`Flow::consumer_starved`]):
+    /// then they are the time it spent neither busy nor blocked.
+    pub(crate) consumer_starved_untimed: bool,
     /// The consumer's workers taking input now.
     pub(crate) consumer_workers: usize,
 }
@@ -97,17 +105,22 @@ pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
             taken += worker.items_in.get();
             blocked_now += usize::from(worker.activity() == Activity::Blocked);
         }
-        let (mut consumed, mut busy, mut starved) = (0, 0, 0);
+        let (mut consumed, mut busy, mut starved, mut blocked) = (0, 0, 0, 0);
+        let mut starved_untimed = true;
         for worker in consumer.meters() {
             consumed += worker.items_in.get();
             busy += worker.busy.get();
             starved += worker.starved.get();
+            blocked += worker.blocked.get();
+            starved_untimed &= worker.starved_untimed();
         }
         let queued = consumer.queued.as_ref().map_or(0, |queued| queued());
         let consumer_workers = consumer.tuner().map_or(consumer.workers, |t| t.active());
         Some(Flow {
             consumer_busy: Duration::from_nanos(busy),
             consumer_starved: Duration::from_nanos(starved),
+            consumer_blocked: Duration::from_nanos(blocked),
+            consumer_starved_untimed: starved_untimed,
             consumer_workers,
             queued,
             taken,
@@ -354,7 +367,7 @@ impl Tuner {
         // a branch, makes fewer or more outputs than it takes; a consumer it keeps busy
         // needs no more of it either way.)
         let flow = self.flow.as_ref().and_then(|flow| flow());
-        let (mut consumer_took, mut outpaced) = (1.0, false);
+        let (mut consumer_took, mut outpaced, mut consumer_waits) = (1.0, false, false);
         let mut blocked = blocked;
         // Before the first window, nothing had flowed.
         let before = std::mem::replace(&mut state.flow_at, flow).unwrap_or_default();
@@ -365,10 +378,25 @@ impl Tuner {
             let workers_time = seconds * now.consumer_workers.max(1) as f64;
             let busy_share = busy.as_secs_f64() / workers_time;
             let starved = now.consumer_starved.saturating_sub(before.consumer_starved);
-            // A consumer that waited for input most of the window is not behind, whatever
-            // it took: a join takes its input in batches, as they are handed over.
-            let waiting = starved.as_secs_f64() / workers_time >= CONSUMER_WAITING;
+            let consumer_blocked = now.consumer_blocked.saturating_sub(before.consumer_blocked);
             let behind = BEHIND.min(self.capacity / 2).max(1);
+            // A consumer that waited for input most of the window is not behind, whatever
+            // it took, and it needs more of this stage.
+            let waiting = match now.consumer_starved_untimed {
+                // Neither busy nor blocked: waiting for input, as far as its busy time,
+                // counted as its batches end, can tell. A few slow items read low, so the
+                // backlog must say the same: it did not grow, and little is queued.
+                true => {
+                    let blocked_share = consumer_blocked.as_secs_f64() / workers_time;
+                    1.0 - busy_share - blocked_share >= CONSUMER_WAITING
+                        && made < consumed + GREW_AT_LEAST as f64
+                        && now.queued < behind
+                }
+                // A join's waits are timed. It takes its input in batches, as they are
+                // handed over, so what it took says little.
+                false => starved.as_secs_f64() / workers_time >= CONSUMER_WAITING,
+            };
+            consumer_waits = waiting;
             let saturated = !waiting
                 && (busy_share >= SATURATED
                     || now.queued >= behind
@@ -389,6 +417,7 @@ impl Tuner {
         Window {
             consumer_took,
             outpaced,
+            consumer_waits,
             throughput: finished as f64 / seconds,
             starved,
             blocked,
