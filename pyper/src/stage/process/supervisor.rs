@@ -184,7 +184,7 @@ impl<I, O> Supervisor<'_, I, O> {
             run: &stage.run,
         };
         match &stage.sequencer {
-            None if !stage.in_order => self.run_batch(todo, outlet)?,
+            None if !stage.in_order => self.run_batch(todo, &mut Emitting(outlet))?,
             None => {
                 slots.outputs = (0..count).map(|_| Vec::new()).collect();
                 self.run_batch(todo, &mut slots)?;
@@ -406,18 +406,6 @@ fn decode_into<O>(
     }
 }
 
-impl<O> Place<O> for Outlet<'_, O> {
-    fn put(
-        &mut self,
-        index: u64,
-        bytes: Vec<u8>,
-        body: &ProcessFn<impl Sized, O>,
-        stage: &str,
-    ) -> Result<(), Halt> {
-        decode_into(&body.decode, bytes, self, stage, index)
-    }
-}
-
 /// The outputs of an ordered batch, by item.
 struct Slots<'a, O> {
     first: u64,
@@ -508,7 +496,7 @@ impl<I, O> Drop for OneByOne<I, O> {
     }
 }
 
-/// The outputs of a [`OneByOne`] call, straight to its caller's emitter.
+/// Outputs straight to an emitter: a worker's outlet, or a [`OneByOne`] caller's.
 struct Emitting<'a, 'b, O>(&'a mut (dyn Emit<O> + 'b));
 
 impl<O> Place<O> for Emitting<'_, '_, O> {
