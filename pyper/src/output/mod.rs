@@ -226,8 +226,10 @@ impl<O> Output<O> {
                 return Some(Err(error));
             }
             // Everything ready: taking all that the queue holds moves its buffer, not its
-            // items.
-            let mut batch = Vec::new();
+            // items. The queue gets the used-up batch's buffer in exchange (collecting an
+            // exhausted `vec::IntoIter` keeps its allocation), so the producer that swaps
+            // with it next need not grow a buffer from nothing.
+            let mut batch: Vec<O> = std::mem::take(&mut self.ready).collect();
             match self
                 .receiver
                 .as_ref()
