@@ -257,6 +257,14 @@ def test_ordered_branch_in_worker_processes():
     assert list(p(300)) == [x for x in range(300) for _ in range(2)]
 
 
+def _whole_line_in(path: str) -> bool:
+    try:
+        with open(path) as file:
+            return file.read().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
 def ended_within(action, limit=30.0):
     """Runs `action` on a thread; whether it ended within `limit` (a hang detector)."""
     import threading
@@ -273,7 +281,8 @@ def test_closing_the_output_kills_a_worker_process_in_a_long_call(tmp_path):
                                           bind=task.bind(1, pids))
     outputs = p(4)
     assert next(outputs) in (0, 2, 3)
-    assert wait_until(lambda: os.path.exists(pids))
+    # The process creates the file before it writes its pid: wait for the whole line.
+    assert wait_until(lambda: _whole_line_in(pids))
     assert ended_within(outputs.close)
     with open(pids) as file:
         stuck = int(file.read())
