@@ -240,8 +240,14 @@ impl<'a, O> Outlet<'a, O> {
         if self.run.is_cancelled() {
             return Err(Stop);
         }
+        Ok(self.gather(item))
+    }
+
+    /// [`add`](Outlet::add) for a caller that checked the run itself, just before.
+    #[inline]
+    pub(crate) fn gather(&mut self, item: O) -> bool {
         self.buffer.push(item);
-        Ok(should_hand_over(&self.buffer, self.max, self.output))
+        should_hand_over(&self.buffer, self.max, self.output)
     }
 
     /// Whether a batch's worth is gathered.

@@ -50,8 +50,9 @@ impl<I, O> MapBatch<'_, '_, I, O> {
             *self.current_item = Some(index);
             self.called += 1;
             match f(item) {
+                // The run was checked before the item: once per item is enough.
                 Ok(output) => {
-                    if self.outlet.add(output)? {
+                    if self.outlet.gather(output) {
                         self.outlet.flush()?;
                     }
                 }
