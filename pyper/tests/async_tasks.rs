@@ -715,6 +715,50 @@ fn ten_thousand_timers_in_flight_at_once() {
     });
 }
 
+/// An item's work begins as the item starts, not once the driver has handed on every
+/// item that is ready: three items are released at once, and the item that replaces the
+/// first to end must have begun before the last has ended. (A driver that left new items
+/// behind the ready ones started a wave of timers late enough to miss their tick.)
+#[test]
+fn an_item_begins_its_work_as_it_starts_not_behind_the_ready_ones() {
+    let _serial = serial();
+    within("a released wave", || {
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (open, opened) = tokio::sync::watch::channel(false);
+        let logged = Arc::clone(&log);
+        let stage = async_task(move |x: u64| {
+            let (log, mut opened) = (Arc::clone(&logged), opened.clone());
+            async move {
+                log.lock().unwrap().push(format!("start {x}"));
+                opened
+                    .wait_for(|open| *open)
+                    .await
+                    .expect("the test holds the sender");
+                log.lock().unwrap().push(format!("end {x}"));
+                x
+            }
+        })
+        .workers(3);
+        // A run starts at its output's first read: read on a thread of its own.
+        let output = stage.feed(0..6u64);
+        let reader = std::thread::spawn(move || values(output));
+        wait_until("three items started", || log.lock().unwrap().len() >= 3);
+        // Time for the source to queue the other inputs: the replacements must be ready.
+        std::thread::sleep(Duration::from_millis(50));
+        open.send(true).expect("the stage holds receivers");
+        let outputs = reader.join().expect("the reader does not panic");
+        assert_eq!(sorted(outputs), (0..6).collect::<Vec<_>>());
+        let log = log.lock().unwrap();
+        let at = |entry: &str| log.iter().position(|logged| logged == entry).unwrap();
+        let last_end = ["end 0", "end 1", "end 2"]
+            .map(at)
+            .into_iter()
+            .max()
+            .unwrap();
+        assert!(at("start 3") < last_end, "{log:?}");
+    });
+}
+
 /// `workers(n)` means n futures in flight, also once a stage has seen fast items: 64 items
 /// each wait on a barrier of 64 after 20,000 instant ones, so the barrier opens only if all
 /// 64 are in flight at once. (A worker that had grown its batches on the fast items and

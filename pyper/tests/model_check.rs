@@ -214,3 +214,36 @@ fn branch_outputs_race_a_drop() {
         SCHEDULES,
     );
 }
+
+/// A producer parked on a full queue is woken only once a pop leaves half of it free
+/// (throttle 4: two free places). Every schedule must still deliver every item, or end
+/// cleanly at a drop, with nobody left parked.
+#[test]
+fn a_producer_parked_on_a_half_free_queue_is_woken() {
+    const MANY: u64 = 10;
+    for workers in [1, 2] {
+        for take in [None, Some(3)] {
+            let race = move || {
+                let stage = task(|x: u64| x + 1).workers(workers).throttle(4)
+                    | task(|x: u64| x).throttle(4);
+                let mut output = stage.feed(0..MANY);
+                let mut values = Vec::new();
+                for item in output.by_ref() {
+                    values.push(item.expect("no stage fails"));
+                    if Some(values.len()) == take {
+                        break;
+                    }
+                }
+                drop(output);
+                values.sort_unstable();
+                let expected: Vec<u64> = (1..=MANY).take(take.unwrap_or(usize::MAX)).collect();
+                match take {
+                    None => assert_eq!(values, expected, "lost or repeated items"),
+                    Some(n) => assert_eq!(values.len(), n),
+                }
+            };
+            shuttle::check_random(race, SCHEDULES);
+            shuttle::check_pct(race, SCHEDULES, 3);
+        }
+    }
+}

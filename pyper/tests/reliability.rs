@@ -253,14 +253,15 @@ fn async_retries_that_never_yield_do_not_starve_another_async_run() {
         child_memory_guard(2560);
         let attempts = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&attempts);
-        // One failing item per thread of pyper's runtime (one per core), so that every
-        // driver of the stage (one per runtime thread) retries without end.
+        // One failing item per thread of pyper's runtime (one per core), and slots enough
+        // for one driver per runtime thread (a driver takes 4,096), so that every driver
+        // of the stage retries without end.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         let spinning = pyper::try_async_task(move |x: u64| {
             counted.fetch_add(1, SeqCst);
             async move { Err::<u64, _>(format!("{x}")) }
         })
-        .workers(cores as usize)
+        .workers(cores as usize * 4096)
         .retries(u32::MAX)
         .backoff(Backoff::none())
         .feed(0..cores);
