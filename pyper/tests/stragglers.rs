@@ -71,3 +71,75 @@ fn quick_items_do_not_wait_behind_a_blocked_one_while_a_worker_is_free() {
     sorted.sort_unstable();
     assert_eq!(sorted, (0..N).collect::<Vec<_>>());
 }
+
+/// A worker of slow items hands each item's outputs on as it finishes it, even while the
+/// consumer is busy: it does not keep them until a batch's worth is gathered.
+///
+/// The consumer blocks on its first item, so the queue in front of it is not empty when
+/// the next outputs come. Then both workers of the stage block on their last items. Every
+/// output of the items before must reach the consumer once it goes on. (Kept by their
+/// workers, they would wait for those blocked items: `auto-mixed` and the main example
+/// starved their second stage so while its workers had all it needed, and their tuner
+/// read the outputs kept as a consumer falling behind.)
+#[test]
+fn a_worker_of_slow_items_hands_each_output_on_while_the_consumer_is_busy() {
+    const QUICK: u64 = 6;
+    let (stuck, outputs) = with_timeout(60, || {
+        let (last_items, consumer_busy) = (Arc::new(Gate::new()), Arc::new(Gate::new()));
+        let blocked = Arc::new(AtomicU64::new(0));
+        let slow = task({
+            let (last_items, blocked) = (Arc::clone(&last_items), Arc::clone(&blocked));
+            move |x: u64| {
+                if x >= QUICK {
+                    blocked.fetch_add(1, Ordering::SeqCst);
+                    last_items.wait();
+                } else {
+                    // Slow enough that each batch is one item.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                x
+            }
+        })
+        .workers(2);
+        let consumer = task({
+            let consumer_busy = Arc::clone(&consumer_busy);
+            move |x: u64| {
+                if x == 0 {
+                    consumer_busy.wait();
+                }
+                x
+            }
+        });
+        let output = (slow | consumer).feed(0..QUICK + 2);
+        let seen = Arc::new(AtomicU64::new(0));
+        let reader = std::thread::spawn({
+            let seen = Arc::clone(&seen);
+            move || {
+                let mut outputs = Vec::new();
+                for result in output {
+                    outputs.push(result.unwrap());
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                outputs
+            }
+        });
+        let started = Instant::now();
+        while blocked.load(Ordering::SeqCst) < 2 && started.elapsed() < WATCHDOG {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        consumer_busy.open();
+        while seen.load(Ordering::SeqCst) < QUICK && started.elapsed() < WATCHDOG {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stuck = QUICK - seen.load(Ordering::SeqCst).min(QUICK);
+        last_items.open();
+        (stuck, reader.join().unwrap())
+    });
+    assert_eq!(
+        stuck, 0,
+        "{stuck} outputs of quick items were kept by workers blocked on their next item"
+    );
+    let mut sorted = outputs;
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..QUICK + 2).collect::<Vec<_>>());
+}

@@ -35,7 +35,9 @@ const WINDOW: Duration = Duration::from_millis(20);
 /// at one worker per core starves its consumer until the first step: the first window
 /// ends once each worker has finished one item ([`FIRST_ITEMS_PER_WORKER`]), 5 ms at
 /// least. In the main example (`crawl_report`), with a 20 ms first window of two items
-/// a worker, `analyse` was starved for its first 40 ms.
+/// a worker, `analyse` was starved for its first 40 ms. A first window that short steps
+/// only if the stage's consumer waits for it: anything else needs a full window's
+/// evidence (a consumer's backlog takes time to show).
 const FIRST_WINDOW: Duration = Duration::from_millis(5);
 /// A first window ends once each active worker finished this many items (on average).
 const FIRST_ITEMS_PER_WORKER: u64 = 1;
@@ -67,12 +69,12 @@ const SATURATED: f64 = 0.75;
 /// rarely lets a few pile up.
 const BEHIND: usize = 8;
 
-/// Whether the window after `steps` steps is over: it lasted `elapsed`, in which
+/// Whether a window (the `first`, or another) is over: it lasted `elapsed`, in which
 /// `finished` items were finished by `active` workers.
-fn window_over(steps: u64, elapsed: Duration, finished: u64, active: u64) -> bool {
-    let (shortest, per_worker) = match steps {
-        0 => (FIRST_WINDOW, FIRST_ITEMS_PER_WORKER),
-        _ => (WINDOW, ITEMS_PER_WORKER),
+fn window_over(first: bool, elapsed: Duration, finished: u64, active: u64) -> bool {
+    let (shortest, per_worker) = match first {
+        true => (FIRST_WINDOW, FIRST_ITEMS_PER_WORKER),
+        false => (WINDOW, ITEMS_PER_WORKER),
     };
     let long_enough = finished >= per_worker * active || elapsed >= LONGEST_WINDOW;
     elapsed >= shortest && long_enough
@@ -198,6 +200,8 @@ struct State {
     outpaced_before: bool,
     peak: usize,
     steps: u64,
+    /// Whether the first window is over (it may end early: [`FIRST_WINDOW`]).
+    first_over: bool,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
     active_seconds: f64,
     began: Instant,
@@ -245,6 +249,7 @@ impl Tuner {
                 outpaced_before: false,
                 peak: start,
                 steps: 0,
+                first_over: false,
                 active_seconds: 0.0,
                 began: Instant::now(),
             }),
@@ -340,7 +345,8 @@ impl Tuner {
         let elapsed = state.window_began.elapsed();
         let active = self.active() as u64;
         let finished = self.finished.load(Relaxed);
-        if !window_over(state.steps, elapsed, finished, active) {
+        let first = !state.first_over;
+        if !window_over(first, elapsed, finished, active) {
             return;
         }
         let window = self.take_window(&mut state, elapsed);
@@ -348,6 +354,12 @@ impl Tuner {
             .store(now + WINDOW.as_nanos() as u64, Relaxed);
         let before = self.active();
         state.active_seconds += elapsed.as_secs_f64() * before as f64;
+        state.first_over = true;
+        if first && elapsed < WINDOW && !window.consumer_waits {
+            // Early, and no consumer waits for the stage: too little to go on, so no
+            // step. The next window measures afresh, at full length.
+            return;
+        }
         let next = state.climb.step(window);
 
         state.steps += 1;
@@ -414,8 +426,12 @@ impl Tuner {
                 // backlog must say the same: it did not grow, and little is queued.
                 true => {
                     let blocked_share = consumer_blocked.as_secs_f64() / workers_time;
-                    // The items its workers hold are in hand, not behind.
-                    let in_hand = now.consumer_workers as f64;
+                    // In the first window, while the pipeline fills, the items its
+                    // workers hold are in hand, not behind.
+                    let in_hand = match state.first_over {
+                        false => now.consumer_workers as f64,
+                        true => 0.0,
+                    };
                     let idle_share = 1.0 - busy_share - blocked_share;
                     untimed_consumer_waits(idle_share, made, consumed, in_hand)
                         && now.queued < behind
@@ -545,15 +561,15 @@ mod tests {
 
     #[test]
     fn the_first_window_ends_after_one_item_a_worker_and_5_ms() {
-        assert!(!window_over(0, 4 * MS, 8, 2));
-        assert!(!window_over(0, 6 * MS, 1, 2));
-        assert!(window_over(0, 6 * MS, 2, 2));
+        assert!(!window_over(true, 4 * MS, 8, 2));
+        assert!(!window_over(true, 6 * MS, 1, 2));
+        assert!(window_over(true, 6 * MS, 2, 2));
         // Later windows: 20 ms and two items a worker.
-        assert!(!window_over(1, 6 * MS, 4, 2));
-        assert!(!window_over(1, 21 * MS, 3, 2));
-        assert!(window_over(1, 21 * MS, 4, 2));
+        assert!(!window_over(false, 6 * MS, 4, 2));
+        assert!(!window_over(false, 21 * MS, 3, 2));
+        assert!(window_over(false, 21 * MS, 4, 2));
         // However few items, a window ends at the longest.
-        assert!(window_over(1, LONGEST_WINDOW, 0, 2));
+        assert!(window_over(false, LONGEST_WINDOW, 0, 2));
     }
 
     #[test]

@@ -191,6 +191,10 @@ where
             seat.finished(called);
         }
         result?;
+        // The batch took its time (about `BATCH_TIME`, or one slow item): its outputs
+        // go on now, not when a batch's worth is gathered, which items this slow may
+        // never make before the next one blocks.
+        out.flush()?;
     }
     Ok(out.flush()?)
 }
