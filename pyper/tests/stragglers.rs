@@ -17,6 +17,25 @@ use pyper::task;
 /// How long the test waits for the items other than the blocked one: a hang detector.
 const WATCHDOG: Duration = Duration::from_secs(30);
 
+/// Reads `output` on a thread of its own, counting the outputs as they come.
+fn read_counting(
+    output: pyper::Output<u64>,
+) -> (Arc<AtomicU64>, std::thread::JoinHandle<Vec<u64>>) {
+    let seen = Arc::new(AtomicU64::new(0));
+    let reader = std::thread::spawn({
+        let seen = Arc::clone(&seen);
+        move || {
+            let mut outputs = Vec::new();
+            for result in output {
+                outputs.push(result.unwrap());
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            outputs
+        }
+    });
+    (seen, reader)
+}
+
 #[test]
 fn quick_items_do_not_wait_behind_a_blocked_one_while_a_worker_is_free() {
     // Trivial items, so that workers take them in large batches; item 5,000 blocks until
@@ -37,18 +56,7 @@ fn quick_items_do_not_wait_behind_a_blocked_one_while_a_worker_is_free() {
         })
         .workers(2);
         let output = stage.feed(0..N);
-        let seen = Arc::new(AtomicU64::new(0));
-        let consumer = std::thread::spawn({
-            let seen = Arc::clone(&seen);
-            move || {
-                let mut outputs = Vec::new();
-                for result in output {
-                    outputs.push(result.unwrap());
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-                outputs
-            }
-        });
+        let (seen, consumer) = read_counting(output);
         let started = Instant::now();
         while seen.load(Ordering::SeqCst) < N - 1 && started.elapsed() < WATCHDOG {
             std::thread::sleep(Duration::from_millis(1));
@@ -111,18 +119,7 @@ fn a_worker_of_slow_items_hands_each_output_on_while_the_consumer_is_busy() {
             }
         });
         let output = (slow | consumer).feed(0..QUICK + 2);
-        let seen = Arc::new(AtomicU64::new(0));
-        let reader = std::thread::spawn({
-            let seen = Arc::clone(&seen);
-            move || {
-                let mut outputs = Vec::new();
-                for result in output {
-                    outputs.push(result.unwrap());
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-                outputs
-            }
-        });
+        let (seen, reader) = read_counting(output);
         let started = Instant::now();
         while blocked.load(Ordering::SeqCst) < 2 && started.elapsed() < WATCHDOG {
             std::thread::sleep(Duration::from_millis(1));
