@@ -238,8 +238,8 @@ impl<I, O> Task<I, O> {
     /// measures as it goes, instead of a fixed [`workers`](Task::workers) count.
     ///
     /// The stage starts with as many active workers as cores. At the end of each short
-    /// window (long enough for every active worker to finish two items, 20 to 500 ms; the
-    /// first ends sooner, after one item a worker and 5 ms at least), the run looks
+    /// window (long enough for every active worker to finish two items, 20 to 500 ms), the
+    /// run looks
     /// at the stage's throughput, at its waits for input and for room downstream, and at
     /// the CPU its workers use, and sets the count for the next window:
     ///

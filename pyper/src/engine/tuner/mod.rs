@@ -31,16 +31,6 @@ use climb::{Climb, Window, OUTPACED};
 
 /// The shortest window.
 const WINDOW: Duration = Duration::from_millis(20);
-/// The shortest first window. The starting count is a guess, and a stage of waits (IO)
-/// at one worker per core starves its consumer until the first step: the first window
-/// ends once each worker has finished one item ([`FIRST_ITEMS_PER_WORKER`]), 5 ms at
-/// least. In the main example (`crawl_report`), with a 20 ms first window of two items
-/// a worker, `analyse` was starved for its first 40 ms. A first window that short steps
-/// only if the stage's consumer waits for it: anything else needs a full window's
-/// evidence (a consumer's backlog takes time to show).
-const FIRST_WINDOW: Duration = Duration::from_millis(5);
-/// A first window ends once each active worker finished this many items (on average).
-const FIRST_ITEMS_PER_WORKER: u64 = 1;
 /// The longest window, however few items finished in it.
 const LONGEST_WINDOW: Duration = Duration::from_millis(500);
 /// A window ends once each active worker finished this many items (on average).
@@ -68,25 +58,6 @@ const SATURATED: f64 = 0.75;
 /// fell this many behind in a window, is behind: one that keeps up, even at a high load,
 /// rarely lets a few pile up.
 const BEHIND: usize = 8;
-
-/// Whether a window (the `first`, or another) is over: it lasted `elapsed`, in which
-/// `finished` items were finished by `active` workers.
-fn window_over(first: bool, elapsed: Duration, finished: u64, active: u64) -> bool {
-    let (shortest, per_worker) = match first {
-        true => (FIRST_WINDOW, FIRST_ITEMS_PER_WORKER),
-        false => (WINDOW, ITEMS_PER_WORKER),
-    };
-    let long_enough = finished >= per_worker * active || elapsed >= LONGEST_WINDOW;
-    elapsed >= shortest && long_enough
-}
-
-/// Whether a consumer whose waits for input are untimed waited for this stage most of a
-/// window: it was neither busy nor blocked for most of it (`idle_share`), the stage made
-/// no more than it took and its workers hold (`made`, `consumed`, `in_hand`), and little
-/// waits for it in the queue.
-fn untimed_consumer_waits(idle_share: f64, made: f64, consumed: f64, in_hand: f64) -> bool {
-    idle_share >= CONSUMER_WAITING && made < consumed + in_hand + GREW_AT_LEAST as f64
-}
 
 /// What flowed out of a stage and into its consumer so far, read from the run's meters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -200,8 +171,6 @@ struct State {
     outpaced_before: bool,
     peak: usize,
     steps: u64,
-    /// Whether the first window is over (it may end early: [`FIRST_WINDOW`]).
-    first_over: bool,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
     active_seconds: f64,
     began: Instant,
@@ -231,7 +200,7 @@ impl Tuner {
             active: AtomicUsize::new(start),
             closed: AtomicBool::new(false),
             seats: AtomicUsize::new(0),
-            window_due: AtomicU64::new(FIRST_WINDOW.as_nanos() as u64),
+            window_due: AtomicU64::new(WINDOW.as_nanos() as u64),
             created: Instant::now(),
             finished: AtomicU64::new(0),
             cpu_nanos: AtomicU64::new(0),
@@ -249,7 +218,6 @@ impl Tuner {
                 outpaced_before: false,
                 peak: start,
                 steps: 0,
-                first_over: false,
                 active_seconds: 0.0,
                 began: Instant::now(),
             }),
@@ -345,8 +313,8 @@ impl Tuner {
         let elapsed = state.window_began.elapsed();
         let active = self.active() as u64;
         let finished = self.finished.load(Relaxed);
-        let first = !state.first_over;
-        if !window_over(first, elapsed, finished, active) {
+        let long_enough = finished >= ITEMS_PER_WORKER * active || elapsed >= LONGEST_WINDOW;
+        if elapsed < WINDOW || !long_enough {
             return;
         }
         let window = self.take_window(&mut state, elapsed);
@@ -354,12 +322,6 @@ impl Tuner {
             .store(now + WINDOW.as_nanos() as u64, Relaxed);
         let before = self.active();
         state.active_seconds += elapsed.as_secs_f64() * before as f64;
-        state.first_over = true;
-        if first && elapsed < WINDOW && !window.consumer_waits {
-            // Early, and no consumer waits for the stage: too little to go on, so no
-            // step. The next window measures afresh, at full length.
-            return;
-        }
         let next = state.climb.step(window);
 
         state.steps += 1;
@@ -426,14 +388,8 @@ impl Tuner {
                 // backlog must say the same: it did not grow, and little is queued.
                 true => {
                     let blocked_share = consumer_blocked.as_secs_f64() / workers_time;
-                    // In the first window, while the pipeline fills, the items its
-                    // workers hold are in hand, not behind.
-                    let in_hand = match state.first_over {
-                        false => now.consumer_workers as f64,
-                        true => 0.0,
-                    };
-                    let idle_share = 1.0 - busy_share - blocked_share;
-                    untimed_consumer_waits(idle_share, made, consumed, in_hand)
+                    1.0 - busy_share - blocked_share >= CONSUMER_WAITING
+                        && made < consumed + GREW_AT_LEAST as f64
                         && now.queued < behind
                 }
                 // A join's waits are timed. It takes its input in batches, as they are
@@ -550,36 +506,5 @@ impl Drop for Seat {
     /// the parked workers then leave too.
     fn drop(&mut self) {
         self.tuner.close();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn the_first_window_ends_after_one_item_a_worker_and_5_ms() {
-        assert!(!window_over(true, 4 * MS, 8, 2));
-        assert!(!window_over(true, 6 * MS, 1, 2));
-        assert!(window_over(true, 6 * MS, 2, 2));
-        // Later windows: 20 ms and two items a worker.
-        assert!(!window_over(false, 6 * MS, 4, 2));
-        assert!(!window_over(false, 21 * MS, 3, 2));
-        assert!(window_over(false, 21 * MS, 4, 2));
-        // However few items, a window ends at the longest.
-        assert!(window_over(false, LONGEST_WINDOW, 0, 2));
-    }
-
-    #[test]
-    fn a_consumer_busy_with_what_it_took_still_waits_for_more() {
-        // Four made, two finished by a consumer of two workers, which hold the other two.
-        assert!(untimed_consumer_waits(0.8, 4.0, 2.0, 2.0));
-        assert!(!untimed_consumer_waits(0.8, 4.0, 2.0, 0.0));
-        // A backlog beyond what its workers hold, or a consumer busy most of the window,
-        // is not waiting.
-        assert!(!untimed_consumer_waits(0.8, 10.0, 2.0, 2.0));
-        assert!(!untimed_consumer_waits(0.4, 4.0, 2.0, 2.0));
     }
 }
