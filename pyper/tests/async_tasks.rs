@@ -741,10 +741,15 @@ fn an_item_begins_its_work_as_it_starts_not_behind_the_ready_ones() {
         .workers(3);
         // A run starts at its output's first read: read on a thread of its own.
         let output = stage.feed(0..6u64);
+        let monitor = output.monitor();
         let reader = std::thread::spawn(move || values(output));
         wait_until("three items started", || log.lock().unwrap().len() >= 3);
-        // Time for the source to queue the other inputs: the replacements must be ready.
-        std::thread::sleep(Duration::from_millis(50));
+        // The replacements must be queued before the three end.
+        wait_until("the source queued every input", || {
+            let metrics = monitor.metrics();
+            let input = metrics.stages.iter().find(|stage| stage.name == "input");
+            input.is_some_and(|input| input.items_out == 6)
+        });
         open.send(true).expect("the stage holds receivers");
         let outputs = reader.join().expect("the reader does not panic");
         assert_eq!(sorted(outputs), (0..6).collect::<Vec<_>>());

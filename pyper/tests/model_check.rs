@@ -215,11 +215,11 @@ fn branch_outputs_race_a_drop() {
     );
 }
 
-/// A producer parked on a full queue is woken only once a pop leaves half of it free
-/// (throttle 4: two free places). Every schedule must still deliver every item, or end
-/// cleanly at a drop, with nobody left parked.
+/// Queues of more than one place (throttle 4), where a producer parks on a full queue
+/// and a pop that leaves room wakes it: every schedule must deliver every item, or end
+/// cleanly at a drop, with nobody left parked. (The races above all use capacity 1.)
 #[test]
-fn a_producer_parked_on_a_half_free_queue_is_woken() {
+fn a_producer_parked_on_a_full_queue_of_four_is_woken() {
     const MANY: u64 = 10;
     for workers in [1, 2] {
         for take in [None, Some(3)] {

@@ -89,10 +89,6 @@ enum Announced {
 /// busy, and few enough that memory stays flat however long the stream.
 pub const DEFAULT_THROTTLE: usize = 4096;
 
-/// The most room a pop waits for before it wakes a parked producer (see
-/// [`Shared::room_to_wake`]): a batch's worth.
-const ROOM_TO_WAKE: usize = 256;
-
 /// The consumers waiting for items, and how many of them were already woken.
 ///
 /// Every notification wakes one waiter, and a woken waiter needs no second one: counting
@@ -317,16 +313,6 @@ impl<T> Shared<T> {
         }
     }
 
-    /// How much room a pop must leave before it wakes the producers waiting for it: half
-    /// the queue, at most [`ROOM_TO_WAKE`]. A consumer that takes one item at a time (an
-    /// async driver replacing each finished item) would otherwise wake its producer for
-    /// every item, and the producer would push one and park again: 1,000 such round
-    /// trips per wave of `io-async`, twice the context switches. A parked producer is
-    /// behind a queue at least half full, so the consumer does not wait for it meanwhile.
-    fn room_to_wake(&self) -> usize {
-        (self.capacity / 2).clamp(1, ROOM_TO_WAKE)
-    }
-
     /// Takes up to `max` items, and wakes the producers waiting for room.
     fn try_pop(&self, state: &mut State<T>, out: &mut Vec<T>, max: usize) -> Popped {
         if state.closed {
@@ -354,12 +340,11 @@ impl<T> Shared<T> {
         let first = state.popped;
         state.popped += n as u64;
         self.gauge.len.store(state.items.len(), Ordering::Relaxed);
-        let room_to_wake = self.capacity - state.items.len() >= self.room_to_wake();
-        if room_to_wake && state.parked_senders > 0 {
+        if state.parked_senders > 0 {
             self.not_full.notify_all();
         }
         #[cfg(feature = "async")]
-        if room_to_wake && state.async_senders > 0 {
+        if state.async_senders > 0 {
             self.writable.notify_waiters();
         }
         Popped::Items(first)

@@ -3,10 +3,10 @@
 //!
 //! An async stage with `workers(n)` keeps up to `n` futures in flight, spread over a few
 //! *driver* tasks: one per [`SLOTS_PER_DRIVER`] futures, at most one per runtime thread,
-//! and a single one for an ordered stage. A driver
-//! polls its futures together, as `buffer_unordered` does, rather than one task per
-//! future: thousands of in-flight items then cost no cross-task wake-ups, and the driver
-//! takes its inputs and hands over its outputs in batches. (One task per future was
+//! and a single one for an ordered stage. A driver polls its futures together, as
+//! `buffer_unordered` does, rather than one task per future: thousands of in-flight items
+//! then cost no cross-task wake-ups, and the driver takes its inputs and hands over its
+//! outputs in batches. (One task per future was
 //! measured first, in the harness's `io-async` scenario, and lost to `buffer_unordered`.)
 //!
 //! Panics in the user's futures are caught per item, so the error names the item; the
