@@ -238,17 +238,18 @@ impl<I, O> Task<I, O> {
     /// measures as it goes, instead of a fixed [`workers`](Task::workers) count.
     ///
     /// The stage starts with as many active workers as cores. At the end of each short
-    /// window (long enough for every active worker to finish two items, 20 to 500 ms), the
-    /// run looks
-    /// at the stage's throughput, at its waits for input and for room downstream, and at
-    /// the CPU its workers use, and sets the count for the next window:
+    /// window (long enough for every active worker to finish two items, 20 to 500 ms; the
+    /// first ends after 5 ms and one item a worker if the stage's consumer is seen
+    /// waiting for it, with nothing queued), the run looks at the stage's throughput, at
+    /// its waits for input and for room downstream, and at the CPU its workers use, and
+    /// sets the count for the next window:
     ///
     /// * a stage whose workers compute gets no more workers than the cores the rest of the
     ///   process leaves free (more would only take turns on them);
     /// * a stage that mostly waits for input, or for the stage after it, does not grow,
     ///   nor does one that makes items faster than the stage after it, busy, finishes
     ///   them (in two windows in a row; one such window pauses it): it keeps, of its last
-    ///   step up, about what the next stage takes, with a quarter to spare. (That needs
+    ///   step up, about what the next stage takes, with as much again to spare. (That needs
     ///   the run's metrics, on by default; without them only a full queue holds it.)
     /// * otherwise the count doubles while doubling raises throughput (by 10% or more),
     ///   quadruples while each doubling nearly doubles it (waits that overlap, as IO's

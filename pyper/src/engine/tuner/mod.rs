@@ -31,6 +31,14 @@ use climb::{Climb, Window, OUTPACED};
 
 /// The shortest window.
 const WINDOW: Duration = Duration::from_millis(20);
+/// The first window may end this early, once each worker finished an item, if the
+/// stage's consumer is seen waiting for it then ([`Tuner::consumer_waits_now`]). The
+/// starting count is a guess, and a stage of waits (IO) at one worker per core starves
+/// its consumer until the first step: in the main example (`crawl_report`), `analyse`
+/// waited for most of a 20 ms first window.
+const FIRST_WINDOW: Duration = Duration::from_millis(5);
+/// Until the first full window, the consumer is looked at again this often.
+const FIRST_LOOK_EVERY: Duration = Duration::from_millis(1);
 /// The longest window, however few items finished in it.
 const LONGEST_WINDOW: Duration = Duration::from_millis(500);
 /// A window ends once each active worker finished this many items (on average).
@@ -83,6 +91,8 @@ pub(crate) struct Flow {
     pub(crate) consumer_starved_untimed: bool,
     /// The consumer's workers taking input now.
     pub(crate) consumer_workers: usize,
+    /// Of the consumer's workers, how many are parked on an empty input queue now.
+    pub(crate) consumer_starved_now: usize,
 }
 
 /// Reads a stage's [`Flow`]; `None` when the run records no metrics, or the stage has no
@@ -107,7 +117,9 @@ pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
         }
         let (mut consumed, mut busy, mut starved, mut blocked) = (0, 0, 0, 0);
         let mut starved_untimed = true;
+        let mut consumer_starved_now = 0;
         for worker in consumer.meters() {
+            consumer_starved_now += usize::from(worker.activity() == Activity::Starved);
             consumed += worker.items_in.get();
             busy += worker.busy.get();
             starved += worker.starved.get();
@@ -122,6 +134,7 @@ pub(crate) fn flow_gauge(run: &Arc<RunState>, position: usize) -> FlowGauge {
             consumer_blocked: Duration::from_nanos(blocked),
             consumer_starved_untimed: starved_untimed,
             consumer_workers,
+            consumer_starved_now,
             queued,
             taken,
             consumed,
@@ -171,6 +184,8 @@ struct State {
     outpaced_before: bool,
     peak: usize,
     steps: u64,
+    /// Whether a first window is over (it may end early: [`FIRST_WINDOW`]).
+    first_over: bool,
     /// Worker-seconds of active workers so far, and since when: the mean active count.
     active_seconds: f64,
     began: Instant,
@@ -200,7 +215,7 @@ impl Tuner {
             active: AtomicUsize::new(start),
             closed: AtomicBool::new(false),
             seats: AtomicUsize::new(0),
-            window_due: AtomicU64::new(WINDOW.as_nanos() as u64),
+            window_due: AtomicU64::new(FIRST_WINDOW.as_nanos() as u64),
             created: Instant::now(),
             finished: AtomicU64::new(0),
             cpu_nanos: AtomicU64::new(0),
@@ -218,6 +233,7 @@ impl Tuner {
                 outpaced_before: false,
                 peak: start,
                 steps: 0,
+                first_over: false,
                 active_seconds: 0.0,
                 began: Instant::now(),
             }),
@@ -243,7 +259,7 @@ impl Tuner {
         if output_full {
             self.blocked_looks.fetch_add(1, Relaxed);
         }
-        self.maybe_step();
+        self.maybe_step(input_empty);
     }
 
     /// Records `items` finished. `usage` is what they took, when measured: CPU time, and
@@ -302,7 +318,7 @@ impl Tuner {
         }
     }
 
-    fn maybe_step(&self) {
+    fn maybe_step(&self, input_empty: bool) {
         let now = self.created.elapsed().as_nanos() as u64;
         if now < self.window_due.load(Relaxed) {
             return;
@@ -314,10 +330,23 @@ impl Tuner {
         let active = self.active() as u64;
         let finished = self.finished.load(Relaxed);
         let long_enough = finished >= ITEMS_PER_WORKER * active || elapsed >= LONGEST_WINDOW;
-        if elapsed < WINDOW || !long_enough {
+        let over = elapsed >= WINDOW && long_enough;
+        let early = !over
+            && !state.first_over
+            && finished >= active
+            && !input_empty
+            && self.consumer_waits_now();
+        if !over && !early {
+            if !state.first_over {
+                self.window_due
+                    .store(now + FIRST_LOOK_EVERY.as_nanos() as u64, Relaxed);
+            }
             return;
         }
-        let window = self.take_window(&mut state, elapsed);
+        let mut window = self.take_window(&mut state, elapsed);
+        // Seen, not inferred: the consumer waits with nothing queued for it.
+        window.consumer_waits |= early;
+        state.first_over = true;
         self.window_due
             .store(now + WINDOW.as_nanos() as u64, Relaxed);
         let before = self.active();
@@ -331,6 +360,21 @@ impl Tuner {
         if next > before {
             self.parked.notify_all();
         }
+    }
+
+    /// Whether the stage's consumer is waiting for it now, with nothing in its way: more of
+    /// the consumer's workers are parked on the queue between them than items wait there
+    /// (an item just handed on wakes one of them), and no worker of the stage is parked
+    /// on a full queue or found it full in this window. Enough to end a first window
+    /// early, when the stage's input is there too; a backlog, or its absence, takes
+    /// longer to show.
+    fn consumer_waits_now(&self) -> bool {
+        let Some(flow) = self.flow.as_ref().and_then(|flow| flow()) else {
+            return false;
+        };
+        flow.consumer_starved_now > flow.queued
+            && flow.blocked_now == 0
+            && self.blocked_looks.load(Relaxed) == 0
     }
 
     /// Reads and resets the window's counters.
@@ -506,5 +550,64 @@ impl Drop for Seat {
     /// the parked workers then leave too.
     fn drop(&mut self) {
         self.tuner.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tuner of up to 64 workers whose consumer shows `flow`, `FIRST_WINDOW` into its
+    /// first window, after one item a worker.
+    fn one_item_a_worker_into(flow: Flow) -> (Arc<Tuner>, usize) {
+        let tuner = Tuner::new(64, Some(Box::new(move || Some(flow))), 32);
+        let start = tuner.active();
+        tuner.finished(start, None);
+        std::thread::sleep(FIRST_WINDOW + Duration::from_millis(1));
+        (tuner, start)
+    }
+
+    #[test]
+    fn a_first_window_ends_early_for_a_consumer_seen_waiting() {
+        let waiting = Flow {
+            consumer_starved_now: 1,
+            consumer_workers: 2,
+            ..Flow::default()
+        };
+        let (tuner, start) = one_item_a_worker_into(waiting);
+        tuner.look(false, false);
+        assert!(tuner.active() > start, "{} from {start}", tuner.active());
+    }
+
+    #[test]
+    fn a_first_window_goes_on_while_anything_waits_for_the_consumer() {
+        let waiting = Flow {
+            consumer_starved_now: 1,
+            consumer_workers: 2,
+            ..Flow::default()
+        };
+        let busy = Flow {
+            consumer_starved_now: 0,
+            ..waiting
+        };
+        let queued = Flow {
+            queued: 1,
+            ..waiting
+        };
+        let stage_blocked = Flow {
+            blocked_now: 1,
+            ..waiting
+        };
+        for flow in [busy, queued, stage_blocked] {
+            let (tuner, start) = one_item_a_worker_into(flow);
+            tuner.look(false, false);
+            assert_eq!(tuner.active(), start, "{flow:?}");
+        }
+        // Nor when the stage's own workers found their output full, or its input empty.
+        for (input_empty, output_full) in [(false, true), (true, false)] {
+            let (tuner, start) = one_item_a_worker_into(waiting);
+            tuner.look(input_empty, output_full);
+            assert_eq!(tuner.active(), start, "{input_empty} {output_full}");
+        }
     }
 }
