@@ -73,6 +73,29 @@ const HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 /// it parks: see [`Shared::snooze`].
 const SNOOZES: u32 = 4;
 
+/// How many times, for a queue of at least [`WIDE_QUEUE`] items. Items cross such a queue
+/// in batches of up to [`MAX_BATCH`](crate::engine::batch::MAX_BATCH), so the other side
+/// is rarely more than a few turns of the scheduler from its next batch, and a park and
+/// a wake-up cost more than the turns. In the harness's `overhead` (a source and three
+/// trivial stages on 2 cores, default throttle), four turns left the stages parking and
+/// waking thousands of times in some runs (child medians of 20, same runs: 96.5 ms, and
+/// 58.2 ms with twelve; `handwritten-batched`: 52.0 ms). A small throttle keeps four:
+/// there, the other side is one item away, and twelve turns made `overhead-throttle-1`
+/// slower (222 → 384 ms).
+const WIDE_SNOOZES: u32 = 12;
+
+/// The smallest queue that gets [`WIDE_SNOOZES`].
+const WIDE_QUEUE: usize = 1024;
+
+/// How many times a worker waiting on a queue of `capacity` items gives up its core
+/// before it parks.
+fn snoozes(capacity: usize) -> u32 {
+    match capacity >= WIDE_QUEUE {
+        true => WIDE_SNOOZES,
+        false => SNOOZES,
+    }
+}
+
 /// Where a consumer that announces before it waits stands (`pop_batch_then`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Announced {
@@ -350,13 +373,13 @@ impl<T> Shared<T> {
         Popped::Items(first)
     }
 
-    /// Gives up the core a few times ([`SNOOZES`]), until `ready` holds of the queue's
+    /// Gives up the core a few times ([`SNOOZES`], [`WIDE_SNOOZES`]), until `ready` holds of the queue's
     /// length (read without the lock), before a worker parks: with a small throttle, the
     /// thread it waits for is often ready to run on this very core, and a yield hands it
     /// over for a fraction of a park and a wake-up. The caller then looks again under the
     /// lock, so no wake-up is missed.
     fn snooze(&self, ready: impl Fn(usize) -> bool) {
-        for _ in 0..SNOOZES {
+        for _ in 0..snoozes(self.capacity) {
             sync::thread::yield_now();
             if ready(self.gauge.len.load(Ordering::Relaxed)) {
                 return;
@@ -975,6 +998,15 @@ impl<T> Drop for Receiver<T> {
 #[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wide_queue_waits_longer_before_parking_than_a_throttled_one() {
+        assert_eq!(snoozes(1), SNOOZES);
+        assert_eq!(snoozes(100), SNOOZES);
+        assert_eq!(snoozes(WIDE_QUEUE), WIDE_SNOOZES);
+        assert_eq!(snoozes(DEFAULT_THROTTLE), WIDE_SNOOZES);
+        assert!(snoozes(DEFAULT_THROTTLE) > snoozes(1));
+    }
 
     #[test]
     fn batches_keep_fifo_order_and_count_indices() {
