@@ -567,13 +567,18 @@ mod tests {
         (tuner, start)
     }
 
-    #[test]
-    fn a_first_window_ends_early_for_a_consumer_seen_waiting() {
-        let waiting = Flow {
+    /// One of the consumer's two workers parked on an empty queue, the stage unblocked.
+    fn consumer_waiting() -> Flow {
+        Flow {
             consumer_starved_now: 1,
             consumer_workers: 2,
             ..Flow::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_first_window_ends_early_for_a_consumer_seen_waiting() {
+        let waiting = consumer_waiting();
         let (tuner, start) = one_item_a_worker_into(waiting);
         tuner.look(false, false);
         assert!(tuner.active() > start, "{} from {start}", tuner.active());
@@ -581,11 +586,7 @@ mod tests {
 
     #[test]
     fn a_first_window_goes_on_while_anything_waits_for_the_consumer() {
-        let waiting = Flow {
-            consumer_starved_now: 1,
-            consumer_workers: 2,
-            ..Flow::default()
-        };
+        let waiting = consumer_waiting();
         let busy = Flow {
             consumer_starved_now: 0,
             ..waiting
