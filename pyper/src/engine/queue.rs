@@ -373,11 +373,11 @@ impl<T> Shared<T> {
         Popped::Items(first)
     }
 
-    /// Gives up the core a few times ([`SNOOZES`], [`WIDE_SNOOZES`]), until `ready` holds of the queue's
-    /// length (read without the lock), before a worker parks: with a small throttle, the
-    /// thread it waits for is often ready to run on this very core, and a yield hands it
-    /// over for a fraction of a park and a wake-up. The caller then looks again under the
-    /// lock, so no wake-up is missed.
+    /// Gives up the core a few times ([`SNOOZES`], [`WIDE_SNOOZES`]), until `ready` holds
+    /// of the queue's length (read without the lock), before a worker parks: with a small
+    /// throttle, the thread it waits for is often ready to run on this very core, and a
+    /// yield hands it over for a fraction of a park and a wake-up. The caller then looks
+    /// again under the lock, so no wake-up is missed.
     fn snooze(&self, ready: impl Fn(usize) -> bool) {
         for _ in 0..snoozes(self.capacity) {
             sync::thread::yield_now();

@@ -344,7 +344,7 @@ impl Tuner {
             return;
         }
         let mut window = self.take_window(&mut state, elapsed);
-        // Seen, not inferred: the consumer waits with nothing queued for it.
+        // Seen, not inferred: more of the consumer's workers wait than items wait for them.
         window.consumer_waits |= early;
         state.first_over = true;
         self.window_due

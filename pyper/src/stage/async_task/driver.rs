@@ -366,7 +366,7 @@ where
             // Start whatever input is ready, without waiting.
             let free = self.free_slots();
             since_refill += 1;
-            let refill = free >= refill_at(self.slots) || since_refill >= REFILL_EVERY;
+            let refill = free >= refill_at(self.open_slots()) || since_refill >= REFILL_EVERY;
             if open && free > 0 && refill {
                 since_refill = 0;
                 match input.pop_batch_async(&mut batch, free).now_or_never() {
@@ -439,11 +439,15 @@ where
             Some(in_order) => in_order.len().max(self.running.len()),
             None => self.running.len(),
         };
-        let slots = match &self.tuner {
+        self.open_slots().saturating_sub(busy)
+    }
+
+    /// The slots that may be busy now: all of them, or as many as the tuner opened.
+    fn open_slots(&self) -> usize {
+        match &self.tuner {
             Some(tuner) => tuner.active().min(self.slots),
             None => self.slots,
-        };
-        slots.saturating_sub(busy)
+        }
     }
 
     fn start(&mut self, first: u64, batch: &mut Vec<I>) {
