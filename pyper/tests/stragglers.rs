@@ -17,6 +17,14 @@ use pyper::task;
 /// How long the test waits for the items other than the blocked one: a hang detector.
 const WATCHDOG: Duration = Duration::from_secs(30);
 
+/// Polls `condition` until it holds or [`WATCHDOG`] runs out. The tests go on either way
+/// (to open their gates, so the run can end) and report what did not come.
+fn wait_watched(started: Instant, condition: impl Fn() -> bool) {
+    while !condition() && started.elapsed() < WATCHDOG {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Reads `output` on a thread of its own, counting the outputs as they come.
 fn read_counting(
     output: pyper::Output<u64>,
@@ -57,10 +65,7 @@ fn quick_items_do_not_wait_behind_a_blocked_one_while_a_worker_is_free() {
         .workers(2);
         let output = stage.feed(0..N);
         let (seen, consumer) = read_counting(output);
-        let started = Instant::now();
-        while seen.load(Ordering::SeqCst) < N - 1 && started.elapsed() < WATCHDOG {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_watched(Instant::now(), || seen.load(Ordering::SeqCst) >= N - 1);
         let stuck = N - 1 - seen.load(Ordering::SeqCst).min(N - 1);
         gate.open();
         (stuck, consumer.join().unwrap())
@@ -121,13 +126,9 @@ fn a_worker_of_slow_items_hands_each_output_on_while_the_consumer_is_busy() {
         let output = (slow | consumer).feed(0..QUICK + 2);
         let (seen, reader) = read_counting(output);
         let started = Instant::now();
-        while blocked.load(Ordering::SeqCst) < 2 && started.elapsed() < WATCHDOG {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_watched(started, || blocked.load(Ordering::SeqCst) >= 2);
         consumer_busy.open();
-        while seen.load(Ordering::SeqCst) < QUICK && started.elapsed() < WATCHDOG {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_watched(started, || seen.load(Ordering::SeqCst) >= QUICK);
         let stuck = QUICK - seen.load(Ordering::SeqCst).min(QUICK);
         last_items.open();
         (stuck, reader.join().unwrap())

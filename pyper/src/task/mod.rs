@@ -240,9 +240,9 @@ impl<I, O> Task<I, O> {
     /// The stage starts with as many active workers as cores. At the end of each short
     /// window (long enough for every active worker to finish two items, 20 to 500 ms; the
     /// first ends after 5 ms and one item a worker if the stage's consumer is seen
-    /// waiting for it, with nothing queued), the run looks at the stage's throughput, at
-    /// its waits for input and for room downstream, and at the CPU its workers use, and
-    /// sets the count for the next window:
+    /// waiting for it, more of its workers idle than items queued), the run looks at the
+    /// stage's throughput, at its waits for input and for room downstream, and at the CPU
+    /// its workers use, and sets the count for the next window:
     ///
     /// * a stage whose workers compute gets no more workers than the cores the rest of the
     ///   process leaves free (more would only take turns on them);

@@ -366,8 +366,10 @@ where
             // Start whatever input is ready, without waiting.
             let free = self.free_slots();
             since_refill += 1;
-            let refill = free >= refill_at(self.open_slots()) || since_refill >= REFILL_EVERY;
-            if open && free > 0 && refill {
+            if open
+                && free > 0
+                && (free >= refill_at(self.open_slots()) || since_refill >= REFILL_EVERY)
+            {
                 since_refill = 0;
                 match input.pop_batch_async(&mut batch, free).now_or_never() {
                     Some(Some(first)) => self.start(first, &mut batch),
