@@ -65,7 +65,10 @@ impl Sched {
         if !cfg!(target_os = "linux") {
             return None;
         }
-        let stat = std::fs::read_to_string(path).ok()?;
+        Sched::parse(&std::fs::read_to_string(path).ok()?)
+    }
+
+    fn parse(stat: &str) -> Option<Sched> {
         let mut fields = stat.split_whitespace().map(str::parse::<u64>);
         match (fields.next(), fields.next(), fields.next()) {
             (Some(Ok(cpu)), Some(Ok(runnable)), slices) => Some(Sched {
@@ -85,6 +88,42 @@ impl Sched {
     /// Thread `thread` of this process's.
     pub(super) fn of_thread(thread: u64) -> Option<Sched> {
         Sched::read(format!("/proc/self/task/{thread}/schedstat").as_ref())
+    }
+}
+
+/// Reads the calling thread's [`Sched`] through a file kept open while the reader stays
+/// on one thread: one system call a reading rather than five (open, stat, two reads,
+/// close) and a path lookup. An async worker reads it at the start of a burst of work,
+/// where every microsecond delays the burst. Dropping the reader closes the file.
+#[derive(Default)]
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(super) struct ThreadSchedReader {
+    /// The file, and the thread whose statistics it gives: `thread-self` is resolved
+    /// when the file is opened.
+    #[cfg(target_os = "linux")]
+    open: Option<(std::thread::ThreadId, std::fs::File)>,
+}
+
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+impl ThreadSchedReader {
+    #[cfg(target_os = "linux")]
+    pub(super) fn read(&mut self) -> Option<Sched> {
+        use std::os::unix::fs::FileExt;
+        let thread = std::thread::current().id();
+        if self.open.as_ref().map(|(opened_on, _)| *opened_on) != Some(thread) {
+            self.open = None; // closed before the next is opened
+            let file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+            self.open = Some((thread, file));
+        }
+        let (_, file) = self.open.as_ref()?;
+        let mut buffer = [0u8; 128];
+        let read = file.read_at(&mut buffer, 0).ok()?;
+        Sched::parse(std::str::from_utf8(&buffer[..read]).ok()?)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn read(&mut self) -> Option<Sched> {
+        None
     }
 }
 
@@ -141,4 +180,27 @@ pub(crate) fn process_cpu_time() -> Option<Duration> {
 #[cfg(not(unix))]
 pub(crate) fn process_cpu_time() -> Option<Duration> {
     None
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::engine::meter::sched::{thread_cpu_time, ThreadSchedReader};
+
+    /// The file a reader keeps open is read again from its start, so a second reading
+    /// is new, not the rest (or the end) of the first.
+    #[test]
+    fn a_threads_statistics_are_read_afresh_each_time() {
+        let mut reader = ThreadSchedReader::default();
+        let before = reader.read().expect("Linux has schedstat");
+        let spun = thread_cpu_time().unwrap();
+        // Enough CPU time for the scheduler to account it (it does so on its ticks).
+        while thread_cpu_time().unwrap() - spun < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        let after = reader.read().expect("read again");
+        assert!(after.cpu > before.cpu, "{} then {}", before.cpu, after.cpu);
+        assert!(after.slices >= before.slices);
+    }
 }
