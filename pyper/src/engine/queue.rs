@@ -96,20 +96,6 @@ fn snoozes(capacity: usize) -> u32 {
     }
 }
 
-/// How much room a queue of `capacity` items must have before a pop wakes the producers
-/// parked on it: any for a small throttle, whose producer is one item away; a quarter
-/// of a wide queue, the batch its producer hands over, so that a consumer taking a few
-/// items at a time (an async driver refilling its slots) does not wake the producer for
-/// each few, only for it to fill them and park again. In the harness's `io-async`
-/// (child medians of 21 runs, same runs), the measured run's involuntary context
-/// switches went from 193 to 18.
-fn room_to_wake(capacity: usize) -> usize {
-    match capacity >= WIDE_QUEUE {
-        true => capacity / 4,
-        false => 1,
-    }
-}
-
 /// Where a consumer that announces before it waits stands (`pop_batch_then`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Announced {
@@ -377,12 +363,11 @@ impl<T> Shared<T> {
         let first = state.popped;
         state.popped += n as u64;
         self.gauge.len.store(state.items.len(), Ordering::Relaxed);
-        let wakes_producers = self.capacity - state.items.len() >= room_to_wake(self.capacity);
-        if wakes_producers && state.parked_senders > 0 {
+        if state.parked_senders > 0 {
             self.not_full.notify_all();
         }
         #[cfg(feature = "async")]
-        if wakes_producers && state.async_senders > 0 {
+        if state.async_senders > 0 {
             self.writable.notify_waiters();
         }
         Popped::Items(first)
@@ -1021,55 +1006,6 @@ mod tests {
         assert_eq!(snoozes(WIDE_QUEUE), WIDE_SNOOZES);
         assert_eq!(snoozes(DEFAULT_THROTTLE), WIDE_SNOOZES);
         assert!(snoozes(DEFAULT_THROTTLE) > snoozes(1));
-    }
-
-    #[test]
-    fn a_pop_wakes_the_producer_of_a_wide_queue_once_a_batch_fits() {
-        assert_eq!(room_to_wake(1), 1);
-        assert_eq!(room_to_wake(100), 1);
-        assert_eq!(room_to_wake(WIDE_QUEUE), WIDE_QUEUE / 4);
-        assert_eq!(room_to_wake(DEFAULT_THROTTLE), DEFAULT_THROTTLE / 4);
-    }
-
-    /// A producer waiting on a full wide queue is woken by the pop that leaves room for a
-    /// batch, not before, and then gets in: no wake-up is lost to the threshold.
-    #[cfg(feature = "async")]
-    #[test]
-    fn a_producer_parked_on_a_wide_queue_is_woken_once_a_batch_fits_then_gets_in() {
-        use std::future::Future;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::task::{Context, Poll};
-
-        struct Count(AtomicUsize);
-        impl futures_util::task::ArcWake for Count {
-            fn wake_by_ref(count: &Arc<Self>) {
-                count.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let (tx, rx) = queue(WIDE_QUEUE);
-        tx.push_all(&mut (0..WIDE_QUEUE).collect()).unwrap();
-        let woken = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = futures_util::task::waker(Arc::clone(&woken));
-        let mut cx = Context::from_waker(&waker);
-        let mut one_more = vec![WIDE_QUEUE];
-        let mut push = Box::pin(tx.push_all_async(&mut one_more));
-        assert!(push.as_mut().poll(&mut cx).is_pending());
-
-        let threshold = room_to_wake(WIDE_QUEUE);
-        let mut popped = Vec::new();
-        for _ in 1..threshold {
-            rx.pop_batch(&mut popped, 1).unwrap();
-        }
-        assert_eq!(
-            woken.0.load(Ordering::SeqCst),
-            0,
-            "woken before a batch fits"
-        );
-        rx.pop_batch(&mut popped, 1).unwrap();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
-        assert!(matches!(push.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
-        drop(push);
-        assert_eq!(popped, (0..threshold).collect::<Vec<_>>());
     }
 
     #[test]
