@@ -68,6 +68,9 @@ fn a_panic_in_the_middle_of_a_batch_names_its_item() {
         let error = first_error(panics_at_7777.feed(0..50_000));
         let message = error.panic_message().unwrap_or_default();
         assert!(message.contains("no 7777 here"), "{error}");
+        // Worked out after the panic from the outputs gathered, over any hand-overs the
+        // batch made before it.
+        assert_eq!(error.item(), Some(7777), "{error}");
     });
 }
 

@@ -208,6 +208,8 @@ pub(crate) struct Outlet<'a, O> {
     /// Whether hand-overs may leave a lone consumer parked until a batch's worth is
     /// queued (see `Sender::push_all_lazy`).
     lazy: bool,
+    /// How many outputs left the buffer so far.
+    handed: u64,
 }
 
 impl<'a, O> Outlet<'a, O> {
@@ -219,7 +221,13 @@ impl<'a, O> Outlet<'a, O> {
             max: hand_over_size(output),
             pace: Pace::new(),
             lazy: false,
+            handed: 0,
         }
+    }
+
+    /// How many outputs were gathered so far: those handed over and those in the buffer.
+    pub(crate) fn gathered(&self) -> u64 {
+        self.handed + self.buffer.len() as u64
     }
 
     /// An outlet whose hand-overs are lazy: for a worker that announces before it waits
@@ -260,6 +268,7 @@ impl<'a, O> Outlet<'a, O> {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.handed += self.buffer.len() as u64;
         let pushed = match self.lazy {
             true => self.output.push_all_lazy(&mut self.buffer),
             false => self.output.push_all(&mut self.buffer),
@@ -273,6 +282,7 @@ impl<'a, O> Outlet<'a, O> {
         if self.buffer.is_empty() {
             return Ok(());
         }
+        self.handed += self.buffer.len() as u64;
         self.output
             .push_all_async(&mut self.buffer)
             .await
