@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::sched::{Sched, ThreadSchedReader};
+use super::sched::ThreadSchedReader;
 use super::{WorkerMeter, STALL};
 use crate::engine::sync::Instant;
 
@@ -21,9 +21,8 @@ use crate::engine::sync::Instant;
 pub(crate) struct PollTimed<F> {
     future: std::pin::Pin<Box<F>>,
     meter: Option<Arc<WorkerMeter>>,
-    /// The last reading of a thread's scheduler statistics, and which thread's.
-    last_sched: Option<(std::thread::ThreadId, Sched)>,
-    reader: ThreadSchedReader,
+    /// The thread's scheduler statistics, with the last reading of them.
+    sched: ThreadSchedReader,
     next_sched_read: Instant,
 }
 
@@ -35,27 +34,10 @@ impl<F: std::future::Future> PollTimed<F> {
         PollTimed {
             future: Box::pin(future),
             meter,
-            last_sched: None,
-            reader: ThreadSchedReader::default(),
+            sched: ThreadSchedReader::default(),
             next_sched_read: Instant::now(),
         }
     }
-}
-
-/// Reads this thread's scheduler statistics into `last`, returning the reading `last`
-/// held if it was this thread's, and the new one.
-#[cold]
-fn read_sched(
-    reader: &mut ThreadSchedReader,
-    last: &mut Option<(std::thread::ThreadId, Sched)>,
-) -> (Option<Sched>, Option<Sched>) {
-    let thread = std::thread::current().id();
-    let before = last
-        .filter(|(last, _)| *last == thread)
-        .map(|(_, sched)| sched);
-    let now = reader.read();
-    *last = now.map(|now| (thread, now));
-    (before, now)
 }
 
 impl<F: std::future::Future> std::future::Future for PollTimed<F> {
@@ -71,14 +53,14 @@ impl<F: std::future::Future> std::future::Future for PollTimed<F> {
         };
         let mut started = Instant::now();
         if started >= this.next_sched_read {
-            read_sched(&mut this.reader, &mut this.last_sched);
+            this.sched.read();
             started = Instant::now(); // the reading is not the poll's
             this.next_sched_read = started + STALL;
         }
         let poll = this.future.as_mut().poll(cx);
         let wall = started.elapsed();
         let charged = if wall > STALL {
-            let (before, after) = read_sched(&mut this.reader, &mut this.last_sched);
+            let (before, after) = this.sched.read();
             this.next_sched_read = started; // measure the next poll from its start
             meter.stall(wall, before.zip(after))
         } else {

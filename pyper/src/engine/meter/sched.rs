@@ -98,32 +98,43 @@ impl Sched {
 #[derive(Default)]
 #[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(super) struct ThreadSchedReader {
-    /// The file, and the thread whose statistics it gives: `thread-self` is resolved
-    /// when the file is opened.
+    /// The thread the file was opened on (`thread-self` is resolved then), the file, and
+    /// the last reading through it.
     #[cfg(target_os = "linux")]
-    open: Option<(std::thread::ThreadId, std::fs::File)>,
+    open: Option<(std::thread::ThreadId, std::fs::File, Option<Sched>)>,
 }
 
 #[cfg_attr(not(feature = "async"), allow(dead_code))]
 impl ThreadSchedReader {
+    /// Reads the calling thread's statistics: the reading before this one if it was of
+    /// this thread, and this one. Off the hot path: at most once a millisecond, and
+    /// after a stall.
+    #[cold]
     #[cfg(target_os = "linux")]
-    pub(super) fn read(&mut self) -> Option<Sched> {
+    pub(super) fn read(&mut self) -> (Option<Sched>, Option<Sched>) {
         use std::os::unix::fs::FileExt;
         let thread = std::thread::current().id();
-        if self.open.as_ref().map(|(opened_on, _)| *opened_on) != Some(thread) {
+        if self.open.as_ref().map(|(opened_on, ..)| *opened_on) != Some(thread) {
             self.open = None; // closed before the next is opened
-            let file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
-            self.open = Some((thread, file));
+            let Ok(file) = std::fs::File::open("/proc/thread-self/schedstat") else {
+                return (None, None);
+            };
+            self.open = Some((thread, file, None));
         }
-        let (_, file) = self.open.as_ref()?;
+        let Some((_, file, last)) = self.open.as_mut() else {
+            return (None, None);
+        };
         let mut buffer = [0u8; 128];
-        let read = file.read_at(&mut buffer, 0).ok()?;
-        Sched::parse(std::str::from_utf8(&buffer[..read]).ok()?)
+        let now = file
+            .read_at(&mut buffer, 0)
+            .ok()
+            .and_then(|read| Sched::parse(std::str::from_utf8(&buffer[..read]).ok()?));
+        (std::mem::replace(last, now), now)
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn read(&mut self) -> Option<Sched> {
-        None
+    pub(super) fn read(&mut self) -> (Option<Sched>, Option<Sched>) {
+        (None, None)
     }
 }
 
@@ -189,18 +200,42 @@ mod tests {
     use crate::engine::meter::sched::{thread_cpu_time, ThreadSchedReader};
 
     /// The file a reader keeps open is read again from its start, so a second reading
-    /// is new, not the rest (or the end) of the first.
+    /// is new, not the rest (or the end) of the first; and each reading comes with the
+    /// one before it.
     #[test]
     fn a_threads_statistics_are_read_afresh_each_time() {
         let mut reader = ThreadSchedReader::default();
-        let before = reader.read().expect("Linux has schedstat");
+        let (none, first) = reader.read();
+        assert!(none.is_none());
+        let first = first.expect("Linux has schedstat");
+        spin_for_cpu(Duration::from_millis(30));
+        let (before, after) = reader.read();
+        let after = after.expect("read again");
+        assert_eq!(before.map(|before| before.cpu), Some(first.cpu));
+        assert!(after.cpu > first.cpu, "{} then {}", first.cpu, after.cpu);
+        assert!(after.slices >= first.slices);
+    }
+
+    /// A reader that moves to another thread (an async worker's future does) opens that
+    /// thread's file, and does not pair a reading of one thread with one of another.
+    #[test]
+    fn a_reader_moved_to_another_thread_reads_that_thread() {
+        let mut reader = ThreadSchedReader::default();
+        spin_for_cpu(Duration::from_millis(30));
+        let (_, here) = reader.read();
+        let here = here.expect("Linux has schedstat");
+        assert!(here.cpu >= 30_000_000, "{}", here.cpu);
+        let (before, there) = std::thread::spawn(move || reader.read()).join().unwrap();
+        assert!(before.is_none(), "a reading of another thread came back");
+        let there = there.expect("the new thread has schedstat");
+        assert!(there.cpu < here.cpu, "{} on a new thread", there.cpu);
+    }
+
+    /// Spends `cpu` of this thread's CPU time (the scheduler accounts it on its ticks).
+    fn spin_for_cpu(cpu: Duration) {
         let spun = thread_cpu_time().unwrap();
-        // Enough CPU time for the scheduler to account it (it does so on its ticks).
-        while thread_cpu_time().unwrap() - spun < Duration::from_millis(30) {
+        while thread_cpu_time().unwrap() - spun < cpu {
             std::hint::black_box(0u64);
         }
-        let after = reader.read().expect("read again");
-        assert!(after.cpu > before.cpu, "{} then {}", before.cpu, after.cpu);
-        assert!(after.slices >= before.slices);
     }
 }
