@@ -155,3 +155,28 @@ fn outputs_and_their_order_match_a_sequential_run() {
         assert_eq!(outputs, expected);
     });
 }
+
+#[test]
+fn an_error_in_a_batch_of_plain_values_names_its_item() {
+    with_timeout(60, || {
+        // Plain values (nothing to drop) are mapped in place: the same promises hold.
+        let fail_at_5000 = try_task(|x: u64| match x {
+            5000 => Err(format!("refused {x}")),
+            x => Ok(x),
+        });
+        let error = first_error(fail_at_5000.feed(0..100_000));
+        assert_eq!(error.item(), Some(5000));
+        assert_eq!(error.source().unwrap().to_string(), "refused 5000");
+    });
+}
+
+#[test]
+fn outputs_of_another_type_match_a_sequential_run() {
+    with_timeout(60, || {
+        // The same layout (mapped in place), then a larger one (not).
+        let pipeline = task(|x: u64| x as f64 * 0.5) | task(|x: f64| x as u32) | task(u64::from);
+        let outputs: Vec<u64> = pipeline.feed(0..200_000).map(Result::unwrap).collect();
+        let expected: Vec<u64> = (0..200_000u64).map(|x| x / 2).collect();
+        assert_eq!(outputs, expected);
+    });
+}

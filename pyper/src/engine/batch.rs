@@ -3,6 +3,7 @@
 //! ([`BatchLimit`]), when gathered outputs are handed over, and how a user's iterator is
 //! drained without holding elements behind a blocking `next()` ([`emit_each`]).
 
+use std::mem::needs_drop;
 use std::time::Duration;
 
 use crate::engine::blocked;
@@ -65,6 +66,22 @@ pub(crate) trait Emit<O> {
 
     /// The element asked for in [`before_next`](Emit::before_next) has come.
     fn after_next(&mut self, _asked: Option<Instant>) {}
+
+    /// How many elements the producer may pull in a row, with no hand-over, mark or clock
+    /// between them: more than one only while elements come quickly and there is room
+    /// for them before the next hand-over is due.
+    fn quick_run(&self) -> usize {
+        1
+    }
+
+    /// A run of `count` elements is about to be asked for; returns the clock reading if
+    /// the run is to be timed.
+    fn before_run(&mut self, _count: usize) -> Option<Instant> {
+        None
+    }
+
+    /// The run asked for in [`before_run`](Emit::before_run) has come: `count` elements.
+    fn after_run(&mut self, _asked: Option<Instant>, _count: usize) {}
 }
 
 /// Emits every element of a user's iterator (an input iterator, a `branch` output).
@@ -75,7 +92,11 @@ pub(crate) trait Emit<O> {
 /// its own output cannot deadlock that way. Two signs say "may take a while": a
 /// `size_hint` that promises nothing (a channel), or elements that took [`SLOW_ELEMENT`] or
 /// more to come. While elements come quickly from an iterator that promises more (a range,
-/// a `Vec`, a cheap `map`), they move in batches.
+/// a `Vec`, a cheap `map`), they move in batches, and plain values (dropping one does
+/// nothing) are pulled [`QUICK_STREAK`] at a time ([`Emit::quick_run`]).
+///
+/// `pulled` counts the elements the iterator produced, up to date if its `next` panics:
+/// the panicking element's position.
 ///
 /// `out` is generic so that a worker's own [`Outlet`] (the input iterator's) is compiled
 /// into the loop, rather than called through `dyn` three times per element.
@@ -83,6 +104,7 @@ pub(crate) trait Emit<O> {
 pub(crate) fn emit_each<It, T, E>(
     elements: It,
     out: &mut E,
+    pulled: &mut u64,
     mut each: impl FnMut(It::Item, &mut E) -> Result<(), Fault>,
 ) -> Result<(), Fault>
 where
@@ -90,26 +112,72 @@ where
     E: Emit<T> + ?Sized,
 {
     let mut elements = elements.into_iter();
+    let mut run = Vec::new();
     // The element may never come: marked, a stopped run does not wait for it.
     blocked::with_current(|phase| loop {
         let (promised, most) = elements.size_hint();
+        let quick = match needs_drop::<It::Item>() {
+            true => 1,
+            false => out.quick_run(),
+        };
+        if quick > 1 && promised >= quick {
+            let asked = out.before_run(quick);
+            {
+                // Counted even if the iterator panics part way.
+                let run = PullCount {
+                    run: &mut run,
+                    pulled: &mut *pulled,
+                };
+                blocked::next_run(phase, &mut elements, quick, run.run);
+            }
+            out.after_run(asked, run.len());
+            // Fewer than asked: the iterator ended (its `size_hint` promised too much).
+            let ended = run.len() < quick;
+            // Dropping the elements left after a failure does nothing.
+            for element in run.drain(..) {
+                each(element, out)?;
+            }
+            match ended {
+                true => return Ok(()),
+                false => continue,
+            }
+        }
         let asked = out.before_next(promised == 0 && most != Some(0))?;
         let element = blocked::next(phase, &mut elements);
         out.after_next(asked);
         match element {
-            Some(element) => each(element, out)?,
+            Some(element) => {
+                *pulled += 1;
+                each(element, out)?
+            }
             None => return Ok(()),
         }
     })
+}
+
+/// Adds the elements of a run of pulls to the count when dropped, a panic of the
+/// iterator's included.
+struct PullCount<'a, T> {
+    run: &'a mut Vec<T>,
+    pulled: &'a mut u64,
+}
+
+impl<T> Drop for PullCount<'_, T> {
+    fn drop(&mut self) {
+        *self.pulled += self.run.len() as u64;
+    }
 }
 
 /// An element that takes this long to come is handed over before the next is asked for:
 /// the hand-over then costs a few percent of the wait at most.
 const SLOW_ELEMENT: Duration = Duration::from_micros(1);
 
-/// How many quick elements in a row make an iterator quick, and how often a quick one is
-/// timed again.
+/// How many quick elements in a row make an iterator quick, how often a quick one is
+/// timed again, and the most a run of pulls takes.
 const QUICK_STREAK: u32 = 64;
+
+/// The fewest elements worth a run of pulls: fewer, with a small throttle, go one at a time.
+const MIN_RUN: usize = 8;
 
 /// Tells quick iterators from slow ones. Only the iterator's own `next` is timed, never
 /// the hand-overs, and a quick iterator only once per [`QUICK_STREAK`] elements.
@@ -135,6 +203,28 @@ impl Pace {
     pub(crate) fn before(&mut self) -> Option<Instant> {
         self.asked = self.asked.wrapping_add(1);
         (self.slow() || self.asked % QUICK_STREAK == 0).then(Instant::now)
+    }
+
+    /// Times a run of `count` elements, asked for at `asked`: quick if they took less than
+    /// [`SLOW_ELEMENT`] each on average.
+    #[inline]
+    pub(crate) fn after_run(&mut self, asked: Option<Instant>, count: usize) {
+        if let Some(asked) = asked {
+            self.quick_streak = match asked.elapsed() < SLOW_ELEMENT * count as u32 {
+                true => self.quick_streak.saturating_add(count as u32),
+                false => 0,
+            };
+        }
+    }
+
+    /// [`before`](Pace::before) for a run of `count` elements: timed when the run takes
+    /// the count of elements asked for past a multiple of [`QUICK_STREAK`], so that runs
+    /// are timed as often as single elements are, whatever their length.
+    #[inline]
+    pub(crate) fn before_run(&mut self, count: usize) -> Option<Instant> {
+        let before = self.asked;
+        self.asked = self.asked.wrapping_add(count as u32);
+        (before / QUICK_STREAK != self.asked / QUICK_STREAK).then(Instant::now)
     }
 
     #[inline]
@@ -258,6 +348,19 @@ impl<'a, O> Outlet<'a, O> {
         should_hand_over(&self.buffer, self.max, self.output)
     }
 
+    /// Whether nothing is gathered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
+    }
+
+    /// Takes `outputs` as the gathered outputs, in one step: for a caller that made a whole
+    /// batch's outputs at once, when nothing was gathered before them. Returns the empty
+    /// buffer they replace, for its room.
+    pub(crate) fn gather_all(&mut self, outputs: Vec<O>) -> Vec<O> {
+        debug_assert!(self.buffer.is_empty());
+        std::mem::replace(&mut self.buffer, outputs)
+    }
+
     /// Whether a batch's worth is gathered.
     #[cfg(feature = "async")]
     pub(crate) fn is_full(&self) -> bool {
@@ -310,6 +413,22 @@ impl<O> Emit<O> for Outlet<'_, O> {
         self.pace.after(asked);
     }
 
+    fn quick_run(&self) -> usize {
+        let room = self.max.saturating_sub(self.buffer.len());
+        match self.pace.slow() || room < MIN_RUN {
+            true => 1,
+            false => room.min(QUICK_STREAK as usize),
+        }
+    }
+
+    fn before_run(&mut self, count: usize) -> Option<Instant> {
+        self.pace.before_run(count)
+    }
+
+    fn after_run(&mut self, asked: Option<Instant>, count: usize) {
+        self.pace.after_run(asked, count);
+    }
+
     fn emit(&mut self, item: O) -> Result<(), Stop> {
         if self.add(item)? {
             self.flush()
@@ -353,5 +472,34 @@ impl<O> Emit<O> for Collect<'_, O> {
         }
         self.items.push(item);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_pulls_are_timed_as_often_as_single_elements() {
+        let mut pace = Pace::new();
+        let timed = (0..64).filter(|_| pace.before_run(16).is_some()).count();
+        // 1,024 elements: one timing per 64 of them.
+        assert_eq!(timed, 16);
+        let timed = (0..64).filter(|_| pace.before_run(64).is_some()).count();
+        assert_eq!(timed, 64);
+    }
+
+    #[test]
+    // Under shuttle every interval is zero.
+    #[cfg(not(feature = "shuttle"))]
+    fn a_slow_run_makes_the_iterator_slow_again() {
+        let mut pace = Pace::new();
+        // A million elements at once: quick unless the thread stalls for a second.
+        pace.after_run(Some(Instant::now()), 1_000_000);
+        assert!(!pace.slow());
+        let asked = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        pace.after_run(Some(asked), 64);
+        assert!(pace.slow());
     }
 }

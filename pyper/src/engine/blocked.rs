@@ -122,6 +122,23 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Phase>) -> R) -> R {
     CURRENT.with(|current| f(current.get().map(|phase| &**phase)))
 }
 
+/// Pulls up to `count` elements of `elements` into `into`, marked as one call when `phase`
+/// is a worker's: for an iterator whose elements come quickly, so that marking costs
+/// nothing per element.
+#[inline]
+pub(crate) fn next_run<It: Iterator>(
+    phase: Option<&Phase>,
+    elements: &mut It,
+    count: usize,
+    into: &mut Vec<It::Item>,
+) {
+    let _working = phase.map(|phase| {
+        phase.step();
+        Working(phase)
+    });
+    into.extend(elements.by_ref().take(count));
+}
+
 /// `elements.next()`, marked when `phase` is a worker's.
 #[inline]
 pub(crate) fn next<It: Iterator>(phase: Option<&Phase>, elements: &mut It) -> Option<It::Item> {

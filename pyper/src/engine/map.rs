@@ -8,7 +8,10 @@
 //! [`Outlet`]. It keeps every promise of the per-item loop: the run is checked before
 //! each item, the current item is known if the function panics, an idle consumer gets
 //! the first output at once, and the items left after a failure are dropped one by one.
+//! A batch of plain values is mapped in place and handed over whole, after its first
+//! output when the consumer is idle.
 
+use std::mem::{align_of, needs_drop, size_of};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use crate::engine::batch::{Fault, Outlet};
@@ -43,6 +46,8 @@ impl<I, O> MapBatch<'_, '_, I, O> {
     /// those writes, the harness's `overhead` (3 trivial stages, child medians of 31,
     /// same runs, on a 2-vCPU Intel Xeon) took 218.3 ms of CPU rather than 251.6 ms, and
     /// 199.0 ms rather than 236.6 ms in a second set.
+    ///
+    /// A batch of plain values is mapped in place ([`map_in_place`]).
     #[inline]
     pub(crate) fn try_map<E: Into<BoxError>>(
         &mut self,
@@ -50,8 +55,14 @@ impl<I, O> MapBatch<'_, '_, I, O> {
     ) -> Result<(), Fault> {
         let first = self.first;
         let gathered_before = self.outlet.gathered();
+        let in_place = maps_in_place::<I, O>() && self.outlet.is_empty();
+        let mut in_place_calls = 0;
         let (items, outlet) = (&mut *self.items, &mut *self.outlet);
-        match catch_unwind(AssertUnwindSafe(|| map_items(items, outlet, f))) {
+        let mapped = catch_unwind(AssertUnwindSafe(|| match in_place {
+            true => map_in_place(items, outlet, f, &mut in_place_calls),
+            false => map_items(items, outlet, f),
+        }));
+        match mapped {
             Ok((calls, result)) => {
                 self.called = calls;
                 if calls > 0 {
@@ -60,12 +71,104 @@ impl<I, O> MapBatch<'_, '_, I, O> {
                 result
             }
             Err(payload) => {
-                // Each call before the panicking one gathered one output.
-                let done = self.outlet.gathered() - gathered_before;
+                // The panicking call is the last one counted; in the per-item loop, each
+                // call before it gathered one output.
+                let done = match in_place {
+                    true => in_place_calls as u64 - 1,
+                    false => self.outlet.gathered() - gathered_before,
+                };
                 *self.current_item = Some(first + done);
                 self.called = done as usize + 1;
                 resume_unwind(payload)
             }
+        }
+    }
+}
+
+/// Whether a batch of `I` can be mapped to `O` in place: both are plain values (dropping
+/// one does nothing, so the items a stopped batch leaves need no care) that fit the same
+/// slots.
+const fn maps_in_place<I, O>() -> bool {
+    size_of::<I>() == size_of::<O>()
+        && align_of::<I>() == align_of::<O>()
+        && size_of::<I>() > 0
+        && !needs_drop::<I>()
+        && !needs_drop::<O>()
+}
+
+/// The room of an empty buffer of `O`, as a buffer of `I` of the same layout: the next
+/// batch is taken into it, rather than into a buffer grown from nothing item by item. The
+/// in-place collection of no items keeps the allocation (or makes an empty one).
+fn recycle<O, I>(empty: Vec<O>) -> Vec<I> {
+    debug_assert!(empty.is_empty());
+    empty.into_iter().map(|_| unreachable!()).collect()
+}
+
+/// [`map_items`] for plain values: each output is written over its input, and the batch's
+/// buffer becomes the outlet's, to be handed over whole.
+///
+/// The per-item loop reads each input from the buffer the previous stage wrote, and writes
+/// each output to a second buffer that the next stage last wrote: two cache lines cross
+/// between cores for every eight `u64`s, where mapping in place moves one, as a
+/// hand-written pipeline of `Vec`s does. In the harness's `overhead` (3 trivial stages,
+/// child medians of 21, same runs, 2-vCPU Intel Xeon), with the input iterator's runs of
+/// pulls (`emit_each`), the run took 83.8 ms rather than 141.4 ms (CPU 164.5 against
+/// 231.9 ms), and `handwritten-batched` 79.2 ms. std's in-place collection reuses the
+/// buffer (were it not to, the outputs would go to a new one, as correct), and the
+/// outlet's emptied buffer becomes the next batch's ([`recycle`]), so no buffer is grown
+/// from nothing.
+///
+/// An idle consumer still gets the first output at once: it is handed over before the rest
+/// are mapped. `calls` counts the calls made, kept up to date for a panic's item.
+#[inline]
+fn map_in_place<I, O, E: Into<BoxError>>(
+    items: &mut Vec<I>,
+    outlet: &mut Outlet<'_, O>,
+    f: &impl Fn(I) -> Result<O, E>,
+    calls: &mut usize,
+) -> (usize, Result<(), Fault>) {
+    let run = outlet.run;
+    let mut inputs = std::mem::take(items).into_iter();
+    if inputs.len() > 1 && outlet.output.looks_hungry() {
+        if run.is_cancelled() {
+            return (0, Err(Fault::Stop));
+        }
+        if let Some(item) = inputs.next() {
+            *calls += 1;
+            match f(item) {
+                Ok(output) => {
+                    outlet.gather(output);
+                    if let Err(stop) = outlet.flush() {
+                        return (*calls, Err(stop.into()));
+                    }
+                }
+                Err(error) => return (*calls, Err(Fault::Failed(error.into()))),
+            }
+        }
+    }
+    let mut fault = None;
+    let outputs: Vec<O> = inputs
+        .map_while(|item| {
+            if run.is_cancelled() {
+                fault = Some(Fault::Stop);
+                return None;
+            }
+            *calls += 1;
+            match f(item) {
+                Ok(output) => Some(output),
+                Err(error) => {
+                    fault = Some(Fault::Failed(error.into()));
+                    None
+                }
+            }
+        })
+        .collect();
+    match fault {
+        // Neither the outputs nor the inputs left need dropping.
+        Some(fault) => (*calls, Err(fault)),
+        None => {
+            *items = recycle(outlet.gather_all(outputs));
+            (*calls, Ok(()))
         }
     }
 }
@@ -104,4 +207,146 @@ fn map_items<I, O, E: Into<BoxError>>(
         }
     }
     (calls, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::engine::queue::queue;
+    use crate::engine::run::RunState;
+
+    fn map_batch(
+        items: Vec<u64>,
+        outlet: &mut Outlet<'_, u64>,
+        f: &impl Fn(u64) -> Result<u64, String>,
+    ) -> (Result<(), Fault>, Option<u64>) {
+        let (mut items, mut current_item) = (items, None);
+        let mut batch = MapBatch {
+            items: &mut items,
+            first: 0,
+            outlet,
+            current_item: &mut current_item,
+            called: 0,
+        };
+        (batch.try_map(f), current_item)
+    }
+
+    #[test]
+    fn plain_values_map_in_place_and_others_do_not() {
+        assert!(maps_in_place::<u64, u64>());
+        assert!(maps_in_place::<u64, f64>());
+        assert!(!maps_in_place::<u32, u64>());
+        assert!(!maps_in_place::<String, String>());
+        assert!(!maps_in_place::<(), ()>());
+    }
+
+    #[test]
+    fn an_idle_consumer_gets_the_first_output_before_the_rest_are_mapped() {
+        let (output, input) = queue::<u64>(64);
+        let run = RunState::new();
+        let mut outlet = Outlet::new(&output, &run);
+        let handed_at_second_call = Cell::new(None);
+        let f = |x: u64| {
+            if x == 2 {
+                handed_at_second_call.set(Some(!input.looks_empty()));
+            }
+            Ok(x * 10)
+        };
+        let (result, _) = map_batch(vec![1, 2, 3, 4], &mut outlet, &f);
+        assert!(result.is_ok());
+        assert_eq!(handed_at_second_call.get(), Some(true));
+        outlet.flush().unwrap();
+        let mut outputs = Vec::new();
+        input.pop_batch(&mut outputs, 64);
+        assert_eq!(outputs, [10, 20, 30, 40]);
+    }
+
+    #[test]
+    fn a_busy_consumer_gets_the_batch_whole() {
+        let (output, input) = queue::<u64>(64);
+        let run = RunState::new();
+        let mut outlet = Outlet::new(&output, &run);
+        output.push_all(&mut vec![0]).unwrap();
+        let depth = input.depth_gauge();
+        let queued_at_last_call = Cell::new(0);
+        let f = |x: u64| {
+            if x == 4 {
+                queued_at_last_call.set(depth());
+            }
+            Ok(x * 10)
+        };
+        let (result, _) = map_batch(vec![1, 2, 3, 4], &mut outlet, &f);
+        assert!(result.is_ok());
+        assert_eq!(queued_at_last_call.get(), 1, "only the item queued before");
+    }
+
+    #[test]
+    fn an_error_in_place_names_its_item_and_stops_the_batch() {
+        let (output, _input) = queue::<u64>(64);
+        let run = RunState::new();
+        let mut outlet = Outlet::new(&output, &run);
+        let calls = Cell::new(0);
+        let f = |x: u64| {
+            calls.set(calls.get() + 1);
+            match x {
+                5 => Err("five".to_string()),
+                x => Ok(x),
+            }
+        };
+        let (result, current_item) = map_batch((0..10).collect(), &mut outlet, &f);
+        assert!(matches!(result, Err(Fault::Failed(error)) if error.to_string() == "five"));
+        assert_eq!(current_item, Some(5));
+        assert_eq!(calls.get(), 6);
+    }
+
+    #[test]
+    fn a_cancelled_run_maps_nothing_more_in_place() {
+        let (output, _input) = queue::<u64>(64);
+        let run = RunState::new();
+        let mut outlet = Outlet::new(&output, &run);
+        let calls = Cell::new(0);
+        let f = |x: u64| {
+            calls.set(calls.get() + 1);
+            if x == 3 {
+                run.cancel();
+            }
+            Ok(x)
+        };
+        let (result, _) = map_batch((0..10).collect(), &mut outlet, &f);
+        assert!(matches!(result, Err(Fault::Stop)));
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[test]
+    fn a_panic_in_place_names_its_item() {
+        let (output, _input) = queue::<u64>(64);
+        let run = RunState::new();
+        let mut outlet = Outlet::new(&output, &run);
+        let mut current_item = None;
+        let mut items: Vec<u64> = (0..10).collect();
+        let mut batch = MapBatch {
+            items: &mut items,
+            first: 100,
+            outlet: &mut outlet,
+            current_item: &mut current_item,
+            called: 0,
+        };
+        let f = |x: u64| -> Result<u64, String> {
+            assert_ne!(x, 7);
+            Ok(x)
+        };
+        let panicked = catch_unwind(AssertUnwindSafe(|| batch.try_map(&f))).is_err();
+        assert!(panicked);
+        assert_eq!(batch.called, 8);
+        assert_eq!(current_item, Some(107));
+    }
+
+    #[test]
+    fn a_recycled_buffer_keeps_its_room() {
+        let room = Vec::<u64>::with_capacity(1024);
+        let recycled: Vec<f64> = recycle(room);
+        assert!(recycled.capacity() >= 1024, "{}", recycled.capacity());
+    }
 }

@@ -41,8 +41,7 @@ where
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut outlet = Outlet::new(&output, &run);
-            let fed = emit_each(inputs, &mut outlet, |item, out| {
-                pulled += 1;
+            let fed = emit_each(inputs, &mut outlet, &mut pulled, |item, out| {
                 out.emit(item).map_err(Fault::from)
             });
             if fed.is_ok() {

@@ -531,7 +531,7 @@ where
     pub fn branch(self) -> Task<I, O::Item> {
         self.adapt_outputs(Adapters {
             each: |output, out| {
-                emit_each(output, out, |element, out| {
+                emit_each(output, out, &mut 0, |element, out| {
                     out.emit(element).map_err(Fault::from)
                 })
             },
@@ -563,7 +563,7 @@ where
     pub fn try_branch(self) -> Task<I, T> {
         self.adapt_outputs(Adapters {
             each: |output, out| {
-                emit_each(output, out, |element, out| {
+                emit_each(output, out, &mut 0, |element, out| {
                     let element = element.map_err(|error| Fault::Failed(error.into()))?;
                     out.emit(element).map_err(Fault::from)
                 })
