@@ -180,3 +180,31 @@ fn outputs_of_another_type_match_a_sequential_run() {
         assert_eq!(outputs, expected);
     });
 }
+
+#[test]
+fn a_throttled_stage_of_plain_values_calls_no_further_ahead_than_one_item_at_a_time() {
+    with_timeout(60, || {
+        const THROTTLE: u64 = 4;
+        let called = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&called);
+        let stage = task(move |x: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            x
+        })
+        .throttle(THROTTLE as usize);
+        let mut outputs = stage.feed(0..);
+        let mut worst = 0;
+        for expected in 0..300u64 {
+            assert_eq!(outputs.next().unwrap().unwrap(), expected);
+            // A slow consumer: the stage runs ahead as far as it may.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let lead = called.load(Ordering::SeqCst) as u64 - (expected + 1);
+            worst = worst.max(lead);
+        }
+        // The output queue (t), the one item the worker holds while it waits for room,
+        // and what is left of the consumer's batch (t, less the one it took). Mapping the
+        // worker's whole batch (up to t inputs) before handing any over adds up to t - 1.
+        let bound = 2 * THROTTLE;
+        assert!(worst <= bound, "called {worst} items ahead, bound {bound}");
+    });
+}

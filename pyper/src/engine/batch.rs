@@ -353,6 +353,11 @@ impl<'a, O> Outlet<'a, O> {
         self.buffer.is_empty()
     }
 
+    /// How many outputs are gathered before they are handed over, at most.
+    pub(crate) fn hand_over_size(&self) -> usize {
+        self.max
+    }
+
     /// Takes `outputs` as the gathered outputs, in one step: for a caller that made a whole
     /// batch's outputs at once, when nothing was gathered before them. Returns the empty
     /// buffer they replace, for its room.

@@ -14,7 +14,7 @@
 use std::mem::{align_of, needs_drop, size_of};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
-use crate::engine::batch::{Fault, Outlet};
+use crate::engine::batch::{Fault, Outlet, MAX_BATCH};
 use crate::engine::run::{discard, discard_or_resume};
 use crate::error::BoxError;
 
@@ -55,7 +55,9 @@ impl<I, O> MapBatch<'_, '_, I, O> {
     ) -> Result<(), Fault> {
         let first = self.first;
         let gathered_before = self.outlet.gathered();
-        let in_place = maps_in_place::<I, O>() && self.outlet.is_empty();
+        let in_place = maps_in_place::<I, O>()
+            && self.outlet.is_empty()
+            && fits_one_hand_over(self.items.len(), self.outlet.hand_over_size());
         let mut in_place_calls = 0;
         let (items, outlet) = (&mut *self.items, &mut *self.outlet);
         let mapped = catch_unwind(AssertUnwindSafe(|| match in_place {
@@ -94,6 +96,15 @@ const fn maps_in_place<I, O>() -> bool {
         && size_of::<I>() > 0
         && !needs_drop::<I>()
         && !needs_drop::<O>()
+}
+
+/// Whether a batch of `len` items may be mapped whole before its outputs are handed over,
+/// for an outlet that hands over `hand_over_size` at a time: the per-item loop would not
+/// hand over before its end either, or the hand-overs are already the largest there are
+/// (a stage with a small throttle then calls its function no further ahead of its
+/// consumer than the per-item loop would).
+fn fits_one_hand_over(len: usize, hand_over_size: usize) -> bool {
+    len <= hand_over_size || hand_over_size >= MAX_BATCH
 }
 
 /// The room of an empty buffer of `O`, as a buffer of `I` of the same layout: the next
@@ -282,41 +293,44 @@ mod tests {
         assert_eq!(queued_at_last_call.get(), 1, "only the item queued before");
     }
 
-    #[test]
-    fn an_error_in_place_names_its_item_and_stops_the_batch() {
+    /// Maps `0..10` in place through `f`, given the run: how the batch ended, the item it
+    /// names, and how many calls were made.
+    fn map_ten(
+        f: impl Fn(u64, &RunState) -> Result<u64, String>,
+    ) -> (Result<(), Fault>, Option<u64>, usize) {
         let (output, _input) = queue::<u64>(64);
         let run = RunState::new();
         let mut outlet = Outlet::new(&output, &run);
         let calls = Cell::new(0);
-        let f = |x: u64| {
+        let counted = |x: u64| {
             calls.set(calls.get() + 1);
-            match x {
-                5 => Err("five".to_string()),
-                x => Ok(x),
-            }
+            f(x, &run)
         };
-        let (result, current_item) = map_batch((0..10).collect(), &mut outlet, &f);
+        let (result, current_item) = map_batch((0..10).collect(), &mut outlet, &counted);
+        (result, current_item, calls.get())
+    }
+
+    #[test]
+    fn an_error_in_place_names_its_item_and_stops_the_batch() {
+        let (result, current_item, calls) = map_ten(|x, _| match x {
+            5 => Err("five".to_string()),
+            x => Ok(x),
+        });
         assert!(matches!(result, Err(Fault::Failed(error)) if error.to_string() == "five"));
         assert_eq!(current_item, Some(5));
-        assert_eq!(calls.get(), 6);
+        assert_eq!(calls, 6);
     }
 
     #[test]
     fn a_cancelled_run_maps_nothing_more_in_place() {
-        let (output, _input) = queue::<u64>(64);
-        let run = RunState::new();
-        let mut outlet = Outlet::new(&output, &run);
-        let calls = Cell::new(0);
-        let f = |x: u64| {
-            calls.set(calls.get() + 1);
+        let (result, _, calls) = map_ten(|x, run| {
             if x == 3 {
                 run.cancel();
             }
             Ok(x)
-        };
-        let (result, _) = map_batch((0..10).collect(), &mut outlet, &f);
+        });
         assert!(matches!(result, Err(Fault::Stop)));
-        assert_eq!(calls.get(), 4);
+        assert_eq!(calls, 4);
     }
 
     #[test]
@@ -341,6 +355,16 @@ mod tests {
         assert!(panicked);
         assert_eq!(batch.called, 8);
         assert_eq!(current_item, Some(107));
+    }
+
+    #[test]
+    fn a_batch_is_mapped_whole_only_where_the_per_item_loop_would_not_hand_over_before_its_end() {
+        assert!(fits_one_hand_over(1, 1));
+        assert!(!fits_one_hand_over(4, 1));
+        assert!(fits_one_hand_over(25, 25));
+        assert!(!fits_one_hand_over(26, 25));
+        // The largest hand-overs there are: a lone worker's whole batch goes at once.
+        assert!(fits_one_hand_over(4096, MAX_BATCH));
     }
 
     #[test]
