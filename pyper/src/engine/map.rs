@@ -9,7 +9,8 @@
 //! each item, the current item is known if the function panics, an idle consumer gets
 //! the first output at once, and the items left after a failure are dropped one by one.
 //! A batch of plain values is mapped in place and handed over whole, after its first
-//! output when the consumer is idle.
+//! output when the consumer is idle, where the per-item loop would not have handed over
+//! before the batch's end either.
 
 use std::mem::{align_of, needs_drop, size_of};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
