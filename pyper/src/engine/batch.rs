@@ -124,11 +124,11 @@ where
             let asked = out.before_run(quick);
             {
                 // Counted even if the iterator panics part way.
-                let run = PullCount {
+                let counted = PullCount {
                     run: &mut run,
                     pulled: &mut *pulled,
                 };
-                blocked::next_run(phase, &mut elements, quick, run.run);
+                blocked::next_run(phase, &mut elements, quick, counted.run);
             }
             out.after_run(asked, run.len());
             // Fewer than asked: the iterator ended (its `size_hint` promised too much).
@@ -229,12 +229,7 @@ impl Pace {
 
     #[inline]
     pub(crate) fn after(&mut self, asked: Option<Instant>) {
-        if let Some(asked) = asked {
-            self.quick_streak = match asked.elapsed() < SLOW_ELEMENT {
-                true => self.quick_streak.saturating_add(1),
-                false => 0,
-            };
-        }
+        self.after_run(asked, 1);
     }
 }
 

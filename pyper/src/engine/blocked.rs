@@ -54,11 +54,17 @@ impl Phase {
     /// Asks `elements` for its next element, marked as a call that may block forever.
     #[inline]
     pub(crate) fn next<It: Iterator>(&self, elements: &mut It) -> Option<It::Item> {
-        self.step();
-        // Unmarked also if `next` panics: the worker then has a failure to report, and
-        // must be waited for.
-        let _working = Working(self);
+        let _working = self.enter();
         elements.next()
+    }
+
+    /// Marks the worker inside a user iterator's call until the guard is dropped:
+    /// unmarked also if the call panics, as the worker then has a failure to report and
+    /// must be waited for.
+    #[inline]
+    fn enter(&self) -> Working<'_> {
+        self.step();
+        Working(self)
     }
 
     #[inline]
@@ -132,10 +138,7 @@ pub(crate) fn next_run<It: Iterator>(
     count: usize,
     into: &mut Vec<It::Item>,
 ) {
-    let _working = phase.map(|phase| {
-        phase.step();
-        Working(phase)
-    });
+    let _working = phase.map(Phase::enter);
     into.extend(elements.by_ref().take(count));
 }
 
